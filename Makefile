@@ -1,0 +1,40 @@
+# podkit: two commands on a fresh machine.
+#   make up    set up if needed, then run the quick-start pod
+#   make test  set up if needed, then lint, type-check and run the test suite
+.PHONY: up test setup system venv lint typecheck pytest bench clean
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+setup: system venv
+
+# Servers the tests and examples use, from the system's packages (idempotent).
+system:
+	@bash scripts/ensure-system.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+up: setup
+	@bash scripts/up.sh
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy --strict src
+
+pytest: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: setup lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .podkit

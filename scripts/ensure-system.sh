@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install the servers podkit's tests and examples run for real, when they are missing.
+# Idempotent; exits non-zero naming what could not be installed.
+set -euo pipefail
+
+# binary -> Debian package
+declare -A PACKAGES=(
+  [redis-server]=redis-server
+  [etcd]=etcd-server
+  [etcdctl]=etcd-client
+  [memcached]=memcached
+)
+
+missing=()
+for bin in "${!PACKAGES[@]}"; do
+  if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
+    missing+=("${PACKAGES[$bin]}")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "podkit setup: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "podkit setup: error: need ${missing[*]}; install them with: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "podkit setup: error: need ${missing[*]} and there is no apt-get; install them with your package manager" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq >/dev/null || true
+if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+  echo "podkit setup: error: could not install ${missing[*]}; install them with: apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+# Debian starts services it installs where it can; the tests start their own on free ports.
+for svc in redis-server etcd memcached; do
+  (command -v service >/dev/null 2>&1 && $SUDO service "$svc" stop >/dev/null 2>&1) || true
+done
+for bin in "${!PACKAGES[@]}"; do
+  if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
+    echo "podkit setup: error: $bin is still missing after installing; install ${PACKAGES[$bin]} by hand" >&2
+    exit 1
+  fi
+done

@@ -1,0 +1,30 @@
+"""Shared fixtures: real servers on free loopback ports, started and stopped per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from podkit.testing import EtcdServer, MemcachedServer, RedisServer
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port (``.url`` is ``redis://127.0.0.1:PORT/0``)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[EtcdServer]:
+    """A fresh single-member etcd on a free port (``.url`` is ``etcd://127.0.0.1:PORT``)."""
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture
+def memcached_server() -> Iterator[MemcachedServer]:
+    """A fresh memcached on a free port."""
+    with MemcachedServer() as server:
+        yield server

@@ -1,0 +1,103 @@
+"""Durations, sizes, addresses and YAML models are parsed once, with errors naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict
+
+from podkit.errors import ConfigError
+from podkit.runtime.config import (
+    HostPort,
+    format_duration,
+    load_model,
+    parse_duration,
+    parse_hostport,
+    parse_size,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1.5m", 90.0), ("1h", 3600.0), ("3", 3.0), (7, 7.0)],
+)
+def test_durations_are_parsed_into_seconds(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-1s", "2 weeks", "1d"])
+def test_bad_durations_name_the_field(text: str) -> None:
+    with pytest.raises(ConfigError, match="--interval"):
+        parse_duration(text, field="--interval")
+
+
+@given(st.integers(min_value=0, max_value=10**6))
+def test_formatted_durations_parse_back(millis: int) -> None:
+    seconds = millis / 1000
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512", 512), ("64KiB", 65536), ("256MiB", 256 << 20), ("1GiB", 1 << 30), ("10MB", 10**7)],
+)
+def test_sizes_are_parsed_into_bytes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_bad_size_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="expected a size"):
+        parse_size("lots")
+
+
+def test_addresses_parse_ipv4_ipv6_and_bare_ports() -> None:
+    assert parse_hostport("127.0.0.1:80") == HostPort("127.0.0.1", 80)
+    assert parse_hostport("[::1]:8080") == HostPort("::1", 8080)
+    assert parse_hostport(":9000") == HostPort("127.0.0.1", 9000)
+    assert str(HostPort("::1", 1)) == "[::1]:1"
+    with pytest.raises(ConfigError):
+        parse_hostport("localhost")
+    with pytest.raises(ConfigError):
+        parse_hostport("host:99999")
+
+
+class _Inner(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    replicas: int
+
+
+class _Outer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pods: dict[str, _Inner]
+
+
+def test_model_errors_name_file_and_field_path(tmp_path: Path) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_text("pods:\n  web:\n    replicas: many\n")
+    with pytest.raises(ConfigError) as info:
+        load_model(_Outer, path)
+    assert info.value.source == str(path)
+    assert info.value.path == "pods.web.replicas"
+    assert str(path) in str(info.value)
+
+
+def test_unknown_keys_are_rejected_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_text("pods:\n  web:\n    replicas: 1\n    replica: 2\n")
+    with pytest.raises(ConfigError, match=r"pods\.web\.replica: unknown key"):
+        load_model(_Outer, path)
+
+
+def test_malformed_yaml_reports_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("pods:\n  web: [1, 2\n")
+    with pytest.raises(ConfigError, match="line 3"):
+        load_model(_Outer, path)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_model(_Outer, tmp_path / "nope.yaml")
