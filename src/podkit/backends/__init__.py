@@ -1,0 +1,1 @@
+"""Coordination backends (sqlite, redis, ...) behind one small interface per need."""
