@@ -227,6 +227,22 @@ def check_queue_name(name: str) -> str:
     return name
 
 
+def check_queue_url(url: str) -> str:
+    """Return ``url`` if a backend exists for it (without connecting).
+
+    Raises:
+        ConfigError: the scheme is unknown or a sqlite URL has no path.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        sqlite_path(url)
+    elif scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"unknown queue URL {url!r}: use sqlite:///path.db or redis://host:port/db"
+        )
+    return url
+
+
 def open_backend(url: str) -> QueueBackend:
     """The backend for ``url``.
 
