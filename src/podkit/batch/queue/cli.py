@@ -31,7 +31,7 @@ from podkit.batch.queue.components import (
 )
 from podkit.batch.queue.scaling import DEFAULT_SCALE_DOWN_AFTER, ScalePolicy
 from podkit.batch.queue.states import DEFAULT_MAX_ATTEMPTS
-from podkit.batch.queue.worker import DEFAULT_CONCURRENCY, load_handler
+from podkit.batch.queue.worker import DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, load_handler
 from podkit.runtime import Runtime, RuntimeOptions, format_duration, run_async, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
 
@@ -171,6 +171,13 @@ def content_key_of(body: bytes) -> str:
     help="Items processed at the same time by one worker process.",
 )
 @click.option(
+    "--prefetch",
+    type=click.IntRange(0, MAX_CONCURRENCY),
+    default=DEFAULT_PREFETCH,
+    show_default=True,
+    help="Items leased ahead of free slots: faster for short items, held longer on a crash.",
+)
+@click.option(
     "--visibility",
     type=DURATION,
     default=format_duration(DEFAULT_VISIBILITY_TIMEOUT),
@@ -213,6 +220,7 @@ def work(
     command: tuple[str, ...],
     handler: str | None,
     concurrency: int,
+    prefetch: int,
     visibility: float,
     min_workers: int | None,
     max_workers: int | None,
@@ -240,6 +248,7 @@ def work(
         url=url,
         name=name,
         concurrency=concurrency,
+        prefetch=prefetch,
         visibility=visibility,
         handler=handler,
         command=command,

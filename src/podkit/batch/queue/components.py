@@ -70,6 +70,7 @@ class WorkerSettings:
     visibility: float
     handler: str | None = None
     command: tuple[str, ...] = ()
+    prefetch: int = 0
     parent_pid: int | None = None
 
 
@@ -91,6 +92,7 @@ async def serve_worker(rt: Runtime, settings: WorkerSettings) -> None:
                 queue,
                 handler,
                 concurrency=settings.concurrency,
+                prefetch=settings.prefetch,
                 visibility=settings.visibility,
                 metrics=WorkerMetrics(rt.registry, settings.name),
                 log=rt.log,
@@ -101,6 +103,7 @@ async def serve_worker(rt: Runtime, settings: WorkerSettings) -> None:
                     worker.last_stats,
                     queue=settings.name,
                     running=worker.running,
+                    held=worker.held,
                     processed=worker.processed,
                     failed=worker.failed,
                 )
@@ -163,6 +166,8 @@ def worker_argv(settings: WorkerSettings, rt: Runtime) -> list[str]:
         settings.name,
         "--concurrency",
         str(settings.concurrency),
+        "--prefetch",
+        str(settings.prefetch),
         "--visibility",
         f"{settings.visibility}s",
         "--drain-timeout",

@@ -3,21 +3,25 @@
 Theory of operation. One :class:`QueueWorker` runs ``concurrency`` items at a time in one
 process, with four kinds of task in one task group:
 
-* the *fetcher* leases as many items as there are free slots (one round trip for many
-  items) and starts one task per item; when the queue is empty it polls with a growing
-  interval (``IDLE_POLL_MIN`` to ``IDLE_POLL_MAX``);
-* an *item task* runs the handler; success queues the receipt for the acker, failure nacks
-  at once (backoff and dead-lettering are decided by the queue);
+* the *fetcher* leases as many items as there are free slots plus ``prefetch`` (one round
+  trip for many items) into a local buffer; when the queue is empty it polls with a growing
+  interval (``IDLE_POLL_MIN`` to ``IDLE_POLL_MAX``). Prefetching raises throughput for short
+  items (fewer, larger lease calls) at the price of holding items a free worker elsewhere
+  could take;
+* ``concurrency`` *runners* take items from the buffer and run the handler; success queues
+  the receipt for the acker, failure nacks at once (backoff and dead-lettering are decided by
+  the queue);
 * the *acker* acks finished items in batches: whatever finished while the previous batch was
   in flight goes in the next, so acks cost one round trip per batch, not per item;
-* the *extender* extends the leases of running items every third of the visibility timeout,
+* the *extender* extends the leases of held items every third of the visibility timeout,
   so an item that runs longer than the timeout is not delivered twice.
 
 Stopping: :meth:`QueueWorker.serve` returns after ``stop`` is set, no new item is leased and
-every running item has finished and been acked (the runtime's first SIGTERM). Cancelling it
-(the second SIGTERM, or the drain timeout) stops at once: running commands are killed and
-their leases expire, so the items are delivered again. Nothing is lost either way; an item
-finished but not yet acked when the process dies is processed twice (at least once).
+every held item (running or prefetched) has finished and been acked (the runtime's first
+SIGTERM). Cancelling it (the second SIGTERM, or the drain timeout) stops at once: running
+commands are killed and their leases expire, so the items are delivered again. Nothing is
+lost either way; an item finished but not yet acked when the process dies is processed
+twice (at least once).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from podkit.batch.queue.states import ItemState
 from podkit.errors import BackendError, PodkitError, UsageError
 
 DEFAULT_CONCURRENCY = 1  # one item at a time: safe for commands that are not thread-safe
+DEFAULT_PREFETCH = 0  # lease no item before a slot is free: nothing waits while others could run
 IDLE_POLL_MIN = 0.01  # seconds between lease calls when the queue has just run dry
 IDLE_POLL_MAX = 0.5  # the longest pause when idle: bounds the latency of a new item
 BACKEND_RETRY_MAX = 5.0  # longest pause after the store failed, before trying again
@@ -193,36 +198,48 @@ class QueueWorker:
         handler: ItemHandler,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
+        prefetch: int = DEFAULT_PREFETCH,
         visibility: float = 30.0,
         metrics: WorkerMetrics | None = None,
         log: logging.Logger | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
+        if prefetch < 0:
+            raise UsageError("prefetch must not be negative")
         if visibility <= 0:
             raise UsageError("visibility timeout must be positive")
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.visibility = visibility
         self.metrics = metrics
         self.log = log or logging.getLogger("podkit.queue.worker")
         self.processed = 0
         self.failed = 0
         self.last_stats: QueueStats | None = None
-        self._running: dict[str, Receipt] = {}
+        # every item leased and not yet finished (running or waiting in the buffer)
+        self._held: dict[str, Receipt] = {}
+        self._buffer: asyncio.Queue[Item | None] = asyncio.Queue()
+        self._active = 0
         self._acks: list[Receipt] = []
         self._ack_wakeup = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        self._room = asyncio.Event()
         self._closing = False
 
     @property
     def running(self) -> int:
         """Items being processed now."""
-        return len(self._running)
+        return self._active
+
+    @property
+    def held(self) -> int:
+        """Items leased by this worker and not finished (running or prefetched)."""
+        return len(self._held)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Work until ``stop`` is set, then finish running items and return.
+        """Work until ``stop`` is set, then finish the items held and return.
 
         Raises:
             BackendError: only when the store fails while acking at the end.
@@ -231,27 +248,37 @@ class QueueWorker:
             acker = tasks.create_task(self._ack_loop(), name="queue-acker")
             extender = tasks.create_task(self._extend_loop(), name="queue-extender")
             watcher = tasks.create_task(self._stats_loop(), name="queue-stats")
-            async with asyncio.TaskGroup() as items:
-                await self._fetch_loop(stop, items)
-                if self._running:
-                    self.log.info("finishing running items", extra={"running": self.running})
+            async with asyncio.TaskGroup() as runners:
+                for i in range(self.concurrency):
+                    runners.create_task(self._run_items(), name=f"queue-runner-{i}")
+                try:
+                    await self._fetch_loop(stop)
+                finally:
+                    # runners finish what is buffered, then meet one stop marker each
+                    for _ in range(self.concurrency):
+                        self._buffer.put_nowait(None)
+                if self._held:
+                    self.log.info("finishing held items", extra={"held": self.held})
             self._closing = True
             self._ack_wakeup.set()
             await acker
             extender.cancel()
             watcher.cancel()
 
-    async def _fetch_loop(self, stop: asyncio.Event, items: asyncio.TaskGroup) -> None:
+    async def _fetch_loop(self, stop: asyncio.Event) -> None:
+        capacity = self.concurrency + self.prefetch
+        # with prefetch, wait until half the capacity is free so leases come in batches
+        refill_at = max(1, capacity // 2) if self.prefetch else 1
         idle = IDLE_POLL_MIN
         failing = IDLE_POLL_MIN
         while not stop.is_set():
-            free = self.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_freed.clear()
-                await _wait_either(self._slot_freed, stop)
+            room = capacity - len(self._held)
+            if room <= 0 or (room < refill_at and not self._buffer.empty()):
+                self._room.clear()
+                await _wait_either(self._room, stop)
                 continue
             try:
-                leased = await self.queue.lease(min(free, MAX_LEASE_BATCH), self.visibility)
+                leased = await self.queue.lease(min(room, MAX_LEASE_BATCH), self.visibility)
             except BackendError as exc:
                 self.log.warning("lease failed", extra={"error": str(exc), "retry_in": failing})
                 await _wait_timeout(stop, failing)
@@ -264,10 +291,15 @@ class QueueWorker:
                 continue
             idle = IDLE_POLL_MIN
             for item in leased:
-                self._running[item.id] = item.receipt
-                items.create_task(self._process(item))
+                self._held[item.id] = item.receipt
+                self._buffer.put_nowait(item)
+
+    async def _run_items(self) -> None:
+        while (item := await self._buffer.get()) is not None:
+            await self._process(item)
 
     async def _process(self, item: Item) -> None:
+        self._active += 1
         if self.metrics is not None:
             self.metrics.running.inc()
         try:
@@ -278,10 +310,11 @@ class QueueWorker:
             self._acks.append(item.receipt)
             self._ack_wakeup.set()
         finally:
-            self._running.pop(item.id, None)
+            self._active -= 1
+            self._held.pop(item.id, None)
             if self.metrics is not None:
                 self.metrics.running.dec()
-            self._slot_freed.set()
+            self._room.set()
 
     async def _fail(self, item: Item, exc: Exception) -> None:
         self.failed += 1
@@ -341,7 +374,7 @@ class QueueWorker:
         period = self.visibility * EXTEND_FRACTION
         while True:
             await asyncio.sleep(period)
-            receipts = list(self._running.values())
+            receipts = list(self._held.values())
             if not receipts:
                 continue
             try:
@@ -350,7 +383,7 @@ class QueueWorker:
                 self.log.warning("extending leases failed", extra={"error": str(exc)})
                 continue
             for receipt, ok in zip(receipts, held, strict=True):
-                if not ok and receipt.item_id in self._running:
+                if not ok and receipt.item_id in self._held:
                     self.log.warning("lease lost while running", extra={"item_id": receipt.item_id})
                     if self.metrics is not None:
                         self.metrics.lost.inc()
