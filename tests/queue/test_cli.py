@@ -128,7 +128,9 @@ def test_a_failing_command_is_retried_then_dead_lettered_and_can_be_requeued(
     attempts = tmp_path / "attempts"
     podkit("queue", "put", sqlite_url, "jobs", "bad", "--max-attempts", "2")
     script = f"echo $PODKIT_ATTEMPT >> {attempts}; exit 3"
-    with PodkitProcess("queue", "work", sqlite_url, "jobs", "--", "sh", "-c", script):
+    with PodkitProcess(
+        "queue", "work", sqlite_url, "jobs", "--backoff", "100ms", "--", "sh", "-c", script
+    ):
         wait_for(lambda: stats(sqlite_url, "jobs")["dead"] == 1, timeout=TIMEOUT)
     assert lines(attempts) == ["1", "2"]
     listed = podkit("queue", "dead", sqlite_url, "jobs", "--json")

@@ -30,7 +30,11 @@ from podkit.batch.queue.components import (
     serve_worker,
 )
 from podkit.batch.queue.scaling import DEFAULT_SCALE_DOWN_AFTER, ScalePolicy
-from podkit.batch.queue.states import DEFAULT_MAX_ATTEMPTS
+from podkit.batch.queue.states import (
+    DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_CAP,
+    DEFAULT_MAX_ATTEMPTS,
+)
 from podkit.batch.queue.worker import DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, load_handler
 from podkit.runtime import Runtime, RuntimeOptions, format_duration, run_async, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
@@ -185,6 +189,20 @@ def content_key_of(body: bytes) -> str:
     help="Lease length; extended while an item runs, redelivered if the worker dies.",
 )
 @click.option(
+    "--backoff",
+    type=DURATION,
+    default=format_duration(DEFAULT_BACKOFF_BASE),
+    show_default=True,
+    help="Wait before the first retry of a failed item; doubles per attempt (with jitter).",
+)
+@click.option(
+    "--backoff-cap",
+    type=DURATION,
+    default=format_duration(DEFAULT_BACKOFF_CAP),
+    show_default=True,
+    help="The longest wait between retries.",
+)
+@click.option(
     "--min",
     "min_workers",
     type=click.IntRange(0, MAX_POOL_WORKERS),
@@ -222,6 +240,8 @@ def work(
     concurrency: int,
     prefetch: int,
     visibility: float,
+    backoff: float,
+    backoff_cap: float,
     min_workers: int | None,
     max_workers: int | None,
     scale_down_after: float,
@@ -250,6 +270,8 @@ def work(
         concurrency=concurrency,
         prefetch=prefetch,
         visibility=visibility,
+        backoff=backoff,
+        backoff_cap=backoff_cap,
         handler=handler,
         command=command,
         parent_pid=parent_pid,

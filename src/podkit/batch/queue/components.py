@@ -30,6 +30,7 @@ from prometheus_client import Counter, Gauge
 from podkit.backends.queues import QueueStats
 from podkit.batch.queue.client import PutRequest, Queue
 from podkit.batch.queue.scaling import Autoscaler, ScalePolicy
+from podkit.batch.queue.states import DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, RetryPolicy
 from podkit.batch.queue.worker import (
     CommandHandler,
     ItemHandler,
@@ -71,6 +72,8 @@ class WorkerSettings:
     handler: str | None = None
     command: tuple[str, ...] = ()
     prefetch: int = 0
+    backoff: float = DEFAULT_BACKOFF_BASE
+    backoff_cap: float = DEFAULT_BACKOFF_CAP
     parent_pid: int | None = None
 
 
@@ -87,7 +90,8 @@ async def serve_worker(rt: Runtime, settings: WorkerSettings) -> None:
     )
     handler = build_handler(settings, executor)
     try:
-        async with Queue(settings.url, settings.name) as queue:
+        retry = RetryPolicy(base=settings.backoff, cap=settings.backoff_cap)
+        async with Queue(settings.url, settings.name, retry=retry) as queue:
             worker = QueueWorker(
                 queue,
                 handler,
@@ -168,6 +172,10 @@ def worker_argv(settings: WorkerSettings, rt: Runtime) -> list[str]:
         str(settings.concurrency),
         "--prefetch",
         str(settings.prefetch),
+        "--backoff",
+        f"{settings.backoff}s",
+        "--backoff-cap",
+        f"{settings.backoff_cap}s",
         "--visibility",
         f"{settings.visibility}s",
         "--drain-timeout",
