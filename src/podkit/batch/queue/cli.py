@@ -15,7 +15,6 @@ import click
 
 from podkit.backends.queues import check_queue_name, check_queue_url
 from podkit.batch.queue.client import (
-    DEFAULT_KEY_TTL,
     DEFAULT_VISIBILITY_TIMEOUT,
     DeadItem,
     PutRequest,
@@ -330,7 +329,7 @@ def work(
 @click.option(
     "--key-ttl",
     type=DURATION,
-    default=format_duration(DEFAULT_KEY_TTL),
+    default="24h",  # DEFAULT_KEY_TTL
     show_default=True,
     help="How long a processed line is remembered (and not queued again).",
 )
