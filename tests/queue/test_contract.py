@@ -7,7 +7,9 @@ exactly and without sleeping.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -280,3 +282,48 @@ async def test_bad_options_are_refused_with_a_clear_error(queue: Queue, queue_ur
         Queue(queue_url, "no spaces")
     with pytest.raises(ConfigError, match="unknown queue URL"):
         Queue("ftp://x", "q")
+
+
+LEASER = """
+import asyncio, os, sys
+from podkit.queue import Queue
+
+async def main():
+    async with Queue(sys.argv[1], "procs") as q:
+        print("ready", flush=True)
+        for _ in range(3000):  # start together: wait for the go file
+            if os.path.exists(sys.argv[2]):
+                break
+            await asyncio.sleep(0.01)
+        while items := await q.lease(5, 60):
+            for item in items:
+                print(item.id, flush=True)
+            await q.ack_many(items)
+
+asyncio.run(main())
+"""
+
+
+async def test_leasing_processes_never_get_the_same_item(queue_url: str, tmp_path: Path) -> None:
+    """Four processes, each with its own connection, drain 400 items at once; none twice."""
+    go = tmp_path / "go"
+    async with Queue(queue_url, "procs") as producer:
+        await producer.put_many([f"{i}".encode() for i in range(400)])
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", LEASER, queue_url, str(go), stdout=asyncio.subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ready\n"
+    go.touch()
+    outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 60)
+    assert [p.returncode for p in procs] == [0, 0, 0, 0]
+    ids = [line for out, _ in outputs for line in out.decode().split()]
+    assert len(ids) == 400
+    assert len(set(ids)) == 400
+    assert sum(1 for out, _ in outputs if out.strip()) >= 2, "the processes did not overlap"
+    async with Queue(queue_url, "procs") as q:
+        assert (await q.stats()).ack_total == 400

@@ -35,6 +35,7 @@ from podkit.batch.queue.states import (
     DEFAULT_MAX_ATTEMPTS,
 )
 from podkit.batch.queue.worker import DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, load_handler
+from podkit.cli import PodkitGroup
 from podkit.runtime import Runtime, RuntimeOptions, format_duration, run_async, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
 
@@ -56,7 +57,7 @@ def _run(make: Callable[[Queue], Awaitable[T]], url: str, name: str) -> T:
     return result
 
 
-@click.group(name="queue")
+@click.group(name="queue", cls=PodkitGroup)
 def group() -> None:
     """Work queues: a source lists work, workers process it, at least once.
 
