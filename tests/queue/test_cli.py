@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -281,3 +282,29 @@ def test_a_pool_grows_with_the_backlog_and_shrinks_when_idle(
         pool.signal(signal.SIGTERM)
         assert pool.wait(TIMEOUT) == 0
     assert sorted(int(x) for x in lines(done) if x) == list(range(12))
+
+
+def test_pool_workers_stop_by_themselves_when_the_supervisor_is_killed(
+    sqlite_url: str,
+) -> None:
+    with PodkitProcess(
+        "queue", "work", sqlite_url, "jobs", "--min", "1", "--max", "1", "--", "cat"
+    ) as pool:
+        wait_for(lambda: '"msg":"worker started"' in pool.output(), timeout=TIMEOUT)
+        line = next(x for x in pool.output().splitlines() if '"msg":"worker started"' in x)
+        child = int(json.loads(line)["pid"])
+        pool.kill()
+
+        def gone() -> bool:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return True
+            # a zombie is gone too: it has exited and waits for its (new) parent to reap it
+            try:
+                with open(f"/proc/{child}/stat") as stat:
+                    return stat.read().split(") ")[1].startswith("Z")
+            except FileNotFoundError:
+                return True
+
+        wait_for(gone, timeout=TIMEOUT, what="the orphaned worker to exit")
