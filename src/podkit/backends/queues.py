@@ -28,7 +28,7 @@ Encoding = Literal["bytes", "json"]
 QUEUE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 RATE_BUCKET_SECONDS = 10  # rates are counted in 10 s buckets...
 RATE_WINDOW_BUCKETS = 6  # ...and reported over the last minute
-MAX_PRIORITY = 1000  # |priority| bound; keeps redis' ready score (-prio * 2**40 + seq) exact
+MAX_PRIORITY = 1000  # |priority| bound; keeps redis' ready score exact in a double
 RECLAIM_BATCH = 1000  # expired leases / due items moved per lease call (bounds one call's work)
 
 

@@ -3,14 +3,15 @@
 Theory of operation. Each queue is a handful of keys under ``podkit:q:{NAME}:`` (the braces
 are a cluster hash tag, so one queue's keys share a slot):
 
-* ``ready``   sorted set of item ids; score ``-priority * 2**40 + seq`` (highest priority
-  first, then FIFO by a per-queue sequence number);
+* ``ready``   sorted set of item ids; score ``(1000 - priority) * 2**41 + ms`` where ``ms``
+  is the time the item became visible, in milliseconds since 2020 (highest priority first,
+  then oldest first, as on every backend; exact in a double until 2089);
 * ``delayed`` sorted set of item ids by the time they become visible (delays and backoff);
 * ``leased``  sorted set of item ids by lease deadline;
 * ``dead``    sorted set of item ids by the time they died;
 * ``item:ID`` hash with the body and bookkeeping (attempts, token, state, error);
 * ``key:KEY`` string: idempotency key -> item id (expires ``key_ttl`` after the ack);
-* ``seq``, ``totals`` (hash of counters), ``rate:BUCKET`` (hash, expires).
+* ``totals`` (hash of counters), ``rate:BUCKET`` (hash, expires).
 
 Every state change is one Lua script, so it is atomic: ``lease`` reclaims expired leases,
 promotes due delayed items and pops the best ready items in one step, which is why two
@@ -45,9 +46,9 @@ _RATE_TTL = RATE_BUCKET_SECONDS * (RATE_WINDOW_BUCKETS + 2)
 # Shared Lua helpers: the ready score and the rate/total counters.
 _LUA_COMMON = """
 local P = ARGV[1]
-local function ready_score(prio)
-  local seq = redis.call('INCR', P .. 'seq')
-  return string.format('%d', -tonumber(prio) * 1099511627776 + seq)
+local function ready_score(prio, visible)
+  local ms = math.max(0, math.floor((tonumber(visible) - 1577836800) * 1000))
+  return string.format('%d', (1000 - tonumber(prio)) * 2199023255552 + ms)
 end
 local function count(kind, n, now)
   if n > 0 then
@@ -95,7 +96,7 @@ for i = 3, #ARGV, 7 do
     if tonumber(vis) > tonumber(now) then
       redis.call('ZADD', P .. 'delayed', vis, id)
     else
-      redis.call('ZADD', P .. 'ready', ready_score(prio), id)
+      redis.call('ZADD', P .. 'ready', ready_score(prio, vis), id)
     end
     created = created + 1
     table.insert(out, id)
@@ -126,16 +127,18 @@ for _, id in ipairs(expired) do
     dead = dead + 1
   else
     redis.call('HSET', ik, 'state', 'queued', 'token', '', 'err', 'lease expired')
-    redis.call('ZADD', P .. 'ready', ready_score(f[3]), id)
+    redis.call('ZADD', P .. 'ready', ready_score(f[3], now), id)
   end
 end
 count('dead', dead, now)
 -- delayed and backed-off items whose time has come
-local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, batch)
-for _, id in ipairs(due) do
+local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'WITHSCORES',
+  'LIMIT', 0, batch)
+for i = 1, #due, 2 do
+  local id = due[i]
   redis.call('ZREM', P .. 'delayed', id)
   local prio = redis.call('HGET', P .. 'item:' .. id, 'prio')
-  redis.call('ZADD', P .. 'ready', ready_score(prio), id)
+  redis.call('ZADD', P .. 'ready', ready_score(prio, due[i + 1]), id)
 end
 local popped = redis.call('ZPOPMIN', P .. 'ready', n)
 local out = {}
@@ -243,7 +246,7 @@ for _, id in ipairs(ids) do
   if redis.call('ZREM', P .. 'dead', id) == 1 then
     local ik = P .. 'item:' .. id
     redis.call('HSET', ik, 'state', 'queued', 'attempts', 0)
-    redis.call('ZADD', P .. 'ready', ready_score(redis.call('HGET', ik, 'prio')), id)
+    redis.call('ZADD', P .. 'ready', ready_score(redis.call('HGET', ik, 'prio'), ARGV[2]), id)
     moved = moved + 1
   end
 end

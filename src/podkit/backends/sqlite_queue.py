@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS podkit_queue_items (
     error TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS podkit_queue_waiting
-    ON podkit_queue_items (queue, priority DESC, visible_at) WHERE state IN ('queued', 'failed');
+    ON podkit_queue_items (queue, priority DESC, visible_at, id)
+    WHERE state IN ('queued', 'failed');
 CREATE INDEX IF NOT EXISTS podkit_queue_leased
     ON podkit_queue_items (queue, deadline) WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS podkit_queue_dead
@@ -213,7 +214,7 @@ class SqliteQueueBackend(QueueBackend):
             rows = conn.execute(
                 "SELECT id, body, encoding, key, priority, attempts, max_attempts, enqueued_at"
                 " FROM podkit_queue_items WHERE queue=? AND state IN ('queued', 'failed')"
-                " AND visible_at <= ? ORDER BY priority DESC, visible_at LIMIT ?",
+                " AND visible_at <= ? ORDER BY priority DESC, visible_at, id LIMIT ?",
                 (queue, now, n),
             ).fetchall()
             leased: list[LeasedRecord] = []
