@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from podkit.queue import Queue
-from podkit.testing import PodkitProcess, free_port
+from podkit.testing import PodkitProcess, RedisServer, free_port
 from podkit.testing.net import http_status, wait_for
 
 TIMEOUT = 30.0
@@ -308,3 +308,23 @@ def test_pool_workers_stop_by_themselves_when_the_supervisor_is_killed(
                 return True
 
         wait_for(gone, timeout=TIMEOUT, what="the orphaned worker to exit")
+
+
+def test_a_worker_is_not_ready_while_redis_is_down_and_recovers_when_it_is_back(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    admin = free_port()
+    url = redis_server.url
+    with PodkitProcess(
+        "queue", "work", url, "jobs", "--admin", f"127.0.0.1:{admin}",
+        "--", "sh", "-c", f'echo "$(cat)" >> {out}',
+    ) as worker:  # fmt: skip
+        wait_for(lambda: http_status("127.0.0.1", admin, "/readyz") == 200, timeout=TIMEOUT)
+        redis_server.kill()
+        wait_for(lambda: http_status("127.0.0.1", admin, "/readyz") == 503, timeout=TIMEOUT)
+        redis_server.start()
+        wait_for(lambda: http_status("127.0.0.1", admin, "/readyz") == 200, timeout=TIMEOUT)
+        podkit("queue", "put", url, "jobs", "after the outage")
+        wait_for(lambda: lines(out) == ["after the outage"], timeout=TIMEOUT)
+        assert "queue store failing" in worker.output()

@@ -100,6 +100,9 @@ async def serve_worker(rt: Runtime, settings: WorkerSettings) -> None:
                 visibility=settings.visibility,
                 metrics=WorkerMetrics(rt.registry, settings.name),
                 log=rt.log,
+                on_health=lambda problem: (
+                    rt.set_ready() if problem is None else rt.set_not_ready(problem)
+                ),
             )
 
             async def view(request: Request) -> Response:

@@ -190,6 +190,8 @@ class QueueWorker:
         visibility: lease length in seconds (extended while an item runs).
         metrics: where to count; optional.
         log: where to log; optional.
+        on_health: called with a reason when leasing starts failing, with None when it
+            works again (the worker component turns this into readiness).
     """
 
     def __init__(
@@ -202,6 +204,7 @@ class QueueWorker:
         visibility: float = 30.0,
         metrics: WorkerMetrics | None = None,
         log: logging.Logger | None = None,
+        on_health: Callable[[str | None], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
@@ -216,6 +219,8 @@ class QueueWorker:
         self.visibility = visibility
         self.metrics = metrics
         self.log = log or logging.getLogger("podkit.queue.worker")
+        self.on_health = on_health
+        self._unhealthy: str | None = None
         self.processed = 0
         self.failed = 0
         self.last_stats: QueueStats | None = None
@@ -281,9 +286,11 @@ class QueueWorker:
                 leased = await self.queue.lease(min(room, MAX_LEASE_BATCH), self.visibility)
             except BackendError as exc:
                 self.log.warning("lease failed", extra={"error": str(exc), "retry_in": failing})
+                self._health(f"queue store failing: {exc}")
                 await _wait_timeout(stop, failing)
                 failing = min(failing * 2, BACKEND_RETRY_MAX)
                 continue
+            self._health(None)
             failing = IDLE_POLL_MIN
             if not leased:
                 await _wait_timeout(stop, idle)
@@ -293,6 +300,14 @@ class QueueWorker:
             for item in leased:
                 self._held[item.id] = item.receipt
                 self._buffer.put_nowait(item)
+
+    def _health(self, problem: str | None) -> None:
+        """Report a change between healthy (None) and failing (a reason) to ``on_health``."""
+        if problem == self._unhealthy:
+            return
+        self._unhealthy = problem
+        if self.on_health is not None:
+            self.on_health(problem)
 
     async def _run_items(self) -> None:
         while (item := await self._buffer.get()) is not None:
