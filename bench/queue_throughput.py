@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = {"rq": "rq", "celery": "celery", "dramatiq": "dramatiq[redis]", "huey": "huey"}
+# module -> package; hiredis (the C reply parser of redis-py) serves every system alike
+PEERS = {
+    "rq": "rq",
+    "celery": "celery",
+    "dramatiq": "dramatiq[redis]",
+    "huey": "huey",
+    "hiredis": "hiredis",
+}
 COUNTER = "bench:done"
 WORKER_THREADS = 8  # per worker process, for every system that has threads
 PODKIT_PREFETCH = 64  # like Celery's prefetch multiplier (set to 64 below) and Dramatiq's prefetch
