@@ -96,6 +96,7 @@ def test_bad_input_is_a_one_line_usage_error_with_exit_code_2() -> None:
         (["hash", "--algo", "nope", "--nodes", "a", "k"], "nope"),
         (["hash", "bench", "--node-counts", "x"], "node-counts"),
         (["hash", "bench", "--algo", "ring,nope"], "nope"),
+        (["hash", "bench", "--balance", "0.9"], "balance"),
     ]
     for args, reason in cases:
         result = podkit(*args)
@@ -122,7 +123,7 @@ def test_bench_reports_every_algorithm_with_movement_balance_and_rates() -> None
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     names = [row["algorithm"] for row in rows]
     assert names[:4] == ["ring", "rendezvous", "jump", "maglev"]
-    assert names[4].startswith("bounded(ring")
+    assert names[4:6] == ["bounded(ring,c=1.25)", "bounded(ring,c=1.1)"]
     for row in rows[:4]:
         assert row["nodes"] == 5
         assert row["keys"] == 3000
@@ -134,6 +135,7 @@ def test_bench_reports_every_algorithm_with_movement_balance_and_rates() -> None
         assert row["batch_per_s"] > 0
         assert row["memory_bytes"] > 0
     assert rows[4]["peak_to_mean"] <= 1.25
+    assert rows[5]["peak_to_mean"] <= 1.1
 
 
 def test_bench_text_output_has_a_header_and_one_line_per_row() -> None:
@@ -156,7 +158,8 @@ def test_bench_text_output_has_a_header_and_one_line_per_row() -> None:
     assert lines[1].split()[:3] == ["algorithm", "N", "peak/mean"]
     assert lines[2].split()[:2] == ["maglev", "3"]
     assert lines[3].startswith("bounded(ring,c=1.25)")
-    assert len(lines) == 4
+    assert lines[4].startswith("bounded(ring,c=1.1)")
+    assert len(lines) == 5
 
 
 def test_hash_is_listed_by_podkit_help() -> None:

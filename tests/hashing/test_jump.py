@@ -34,6 +34,20 @@ def test_growing_by_one_bucket_moves_a_key_only_into_the_new_bucket(key: int, bu
     assert jump_hash(key, buckets + 1) in (jump_hash(key, buckets), buckets)
 
 
+def test_jump_hash_agrees_with_values_published_by_other_implementations() -> None:
+    """ClickHouse's jumpConsistentHash test answers, and the jump-consistent-hash package's."""
+    cases = [
+        ((1, 1), 0),
+        ((42, 57), 43),
+        ((256, 1024), 520),
+        ((3735883980, 1), 0),
+        ((3735883980, 666), 361),
+        ((16045690984833335023, 255), 237),
+    ]
+    for (key, buckets), expected in cases:
+        assert jump_hash(key, buckets) == expected
+
+
 def test_jump_hash_refuses_zero_buckets() -> None:
     with pytest.raises(ValueError, match="buckets"):
         jump_hash(1, 0)

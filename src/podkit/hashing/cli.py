@@ -18,7 +18,6 @@ import click
 from podkit.cli import PodkitGroup
 from podkit.hashing import (
     ALGORITHMS,
-    DEFAULT_BALANCE,
     DEFAULT_TABLE_SIZE,
     BoundedLoads,
     NodeSetError,
@@ -26,6 +25,7 @@ from podkit.hashing import (
     sharding_function,
 )
 from podkit.hashing._bench import (
+    DEFAULT_BALANCES,
     DEFAULT_KEYS,
     DEFAULT_SINGLE_KEYS,
     HEADER,
@@ -205,17 +205,18 @@ def command(
 )
 @click.option(
     "--balance",
-    type=click.FloatRange(min=1.0),
-    default=DEFAULT_BALANCE,
+    "balances",
+    default=",".join(f"{c:g}" for c in DEFAULT_BALANCES),
     show_default=True,
-    help="Factor c of the bounded-loads row.",
+    metavar="C,C,...",
+    help="Factors c (>= 1) of the bounded-loads rows (over the ring).",
 )
 @click.option(
     "--single-keys",
     type=click.IntRange(1, MAX_BENCH_KEYS),
     default=DEFAULT_SINGLE_KEYS,
     show_default=True,
-    help="Keys timed one call at a time for lookups/s (batch/s uses all keys).",
+    help="Keys timed for lookups/s (one call each) and batch/s (one call), best of 5 runs.",
 )
 @click.option(
     "--peer/--no-peer",
@@ -235,7 +236,7 @@ def bench(
     key_count: int,
     node_counts: str,
     algorithms: str,
-    balance: float,
+    balances: str,
     single_keys: int,
     peer: bool,
     output_format: str,
@@ -254,6 +255,14 @@ def bench(
         ) from None
     if any(count < 1 or count > 10_000 for count in counts):
         raise click.BadParameter("node counts are 1..10000", param_hint="'--node-counts'")
+    try:
+        factors = [float(part) for part in balances.split(",")]
+    except ValueError:
+        factors = [math.nan]
+    if not all(math.isfinite(c) and c >= 1.0 for c in factors):
+        raise click.BadParameter(
+            f"expected factors >= 1 such as 1.25,1.1, got {balances!r}", param_hint="'--balance'"
+        )
     names = [part.strip() for part in algorithms.split(",")]
     unknown = [name for name in names if name not in ALGORITHMS]
     if unknown:
@@ -278,7 +287,7 @@ def bench(
         key_count=key_count,
         node_counts=counts,
         algorithms=names,
-        balance=balance,
+        balances=factors,
         single_count=single_keys,
         peer=peer,
         progress=show,

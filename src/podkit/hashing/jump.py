@@ -44,7 +44,8 @@ def jump_hash(key: int, buckets: int) -> int:
     while j < buckets:
         b = j
         key = (key * _LCG_MULTIPLIER + 1) & _MASK64
-        j = int((b + 1) * _TWO_POW_31 / ((key >> 33) + 1))
+        # The paper divides first, then multiplies: the same rounding as its C++ code.
+        j = int((b + 1) * (_TWO_POW_31 / ((key >> 33) + 1)))
     return b
 
 
@@ -125,7 +126,7 @@ class JumpHash(NodeSet):
         while j < n:
             b = j
             k = (k * _LCG_MULTIPLIER + 1) & _MASK64
-            j = int((b + 1) * _TWO_POW_31 / ((k >> 33) + 1))
+            j = int((b + 1) * (_TWO_POW_31 / ((k >> 33) + 1)))
         try:
             node = self._slots[b]
         except IndexError:
@@ -164,7 +165,7 @@ class JumpHash(NodeSet):
             while j < n:
                 b = j
                 k = (k * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
-                j = int((b + 1) * 2147483648.0 / ((k >> 33) + 1))
+                j = int((b + 1) * (2147483648.0 / ((k >> 33) + 1)))
             node = slots[b]
             append(self._after_tombstone(state) if node is None else node)
         return out
