@@ -172,6 +172,24 @@ def test_invalid_node_sets_are_refused_with_a_reason(algorithm: str) -> None:
         build(algorithm, ["a"], weights={"z": 2})
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_every_algorithm_implements_the_sharding_function_interface(algorithm: str) -> None:
+    function = build(algorithm, ["a", "b"])
+    assert isinstance(function, ShardingFunction)
+    assert function.algorithm == algorithm
+    assert function.nodes == ("a", "b")
+    assert dict(function.weights) == {"a": 1.0, "b": 1.0}
+    assert len(function) == 2
+    assert "a" in function
+    assert "z" not in function
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_a_single_string_is_not_taken_for_a_list_of_nodes(algorithm: str) -> None:
+    with pytest.raises(NodeSetError, match="not one string"):
+        build(algorithm, "a,b")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("algorithm", WEIGHTED_ALGORITHMS)
 def test_weights_must_be_positive_finite_numbers(algorithm: str) -> None:
     for bad in (0, -1, float("nan"), float("inf")):

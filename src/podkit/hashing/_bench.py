@@ -7,7 +7,7 @@ For each algorithm and node count it builds the function over nodes named
 * the fraction of keys whose node changed when one node is added (ideal ``1/(N+1)``) and
   when one is removed (ideal ``1/N``; jump removes its last shard, the others a middle node);
 * single lookups per second (``pick`` in a loop) and batch lookups per second (``pick_many``),
-  each the best of ``REPEATS`` runs over the same keys;
+  each the fastest of many runs of ``CHUNK`` keys (three passes over the timed keys);
 * the memory the built function holds (tracemalloc).
 
 A bounded-loads row assigns every key through :class:`BoundedLoads` over the ring, and, when
@@ -39,7 +39,10 @@ DEFAULT_KEYS = 1_000_000
 DEFAULT_NODE_COUNTS = (10, 100)
 DEFAULT_SINGLE_KEYS = 100_000  # enough for a stable per-call rate, a fraction of a second
 DEFAULT_BALANCES = (1.25, 1.1)  # the library default, and one tight enough to engage at N=100
-REPEATS = 5  # rates are the best of this many runs: other processes share the machine
+# Rates are the fastest of many short runs (CHUNK keys each, PASSES over the timed keys), as
+# timeit does: other processes share the machine, and a short run can dodge them.
+CHUNK = 10_000
+PASSES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,25 +83,29 @@ def _balance(owners: Sequence[str], nodes: int) -> tuple[float, float]:
     return max(loads) / mean, 100.0 * statistics.pstdev(loads) / mean
 
 
+def _chunks(keys: Sequence[str]) -> list[Sequence[str]]:
+    return [keys[i : i + CHUNK] for i in range(0, len(keys), CHUNK)] * PASSES
+
+
 def _rate(lookup: Callable[[str], object], keys: Sequence[str]) -> float:
-    """Single lookups per second: the best of ``REPEATS`` loops over ``keys``."""
+    """Single lookups per second: the fastest of many short loops over ``CHUNK`` keys."""
     best = math.inf
-    for _ in range(REPEATS):
+    for chunk in _chunks(keys):
         start = time.perf_counter()
-        for key in keys:
+        for key in chunk:
             lookup(key)
-        best = min(best, time.perf_counter() - start)
-    return len(keys) / best
+        best = min(best, (time.perf_counter() - start) / len(chunk))
+    return 1 / best
 
 
 def _batch_rate(lookup: Callable[[Sequence[str]], object], keys: Sequence[str]) -> float:
-    """Batch lookups per second: the best of ``REPEATS`` calls over ``keys``."""
+    """Batch lookups per second: the fastest of many calls over ``CHUNK`` keys each."""
     best = math.inf
-    for _ in range(REPEATS):
+    for chunk in _chunks(keys):
         start = time.perf_counter()
-        lookup(keys)
-        best = min(best, time.perf_counter() - start)
-    return len(keys) / best
+        lookup(chunk)
+        best = min(best, (time.perf_counter() - start) / len(chunk))
+    return 1 / best
 
 
 def _memory(build: Callable[[], object]) -> int:
@@ -148,11 +155,15 @@ def bench_algorithm(
 def bench_bounded(count: int, keys: Sequence[str], balance: float) -> BenchRow:
     """Assign every key through bounded loads over the ketama ring; measure the caps."""
     table = BoundedLoads(KetamaRing(node_names(count)), balance=balance)
-    start = time.perf_counter()
     assign = table.assign
-    for key in keys:
-        assign(key)
-    rate = len(keys) / (time.perf_counter() - start)
+    best = math.inf
+    for i in range(0, len(keys), CHUNK):
+        chunk = keys[i : i + CHUNK]
+        start = time.perf_counter()
+        for key in chunk:
+            assign(key)
+        best = min(best, (time.perf_counter() - start) / len(chunk))
+    rate = 1 / best
     stats = table.statistics()
     loads = list(stats.loads.values())
     mean = stats.total / count

@@ -32,6 +32,8 @@ def normalise_nodes(
         NodeSetError: a node is empty, not a string or repeated; a weight names an unknown
             node or is not a finite number > 0; there are more than ``MAX_NODES`` nodes.
     """
+    if isinstance(nodes, str | bytes):
+        raise NodeSetError(f"nodes is a list of names, not one string ({nodes!r})")
     listed = tuple(nodes)
     if len(listed) > MAX_NODES:
         raise NodeSetError(f"at most {MAX_NODES} nodes are supported, got {len(listed)}")

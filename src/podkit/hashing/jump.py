@@ -77,6 +77,8 @@ class JumpHash(NodeSet):
         *,
         weights: Mapping[str, float] | None = None,
     ) -> None:
+        if isinstance(nodes, str | bytes):
+            raise NodeSetError(f"nodes is a list of names, not one string ({nodes!r})")
         slots = list(nodes)
         while slots and slots[-1] is None:
             slots.pop()

