@@ -91,11 +91,13 @@ def test_weighted_point_counts_follow_libmemcached_formula() -> None:
 
 def test_ring_walk_visits_servers_in_clockwise_order() -> None:
     ring = KetamaRing(["a", "b", "c", "d"])
+    points = ring.points
+    values = [p for p, _ in points]
     for key in keys(200):
-        start = bisect_left([p for p, _ in ring.points], ketama_key_point(key))
+        start = bisect_left(values, ketama_key_point(key))
         clockwise: list[str] = []
-        for i in range(len(ring.points)):
-            server = ring.points[(start + i) % len(ring.points)][1]
+        for i in range(len(points)):
+            server = points[(start + i) % len(points)][1]
             if server not in clockwise:
                 clockwise.append(server)
         assert list(ring.iter_nodes(key)) == clockwise
