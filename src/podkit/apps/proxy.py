@@ -3,6 +3,10 @@ sidecar/ambassador; the other patterns layer their policies on the same engine."
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import click
@@ -26,9 +30,33 @@ from podkit.engines.http.rules import (
     DEFAULT_MAX_HEADER_COUNT,
     DEFAULT_MAX_URI_BYTES,
 )
-from podkit.errors import ConfigError
+from podkit.engines.tcp import DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT
+from podkit.engines.tcp import TCPProxy
+from podkit.engines.workers import serve_workers
+from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
+
+
+@contextlib.contextmanager
+def reserve_port(listen: HostPort) -> Iterator[int]:
+    """Bind (not listen) a SO_REUSEPORT socket on ``listen``; yields the bound port.
+
+    Raises:
+        PodkitError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((listen.host, listen.port))
+        except OSError as exc:
+            raise PodkitError(f"proxy: cannot listen on {listen}: {exc.strerror or exc}") from exc
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
 
 
 def _size(n: int) -> str:
@@ -49,6 +77,47 @@ class ProxySettings:
     forwarding: Forwarding = field(default_factory=Forwarding)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
+    idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+
+
+async def serve_proxy(rt: Runtime, settings: ProxySettings, *, reuse_port: bool = False) -> None:
+    """Serve the proxy in ``settings.mode`` until the runtime drains."""
+    if settings.mode == "tcp":
+        await serve_tcp_proxy(rt, settings, reuse_port=reuse_port)
+    else:
+        await serve_http_proxy(rt, settings, reuse_port=reuse_port)
+
+
+async def _worker_main(rt: Runtime, settings: ProxySettings) -> None:
+    await serve_proxy(rt, settings, reuse_port=True)
+
+
+async def serve_tcp_proxy(
+    rt: Runtime, settings: ProxySettings, *, reuse_port: bool = False
+) -> None:
+    """Serve the TCP forwarder until the runtime drains."""
+    async with TCPProxy(
+        settings.upstream,
+        host=settings.listen.host,
+        port=settings.listen.port,
+        connect_timeout=settings.connect_timeout,
+        idle_timeout=settings.idle_timeout,
+        max_connections=settings.limits.max_connections,
+        reuse_port=reuse_port,
+        registry=rt.registry,
+        name="proxy",
+    ) as proxy:
+        rt.log.info(
+            "listening",
+            extra={
+                "listen": f"{settings.listen.host}:{proxy.port}",
+                "upstream": settings.upstream.authority,
+                "mode": "tcp",
+            },
+        )
+        rt.set_ready()
+        await rt.wait_draining()
+        await proxy.drain(rt.drain_timeout)
 
 
 async def serve_http_proxy(
@@ -98,10 +167,17 @@ async def serve_http_proxy(
 )
 @click.option(
     "--mode",
-    type=click.Choice(["http"]),
+    type=click.Choice(["http", "tcp"]),
     default="http",
     show_default=True,
-    help="http: HTTP/1.1 reverse proxy.",
+    help="http: HTTP/1.1 reverse proxy; tcp: forward bytes (L4) with half-close.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=256),
+    default=1,
+    show_default=True,
+    help="Processes sharing the port (SO_REUSEPORT); one admin endpoint, merged metrics.",
 )
 @click.option(
     "--connect-timeout",
@@ -117,6 +193,13 @@ async def serve_http_proxy(
     default=format_duration(DEFAULT_RESPONSE_TIMEOUT),
     show_default=True,
     help="Upstream silence allowed while a response is awaited or streams (504 after it).",
+)
+@click.option(
+    "--idle-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_TCP_IDLE_TIMEOUT),
+    show_default=True,
+    help="tcp mode: close a connection with no byte either way for this long.",
 )
 @click.option(
     "--trusted-proxy",
@@ -191,7 +274,9 @@ def command(
     listen: HostPort,
     upstream: str,
     mode: str,
+    workers: int,
     connect_timeout: float,
+    idle_timeout: float,
     response_timeout: float,
     trusted_proxies: tuple[str, ...],
     via: str,
@@ -216,9 +301,16 @@ def command(
         trusted = Forwarding.parse_trusted(trusted_proxies)
     except ValueError as exc:
         raise ConfigError(str(exc), source="<flags>", path="--trusted-proxy") from exc
+    if mode == "tcp":
+        target = upstream.removeprefix("tcp://")
+        if "://" in target:
+            raise ConfigError("tcp mode takes HOST:PORT", source="<flags>", path="--upstream")
+        parsed = Upstream.parse(target)
+    else:
+        parsed = Upstream.parse(upstream)
     settings = ProxySettings(
         listen=listen,
-        upstream=Upstream.parse(upstream),
+        upstream=parsed,
         mode=mode,
         limits=ServerLimits(
             max_header_bytes=max_header_bytes,
@@ -233,9 +325,21 @@ def command(
         forwarding=Forwarding(trusted_proxies=trusted, via=via or None),
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,
+        idle_timeout=idle_timeout,
     )
 
     async def main(rt: Runtime) -> None:
-        await serve_http_proxy(rt, settings)
+        if workers == 1:
+            await serve_proxy(rt, settings)
+            return
+        # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it
+        # takes no connections): port 0 becomes one port every worker shares.
+        with reserve_port(settings.listen) as port:
+            shared = dataclasses.replace(settings, listen=HostPort(settings.listen.host, port))
+            rt.log.info(
+                "starting workers",
+                extra={"workers": workers, "listen": f"{settings.listen.host}:{port}"},
+            )
+            await serve_workers(rt, count=workers, main=_worker_main, settings=shared, name="proxy")
 
     return run_component("proxy", main, runtime)

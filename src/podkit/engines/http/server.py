@@ -699,17 +699,20 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         assert response.upgraded is not None
+        # The framing rules would drop Connection; a 101 must say which protocol follows.
         head = response_head(
             101,
-            [(n, v) for n, v in response.headers if n.lower() not in (b"connection", b"upgrade")]
-            + [(b"Connection", b"upgrade")]
-            + [(n, v) for n, v in response.headers if n.lower() == b"upgrade"],
+            [(n, v) for n, v in response.headers if n.lower() != b"upgrade"],
             mode=BodyMode.NONE,
             length=None,
             keep_alive=True,
             http10=False,
             reason=response.reason,
         )
+        protocol = b"".join(
+            b"Upgrade: " + v + b"\r\n" for n, v in response.headers if n.lower() == b"upgrade"
+        )
+        head = head[:-2] + b"Connection: upgrade\r\n" + protocol + b"\r\n"
         transport.write(head)
         upgraded = response.upgraded
         self.tunnel = upgraded

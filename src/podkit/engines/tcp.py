@@ -1,0 +1,393 @@
+"""The TCP (L4) engine: forward each accepted connection to an upstream, bytes both ways.
+
+Theory of operation. Each client connection gets a pair of protocols joined back to back.
+The client is not read until the upstream connection is open (so nothing is buffered for a
+connection that may fail); then whatever one side sends is written to the other. Flow control
+is symmetric: when one side's socket buffer fills (``pause_writing``), the other side stops
+being read until it drains. A FIN from one side is passed on as a FIN (``write_eof``) and the
+other direction keeps flowing (half-close); the pair closes when both directions ended or
+either side reset. Idle connections (no byte either way for ``idle_timeout``) are closed by a
+ticker that checks deadlines a few times per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import inspect
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import cast
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from podkit.engines.http.client import Upstream
+from podkit.errors import PodkitError
+
+DEFAULT_CONNECT_TIMEOUT = 5.0  # a dead upstream host; local ones connect in microseconds
+DEFAULT_IDLE_TIMEOUT = 3600.0  # long-lived protocols (databases, brokers) idle for minutes
+DEFAULT_MAX_CONNECTIONS = 10_000  # below a default 'ulimit -n' of a server host
+
+TCPPick = Callable[[tuple[str, int]], Upstream | Awaitable[Upstream | None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class TCPStatistics:
+    """A snapshot of a TCP forwarder's counters.
+
+    Attributes:
+        connections_open: client connections open now.
+        connections_total: client connections accepted.
+        bytes_in: bytes received from clients (and sent upstream).
+        bytes_out: bytes received from upstreams (and sent to clients).
+        connect_errors: upstream connections that failed (the client was closed).
+        idle_timeouts: connections closed for being idle.
+        refused: connections refused at the connection limit.
+    """
+
+    connections_open: int
+    connections_total: int
+    bytes_in: int
+    bytes_out: int
+    connect_errors: int
+    idle_timeouts: int
+    refused: int
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a forwarded pair."""
+
+    def __init__(self, proxy: TCPProxy, counter: str) -> None:
+        self.proxy = proxy
+        self.counter = counter  # "bytes_in" for the client side, "bytes_out" for the upstream
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.eof = False
+        self.closed = False
+        self.pending: list[bytes] = []
+        self.last_active = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self.proxy.counters[self.counter] += len(data)
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            self.pending.append(data)
+            return
+        peer.transport.write(data)
+        self.last_active = peer.last_active = self.proxy.loop.time()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            if peer.transport.can_write_eof():
+                peer.transport.write_eof()
+            if peer.eof:
+                self.close()
+                peer.close()
+                return False
+        return True  # keep our sending half open: the other direction may still flow
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        peer = self.peer
+        if peer is not None and not peer.closed and peer.transport is not None:
+            if exc is not None:
+                peer.transport.abort()  # a reset on one side is a reset on the other
+            else:
+                peer.transport.close()  # flushes what is buffered first
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+
+class _ClientSide(_Side):
+    def __init__(self, proxy: TCPProxy) -> None:
+        super().__init__(proxy, "bytes_in")
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        proxy = self.proxy
+        proxy.counters["connections_total"] += 1
+        assert self.transport is not None
+        if len(proxy.clients) >= proxy.max_connections or proxy.draining:
+            proxy.counters["refused"] += 1
+            self.transport.abort()
+            return
+        proxy.clients.add(self)
+        self.transport.pause_reading()  # nothing is read until the upstream is there
+        self.last_active = proxy.loop.time()
+        self.task = proxy.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        proxy = self.proxy
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername") or ("", 0)
+        try:
+            upstream = await proxy.choose((str(peer[0]), int(peer[1])))
+            if upstream is None:
+                raise OSError("no upstream available")
+            async with asyncio.timeout(proxy.connect_timeout):
+                _, side = await proxy.loop.create_connection(
+                    lambda: _Side(proxy, "bytes_out"), upstream.host, upstream.port
+                )
+        except (OSError, TimeoutError):
+            proxy.counters["connect_errors"] += 1
+            if not self.closed:
+                self.transport.abort()
+            return
+        if self.closed:
+            if side.transport is not None:
+                side.transport.close()
+            return
+        self.peer = side
+        side.peer = self
+        side.last_active = self.last_active = proxy.loop.time()
+        assert side.transport is not None
+        for data in self.pending:
+            side.transport.write(data)
+        self.pending.clear()
+        if self.eof and side.transport.can_write_eof():
+            side.transport.write_eof()
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.proxy.clients.discard(self)
+        if self.proxy.all_closed is not None and not self.proxy.clients:
+            self.proxy.all_closed.set()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def idle_since(self) -> float:
+        peer = self.peer
+        return max(self.last_active, peer.last_active if peer is not None else 0.0)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.abort()
+
+
+class TCPProxy:
+    """Accept TCP connections and forward each one to an upstream.
+
+    Use as ``async with TCPProxy(upstream, host=..., port=0) as proxy:``.
+
+    Args:
+        upstream: the upstream, or ``pick(client_address)`` returning one (sync or async;
+            None closes the client).
+        host: the address to listen on.
+        port: the port (0 picks a free one).
+        connect_timeout: seconds to connect upstream before the client is closed.
+        idle_timeout: a connection with no byte either way for this long is closed.
+        max_connections: client connections at once; more are closed at once.
+        reuse_port: set SO_REUSEPORT so several processes share the port.
+        sock: an already bound listening socket to serve on.
+        registry: a Prometheus registry to export the metrics to.
+    """
+
+    def __init__(
+        self,
+        upstream: Upstream | TCPPick,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        registry: CollectorRegistry | None = None,
+        metrics_prefix: str = "podkit_tcp",
+        name: str = "tcp",
+    ) -> None:
+        self.upstream = upstream
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.reuse_port = reuse_port
+        self.sock = sock
+        self.name = name
+        self.metrics_prefix = metrics_prefix
+        self.counters = {
+            "connections_total": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "connect_errors": 0,
+            "idle_timeouts": 0,
+            "refused": 0,
+        }
+        self.clients: set[_ClientSide] = set()
+        self.draining = False
+        self.all_closed: asyncio.Event | None = None
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._registry = registry
+        self._collector: _TCPCollector | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by start()
+
+    async def __aenter__(self) -> TCPProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def choose(self, client: tuple[str, int]) -> Upstream | None:
+        if isinstance(self.upstream, Upstream):
+            return self.upstream
+        chosen = self.upstream(client)
+        if inspect.isawaitable(chosen):
+            chosen = await chosen
+        return chosen
+
+    async def start(self) -> None:
+        """Bind and start accepting.
+
+        Raises:
+            PodkitError: the address cannot be bound.
+        """
+        self.loop = asyncio.get_running_loop()
+        try:
+            if self.sock is not None:
+                self._server = await self.loop.create_server(
+                    lambda: _ClientSide(self), sock=self.sock, backlog=1024
+                )
+            else:
+                self._server = await self.loop.create_server(
+                    lambda: _ClientSide(self),
+                    self.host,
+                    self.port,
+                    reuse_port=self.reuse_port or None,
+                    backlog=1024,
+                )
+        except OSError as exc:
+            reason = (
+                "address already in use"
+                if exc.errno == errno.EADDRINUSE
+                else exc.strerror or str(exc)
+            )
+            raise PodkitError(
+                f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}"
+            ) from exc
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._ticker = self.loop.create_task(self._tick(), name=f"{self.name}-idle")
+        if self._registry is not None:
+            self._collector = _TCPCollector(self)
+            self._registry.register(self._collector)
+
+    async def _tick(self) -> None:
+        interval = max(0.02, min(self.idle_timeout / 4, 1.0))
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = self.loop.time() - self.idle_timeout
+            for client in list(self.clients):
+                if client.idle_since() < cutoff:
+                    self.counters["idle_timeouts"] += 1
+                    client.abort()
+
+    def statistics(self) -> TCPStatistics:
+        """A snapshot of the counters."""
+        c = self.counters
+        return TCPStatistics(
+            connections_open=len(self.clients),
+            connections_total=c["connections_total"],
+            bytes_in=c["bytes_in"],
+            bytes_out=c["bytes_out"],
+            connect_errors=c["connect_errors"],
+            idle_timeouts=c["idle_timeouts"],
+            refused=c["refused"],
+        )
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; let open connections finish for up to ``timeout``, then close them."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        if self.clients:
+            self.all_closed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.all_closed.wait()
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the listener and every connection now."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for client in list(self.clients):
+            client.abort()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+        if self._collector is not None and self._registry is not None:
+            with contextlib.suppress(KeyError):
+                self._registry.unregister(self._collector)
+            self._collector = None
+
+
+class _TCPCollector(Collector):
+    def __init__(self, proxy: TCPProxy) -> None:
+        self.proxy = proxy
+
+    def collect(self) -> Iterable[Metric]:
+        return tcp_metrics([self.proxy.statistics()], prefix=self.proxy.metrics_prefix)
+
+
+def tcp_metrics(
+    snapshots: Iterable[TCPStatistics], *, prefix: str = "podkit_tcp"
+) -> Iterator[Metric]:
+    """Prometheus metric families for one or more forwarders' statistics, summed."""
+    snaps = list(snapshots)
+    gauge = GaugeMetricFamily(f"{prefix}_connections", "Client connections open now.")
+    gauge.add_metric([], sum(s.connections_open for s in snaps))
+    yield gauge
+    for attr, name, help_text in (
+        ("connections_total", "connections_accepted", "Client connections accepted."),
+        ("bytes_in", "received_bytes", "Bytes received from clients."),
+        ("bytes_out", "sent_bytes", "Bytes received from upstreams and sent to clients."),
+        ("connect_errors", "connect_errors", "Upstream connections that failed."),
+        ("idle_timeouts", "idle_timeouts", "Connections closed for being idle."),
+        ("refused", "refused", "Connections refused at the connection limit."),
+    ):
+        counter = CounterMetricFamily(f"{prefix}_{name}", help_text)
+        counter.add_metric([], sum(getattr(s, attr) for s in snaps))
+        yield counter
+
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "TCPPick",
+    "TCPProxy",
+    "TCPStatistics",
+    "tcp_metrics",
+]
