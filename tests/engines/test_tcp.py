@@ -10,10 +10,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 from podkit.engines.http import Upstream
-from podkit.engines.tcp import TCPProxy
+from podkit.engines.tcp import SPLICE_AVAILABLE, TCPProxy
 from podkit.testing import free_port
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(params=[True, False] if SPLICE_AVAILABLE else [False], ids=["splice", "protocols"])
+def zero_copy(request: pytest.FixtureRequest) -> bool:
+    """Each test runs on both data paths: kernel splice and asyncio protocols."""
+    return bool(request.param)
 
 
 async def _reply_after_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -46,8 +52,10 @@ async def send_and_half_close(port: int, payload: bytes) -> bytes:
     return reply
 
 
-async def test_bytes_flow_both_ways_across_a_half_close(digest_upstream: Upstream) -> None:
-    async with TCPProxy(digest_upstream) as proxy:
+async def test_bytes_flow_both_ways_across_a_half_close(
+    digest_upstream: Upstream, zero_copy: bool
+) -> None:
+    async with TCPProxy(digest_upstream, zero_copy=zero_copy) as proxy:
         payload = b"hello, upstream"
         reply = await send_and_half_close(proxy.port, payload)
         assert reply == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
@@ -56,14 +64,14 @@ async def test_bytes_flow_both_ways_across_a_half_close(digest_upstream: Upstrea
         assert stats.bytes_out == len(reply)
 
 
-async def test_a_bulk_transfer_arrives_intact(digest_upstream: Upstream) -> None:
+async def test_a_bulk_transfer_arrives_intact(digest_upstream: Upstream, zero_copy: bool) -> None:
     payload = bytes(range(256)) * (32 * 1024 * 4)  # 32 MiB
-    async with TCPProxy(digest_upstream) as proxy:
+    async with TCPProxy(digest_upstream, zero_copy=zero_copy) as proxy:
         reply = await send_and_half_close(proxy.port, payload)
     assert reply == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
 
 
-async def test_the_upstream_speaks_first_and_the_client_half_closes_later() -> None:
+async def test_the_upstream_speaks_first_and_the_client_half_closes_later(zero_copy: bool) -> None:
     async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 ready\r\n")
         await writer.drain()
@@ -78,7 +86,7 @@ async def test_the_upstream_speaks_first_and_the_client_half_closes_later() -> N
     server = await asyncio.start_server(banner, "127.0.0.1", 0)
     upstream = Upstream("127.0.0.1", server.sockets[0].getsockname()[1])
     try:
-        async with TCPProxy(upstream) as proxy:
+        async with TCPProxy(upstream, zero_copy=zero_copy) as proxy:
             reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
             assert await reader.readline() == b"220 ready\r\n"
             writer.write(b"ping\r\n")
@@ -91,7 +99,7 @@ async def test_the_upstream_speaks_first_and_the_client_half_closes_later() -> N
         await server.wait_closed()
 
 
-async def test_a_client_that_does_not_read_pauses_the_upstream() -> None:
+async def test_a_client_that_does_not_read_pauses_the_upstream(zero_copy: bool) -> None:
     sent = 0
     blocked = asyncio.Event()
 
@@ -113,7 +121,7 @@ async def test_a_client_that_does_not_read_pauses_the_upstream() -> None:
     server = await asyncio.start_server(flood, "127.0.0.1", 0)
     upstream = Upstream("127.0.0.1", server.sockets[0].getsockname()[1])
     try:
-        async with TCPProxy(upstream) as proxy:
+        async with TCPProxy(upstream, zero_copy=zero_copy) as proxy:
             _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=65536)
             writer.transport.pause_reading()  # type: ignore[attr-defined]
             await asyncio.wait_for(blocked.wait(), 20)
@@ -124,8 +132,8 @@ async def test_a_client_that_does_not_read_pauses_the_upstream() -> None:
         await server.wait_closed()
 
 
-async def test_an_unreachable_upstream_closes_the_client_and_is_counted() -> None:
-    async with TCPProxy(Upstream("127.0.0.1", free_port())) as proxy:
+async def test_an_unreachable_upstream_closes_the_client_and_is_counted(zero_copy: bool) -> None:
+    async with TCPProxy(Upstream("127.0.0.1", free_port()), zero_copy=zero_copy) as proxy:
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         try:
             data = await asyncio.wait_for(reader.read(), 10)
@@ -136,8 +144,8 @@ async def test_an_unreachable_upstream_closes_the_client_and_is_counted() -> Non
         assert proxy.statistics().connect_errors == 1
 
 
-async def test_an_idle_connection_is_closed(digest_upstream: Upstream) -> None:
-    async with TCPProxy(digest_upstream, idle_timeout=0.3) as proxy:
+async def test_an_idle_connection_is_closed(digest_upstream: Upstream, zero_copy: bool) -> None:
+    async with TCPProxy(digest_upstream, idle_timeout=0.3, zero_copy=zero_copy) as proxy:
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(b"a")
         await writer.drain()

@@ -8,6 +8,13 @@ being read until it drains. A FIN from one side is passed on as a FIN (``write_e
 other direction keeps flowing (half-close); the pair closes when both directions ended or
 either side reset. Idle connections (no byte either way for ``idle_timeout``) are closed by a
 ticker that checks deadlines a few times per second.
+
+On Linux the bytes do not pass through Python at all (``zero_copy``, the default there): each
+direction is a kernel pipe, filled from one socket and drained into the other with
+``splice(2)``, the way HAProxy forwards TCP. Python only decides when to call it: a direction
+reads while its pipe has room and writes while the pipe holds bytes; a full pipe stops the
+reading (back-pressure), an empty one after a FIN becomes ``shutdown(SHUT_WR)`` on the other
+socket (half-close).
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import inspect
+import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -30,6 +40,9 @@ from podkit.errors import PodkitError
 DEFAULT_CONNECT_TIMEOUT = 5.0  # a dead upstream host; local ones connect in microseconds
 DEFAULT_IDLE_TIMEOUT = 3600.0  # long-lived protocols (databases, brokers) idle for minutes
 DEFAULT_MAX_CONNECTIONS = 10_000  # below a default 'ulimit -n' of a server host
+PIPE_BYTES = 1 << 20  # per direction; Linux's default pipe-max-size, 16x the default pipe
+SPLICE_AVAILABLE = sys.platform == "linux" and hasattr(os, "splice")
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 TCPPick = Callable[[tuple[str, int]], Upstream | Awaitable[Upstream | None] | None]
 
@@ -170,7 +183,7 @@ class _ClientSide(_Side):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.proxy.clients.discard(self)
-        if self.proxy.all_closed is not None and not self.proxy.clients:
+        if self.proxy.all_closed is not None and not self.proxy.clients and not self.proxy.spliced:
             self.proxy.all_closed.set()
         if self.task is not None and not self.task.done():
             self.task.cancel()
@@ -184,6 +197,205 @@ class _ClientSide(_Side):
             self.transport.abort()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.abort()
+
+
+class _Direction:
+    """One direction of a spliced pair: ``src`` socket -> kernel pipe -> ``dst`` socket."""
+
+    __slots__ = (
+        "counter",
+        "dst",
+        "eof",
+        "pair",
+        "pipe_r",
+        "pipe_w",
+        "queued",
+        "reading",
+        "shut",
+        "src",
+        "writing",
+    )
+
+    def __init__(
+        self, pair: _SplicedPair, src: socket.socket, dst: socket.socket, counter: str
+    ) -> None:
+        self.pair = pair
+        self.src = src
+        self.dst = dst
+        self.counter = counter
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self.queued = 0  # bytes in the pipe
+        self.eof = False
+        self.shut = False
+        self.reading = False
+        self.writing = False
+
+    def start(self) -> None:
+        self.want_read(True)
+
+    def want_read(self, on: bool) -> None:
+        if on == self.reading:
+            return
+        self.reading = on
+        loop = self.pair.proxy.loop
+        if on:
+            loop.add_reader(self.src.fileno(), self.pair.step, self)
+        else:
+            loop.remove_reader(self.src.fileno())
+
+    def want_write(self, on: bool) -> None:
+        if on == self.writing:
+            return
+        self.writing = on
+        loop = self.pair.proxy.loop
+        if on:
+            loop.add_writer(self.dst.fileno(), self.pair.step, self)
+        else:
+            loop.remove_writer(self.dst.fileno())
+
+    def pump(self) -> bool:
+        """Move what can move now; returns False when the pair must be torn down."""
+        src_fd = self.src.fileno()
+        dst_fd = self.dst.fileno()
+        moved = False
+        while True:
+            if self.queued:
+                try:
+                    sent = os.splice(self.pipe_r, dst_fd, self.queued, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    break  # the destination is full: wait until it is writable
+                self.queued -= sent
+                moved = True
+            if self.eof or self.queued:
+                break
+            try:
+                got = os.splice(src_fd, self.pipe_w, PIPE_BYTES, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                break  # nothing to read now
+            if got == 0:
+                self.eof = True
+                break
+            self.queued += got
+            self.pair.proxy.counters[self.counter] += got
+            moved = True
+        if moved:
+            self.pair.touch()
+        if self.eof and not self.queued and not self.shut:
+            self.shut = True
+            with contextlib.suppress(OSError):
+                self.dst.shutdown(socket.SHUT_WR)
+        # Read only while the pipe is empty, write only while it holds bytes.
+        self.want_read(not self.eof and not self.queued)
+        self.want_write(self.queued > 0)
+        return True
+
+    def close(self) -> None:
+        self.want_read(False)
+        self.want_write(False)
+        for fd in (self.pipe_r, self.pipe_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class _SplicedPair:
+    """A client socket and an upstream socket joined by two spliced directions."""
+
+    def __init__(self, proxy: TCPProxy, client: socket.socket) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.upstream: socket.socket | None = None
+        self.directions: list[_Direction] = []
+        self.closed = False
+        self.last_active = proxy.loop.time()
+        self.task: asyncio.Task[None] | None = None
+
+    def touch(self) -> None:
+        self.last_active = self.proxy.loop.time()
+
+    def idle_since(self) -> float:
+        return self.last_active
+
+    async def connect(self) -> None:
+        proxy = self.proxy
+        loop = proxy.loop
+        peer = self.client.getpeername()
+        sock: socket.socket | None = None
+        try:
+            upstream = await proxy.choose((str(peer[0]), int(peer[1])))
+            if upstream is None:
+                raise OSError("no upstream available")
+            async with asyncio.timeout(proxy.connect_timeout):
+                infos = await loop.getaddrinfo(
+                    upstream.host, upstream.port, type=socket.SOCK_STREAM
+                )
+                family, kind, proto, _, address = infos[0]
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+        except (OSError, TimeoutError):
+            proxy.counters["connect_errors"] += 1
+            if sock is not None:
+                sock.close()
+            self.abort()
+            return
+        if self.closed:
+            sock.close()
+            return
+        self.upstream = sock
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.directions = [
+            _Direction(self, self.client, sock, "bytes_in"),
+            _Direction(self, sock, self.client, "bytes_out"),
+        ]
+        self.touch()
+        for direction in self.directions:
+            direction.start()
+
+    def step(self, direction: _Direction) -> None:
+        if self.closed:
+            return
+        try:
+            direction.pump()
+        except OSError:
+            self.abort()  # a reset or a broken pipe on either side ends both
+            return
+        if all(d.shut for d in self.directions):
+            self.finish()
+
+    def finish(self) -> None:
+        """Both directions ended with a FIN: close quietly."""
+        self._close(reset=False)
+
+    def abort(self) -> None:
+        self._close(reset=True)
+
+    def _close(self, *, reset: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for direction in self.directions:
+            direction.close()
+        for sock in (self.client, self.upstream):
+            if sock is None:
+                continue
+            if reset:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                    )
+            sock.close()
+        self.proxy.spliced.discard(self)
+        if self.proxy.all_closed is not None and not self.proxy.clients and not self.proxy.spliced:
+            self.proxy.all_closed.set()
+        if (
+            self.task is not None
+            and not self.task.done()
+            and self.task is not asyncio.current_task()
+        ):
+            self.task.cancel()
 
 
 class TCPProxy:
@@ -202,6 +414,7 @@ class TCPProxy:
         reuse_port: set SO_REUSEPORT so several processes share the port.
         sock: an already bound listening socket to serve on.
         registry: a Prometheus registry to export the metrics to.
+        zero_copy: move bytes with splice(2) through kernel pipes (default: on Linux).
     """
 
     def __init__(
@@ -218,8 +431,10 @@ class TCPProxy:
         registry: CollectorRegistry | None = None,
         metrics_prefix: str = "podkit_tcp",
         name: str = "tcp",
+        zero_copy: bool | None = None,
     ) -> None:
         self.upstream = upstream
+        self.zero_copy = SPLICE_AVAILABLE if zero_copy is None else zero_copy and SPLICE_AVAILABLE
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
@@ -238,6 +453,8 @@ class TCPProxy:
             "refused": 0,
         }
         self.clients: set[_ClientSide] = set()
+        self.spliced: set[_SplicedPair] = set()
+        self._listener: socket.socket | None = None
         self.draining = False
         self.all_closed: asyncio.Event | None = None
         self._server: asyncio.Server | None = None
@@ -268,6 +485,22 @@ class TCPProxy:
             PodkitError: the address cannot be bound.
         """
         self.loop = asyncio.get_running_loop()
+        if self.zero_copy:
+            self._listen_raw()
+        else:
+            await self._listen_protocol()
+        self._ticker = self.loop.create_task(self._tick(), name=f"{self.name}-idle")
+        if self._registry is not None:
+            self._collector = _TCPCollector(self)
+            self._registry.register(self._collector)
+
+    def _bind_error(self, exc: OSError) -> PodkitError:
+        reason = (
+            "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        )
+        return PodkitError(f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}")
+
+    async def _listen_protocol(self) -> None:
         try:
             if self.sock is not None:
                 self._server = await self.loop.create_server(
@@ -282,26 +515,66 @@ class TCPProxy:
                     backlog=1024,
                 )
         except OSError as exc:
-            reason = (
-                "address already in use"
-                if exc.errno == errno.EADDRINUSE
-                else exc.strerror or str(exc)
-            )
-            raise PodkitError(
-                f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}"
-            ) from exc
+            raise self._bind_error(exc) from exc
         self.port = int(self._server.sockets[0].getsockname()[1])
-        self._ticker = self.loop.create_task(self._tick(), name=f"{self.name}-idle")
-        if self._registry is not None:
-            self._collector = _TCPCollector(self)
-            self._registry.register(self._collector)
+
+    def _listen_raw(self) -> None:
+        sock = self.sock
+        if sock is None:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((self.host, self.port))
+                sock.listen(1024)
+            except OSError as exc:
+                sock.close()
+                raise self._bind_error(exc) from exc
+        sock.setblocking(False)
+        self._listener = sock
+        self.port = int(sock.getsockname()[1])
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(64):  # bounded: other callbacks get their turn under a connection storm
+            try:
+                client, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. EMFILE: the listener stays; the next readiness retries
+            self.counters["connections_total"] += 1
+            if len(self.spliced) >= self.max_connections or self.draining:
+                self.counters["refused"] += 1
+                client.close()
+                continue
+            client.setblocking(False)
+            with contextlib.suppress(OSError):
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pair = _SplicedPair(self, client)
+            self.spliced.add(pair)
+            pair.task = self.loop.create_task(pair.connect())
+
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        if self._server is not None:
+            self._server.close()
 
     async def _tick(self) -> None:
         interval = max(0.02, min(self.idle_timeout / 4, 1.0))
         while True:
             await asyncio.sleep(interval)
             cutoff = self.loop.time() - self.idle_timeout
-            for client in list(self.clients):
+            connections: list[_ClientSide | _SplicedPair] = [*self.clients, *self.spliced]
+            for client in connections:
                 if client.idle_since() < cutoff:
                     self.counters["idle_timeouts"] += 1
                     client.abort()
@@ -310,7 +583,7 @@ class TCPProxy:
         """A snapshot of the counters."""
         c = self.counters
         return TCPStatistics(
-            connections_open=len(self.clients),
+            connections_open=len(self.clients) + len(self.spliced),
             connections_total=c["connections_total"],
             bytes_in=c["bytes_in"],
             bytes_out=c["bytes_out"],
@@ -322,9 +595,8 @@ class TCPProxy:
     async def drain(self, timeout: float) -> None:
         """Stop accepting; let open connections finish for up to ``timeout``, then close them."""
         self.draining = True
-        if self._server is not None:
-            self._server.close()
-        if self.clients:
+        self._stop_listening()
+        if self.clients or self.spliced:
             self.all_closed = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -334,9 +606,9 @@ class TCPProxy:
     async def aclose(self) -> None:
         """Close the listener and every connection now."""
         self.draining = True
-        if self._server is not None:
-            self._server.close()
-        for client in list(self.clients):
+        self._stop_listening()
+        connections: list[_ClientSide | _SplicedPair] = [*self.clients, *self.spliced]
+        for client in connections:
             client.abort()
         if self._ticker is not None:
             self._ticker.cancel()
@@ -386,6 +658,8 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
+    "PIPE_BYTES",
+    "SPLICE_AVAILABLE",
     "TCPPick",
     "TCPProxy",
     "TCPStatistics",
