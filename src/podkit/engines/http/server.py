@@ -142,6 +142,19 @@ class _Rejection:
         self.reason = reason
 
 
+# The short attribute names of RFC 4514, as X-Client-Subject style headers show them.
+_RDN_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
+
+
 def _tls_info(transport: asyncio.BaseTransport) -> TLSInfo | None:
     sslobj = transport.get_extra_info("ssl_object")
     if sslobj is None:
@@ -150,7 +163,9 @@ def _tls_info(transport: asyncio.BaseTransport) -> TLSInfo | None:
     subject = None
     if cert:
         subject = ",".join(
-            f"{key}={value}" for rdn in cert.get("subject", ()) for key, value in rdn
+            f"{_RDN_NAMES.get(key, key)}={value}"
+            for rdn in cert.get("subject", ())
+            for key, value in rdn
         )
     cipher = sslobj.cipher()
     return TLSInfo(
