@@ -682,7 +682,8 @@ class UpstreamPool:
         wait = self.response_timeout if timeout is None else timeout
         attempts = 2 if replayable else 1
         for attempt in range(attempts):
-            conn = await self._acquire(upstream)
+            self.counters["requests"] += 1
+            conn = self._take_idle(upstream) or await self._acquire(upstream)
             waiter = conn.begin(request.method, wait)
             self._busy.add(conn)
             try:
@@ -735,17 +736,27 @@ class UpstreamPool:
 
     # --- connections ----------------------------------------------------------------------------
 
-    async def _acquire(self, upstream: Upstream) -> _UpstreamConnection:
+    def _take_idle(self, upstream: Upstream) -> _UpstreamConnection | None:
+        """The most recently used idle connection, without awaiting (the hot path)."""
         slot = self._slots.get(upstream)
         if slot is None:
-            slot = self._slots[upstream] = _Slot()
-        self.counters["requests"] += 1
-        while slot.idle:
-            conn = slot.idle.pop()
+            return None
+        idle = slot.idle
+        while idle:
+            conn = idle.pop()
             if not conn.closed:
                 slot.busy += 1
                 self.counters["reused"] += 1
                 return conn
+        return None
+
+    async def _acquire(self, upstream: Upstream) -> _UpstreamConnection:
+        slot = self._slots.get(upstream)
+        if slot is None:
+            slot = self._slots[upstream] = _Slot()
+        conn = self._take_idle(upstream)
+        if conn is not None:
+            return conn
         if slot.busy >= self.max_connections:
             waiter = self.loop.create_future()
             slot.waiters.append(waiter)

@@ -133,8 +133,14 @@ def parse_content_length(values: Sequence[bytes]) -> int:
     return length
 
 
+_PLAIN_CONNECTION = {b"keep-alive": {b"keep-alive"}, b"close": {b"close"}}
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
     """The lower-cased tokens of a Connection field value."""
+    plain = _PLAIN_CONNECTION.get(value.lower())
+    if plain is not None:
+        return set(plain)  # the common case, without splitting
     return {t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")}
 
 
