@@ -277,8 +277,16 @@ class _UpstreamConnection(asyncio.Protocol):
                 self._broken(str(exc.__context__ or exc))
         except httptools.HttpParserError as exc:
             self._broken(str(exc) or "malformed response")
+            return
+        if self.in_head:
+            # Counted on raw bytes rather than per field: cheaper, and it also bounds a field
+            # that never ends.
+            self.header_bytes += len(data)
+            if self.header_bytes > self.pool.max_header_bytes:
+                self._broken("response head too large")
 
     _head_keep_alive = False
+    in_head = False
 
     def _broken(self, reason: str) -> None:
         error = UpstreamClosed(
@@ -295,22 +303,21 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.headers = []
-        self.header_bytes = 0
+        self.header_bytes = 0  # raw bytes of this head, counted in data_received
+        self.in_head = True
         self.reason = None
 
     def on_status(self, status: bytes) -> None:
         self.reason = status if self.reason is None else self.reason + status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        self.header_bytes += len(name) + len(value) + 4
-        if (
-            self.header_bytes > self.pool.max_header_bytes
-            or len(self.headers) > self.pool.max_header_count
-        ):
-            raise RemoteProtocolError("upstream response head too large", status=502)
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > self.pool.max_header_count:
+            raise RemoteProtocolError("upstream response has too many header fields", status=502)
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         status = self.parser.get_status_code()
         if status < 200 and status != 101:
             self.interim = True  # 100 Continue, 103 Early Hints: the final response follows
@@ -331,15 +338,20 @@ class _UpstreamConnection(asyncio.Protocol):
                     continue
             elif lname == b"content-length":
                 if lengths is None:
-                    lengths = []
-                lengths.append(value)
+                    lengths = [value]
+                else:
+                    lengths.append(value)
             headers.append((name, value))
         if named:
             named -= {b"upgrade"} if status == 101 else set()
             headers = [(n, v) for n, v in headers if n.lower() not in named]
         length: int | None = None
         if lengths is not None and not chunked:
-            length = parse_content_length(lengths)
+            first = lengths[0]
+            if len(lengths) == 1 and first.isdigit() and len(first) < 19:
+                length = int(first)  # the common case, without the general parser
+            else:
+                length = parse_content_length(lengths)
         response = Response(status, headers, EMPTY_BODY, reason=self.reason)
         if status == 101:
             response.upgraded = _UpstreamTunnel(self)

@@ -102,8 +102,8 @@ def proxy_handler(
         headers = upstream_request_headers(request, policy)
         attempt = 0
         while True:
-            target = await choose(request)
-            started = clock()
+            target = fixed if fixed is not None else await choose(request)
+            started = clock() if observe is not None else 0.0
             try:
                 response = await pool.send(target, request, headers=headers, timeout=timeout)
             except UpstreamError as exc:
