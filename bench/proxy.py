@@ -11,8 +11,8 @@ thread) measures the backend direct, nginx as a proxy (1 worker, upstream keepal
 as a proxy (nbthread 1) and ``podkit proxy`` with 1 and 2 workers. With two cores: wrk and the
 backend share core 1, the proxy under test gets core 0 (the 2-worker podkit run is not pinned:
 its second worker competes with wrk and the backend). TCP: 1 GiB sent through loopback by a
-Python source to a Python sink (both on core 1), direct and through ``podkit proxy --mode tcp``
-(core 0).
+Python source to a Python sink (both on core 1), direct, through ``podkit proxy --mode tcp``
+and through HAProxy in ``mode tcp`` with splice (each proxy on core 0).
 """
 
 from __future__ import annotations
@@ -181,6 +181,29 @@ def haproxy_conf(tmp: Path, port: int, backend: int) -> Path:
     return conf
 
 
+def haproxy_tcp_conf(tmp: Path, port: int, backend: int) -> Path:
+    conf = tmp / "haproxy-tcp.cfg"
+    conf.write_text(
+        textwrap.dedent(f"""
+        global
+            nbthread 1
+            maxconn 4096
+        defaults
+            mode tcp
+            timeout connect 5s
+            timeout client 60s
+            timeout server 60s
+            option splice-auto
+        frontend fe
+            bind 127.0.0.1:{port}
+            default_backend be
+        backend be
+            server s1 127.0.0.1:{backend}
+        """)
+    )
+    return conf
+
+
 @dataclass
 class Result:
     name: str
@@ -342,6 +365,17 @@ def tcp_bench(tmp: Path, size: int) -> list[tuple[str, float]]:
             tcp_transfer(port, 64 << 20)
             best = min(tcp_transfer(port, size) for _ in range(3))
             results.append(("podkit proxy --mode tcp", size / best))
+        port = free_port()
+        haproxy = [
+            find("haproxy") or "haproxy",
+            "-db",
+            "-f",
+            str(haproxy_tcp_conf(tmp, port, sink)),
+        ]
+        with process(pinned(CORE_PROXY, haproxy), port, tmp / "haproxy-tcp.log"):
+            tcp_transfer(port, 64 << 20)
+            best = min(tcp_transfer(port, size) for _ in range(3))
+            results.append(("HAProxy mode tcp (splice)", size / best))
     return results
 
 

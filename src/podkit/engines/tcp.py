@@ -256,29 +256,36 @@ class _Direction:
             loop.remove_writer(self.dst.fileno())
 
     def pump(self) -> bool:
-        """Move what can move now; returns False when the pair must be torn down."""
+        """Move what can move now, in both halves at once (socket -> pipe -> socket)."""
         src_fd = self.src.fileno()
         dst_fd = self.dst.fileno()
         moved = False
         while True:
+            progress = False
             if self.queued:
                 try:
                     sent = os.splice(self.pipe_r, dst_fd, self.queued, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
-                    break  # the destination is full: wait until it is writable
-                self.queued -= sent
-                moved = True
-            if self.eof or self.queued:
+                    pass  # the destination is full: its writability wakes us
+                else:
+                    self.queued -= sent
+                    progress = True
+            if not self.eof and self.queued < PIPE_BYTES:
+                try:
+                    got = os.splice(
+                        src_fd, self.pipe_w, PIPE_BYTES - self.queued, flags=_SPLICE_FLAGS
+                    )
+                except BlockingIOError:
+                    pass  # nothing to read now (or the pipe is full)
+                else:
+                    if got == 0:
+                        self.eof = True
+                    else:
+                        self.queued += got
+                        self.pair.proxy.counters[self.counter] += got
+                    progress = True
+            if not progress:
                 break
-            try:
-                got = os.splice(src_fd, self.pipe_w, PIPE_BYTES, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                break  # nothing to read now
-            if got == 0:
-                self.eof = True
-                break
-            self.queued += got
-            self.pair.proxy.counters[self.counter] += got
             moved = True
         if moved:
             self.pair.touch()
@@ -286,8 +293,9 @@ class _Direction:
             self.shut = True
             with contextlib.suppress(OSError):
                 self.dst.shutdown(socket.SHUT_WR)
-        # Read only while the pipe is empty, write only while it holds bytes.
-        self.want_read(not self.eof and not self.queued)
+        # Read while the pipe has room (a full pipe is the back-pressure), write while it
+        # holds bytes.
+        self.want_read(not self.eof and self.queued < PIPE_BYTES)
         self.want_write(self.queued > 0)
         return True
 
