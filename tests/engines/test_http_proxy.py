@@ -333,3 +333,68 @@ async def test_connect_errors_are_retried_on_another_upstream_when_asked(
     first = seen[0]
     assert getattr(first, "error", None).__class__ is UpstreamConnectError
     assert getattr(first, "request_sent", True) is False
+
+
+async def test_hop_by_hop_fields_of_a_response_are_not_passed_to_the_client(
+    start_proxy: StartProxy,
+) -> None:
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Up-Secret\r\nX-Up-Secret: 1\r\n"
+            b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    upstream = await asyncio.start_server(chatty, "127.0.0.1", 0)
+    try:
+        proxy = await start_proxy(
+            upstream=Upstream("127.0.0.1", upstream.sockets[0].getsockname()[1])
+        )
+        reply = await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert reply.status == 200
+        assert reply.body == b"ok"
+        assert reply.header("X-Kept") == "yes"
+        for name in ("X-Up-Secret", "Keep-Alive", "Proxy-Connection"):
+            assert reply.header(name) is None
+        assert reply.header("Connection") is None
+    finally:
+        upstream.close()
+        await upstream.wait_closed()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_large_upload_streams_through_intact(proxy: Proxy, chunked: bool) -> None:
+    payload = bytes(range(256)) * 4096 * 5  # 5 MiB
+    client = await Client.connect(proxy.port)
+    if chunked:
+        head = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        step = 100_000
+        framed = b"".join(
+            b"%x\r\n%b\r\n" % (len(payload[i : i + step]), payload[i : i + step])
+            for i in range(0, len(payload), step)
+        )
+        await client.send(head + framed + b"0\r\n\r\n")
+    else:
+        head = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(payload)
+        await client.send(head + payload)
+    reply = await client.read_response()
+    assert reply.status == 200
+    assert reply.body == payload
+    await client.close()
+
+
+async def test_too_many_pipelined_requests_are_answered_503_after_the_others(
+    start_proxy: StartProxy,
+) -> None:
+    from podkit.engines.http import ServerLimits
+
+    proxy = await start_proxy(limits=ServerLimits(max_pipeline=4))
+    client = await Client.connect(proxy.port)
+    await client.send(b"GET /delay/50 HTTP/1.1\r\nHost: a\r\n\r\n" * 10)
+    statuses = [(await client.read_response()).status for _ in range(6)]
+    assert statuses == [200, 200, 200, 200, 200, 503]
+    assert await client.closed_by_peer()
+    await client.close()

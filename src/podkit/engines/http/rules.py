@@ -41,6 +41,7 @@ DEFAULT_BODY_TIMEOUT = 60.0  # idle time between request body bytes (nginx clien
 DEFAULT_KEEPALIVE_TIMEOUT = 60.0  # idle time between requests; nginx 75 s, HAProxy 'timeout client'
 DEFAULT_MAX_CONNECTIONS = 10_000  # below a default 'ulimit -n' of a server host
 DEFAULT_BUFFER_BYTES = 256 * 1024  # per-stream buffer before reading pauses (back-pressure)
+DEFAULT_MAX_PIPELINE = 64  # requests queued behind the one being answered (503 beyond it)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +58,8 @@ class ServerLimits:
         keepalive_timeout: seconds an idle keep-alive connection is kept open.
         max_connections: open client connections; new ones are closed at once above it.
         buffer_bytes: bytes buffered per body stream before the sender is paused.
+        max_pipeline: pipelined requests queued behind the one in progress; reading pauses
+            at a quarter of it, and a client that still sends more is answered 503.
     """
 
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
@@ -68,6 +71,7 @@ class ServerLimits:
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    max_pipeline: int = DEFAULT_MAX_PIPELINE
 
 
 # --- request framing ----------------------------------------------------------------------------
@@ -511,6 +515,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_HEADER_BYTES",
     "DEFAULT_MAX_HEADER_COUNT",
+    "DEFAULT_MAX_PIPELINE",
     "DEFAULT_MAX_URI_BYTES",
     "FRAMING",
     "HOP_BY_HOP",

@@ -116,6 +116,7 @@ _REASONS = {
     413: "body_too_large",
     414: "uri_too_long",
     417: "expectation_failed",
+    503: "overloaded",
     431: "header_too_large",
     501: "not_implemented",
     505: "version_not_supported",
@@ -409,8 +410,14 @@ class _Connection(asyncio.Protocol):
         self.reading = request
         if self.active is None and not self.queue:
             self._start(request)
-        else:
-            self.queue.append(request)
+            return
+        queue = self.queue
+        if len(queue) >= self.limits.max_pipeline:
+            # Bounded: what one read delivered is parsed at once, so pausing alone is not enough.
+            raise RemoteProtocolError("too many pipelined requests", status=503)
+        queue.append(request)
+        if len(queue) >= max(1, self.limits.max_pipeline // 4):
+            self._pause_reading()  # resumed when the queue is empty again
 
     def on_body(self, data: bytes) -> None:
         self.body_received += len(data)
