@@ -20,6 +20,7 @@ from podkit.errors import EXIT_USAGE, PodkitError
 # name -> "module:attribute" of a click command. Keep sorted by name.
 COMMANDS: dict[str, str] = {
     "hash": "podkit.hashing.cli:command",
+    "proxy": "podkit.apps.proxy:command",
     "whoami": "podkit.apps.whoami:command",
 }
 
