@@ -22,7 +22,15 @@ from podkit.runtime.config import (
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1.5m", 90.0), ("1h", 3600.0), ("3", 3.0), (7, 7.0)],
+    [
+        ("500ms", 0.5),
+        ("2s", 2.0),
+        ("1m", 60.0),
+        ("1.5m", 90.0),
+        ("1h", 3600.0),
+        ("3", 3.0),
+        (7, 7.0),
+    ],
 )
 def test_durations_are_parsed_into_seconds(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
