@@ -16,7 +16,7 @@ from podkit.testing import PodkitProcess
 from podkit.testing.net import wait_for
 from tests.election.conftest import BackendTarget
 
-COMMAND = [sys.executable, str(Path(__file__).with_name("leader_command.py"))]
+COMMAND = [sys.executable, "-m", "podkit.testing.leader_command"]
 TTL = "1s"
 
 

@@ -1,7 +1,8 @@
-"""The command ``podkit elect`` runs in tests and benchmarks: it records its term.
+"""A command for ``podkit elect`` in tests and benchmarks: it records its term.
 
-``python leader_command.py DIR`` writes ``DIR/<pid>.start`` (JSON: token, identity, pid,
-monotonic time) when it starts and ``DIR/<pid>.stop`` when SIGTERM arrives, then exits 0.
+``python -m podkit.testing.leader_command DIR`` writes ``DIR/<pid>.start`` (JSON: token,
+identity, pid, monotonic time) when it starts and ``DIR/<pid>.stop`` when SIGTERM arrives,
+then exits 0.
 While running it appends ``<token> <monotonic time>`` to ``DIR/ticks`` every 20 ms, the
 "work" a fenced resource would receive.
 """
