@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from podkit.testing import PodkitProcess
+from podkit.testing import PodkitProcess, free_port
 from podkit.testing.net import wait_for
 from tests.election.conftest import BackendTarget
 
@@ -154,4 +154,12 @@ def test_bad_input_is_one_line_and_exit_code_2(args: list[str], message: str) ->
     result = podkit("elect", *args)
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_status_of_an_unreachable_backend_is_one_line_and_exit_code_1() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = podkit("elect", "status", "--backend", url, "--name", "job")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"podkit elect status: error: {url}")
     assert "Traceback" not in result.stderr

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from podkit.backends.leases import LeaseBackend
-from podkit.election import Election, Term
+from podkit.election import Election, Lock, Term
 from podkit.testing import ServerProcess
 from tests.election.conftest import BackendTarget
 
@@ -127,9 +127,11 @@ async def test_elections_never_have_two_leaders_while_leadership_changes_hands(
                 async with election.leadership() as term:
                     start = time.monotonic()
                     await asyncio.sleep(rng.uniform(0.02, 0.15))  # the work of the term
-                    # The belief ends here: resign() and leaving the block stop leading
-                    # before the lease is released.
-                    intervals.append((start, time.monotonic(), term.fencing_token))
+                    # The belief ends here (resign() and leaving the block stop leading
+                    # before the lease is released), or at the lease deadline if the event
+                    # loop was too busy to renew in time.
+                    end = min(time.monotonic(), term.valid_until)
+                    intervals.append((start, end, term.fencing_token))
                     if rng.random() < 0.5:
                         await election.resign()
                         assert term.lost.is_set()
@@ -194,7 +196,7 @@ async def test_a_backend_restart_never_yields_two_leaders_and_a_leader_returns(
                     record = [time.monotonic(), None, term]
                     records.append(record)
                     await term.wait_lost()
-                    record[1] = time.monotonic()
+                    record[1] = min(time.monotonic(), term.valid_until)
 
     def leading() -> list[Term]:
         return [term for _, end, term in records if end is None]
@@ -216,7 +218,50 @@ async def test_a_backend_restart_never_yields_two_leaders_and_a_leader_returns(
             assert holder is not None
             assert holder.token == term.fencing_token
         now = time.monotonic()
-        intervals = [(start, end or now, term.fencing_token) for start, end, term in records]
+        intervals = [
+            (start, end or min(now, term.valid_until), term.fencing_token)
+            for start, end, term in records
+        ]
         for task in tasks:
             task.cancel()
     assert_never_two_leaders(intervals)
+
+
+async def test_leader_reports_the_term_while_it_lasts_and_nobody_after(
+    backend: LeaseBackend,
+) -> None:
+    election = Election(backend, "job", identity="alpha", ttl=TTL)
+    observer = Election(backend, "job", identity="observer", ttl=TTL)
+    async with election.leadership() as term:
+        holder = await observer.leader()
+        assert holder is not None
+        assert (holder.identity, holder.token) == ("alpha", term.fencing_token)
+        assert election.statistics().role == "leader"
+    assert term.lost.is_set()
+    assert await observer.leader() is None
+    assert observer.statistics().terms == 0
+
+
+async def test_a_lock_admits_one_holder_at_a_time_with_rising_tokens(
+    target: BackendTarget,
+) -> None:
+    holding: list[str] = []
+    tokens: list[int] = []
+
+    async def worker(index: int) -> None:
+        async with target.open() as backend:
+            lock = Lock(backend, "critical", TTL, identity=f"worker-{index}")
+            for _ in range(3):
+                async with lock as term:
+                    assert not holding, f"worker-{index} entered while {holding} held the lock"
+                    holding.append(f"worker-{index}")
+                    tokens.append(lock.fencing_token)
+                    await asyncio.sleep(0.01)  # the critical section's work
+                    assert not term.lost.is_set()
+                    holding.remove(f"worker-{index}")
+
+    async with asyncio.TaskGroup() as group:
+        for index in range(3):
+            group.create_task(worker(index))
+    assert len(tokens) == 9
+    assert tokens == sorted(set(tokens))

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from podkit.errors import ConfigError
+from podkit.election import Term
+from podkit.errors import ConfigError, LeaseLost
 from podkit.serving.election.lease import (
     Action,
     IllegalTransition,
@@ -189,3 +190,15 @@ def test_no_two_electors_ever_believe_they_lead_at_once(
     for first, second in itertools.pairwise(ordered):
         assert first[1] <= second[0], (first, second)
         assert first[3] < second[3]
+
+
+def test_a_term_past_its_deadline_is_lost_even_before_its_timer_fires() -> None:
+    now = [5.0]
+    term = Term("job", "alpha", 3, valid_until=10.0, clock=lambda: now[0])
+    assert term.leads()
+    term.check()
+    now[0] = 10.0
+    assert not term.leads()
+    assert term.lost.is_set()
+    with pytest.raises(LeaseLost, match="deadline"):
+        term.check()

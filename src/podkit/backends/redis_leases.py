@@ -100,13 +100,13 @@ class RedisLeaseBackend(LeaseBackend):
         try:
             return await result
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise BackendUnavailable(f"redis {self.url}: {exc}") from exc
+            raise BackendUnavailable(f"{self.url}: {exc}") from exc
         except redis.exceptions.BusyLoadingError as exc:  # pragma: no cover - loading AOF
-            raise BackendUnavailable(f"redis {self.url}: {exc}") from exc
+            raise BackendUnavailable(f"{self.url}: {exc}") from exc
         except redis.exceptions.RedisError as exc:
-            raise BackendError(f"redis {self.url}: {exc}") from exc
+            raise BackendError(f"{self.url}: {exc}") from exc
         except OSError as exc:
-            raise BackendUnavailable(f"redis {self.url}: {exc}") from exc
+            raise BackendUnavailable(f"{self.url}: {exc}") from exc
 
     async def acquire(
         self, name: str, *, identity: str, ttl: float, claim: int = 0
@@ -142,4 +142,4 @@ class RedisLeaseBackend(LeaseBackend):
         try:
             await self._client.aclose()
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise BackendUnavailable(f"redis {self.url}: {exc}") from exc
+            raise BackendUnavailable(f"{self.url}: {exc}") from exc

@@ -31,6 +31,7 @@ import click
 from prometheus_client import Counter, Gauge
 
 from podkit.backends.leases import open_lease_backend
+from podkit.cli import PodkitCommand
 from podkit.runtime import Request, Response, Runtime, RuntimeOptions, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
 from podkit.runtime.config import format_duration
@@ -208,6 +209,7 @@ async def serve_elect(rt: Runtime, options: ElectOptions) -> int | None:
             if exited:
                 await asyncio.sleep(options.restart_delay)
 
+    result: int | None = None
     async with election:
         rt.set_ready()
         work = asyncio.ensure_future(terms_loop())
@@ -221,7 +223,7 @@ async def serve_elect(rt: Runtime, options: ElectOptions) -> int | None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(draining, return_exceptions=True)
                 result = await work
-        return result if work.done() and not work.cancelled() else None
+        return result
 
 
 class ElectGroup(click.Group):
@@ -249,6 +251,14 @@ class ElectGroup(click.Group):
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         return ["[OPTIONS] -- COMMAND [ARGS]..."]
+
+
+class _CommandArgument(click.Argument):
+    """The command to run. It stays out of usage lines: ``podkit elect status`` would
+    otherwise show it in its own path."""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return []
 
 
 def _backend_option(func: Any) -> Any:
@@ -306,7 +316,9 @@ def _name_option(func: Any) -> Any:
     show_default=True,
     help="Without --once: pause after the command exits by itself before campaigning again.",
 )
-@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS]...")
+@click.argument(
+    "command", cls=_CommandArgument, nargs=-1, type=click.UNPROCESSED, metavar="COMMAND"
+)
 @runtime_options
 def command(
     backend: str,
@@ -352,7 +364,7 @@ def command(
     return code
 
 
-@command.command("status")
+@command.command("status", cls=PodkitCommand)
 @_backend_option
 @_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

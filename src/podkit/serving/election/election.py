@@ -52,6 +52,8 @@ class Term:
             to every resource you change so it can refuse writes from an older term.
         lost: set the moment leadership can no longer be guaranteed (or was given up).
         lost_reason: why ``lost`` was set.
+        valid_until: the monotonic time (``time.monotonic()`` unless the election was given
+            another clock) until which leadership is guaranteed; moves out with each renewal.
     """
 
     name: str
@@ -59,15 +61,24 @@ class Term:
     fencing_token: int
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     lost_reason: str | None = None
+    valid_until: float = -math.inf
+    clock: Callable[[], float] = time.monotonic
 
     def _lose(self, reason: str) -> None:
         if not self.lost.is_set():
             self.lost_reason = reason
             self.lost.set()
 
+    def leads(self) -> bool:
+        """True while leadership is guaranteed. Unlike ``lost``, which a timer sets, this
+        reads the clock, so it is right even after the event loop was blocked."""
+        if not self.lost.is_set() and self.clock() >= self.valid_until:
+            self._lose("the lease deadline passed")
+        return not self.lost.is_set()
+
     def check(self) -> None:
-        """Raise :class:`LeaseLost` if leadership is lost; call it before acting."""
-        if self.lost.is_set():
+        """Raise :class:`LeaseLost` unless leadership is guaranteed; call it before acting."""
+        if not self.leads():
             raise LeaseLost(f"leadership of {self.name!r} lost: {self.lost_reason}")
 
     async def wait_lost(self) -> None:
@@ -160,7 +171,13 @@ class Election:
         self._busy = True
         try:
             elector, grant = await self._campaign()
-            term = Term(self.name, self.identity, grant.token)
+            term = Term(
+                self.name,
+                self.identity,
+                grant.token,
+                valid_until=elector.valid_until,
+                clock=self._clock,
+            )
             self._elector, self._grant, self._term, self._released = elector, grant, term, False
             self._terms += 1
             self._emit(
@@ -324,6 +341,7 @@ class Election:
                 continue
             if renewed:
                 if elector.renewed(started=started, now=self._clock()):
+                    term.valid_until = elector.valid_until
                     self._renewals += 1
                     self._emit("renewed", token=grant.token, valid_until=elector.valid_until)
             else:
