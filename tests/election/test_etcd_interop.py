@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
 from podkit.backends.etcd_client import b64, prefix_end
 from podkit.backends.leases import open_lease_backend
 from podkit.election import Election, Term
-from podkit.testing import EtcdServer, ServerProcess, require_binary
+from podkit.testing import EtcdServer, PodkitProcess, ServerProcess, require_binary
+from podkit.testing.net import wait_for
 from tests.election.test_contract import wait_until
 
 TTL = 1.0
@@ -91,3 +95,39 @@ async def stays_false(predicate: Callable[[], bool], *, what: str) -> None:
     while time.monotonic() < deadline:
         assert not predicate(), what
         await asyncio.sleep(0.02)
+
+
+def test_a_podkit_elect_process_and_etcdctl_elect_take_turns_without_overlap(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    """etcdctl leads first; the podkit process's command starts only after etcdctl resigns;
+    a second etcdctl waits until the podkit process stops its command and steps down."""
+    podkit = PodkitProcess(
+        "elect", "--backend", etcd_server.url, "--name", "job", "--ttl", "1s", "--id", "podkit",
+        "--", sys.executable, "-m", "podkit.testing.leader_command", str(tmp_path),
+    )  # fmt: skip
+    with etcdctl_elect(etcd_server, "etcdctl-first") as first:
+        wait_for(lambda: leads(first, "etcdctl-first"), timeout=20, what="etcdctl to lead")
+        with podkit:
+            wait_for(lambda: _candidates(etcd_server) == 2, timeout=20, what="podkit to queue")
+            _stays_false_sync(lambda: any(tmp_path.glob("*.start")), what="podkit beside etcdctl")
+            first.signal(signal.SIGINT)
+            wait_for(lambda: any(tmp_path.glob("*.start")), timeout=20, what="podkit to lead")
+            (start,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.start")]
+            assert start["identity"] == "podkit"
+            with etcdctl_elect(etcd_server, "etcdctl-second") as second:
+                wait_for(lambda: _candidates(etcd_server) == 2, timeout=20, what="etcdctl queue")
+                _stays_false_sync(
+                    lambda: leads(second, "etcdctl-second"), what="etcdctl beside podkit"
+                )
+                podkit.signal(signal.SIGTERM)
+                wait_for(lambda: leads(second, "etcdctl-second"), timeout=20, what="handover")
+                assert (tmp_path / f"{start['pid']}.stop").exists()
+                assert podkit.wait(20) == 0
+
+
+def _stays_false_sync(predicate: Callable[[], bool], *, what: str) -> None:
+    deadline = time.monotonic() + QUIET_PERIOD
+    while time.monotonic() < deadline:
+        assert not predicate(), what
+        time.sleep(0.02)
