@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from podkit.testing import PodkitProcess, free_port
+from podkit.testing import PodkitProcess, free_port, wait_http
 from podkit.testing.net import wait_for
 from tests.election.conftest import BackendTarget
 
@@ -163,3 +164,20 @@ def test_status_of_an_unreachable_backend_is_one_line_and_exit_code_1() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith(f"podkit elect status: error: {url}")
     assert "Traceback" not in result.stderr
+
+
+def test_the_admin_endpoint_shows_the_role_token_and_leader_gauge(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/leases.db"
+    port = free_port()
+    with elect(url, "node-a", tmp_path, "--admin", f"127.0.0.1:{port}"):
+        wait_for(lambda: len(starts(tmp_path)) == 1, timeout=30, what="node-a to lead")
+        wait_http("127.0.0.1", port, "/readyz")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/election", timeout=5) as answer:
+            view = json.loads(answer.read())
+        assert view["role"] == "leader"
+        assert view["fencing_token"] == 1
+        assert view["identity"] == "node-a"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            metrics = answer.read().decode()
+        assert "elect_is_leader 1.0" in metrics
+        assert "elect_fencing_token 1.0" in metrics
