@@ -21,6 +21,7 @@ from podkit.errors import EXIT_USAGE, PodkitError
 COMMANDS: dict[str, str] = {
     "hash": "podkit.hashing.cli:command",
     "proxy": "podkit.apps.proxy:command",
+    "elect": "podkit.serving.election.cli:command",
     "whoami": "podkit.apps.whoami:command",
 }
 

@@ -1,0 +1,1 @@
+"""Serving patterns: replicated, sharded and elected services."""
