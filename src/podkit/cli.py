@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "hash": "podkit.hashing.cli:command",
     "proxy": "podkit.apps.proxy:command",
     "elect": "podkit.serving.election.cli:command",
+    "queue": "podkit.batch.queue.cli:group",
     "whoami": "podkit.apps.whoami:command",
 }
 
