@@ -19,6 +19,10 @@ from podkit.errors import EXIT_USAGE, PodkitError
 
 # name -> "module:attribute" of a click command. Keep sorted by name.
 COMMANDS: dict[str, str] = {
+    "down": "podkit.pods.cli:down_command",
+    "scale": "podkit.pods.cli:scale_command",
+    "status": "podkit.pods.cli:status_command",
+    "up": "podkit.pods.cli:up_command",
     "whoami": "podkit.apps.whoami:command",
 }
 
