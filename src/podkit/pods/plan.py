@@ -113,8 +113,17 @@ def plan_container(
 
 
 def discovery_refs(podfile: PodFile) -> list[Discovery]:
-    """Every distinct discovery reference in the file, in file order."""
+    """The discovery files to keep current, in file order.
+
+    Every reference the file makes, and one per pod with a readiness probe, on the probe's
+    port (so a program outside the pods can follow the ready replicas too).
+    """
     refs: list[Discovery] = []
+    for name, pod in podfile.pods.items():
+        if pod.ready is not None:
+            implicit = Discovery(pod=name, port=pod.ready.port)
+            if implicit not in refs:
+                refs.append(implicit)
     for pod in podfile.pods.values():
         for container in pod.containers.values():
             for value in [*container.options.values(), *container.env.values()]:
