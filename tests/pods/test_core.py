@@ -82,13 +82,13 @@ WEB1 = ContainerKey("web", 1, "app")
 
 def test_backoff_doubles_up_to_the_maximum() -> None:
     policy = BackoffPolicy(initial=0.5, factor=2.0, maximum=30.0)
-    assert [policy.delay(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert [policy.delay(n) for n in range(1, 10)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]
 
 
 @given(st.integers(min_value=1, max_value=10_000))
 def test_backoff_never_exceeds_the_maximum_and_never_shrinks(failures: int) -> None:
     policy = BackoffPolicy()
-    assert policy.initial <= policy.delay(failures) <= policy.maximum
+    assert 0 <= policy.delay(failures) <= policy.maximum
     assert policy.delay(failures) <= policy.delay(failures + 1)
 
 
@@ -157,11 +157,12 @@ def test_a_crashing_container_restarts_after_growing_delays() -> None:
         wakeup = core.next_wakeup()
         assert wakeup is not None
         delays.append(wakeup - now)
-        assert spawns(h.tick(wakeup - 0.01)) == []
+        if wakeup > now:
+            assert spawns(h.tick(wakeup - 0.01)) == []
         now = wakeup
         assert spawns(h.tick(now)) == [WEB1]
         assert h.state(WEB1) is ContainerState.RUNNING
-    assert delays == [1, 2, 4, 4]
+    assert delays == [0, 1, 2, 4]
     assert core.statistics()[0].restarts == 4
 
 
@@ -172,12 +173,16 @@ def test_a_container_that_ran_long_enough_restarts_from_the_first_delay() -> Non
     h = Harness(core)
     h.start(0.0)
     h.exit(WEB1, 1, 0.5)
-    h.tick(1.5)
-    h.exit(WEB1, 1, 2.0)
-    assert core.next_wakeup() == 4.0  # second quick exit: 2 s
-    h.tick(4.0)
-    h.exit(WEB1, 1, 100.0)  # ran 96 s
-    assert core.next_wakeup() == 101.0
+    assert core.next_wakeup() == 0.5  # the first crash restarts at once
+    h.tick(0.5)
+    h.exit(WEB1, 1, 1.0)
+    assert core.next_wakeup() == 2.0  # second quick exit in a row: 1 s
+    h.tick(2.0)
+    h.exit(WEB1, 1, 3.0)
+    assert core.next_wakeup() == 5.0  # third: 2 s
+    h.tick(5.0)
+    h.exit(WEB1, 1, 100.0)  # ran 95 s: healthy again
+    assert core.next_wakeup() == 100.0
 
 
 def test_the_crash_loop_is_reported_once_with_output() -> None:
@@ -358,4 +363,4 @@ def test_a_spawn_failure_is_reported_and_retried() -> None:
     actions = core.spawn_failed(WEB1, "No such file", 0.0)
     assert isinstance(actions[0], Report)
     assert "No such file" in actions[0].message
-    assert core.next_wakeup() == 0.5
+    assert core.next_wakeup() == 0.0

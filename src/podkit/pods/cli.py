@@ -71,8 +71,6 @@ def up_command(file: str, state_dir: Path, check: bool, schema: bool) -> int:
         click.echo(f"{file}: ok ({len(podfile.pods)} pods: {names})")
         return 0
     supervisor = PodSupervisor(podfile, source=file, state_dir=state_dir)
-    pods = ", ".join(f"{name} x{pod.replicas}" for name, pod in podfile.pods.items())
-    click.echo(f"podkit up: {file}: starting {pods}; state and logs in {state_dir}")
     return asyncio.run(supervisor.run())
 
 

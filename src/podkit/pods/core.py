@@ -12,9 +12,10 @@ shell reports back what happened. Time is always passed in as ``now`` (monotonic
   code 0) and, if the pod has a ``ready`` probe, the probe passed since the containers last
   started; ``failures`` failed probes in a row take it out again. Whenever the set of ready
   replicas of a pod changes, a :class:`Publish` action lets the shell rewrite discovery files.
-* **Restarts.** After an exit the pod's ``restart`` policy decides; restarts wait an
-  exponential backoff (:class:`BackoffPolicy`), whose count resets once a container has run
-  for ``reset_after``. The ``crash_loop``-th quick exit in a row is reported with its output.
+* **Restarts.** After an exit the pod's ``restart`` policy decides; the first restart is
+  immediate, the next ones of a quick-exit streak wait an exponential backoff
+  (:class:`BackoffPolicy`), whose count resets once a container has run for ``reset_after``.
+  The ``crash_loop``-th quick exit in a row is reported with its output.
 * **Stop.** SIGTERM to the container's process group, SIGKILL once ``stop_grace`` has passed.
 
 Container states (a transition outside ``TRANSITIONS`` raises :class:`IllegalTransition`)::
@@ -35,7 +36,7 @@ from podkit.errors import UsageError
 from podkit.pods.model import MAX_REPLICAS, PodFile, replica_ip
 from podkit.runtime.lifecycle import IllegalTransition
 
-DEFAULT_BACKOFF_INITIAL = 0.5  # first restart soon: most crashes are transient
+DEFAULT_BACKOFF_INITIAL = 0.5  # the second quick exit in a row waits this long
 DEFAULT_BACKOFF_MAX = 30.0  # a broken container costs at most one spawn every 30 s
 DEFAULT_BACKOFF_RESET = 10.0  # running this long counts as healthy again
 DEFAULT_CRASH_LOOP = 5  # quick exits in a row before the output is reported
@@ -87,7 +88,8 @@ class ContainerKey(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
-    """Delays between restarts: ``initial * factor**(n-1)`` capped at ``maximum``.
+    """Delays between restarts: none after the first quick exit, then ``initial``, times
+    ``factor`` for each further quick exit in a row, capped at ``maximum``.
 
     Attributes:
         reset_after: a container that ran at least this long starts again from ``initial``.
@@ -102,9 +104,11 @@ class BackoffPolicy:
 
     def delay(self, failures: int) -> float:
         """The wait before restart number ``failures`` (from 1) of a quick-exit streak."""
+        if failures <= 1:
+            return 0.0  # one crash is usually transient: come back at once
         delay = self.initial
         # Multiply step by step: a long streak must not overflow a float power.
-        for _ in range(max(0, failures - 1)):
+        for _ in range(failures - 2):
             if delay >= self.maximum or self.factor <= 1:
                 break
             delay *= self.factor

@@ -173,6 +173,8 @@ class PodSupervisor:
             UsageError: pods already run from this state directory.
         """
         self._prepare_dirs()
+        pods = ", ".join(f"{name} x{pod.replicas}" for name, pod in self.podfile.pods.items())
+        self._say(f"{self.source}: starting {pods}; state and logs in {self.state_dir}")
         loop = asyncio.get_running_loop()
         self._start_guardian()
         server = await asyncio.start_unix_server(
