@@ -190,6 +190,8 @@ def test_each_replica_answers_on_its_own_address_and_comes_back_after_sigkill(
         output = running.proc.output()
         assert "web-2/app | " in output
         assert "podkit up: web ready at" in output
+        assert "podkit up: web-2 not ready" in output
+        assert "podkit up: web-2 ready" in output
         log = tmp_path / ".podkit" / "logs" / "web-1.app.log"
         assert "listening" in log.read_text()
 

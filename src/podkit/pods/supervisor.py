@@ -163,6 +163,8 @@ class PodSupervisor:
         self._stop_requests = 0
         self._last_state = ""
         self._refs = discovery_refs(podfile)
+        self._ready: dict[str, tuple[int, ...]] = {}
+        self._announced: set[str] = set()
 
     # -- public ----------------------------------------------------------------------------
 
@@ -389,6 +391,17 @@ class PodSupervisor:
     # -- discovery, state, control ---------------------------------------------------------
 
     def _publish(self, pod: str, replicas: tuple[int, ...]) -> None:
+        before = self._ready.get(pod, ())
+        self._ready[pod] = replicas
+        if pod in self._announced:
+            # After the first "ready" line, say who joins and leaves: a kill, a failing probe
+            # or a scale shows up in the log.
+            for replica in replicas:
+                if replica not in before:
+                    self._say(f"{pod}-{replica} ready")
+            for replica in before:
+                if replica not in replicas:
+                    self._say(f"{pod}-{replica} not ready")
         for ref in self._refs:
             if ref.pod == pod:
                 _write_atomic(
@@ -503,6 +516,7 @@ class PodSupervisor:
             os.unlink(socket_path(self.state_dir))
 
     def _announce(self, pod: str) -> None:
+        self._announced.add(pod)
         addresses = service_addresses(self.podfile, pod, self.core.ready_replicas(pod))
         where = f" at {' '.join(addresses)}" if addresses else ""
         self._say(f"{pod} ready{where}")
