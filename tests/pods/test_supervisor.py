@@ -151,7 +151,10 @@ def test_each_replica_answers_on_its_own_address_and_comes_back_after_sigkill(
         "watcher": {
             "after": ["web"],
             "containers": {
-                "idle": {"run": idle_program(), "env": {"BACKENDS": {"pod": "web", "port": port}}}
+                "idle": {
+                    "run": ["sh", "-c", 'cat "$BACKENDS"; exec sleep 600'],
+                    "env": {"BACKENDS": {"pod": "web", "port": port}},
+                }
             },
         },
     }
@@ -163,6 +166,13 @@ def test_each_replica_answers_on_its_own_address_and_comes_back_after_sigkill(
             assert body["name"] == f"web-{replica}"
         expected = [f"http://127.0.1.{r}:{port}" for r in (1, 2, 3)]
         assert running.discovery("web", port) == expected
+        # The watcher started after web was ready, and found every replica listed.
+        wait_for(
+            lambda: f"watcher-1/idle | http://127.0.1.3:{port}" in running.proc.output(),
+            what="the watcher's copy of the discovery file",
+        )
+        for replica in (1, 2):
+            assert f"watcher-1/idle | http://127.0.1.{replica}:{port}" in running.proc.output()
 
         # The container learns where the discovery file is from its environment.
         watcher = running.containers("watcher")[0]

@@ -525,7 +525,9 @@ class SupervisorCore:
         return actions
 
     def _advance(self, now: float) -> list[Action]:
-        actions: list[Action] = []
+        # Publish first: a pod that starts because its dependencies became ready finds the
+        # discovery files already listing them.
+        actions = self._publish()
         if not self.stopping:
             for name in self.order:
                 pod = self.podfile.pods[name]
@@ -554,6 +556,10 @@ class SupervisorCore:
                 del self._replicas[key]
                 if rep.probing:
                     actions.append(StopProbe(key))
+        return actions + self._publish()
+
+    def _publish(self) -> list[Action]:
+        actions: list[Action] = []
         for name in self.order:
             ready = self.ready_replicas(name)
             if self._published.get(name) != ready:
