@@ -362,3 +362,23 @@ def test_status_scale_and_down_without_a_supervisor_say_so(tmp_path: Path) -> No
     assert result.returncode == 1
     assert "no pods run from" in result.stderr
     assert podkit_cli(tmp_path, "scale", "web", "2").returncode == 1
+
+
+def test_podkit_down_kills_what_a_killed_supervisor_and_guardian_left(tmp_path: Path) -> None:
+    """With the guardian gone too, the recorded groups let `podkit down` find the grandchildren."""
+    pods = {"shell": {"containers": {"sh": {"run": ["sh", "-c", "sleep 300 & sleep 300 & wait"]}}}}
+    with run_pods(tmp_path, pods) as running:
+        running.wait_ready("shell", 1)
+        groups = running.pids()
+        wait_for(lambda: len(group_members(groups)) == 3, what="the shell's children")
+        state = read_state(running.state_dir)
+        assert state is not None
+        os.kill(state["guardian"], signal.SIGKILL)
+        wait_for(lambda: not alive(state["guardian"]), what="the guardian to die")
+        running.proc.kill()
+        # The shell dies with its parent; its children are left, still in its group.
+        wait_for(lambda: len(group_members(groups)) == 2, what="the shell to die")
+        result = podkit_cli(tmp_path, "down")
+        assert result.returncode == 0, result.stderr
+        assert "killed 1 leftover process group" in result.stdout
+        wait_for(lambda: not group_members(groups), what="the leftovers to die")

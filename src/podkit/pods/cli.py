@@ -145,7 +145,10 @@ def down_command(state_dir: Path, timeout: float) -> int:
     except NotRunning:
         killed = cleanup_leftovers(state_dir)
         if killed:
-            click.echo(f"the supervisor was gone; killed {len(killed)} leftover process groups")
+            plural = "s" if len(killed) != 1 else ""
+            click.echo(
+                f"the supervisor was gone; killed {len(killed)} leftover process group{plural}"
+            )
         else:
             click.echo("nothing runs here")
         return 0

@@ -643,8 +643,10 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
 def cleanup_leftovers(state_dir: Path) -> list[int]:
     """Kill the process groups a dead supervisor left behind; return the groups killed.
 
-    Only groups whose leader still has the start time recorded are touched, so a reused
-    process id is never signalled. The stale state file is removed.
+    A group is touched only if its leader still has the start time recorded, or is gone: the
+    kernel does not hand out a process id while a group of that id exists, so a group whose
+    leader died is still the container's. A leader id reused by another process is left alone.
+    The stale state file is removed.
     """
     state = read_state(state_dir)
     if state is None or _pid_alive(int(state.get("pid", 0))):
@@ -652,10 +654,16 @@ def cleanup_leftovers(state_dir: Path) -> list[int]:
     killed = []
     for group in state.get("groups", []):
         pgid, start = int(group.get("pgid", 0)), group.get("start")
-        if pgid > 0 and start is not None and process_start_time(pgid) == start:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-                killed.append(pgid)
+        if pgid <= 0 or start is None:
+            continue
+        now_start = process_start_time(pgid)
+        if now_start is not None and now_start != start:
+            continue
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        killed.append(pgid)
     with contextlib.suppress(FileNotFoundError):
         (state_dir / STATE_NAME).unlink()
     return killed
