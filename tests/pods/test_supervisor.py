@@ -195,7 +195,11 @@ def test_each_replica_answers_on_its_own_address_and_comes_back_after_sigkill(
 
         wait_for(restarted, timeout=START_TIMEOUT, what="web-2 restarted and ready")
         assert get(f"http://127.0.1.2:{port}/")["name"] == "web-2"
-        wait_for(lambda: running.discovery("web", port) == expected, what="web-2 listed again")
+        wait_for(
+            lambda: running.discovery("web", port) == expected,
+            timeout=START_TIMEOUT,
+            what="web-2 listed again",
+        )
         assert not alive(victim["pid"])
         output = running.proc.output()
         assert "web-2/app | " in output
@@ -221,7 +225,11 @@ def test_scale_up_and_down_then_down_leaves_no_process(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         wait_for(lambda: running.ready("web", 2), timeout=START_TIMEOUT, what="2 replicas left")
         assert running.discovery("web", port) == [f"http://127.0.1.{r}:{port}" for r in (1, 2)]
-        wait_for(lambda: not any(alive(pid) for pid in removed), what="removed replicas gone")
+        wait_for(
+            lambda: not any(alive(pid) for pid in removed),
+            timeout=START_TIMEOUT,
+            what="removed replicas gone",
+        )
 
         table = podkit_cli(tmp_path, "status")
         assert table.returncode == 0, table.stderr
@@ -382,3 +390,17 @@ def test_podkit_down_kills_what_a_killed_supervisor_and_guardian_left(tmp_path: 
         assert result.returncode == 0, result.stderr
         assert "killed 1 leftover process group" in result.stdout
         wait_for(lambda: not group_members(groups), what="the leftovers to die")
+
+
+def test_up_check_validates_without_starting_and_schema_prints_the_json_schema(
+    tmp_path: Path,
+) -> None:
+    from podkit.pods.model import json_schema
+
+    root = Path(__file__).resolve().parents[2]
+    result = podkit_cli(tmp_path, "up", str(root / "examples" / "whoami.yaml"), "--check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("whoami.yaml: ok (1 pods: web)")
+    assert not (tmp_path / ".podkit").exists()
+    result = podkit_cli(tmp_path, "up", "--schema")
+    assert json.loads(result.stdout) == json_schema()

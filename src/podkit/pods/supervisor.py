@@ -148,7 +148,7 @@ class PodSupervisor:
     ) -> None:
         self.podfile = podfile
         self.source = source
-        self.state_dir = state_dir
+        self.state_dir = state_dir.absolute()  # {pod.dir} must work from any workdir
         self.out = out if out is not None else sys.stdout
         self.core = SupervisorCore(podfile, backoff=backoff or BackoffPolicy())
         self.base_env = dict(base_env if base_env is not None else os.environ)
