@@ -404,3 +404,38 @@ def test_up_check_validates_without_starting_and_schema_prints_the_json_schema(
     assert not (tmp_path / ".podkit").exists()
     result = podkit_cli(tmp_path, "up", "--schema")
     assert json.loads(result.stdout) == json_schema()
+
+
+def post(url: str) -> int:
+    request_ = urllib.request.Request(url, method="POST", data=b"")
+    with urllib.request.urlopen(request_, timeout=5) as response:
+        status: int = response.status
+        return status
+
+
+def test_a_replica_whose_probe_fails_leaves_the_discovery_file_and_comes_back(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    web = whoami_pod(port, replicas=2)
+    web["ready"]["failures"] = 2
+    with run_pods(tmp_path, {"web": web}) as running:
+        running.wait_ready("web", 2)
+        both = [f"http://127.0.1.{r}:{port}" for r in (1, 2)]
+        assert running.discovery("web", port) == both
+        assert post(f"http://127.0.1.1:{port}/ready/off") == 200
+        wait_for(
+            lambda: running.discovery("web", port) == both[1:],
+            timeout=START_TIMEOUT,
+            what="web-1 out of the discovery file",
+        )
+        row = next(c for c in running.containers("web") if c["replica"] == 1)
+        assert row["state"] == "running"
+        assert not row["ready"]
+        assert row["restarts"] == 0
+        assert post(f"http://127.0.1.1:{port}/ready/on") == 200
+        wait_for(
+            lambda: running.discovery("web", port) == both,
+            timeout=START_TIMEOUT,
+            what="web-1 back in the discovery file",
+        )
