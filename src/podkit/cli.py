@@ -23,6 +23,10 @@ COMMANDS: dict[str, str] = {
     "proxy": "podkit.apps.proxy:command",
     "elect": "podkit.serving.election.cli:command",
     "queue": "podkit.batch.queue.cli:group",
+    "down": "podkit.pods.cli:down_command",
+    "scale": "podkit.pods.cli:scale_command",
+    "status": "podkit.pods.cli:status_command",
+    "up": "podkit.pods.cli:up_command",
     "whoami": "podkit.apps.whoami:command",
 }
 
