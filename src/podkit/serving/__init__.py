@@ -1,0 +1,1 @@
+"""Serving patterns: replicated services behind a load balancer, caching, scatter/gather."""
