@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,8 +23,8 @@ def ready(url: str, weight: int = 1, *, policy: HealthPolicy | None = None) -> E
     return Endpoint(url, weight=weight, policy=policy or HealthPolicy(), now=0.0, probed=False)
 
 
-def rendezvous(key: str, nodes: Sequence[str]) -> list[str]:
-    """Highest-random-weight order, the reference ranking for these tests."""
+def rendezvous(key: str, nodes: Mapping[str, float]) -> list[str]:
+    """Unweighted highest-random-weight order, a reference ranking for these tests."""
     return sorted(nodes, key=lambda n: hashlib.sha256(f"{n}|{key}".encode()).digest(), reverse=True)
 
 
@@ -142,9 +142,9 @@ def test_bounded_load_never_exceeds_its_capacity(loads: list[int], factor: float
         for _ in range(load):
             endpoint.begin_request()
     picker = HashPicker(rendezvous, bounded_load=factor)
-    capacity = picker.capacity(endpoints)
-    assert capacity is not None
     chosen = picker.pick(endpoints, now=0, key="k")
+    capacity = picker.capacity(chosen, endpoints)
+    assert capacity is not None
     assert chosen.in_flight < capacity
 
 

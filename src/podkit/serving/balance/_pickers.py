@@ -19,8 +19,9 @@ and never read a clock or a global random source:
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from podkit.serving.balance._endpoint import Endpoint
@@ -83,8 +84,9 @@ class LeastRequestPicker:
         return a if load_a <= load_b else b
 
 
-RankFunction = Callable[[str, Sequence[str]], Sequence[str]]
-"""Orders node names for a key, most preferred first (a consistent hash's preference list)."""
+RankFunction = Callable[[str, Mapping[str, float]], Iterable[str]]
+"""Orders node names (given with their weights) for a key, most preferred first: a consistent
+hash's preference list, e.g. :class:`~podkit.serving.balance.HashingRank`."""
 
 
 class HashPicker:
@@ -94,6 +96,8 @@ class HashPicker:
         rank: orders endpoint URLs for a key (from :mod:`podkit.hashing`); the first entry is
             the key's home, the next ones its successors when the home is full or absent.
         bounded_load: the factor ``c`` of bounded loads (>= 1), or None for plain hashing.
+            An endpoint of weight ``w`` may hold ``ceil(c * (m + 1) * w / W)`` requests in
+            flight, ``m`` being the candidates' total and ``W`` their total weight.
         fallback: picks when a request has no key at all.
     """
 
@@ -101,7 +105,7 @@ class HashPicker:
         self,
         rank: RankFunction,
         *,
-        bounded_load: float | None = DEFAULT_BOUNDED_LOAD,
+        bounded_load: float | None = None,
         fallback: Picker | None = None,
     ) -> None:
         if bounded_load is not None and bounded_load < 1.0:
@@ -110,27 +114,25 @@ class HashPicker:
         self.bounded_load = bounded_load
         self._fallback: Picker = fallback if fallback is not None else RoundRobinPicker()
 
-    def capacity(self, candidates: Sequence[Endpoint]) -> int | None:
-        """The most requests one endpoint may hold before keys spill over (None: unbounded)."""
+    def capacity(self, endpoint: Endpoint, candidates: Sequence[Endpoint]) -> int | None:
+        """How many requests ``endpoint`` may hold before keys spill over (None: unbounded)."""
         if self.bounded_load is None:
             return None
-        total = sum(e.in_flight for e in candidates) + 1  # +1: the request being placed
-        return max(1, _ceil(self.bounded_load * total / len(candidates)))
+        placed = sum(e.in_flight for e in candidates) + 1  # +1: the request being placed
+        total_weight = sum(e.weight for e in candidates)
+        return max(1, math.ceil(self.bounded_load * placed * endpoint.weight / total_weight))
 
     def pick(self, candidates: Sequence[Endpoint], *, now: float, key: str | None) -> Endpoint:
         if key is None:
             return self._fallback.pick(candidates, now=now, key=None)
         by_url = {e.url: e for e in candidates}
-        order = self._rank(key, list(by_url))
-        capacity = self.capacity(candidates)
-        for url in order:
+        first: Endpoint | None = None
+        for url in self._rank(key, {e.url: float(e.weight) for e in candidates}):
             endpoint = by_url[url]
+            first = first or endpoint
+            capacity = self.capacity(endpoint, candidates)
             if capacity is None or endpoint.in_flight < capacity:
                 return endpoint
-        # Unreachable while capacity >= average: some endpoint is always below it.
-        return by_url[order[0]]
-
-
-def _ceil(x: float) -> int:
-    whole = int(x)
-    return whole if whole == x else whole + 1
+        # Unreachable while c >= 1: the capacities sum to more than the requests in flight.
+        assert first is not None, "pick() needs at least one candidate"
+        return first
