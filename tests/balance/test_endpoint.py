@@ -218,3 +218,20 @@ def test_any_event_sequence_only_takes_legal_transitions(seq: list[tuple[str, fl
         assert (endpoint.state is S.EJECTED) == (endpoint.ejected_until is not None)
         if endpoint.ejected_until is not None:
             assert endpoint.ejected_until - now <= policy.max_ejection
+
+
+def test_probes_that_fail_then_pass_end_an_ejection_early() -> None:
+    """A backend restarted during its ejection returns once probes see it recover."""
+    endpoint = new(HealthPolicy(rise=2, fall=3, eject_after=1, base_ejection=30))
+    endpoint.probe_passed(0)
+    endpoint.probe_passed(0)
+    endpoint.begin_request()
+    endpoint.end_request(Outcome.CONNECT_FAILURE, 1)
+    assert not endpoint.probe_passed(2)
+    assert not endpoint.probe_passed(3)  # passing probes alone do not cut an ejection short
+    assert endpoint.state is S.EJECTED
+    endpoint.probe_failed(4)
+    assert not endpoint.probe_passed(5)
+    assert endpoint.probe_passed(6)
+    assert endpoint.state is S.READY
+    assert endpoint.ejected_until is None

@@ -73,8 +73,14 @@ class AffinityKey:
         return client_ip(peer, headers, trusted=trusted)
 
 
-def parse_networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """Parse ``--trusted-proxy`` values (addresses or CIDR networks).
+def parse_networks(
+    texts: Iterable[str], *, field: str = "--trusted-proxy"
+) -> tuple[IPNetwork, ...]:
+    """Parse address or CIDR network values such as ``--trusted-proxy``.
+
+    Args:
+        texts: the values.
+        field: the option named in errors.
 
     Raises:
         ConfigError: a value is not an address or network.
@@ -86,7 +92,7 @@ def parse_networks(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
         except ValueError as exc:
             raise ConfigError(
                 f"expected an IP address or network such as 10.0.0.0/8, got {text!r}",
-                path="--trusted-proxy",
+                path=field,
             ) from exc
     return tuple(networks)
 

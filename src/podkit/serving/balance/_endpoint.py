@@ -11,7 +11,10 @@ never reads a clock):
 * **Passive outlier detection** (Envoy's ``consecutive_5xx``): ``eject_after`` consecutive
   failed requests (connection errors, timeouts, 5xx answers) eject a READY endpoint for an
   interval that grows with each ejection (``base * n``, capped at ``max``) and shrinks again
-  while the endpoint behaves. After the interval it returns to READY on its own.
+  while the endpoint behaves. After the interval it returns to READY on its own; earlier
+  when active probes saw it fail and then pass ``rise`` times (it was restarted), as Envoy's
+  ``successful_active_health_check_uneject_host`` does. Probes that never failed do not cut
+  an ejection short: a backend can pass its probe and still fail real requests.
 * **Membership**: an endpoint removed from the configuration is DRAINING: it takes no new
   requests, finishes those in flight and is then forgotten.
 
@@ -158,6 +161,7 @@ class Endpoint:
         self.last_ejection_end: float | None = None
         self.ready_since: float | None = None
         self.last_probe_ok: bool | None = None
+        self.probe_failed_while_ejected = False
         self.requests = 0
         self.errors = 0
         self.probed = probed
@@ -200,11 +204,13 @@ class Endpoint:
         self.last_probe_ok = True
         self.probe_failures = 0
         self.probe_passes += 1
-        if (
-            self.state in (EndpointState.UNKNOWN, EndpointState.DOWN)
-            and self.probe_passes >= self.policy.rise
+        if self.probe_passes < self.policy.rise:
+            return False
+        if self.state in (EndpointState.UNKNOWN, EndpointState.DOWN) or (
+            self.state is EndpointState.EJECTED and self.probe_failed_while_ejected
         ):
             self.request_failures = 0
+            self.ejected_until = None
             self._move(EndpointState.READY, now)
             return True
         return False
@@ -214,6 +220,8 @@ class Endpoint:
         self.last_probe_ok = False
         self.probe_passes = 0
         self.probe_failures += 1
+        if self.state is EndpointState.EJECTED:
+            self.probe_failed_while_ejected = True
         if (
             self.state in (EndpointState.UNKNOWN, EndpointState.READY, EndpointState.EJECTED)
             and self.probe_failures >= self.policy.fall
@@ -262,6 +270,7 @@ class Endpoint:
         duration = min(self.policy.base_ejection * self.ejections, self.policy.max_ejection)
         self.ejected_until = now + duration
         self.request_failures = 0
+        self.probe_failed_while_ejected = False
         self._move(EndpointState.EJECTED, now)
 
     def ejection_expired(self, now: float) -> bool:

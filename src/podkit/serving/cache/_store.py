@@ -126,6 +126,10 @@ class ObjectStore:
                 return entry
         return None
 
+    def primary_keys(self) -> list[str]:
+        """Every primary key with at least one stored variant."""
+        return list(self._variants)
+
     def variants(self, key: str) -> list[StoredResponse]:
         """Every stored variant of ``key`` (oldest first), without marking them used."""
         return [self._lru[(key, v)] for v in self._variants.get(key, ())]
