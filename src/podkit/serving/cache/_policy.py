@@ -37,7 +37,7 @@ from podkit.serving.cache._rules import (
     delta_seconds,
     freshness_lifetime,
     header,
-    header_values,
+    parse_cache_control,
     parse_http_date,
     storable,
 )
@@ -95,12 +95,19 @@ def _allows_stale(response_cc: dict[str, str | None]) -> bool:
 
 
 def _request_cc(request_headers: Headers) -> dict[str, str | None]:
-    cc = cache_control(request_headers)
-    if not header_values(request_headers, "cache-control") and any(
-        "no-cache" in v.lower() for v in header_values(request_headers, "pragma")
-    ):
-        cc["no-cache"] = None  # RFC 9111 §5.4: Pragma: no-cache when there is no Cache-Control
-    return cc
+    # One pass over the request's fields: this runs on every lookup.
+    values: list[str] = []
+    pragma_no_cache = False
+    for name, value in request_headers:
+        lname = name.lower()
+        if lname == "cache-control":
+            values.append(value)
+        elif lname == "pragma" and "no-cache" in value.lower():
+            pragma_no_cache = True
+    if not values:
+        # RFC 9111 §5.4: Pragma: no-cache counts only when there is no Cache-Control.
+        return {"no-cache": None} if pragma_no_cache else {}
+    return parse_cache_control(values)
 
 
 class CachePolicy:
@@ -117,21 +124,36 @@ class CachePolicy:
 
     def lifetime(self, entry: StoredResponse) -> float:
         """The stored response's freshness lifetime in seconds."""
-        return freshness_lifetime(
-            entry.status,
-            entry.headers,
-            response_time=entry.response_time,
-            max_heuristic=self.max_heuristic,
-        )
+        lifetime = entry.derived.get("lifetime")
+        if lifetime is None:
+            lifetime = entry.derived["lifetime"] = freshness_lifetime(
+                entry.status,
+                entry.headers,
+                response_time=entry.response_time,
+                max_heuristic=self.max_heuristic,
+            )
+        return float(lifetime)
 
     def age(self, entry: StoredResponse, now: float) -> float:
         """The stored response's current age in seconds."""
-        return current_age(
-            entry.headers,
-            request_time=entry.request_time,
-            response_time=entry.response_time,
-            now=now,
-        )
+        initial = entry.derived.get("initial_age")
+        if initial is None:
+            # Age at reception (corrected initial age); resident time is added per call.
+            initial = entry.derived["initial_age"] = current_age(
+                entry.headers,
+                request_time=entry.request_time,
+                response_time=entry.response_time,
+                now=entry.response_time,
+            )
+        return float(initial) + max(0.0, now - entry.response_time)
+
+    @staticmethod
+    def directives(entry: StoredResponse) -> dict[str, str | None]:
+        """The stored response's parsed ``Cache-Control`` (parsed once)."""
+        directives: dict[str, str | None] | None = entry.derived.get("directives")
+        if directives is None:
+            directives = entry.derived["directives"] = cache_control(entry.headers)
+        return directives
 
     def lookup(self, method: str, key: str, request_headers: Headers, now: float) -> Lookup:
         """Decide what to do with a request (see :class:`LookupKind`)."""
@@ -145,7 +167,7 @@ class CachePolicy:
             return Lookup(LookupKind.MISS, key)
         age = self.age(entry, now)
         lifetime = self.lifetime(entry)
-        response_cc = cache_control(entry.headers)
+        response_cc = self.directives(entry)
         if "no-cache" in response_cc or "no-cache" in request_cc:
             return self._validate(key, entry, age, request_cc)
         request_max_age = delta_seconds(request_cc, "max-age")
@@ -174,7 +196,7 @@ class CachePolicy:
 
     def stale_if_error(self, entry: StoredResponse, request_headers: Headers, now: float) -> bool:
         """Whether ``entry`` may be served because the origin failed (RFC 5861 §4)."""
-        response_cc = cache_control(entry.headers)
+        response_cc = self.directives(entry)
         if not _allows_stale(response_cc):
             return False
         staleness = self.age(entry, now) - self.lifetime(entry)
@@ -232,7 +254,7 @@ class CachePolicy:
         """
         if self.lifetime(entry) > self.age(entry, entry.response_time):
             return True
-        cc = cache_control(entry.headers)
+        cc = self.directives(entry)
         if "stale-while-revalidate" in cc or "stale-if-error" in cc:
             return True
         return bool(self.conditional_headers(entry))
@@ -276,14 +298,25 @@ class CachePolicy:
         """Whether the client's own conditional request matches ``entry`` (send it a 304)."""
         if entry.status != 200:
             return False
-        inm = header_values(request_headers, "if-none-match")
-        etag = header(entry.headers, "etag")
+        inm: list[str] = []
+        since_text: str | None = None
+        for name, value in request_headers:
+            if name[:3].lower() != "if-":
+                continue
+            lname = name.lower()
+            if lname == "if-none-match":
+                inm.append(value)
+            elif lname == "if-modified-since" and since_text is None:
+                since_text = value
+        if not inm and since_text is None:
+            return False
         if inm:
+            etag = header(entry.headers, "etag")
             if etag is None:
                 return False
             tags = {t.strip() for v in inm for t in v.split(",")}
             return "*" in tags or _weak(etag) in {_weak(t) for t in tags}
-        since = parse_http_date(header(request_headers, "if-modified-since"))
+        since = parse_http_date(since_text)
         last_modified = parse_http_date(header(entry.headers, "last-modified"))
         return since is not None and last_modified is not None and last_modified <= since
 

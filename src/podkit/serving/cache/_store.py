@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from podkit.serving.cache._rules import Headers, header_values, vary_names
 
@@ -58,9 +59,13 @@ class StoredResponse:
     response_time: float
     variant: VariantKey = ()
     size: int = field(init=False)
+    # Derived once from the (never mutated) headers: a hit must not re-parse dates and
+    # directives. Filled in by CachePolicy on first use.
+    derived: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.size = self.compute_size()
+        self.derived = {}
 
     def compute_size(self) -> int:
         """Bytes this object counts against the cache's limit."""
