@@ -9,7 +9,8 @@ if $PODKIT up --help >/dev/null 2>&1 && [ -f examples/quickstart.yaml ]; then
 fi
 pids=()
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait || true; }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap "exit 130" INT TERM
 for i in 1 2 3; do
   $PODKIT whoami --listen "127.0.0.1:800$i" --name "web-$i" --admin "127.0.0.1:900$i" --log-format text &
   pids+=($!)

@@ -22,7 +22,15 @@ from podkit.runtime.config import (
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1.5m", 90.0), ("1h", 3600.0), ("3", 3.0), (7, 7.0)],
+    [
+        ("500ms", 0.5),
+        ("2s", 2.0),
+        ("1m", 60.0),
+        ("1.5m", 90.0),
+        ("1h", 3600.0),
+        ("3", 3.0),
+        (7, 7.0),
+    ],
 )
 def test_durations_are_parsed_into_seconds(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -101,3 +109,11 @@ def test_malformed_yaml_reports_line_and_column(tmp_path: Path) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         load_model(_Outer, tmp_path / "nope.yaml")
+
+
+def test_a_missing_server_binary_says_how_to_install_it() -> None:
+    from podkit.errors import PodkitError
+    from podkit.testing import require_binary
+
+    with pytest.raises(PodkitError, match="apt-get install no-such-server-binary"):
+        require_binary("no-such-server-binary")

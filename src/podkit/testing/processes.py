@@ -115,6 +115,7 @@ class ServerProcess:
     ) -> None:
         self.stop()
         self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
 
 
 class PodkitProcess(ServerProcess):
