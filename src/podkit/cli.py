@@ -19,6 +19,7 @@ from podkit.errors import EXIT_USAGE, PodkitError
 
 # name -> "module:attribute" of a click command. Keep sorted by name.
 COMMANDS: dict[str, str] = {
+    "configsync": "podkit.sidecar.configsync:command",
     "logship": "podkit.sidecar.logship:command",
     "whoami": "podkit.apps.whoami:command",
 }

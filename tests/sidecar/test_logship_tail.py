@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from podkit.sidecar.logship._batch import Backoff, Batcher
+from podkit.sidecar._retry import Backoff
+from podkit.sidecar.logship._batch import Batcher
 from podkit.sidecar.logship._tail import (
     CheckpointEntry,
     Close,

@@ -1,6 +1,7 @@
 """``podkit logship``: tail log files through rotation and ship structured records to a sink."""
 
-from podkit.sidecar.logship._batch import Backoff, Batch, Batcher
+from podkit.sidecar._retry import Backoff
+from podkit.sidecar.logship._batch import Batch, Batcher
 from podkit.sidecar.logship._command import command, serve_logship
 from podkit.sidecar.logship._shipper import (
     LogshipConfig,

@@ -1,4 +1,4 @@
-"""Batches of encoded records and the retry schedule of their delivery (sans-IO)."""
+"""Batches of encoded records (sans-IO)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from typing import Final
 DEFAULT_BATCH_LINES: Final = 1000  # one POST / XADD pipeline per thousand lines
 DEFAULT_FLUSH_AFTER: Final = 1.0  # a quiet log still reaches the sink within a second
 DEFAULT_BUFFER_BATCHES: Final = 8  # at most 8 full batches wait for the sink; then reading pauses
-DEFAULT_BACKOFF_INITIAL: Final = 0.1
-DEFAULT_BACKOFF_MAX: Final = 5.0  # a sink that is back is used again within 5 s
 
 
 @dataclass(slots=True)
@@ -66,19 +64,3 @@ class Batcher:
         if not self.current.lines:
             return None
         return self.current.started + self.flush_after
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: ``initial * multiplier**attempt``, capped at
-    ``maximum``, then spread by ``±jitter`` so that many shippers do not retry in step."""
-
-    initial: float = DEFAULT_BACKOFF_INITIAL
-    maximum: float = DEFAULT_BACKOFF_MAX
-    multiplier: float = 2.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int, *, rand: float) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based); ``rand`` is in [0, 1)."""
-        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
-        return base * (1.0 - self.jitter + 2.0 * self.jitter * rand)

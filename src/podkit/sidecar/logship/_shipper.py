@@ -32,11 +32,11 @@ from podkit.adapter.logs.parsers import FORMATS, Parser, make_parser, parse_line
 from podkit.errors import ConfigError
 from podkit.runtime.logging import get_logger
 from podkit.sidecar._files import atomic_write
+from podkit.sidecar._retry import Backoff
 from podkit.sidecar.logship._batch import (
     DEFAULT_BATCH_LINES,
     DEFAULT_BUFFER_BATCHES,
     DEFAULT_FLUSH_AFTER,
-    Backoff,
     Batch,
     Batcher,
 )
