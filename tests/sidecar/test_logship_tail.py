@@ -198,3 +198,96 @@ def test_backoff_grows_and_never_passes_its_cap_plus_jitter(attempt: int, rand: 
     delay = backoff.delay(attempt, rand=rand)
     assert 0.08 <= delay <= 6.0
     assert backoff.delay(attempt + 1, rand=rand) >= delay
+
+
+class FakeDirectory:
+    """Inodes and names, as a log directory sees appends, renames, copies and truncation."""
+
+    def __init__(self) -> None:
+        self.inodes: dict[int, bytearray] = {}
+        self.names: dict[str, int] = {}
+        self.next_ino = 100
+
+    def create(self, path: str) -> None:
+        self.next_ino += 1
+        self.inodes[self.next_ino] = bytearray()
+        self.names[path] = self.next_ino
+
+    def stat(self, path: str) -> FileStat:
+        ino = self.names[path]
+        data = bytes(self.inodes[ino])
+        return FileStat(path, 1, ino, len(data), fingerprint_of(data[:4096]))
+
+    def listing(self, prefix: str) -> list[FileStat]:
+        return [self.stat(p) for p in sorted(self.names) if p.startswith(prefix)]
+
+
+def run_shell(tracker: TailTracker, fs: FakeDirectory, shipped: list[bytes], now: float) -> None:
+    """One poll of a shell that reads every bound stream to its end."""
+    actions = tracker.observe(fs.listing("/l/app.log"), now=now)  # the glob /l/app.log*
+    while actions:
+        action = actions.pop(0)
+        if isinstance(action, Seek):
+            found = None
+            for path in sorted(fs.names):
+                stat = fs.stat(path)
+                if (
+                    stat.fingerprint == action.fingerprint
+                    and stat.size >= action.min_size
+                    and stat.key not in tracker.bound_keys()
+                ):
+                    found = stat
+                    break
+            actions[0:0] = tracker.resolve(action.stream, found, matched=False)
+    for stream in tracker.reading():
+        data = bytes(fs.inodes[stream.ino])
+        end = data.rfind(b"\n") + 1
+        if end > stream.read_offset:
+            shipped.extend(data[stream.read_offset : end].splitlines())
+            tracker.advance(stream.id, end, at_eof=True)
+        else:
+            tracker.advance(stream.id, stream.read_offset, at_eof=True)
+    tracker.commit({s.id: s.read_offset for s in tracker.streams.values()})
+
+
+@given(
+    st.lists(st.sampled_from(["append", "append", "poll", "rename", "copytruncate"]), max_size=40)
+)
+def test_every_line_is_shipped_once_whatever_the_rotations(operations: list[str]) -> None:
+    """Appends, rename and copy-truncate rotations in any order, with a glob that matches the
+    rotated names too: each line is shipped once."""
+    fs = FakeDirectory()
+    fs.create("/l/app.log")
+    tracker = TailTracker(close_after=0.0)
+    written: list[bytes] = []
+    shipped: list[bytes] = []
+    now = 0.0
+    run_shell(tracker, fs, shipped, now)  # the shipper runs before the first rotation
+    rotated_since_poll = False
+    for op in operations:
+        now += 1.0
+        if op in ("rename", "copytruncate"):
+            # Rotations are far apart compared with polls: the previous one was seen.
+            if rotated_since_poll:
+                run_shell(tracker, fs, shipped, now)
+            rotated_since_poll = True
+        if op == "poll":
+            run_shell(tracker, fs, shipped, now)
+            rotated_since_poll = False
+        elif op == "append":
+            line = f"line {len(written)} at {now}".encode()
+            written.append(line)
+            fs.inodes[fs.names["/l/app.log"]] += line + b"\n"
+        elif op == "rename":
+            fs.names.pop("/l/app.log.1", None)
+            fs.names["/l/app.log.1"] = fs.names.pop("/l/app.log")
+            fs.create("/l/app.log")
+        elif op == "copytruncate":
+            content = bytes(fs.inodes[fs.names["/l/app.log"]])
+            fs.create("/l/app.log.1")
+            fs.inodes[fs.names["/l/app.log.1"]] += content
+            fs.inodes[fs.names["/l/app.log"]].clear()
+    for _ in range(3):
+        now += 1.0
+        run_shell(tracker, fs, shipped, now)
+    assert sorted(shipped) == sorted(written)  # each once; order across files may differ
