@@ -52,12 +52,21 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--burst", type=int, default=10_000, help="lines per write burst")
+    parser.add_argument(
+        "--stdlib-json", action="store_true", help="hide orjson: encode with the json module"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="podkit-bench-logship-") as tmp:
         log = Path(tmp) / "access.log"
         sink = Path(tmp) / "sink.jsonl"
         log.touch()
+        env = None
+        if args.stdlib_json:
+            hide = Path(tmp) / "hide"
+            hide.mkdir()
+            (hide / "sitecustomize.py").write_text("import sys\nsys.modules['orjson'] = None\n")
+            env = {"PYTHONPATH": str(hide)}
         shipper = PodkitProcess(
             "logship",
             "--path", str(log),
@@ -68,6 +77,7 @@ def main() -> int:
             "--flush", "200ms",
             "--poll", "50ms",
             "--log-level", "warning",
+            env=env,
         )  # fmt: skip
         with shipper:
             time.sleep(1.0)  # let the interpreter start before the clock does
@@ -84,6 +94,8 @@ def main() -> int:
             cpu = _proc_cpu(shipper.pid) - cpu_start
             writer.join()
     rate = delivered / elapsed
+    encoder = "json" if args.stdlib_json else "orjson when installed"
+    print(f"encoder: {encoder}")
     print(f"lines: {delivered}  wall: {elapsed:.2f} s  shipper cpu: {cpu:.2f} s")
     print(f"throughput: {rate:,.0f} lines/s (wall)  {delivered / cpu:,.0f} lines per cpu-second")
     print(f"load average: {os.getloadavg()[0]:.2f}  cores: {os.cpu_count()}")
