@@ -59,6 +59,9 @@ class ConfigServer:
         self.full_answers = 0
         self.not_modified = 0
         self.posts: list[dict[str, str]] = []
+        self.long_poll = False
+        self.held = 0
+        self.changed = threading.Condition()
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
@@ -70,7 +73,9 @@ class ConfigServer:
         return '"' + hashlib.sha256(self.body).hexdigest()[:16] + f'-{self.etag_salt}"'
 
     def set_json(self, data: object) -> None:
-        self.body = json.dumps(data).encode()
+        with self.changed:
+            self.body = json.dumps(data).encode()
+            self.changed.notify_all()
 
     def start(self) -> None:
         owner = self
@@ -78,6 +83,19 @@ class ConfigServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 etag = owner.etag()
+                prefer = self.headers.get("Prefer", "")
+                if (
+                    owner.long_poll
+                    and prefer.startswith("wait=")
+                    and (self.headers.get("If-None-Match") == etag)
+                ):
+                    # Long-poll: hold the request until the content changes or the wait ends.
+                    owner.held += 1
+                    with owner.changed:
+                        owner.changed.wait_for(
+                            lambda: owner.etag() != etag, timeout=float(prefer[5:])
+                        )
+                    etag = owner.etag()
                 if self.headers.get("If-None-Match") == etag:
                     owner.not_modified += 1
                     self.send_response(304)
@@ -250,6 +268,21 @@ def test_a_post_tells_the_application_of_each_change(
         wait_for(lambda: len(config_server.posts) == 2, timeout=10)
     digest = hashlib.sha256((tmp_path / "app.conf").read_bytes()).hexdigest()
     assert config_server.posts[-1] == {"path": str(tmp_path / "app.conf"), "sha256": digest}
+
+
+def test_watch_mode_long_polls_a_server_that_holds_requests(
+    tmp_path: Path, config_server: ConfigServer
+) -> None:
+    """With --watch the request waits at the server, so a change arrives at once even with a
+    poll interval of a minute."""
+    config_server.long_poll = True
+    admin = free_port()
+    dest = tmp_path / "app.conf"
+    with configsync(tmp_path, config_server.url, admin, "--watch", "--every", "1m"):
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
+        wait_for(lambda: config_server.held >= 1, timeout=10, what="a held request")
+        config_server.set_json({"greeting": "pushed", "port": 1})
+        wait_for(lambda: "pushed" in dest.read_text(), timeout=2.0, what="the pushed change")
 
 
 def etcd_put(etcd: EtcdServer, key: str, value: str) -> None:
