@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from podkit.testing import PodkitProcess, RedisServer, free_port
+from podkit.testing import PodkitProcess, RedisServer, free_port, wait_http
 from podkit.testing.net import wait_for
 
 BATCH = 50
@@ -104,12 +104,16 @@ def test_rotation_twice_and_sigkill_deliver_every_line_once_outside_the_last_bat
 
 class _Collector(BaseHTTPRequestHandler):
     lines: list[bytes]
+    status: list[int]
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         body = self.rfile.read(length)
-        type(self).lines.extend(body.splitlines())
-        self.send_response(204)
+        status = type(self).status[0]
+        if status < 300:
+            type(self).lines.extend(body.splitlines())
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
         self.end_headers()
 
     def log_message(self, format: str, *args: object) -> None:
@@ -121,7 +125,7 @@ class HTTPCollector:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.handler = type("Handler", (_Collector,), {"lines": []})
+        self.handler = type("Handler", (_Collector,), {"lines": [], "status": [204]})
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
@@ -169,6 +173,7 @@ def test_a_sink_outage_loses_nothing_and_pauses_reading(
     url = f"http://127.0.0.1:{collector.port}/ingest"
     args = ("--buffer-batches", "2", "--admin", f"127.0.0.1:{admin}")
     with shipper(tmp_path, url, *args) as proc:
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
         wait_for(lambda: len(collector.lines) >= 200, timeout=20, what="lines before the outage")
         collector.stop()
         write_lines(log, 200, 2000)
@@ -190,6 +195,28 @@ def test_a_sink_outage_loses_nothing_and_pauses_reading(
         assert set(seqs) == set(range(2000))
         assert all(n == 1 for n in seqs.values())
         assert "sink unavailable; retrying" in proc.output()
+
+
+def test_a_batch_the_sink_rejects_is_dropped_counted_and_shipping_goes_on(
+    tmp_path: Path, collector: HTTPCollector
+) -> None:
+    """A 400 answer drops that batch (logged, counted); later lines are delivered."""
+    log = tmp_path / "app.log"
+    admin = free_port()
+    collector.handler.status[0] = 400
+    url = f"http://127.0.0.1:{collector.port}/ingest"
+    with shipper(tmp_path, url, "--admin", f"127.0.0.1:{admin}") as proc:
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
+        write_lines(log, 0, 10)
+        wait_for(lambda: shipper_status(admin)["lines_dropped"] == 10, timeout=20)
+        collector.handler.status[0] = 204
+        write_lines(log, 10, 20)
+        wait_for(lambda: len(collector.lines) == 10, timeout=20, what="the later lines")
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as answer:
+            metrics = answer.read()
+        assert b'logship_lines_dropped_total{reason="rejected"} 10.0' in metrics
+        assert "batch dropped" in proc.output()
+    assert [json.loads(line)["fields"]["seq"] for line in collector.lines] == list(range(10, 20))
 
 
 def test_records_are_added_to_a_redis_stream(tmp_path: Path, redis_server: RedisServer) -> None:
