@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "scale": "podkit.pods.cli:scale_command",
     "status": "podkit.pods.cli:status_command",
     "up": "podkit.pods.cli:up_command",
+    "configsync": "podkit.sidecar.configsync:command",
+    "logship": "podkit.sidecar.logship:command",
     "whoami": "podkit.apps.whoami:command",
 }
 
