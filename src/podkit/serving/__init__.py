@@ -1,2 +1,1 @@
-"""Serving patterns: replicated, sharded and elected services."""
-"""Serving patterns: replicated services behind a load balancer, caching, scatter/gather."""
+"""Serving patterns: load-balanced replicas, caching, election, scatter/gather."""
