@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from podkit.testing import RedisServer
@@ -10,7 +12,7 @@ from podkit.testing import RedisServer
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["redis", "sqlite"])
 def test_random_sigkills_lose_no_item_and_duplicates_stay_bounded(
-    backend: str, redis_server: RedisServer, tmp_path: object
+    backend: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     from bench.queue_chaos import run
 
