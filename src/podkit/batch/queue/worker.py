@@ -247,7 +247,9 @@ class QueueWorker:
         """Work until ``stop`` is set, then finish the items held and return.
 
         Raises:
-            BackendError: only when the store fails while acking at the end.
+            ExceptionGroup: with the :class:`BackendError` when the store still fails after
+                retries while the last items are acked (their leases expire and they are
+                delivered again: nothing is lost), or with a bug's exception.
         """
         async with asyncio.TaskGroup() as tasks:
             acker = tasks.create_task(self._ack_loop(), name="queue-acker")
