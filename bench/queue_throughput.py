@@ -19,7 +19,6 @@ Run from the repository root:  .venv/bin/python bench/queue_throughput.py
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib.util
 import os
@@ -67,6 +66,7 @@ def bin_path(name: str) -> str:
 
 def enqueue_podkit(url: str, n: int, *, batch: bool) -> float:
     from podkit.queue import Queue
+    from podkit.runtime import run_async
 
     async def run() -> float:
         async with Queue(url, "bench") as q:
@@ -79,7 +79,7 @@ def enqueue_podkit(url: str, n: int, *, batch: bool) -> float:
                     await q.put(b"x")
             return time.perf_counter() - start
 
-    return asyncio.run(run())
+    return float(run_async(run()))
 
 
 def run_system(
