@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from podkit.backends.etcd_client import prefix_end
 from podkit.errors import ConfigError
 from podkit.sidecar._retry import Backoff
 from podkit.sidecar.configsync import (
@@ -18,7 +19,6 @@ from podkit.sidecar.configsync import (
     render,
     substitute,
 )
-from podkit.sidecar.configsync._etcd import prefix_end
 
 
 def test_without_a_template_the_body_is_written_as_it_is() -> None:
