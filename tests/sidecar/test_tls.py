@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from podkit.testing import PodkitProcess, free_port, wait_port
+from podkit.testing import PodkitProcess, free_port, wait_http, wait_port
 from podkit.testing.net import wait_for
 
 from .pki import Issued, TestCA
@@ -232,3 +232,15 @@ def test_a_broken_pair_at_start_is_a_one_line_error(ca: TestCA, whoami: int) -> 
         assert proc.wait(20) == 2
         assert "does not match the certificate" in proc.output()
         assert "Traceback" not in proc.output()
+
+
+def test_two_workers_share_the_port_and_both_answer(ca: TestCA, whoami: int) -> None:
+    """--workers 2: one admin endpoint, ready once both workers are; requests are answered."""
+    server = ca.issue("server", common_name="localhost")
+    port, admin = free_port(), free_port()
+    with tls_process(port, whoami, server, "--workers", "2", "--admin", f"127.0.0.1:{admin}"):
+        wait_http("127.0.0.1", admin, "/readyz", timeout=30)
+        for _ in range(10):
+            conn = connect(port, client_context(ca))
+            assert get(conn)[0] == 200
+            conn.close()
