@@ -43,6 +43,12 @@ def test_a_missing_variable_fails_at_render_instead_of_writing_an_empty_value() 
     assert info.value.stage is Stage.RENDER
 
 
+def test_a_python_error_inside_the_template_fails_at_render() -> None:
+    with pytest.raises(SyncFailure) as info:
+        render(b'{"port": "80"}', load_template("{{ port + 1 }}"), source="s")
+    assert info.value.stage is Stage.RENDER
+
+
 def test_a_template_with_a_syntax_error_names_the_line() -> None:
     with pytest.raises(SyncFailure, match="line 2"):
         load_template("ok\n{% if %}\n", name="app.j2")
