@@ -219,6 +219,24 @@ def test_a_batch_the_sink_rejects_is_dropped_counted_and_shipping_goes_on(
     assert [json.loads(line)["fields"]["seq"] for line in collector.lines] == list(range(10, 20))
 
 
+def test_give_up_after_drops_and_counts_what_a_failing_sink_never_took(
+    tmp_path: Path, collector: HTTPCollector
+) -> None:
+    """With --give-up-after, batches a sink keeps failing (503) are dropped and counted."""
+    admin = free_port()
+    collector.handler.status[0] = 503
+    url = f"http://127.0.0.1:{collector.port}/ingest"
+    args = ("--admin", f"127.0.0.1:{admin}", "--give-up-after", "300ms")
+    with shipper(tmp_path, url, *args):
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
+        write_lines(tmp_path / "app.log", 0, 30)
+        wait_for(lambda: shipper_status(admin)["lines_dropped"] == 30, timeout=20)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as answer:
+            metrics = answer.read()
+        assert b'logship_lines_dropped_total{reason="retries_exhausted"} 30.0' in metrics
+    assert collector.lines == []
+
+
 def test_records_are_added_to_a_redis_stream(tmp_path: Path, redis_server: RedisServer) -> None:
     """With a redis:// sink every line becomes one stream entry holding the JSON record."""
     write_lines(tmp_path / "app.log", 0, 120)
