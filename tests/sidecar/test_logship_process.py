@@ -160,13 +160,18 @@ def shipper_status(admin_port: int) -> dict[str, object]:
         return status
 
 
-OUTAGE_SECONDS = 3.0  # the required behaviour is for 10 s; it is the same at 3 s, and faster
-
-
+@pytest.mark.parametrize(
+    "outage_seconds",
+    [
+        3.0,  # the same behaviour as 10 s (backoff is capped at 5 s), in a third of the time
+        pytest.param(10.0, marks=pytest.mark.slow),
+    ],
+)
 def test_a_sink_outage_loses_nothing_and_pauses_reading(
-    tmp_path: Path, collector: HTTPCollector
+    tmp_path: Path, collector: HTTPCollector, outage_seconds: float
 ) -> None:
-    """The HTTP sink is down for 3 s: reading stops at the bounded buffer, then all arrives."""
+    """The HTTP sink is down for a while: reading stops at the bounded buffer, then all
+    arrives, once each."""
     log = tmp_path / "app.log"
     admin = free_port()
     write_lines(log, 0, 200)
@@ -177,7 +182,7 @@ def test_a_sink_outage_loses_nothing_and_pauses_reading(
         wait_for(lambda: len(collector.lines) >= 200, timeout=20, what="lines before the outage")
         collector.stop()
         write_lines(log, 200, 2000)
-        outage_ends = time.monotonic() + OUTAGE_SECONDS
+        outage_ends = time.monotonic() + outage_seconds
         peak_unacked = 0
         while time.monotonic() < outage_ends:
             status = shipper_status(admin)
