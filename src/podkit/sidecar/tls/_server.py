@@ -79,13 +79,14 @@ def pass_client_subject(inner: Handler, *, header: str) -> Handler:
     lowered = name.lower()
 
     async def handle(request: Request) -> Response:
-        headers = [(k, v) for k, v in request.headers if k.lower() != lowered]
+        headers = request.headers
+        if any(k.lower() == lowered for k, _ in headers):
+            headers = request.headers = [(k, v) for k, v in headers if k.lower() != lowered]
         tls = request.tls
-        if tls is not None:
+        if tls is not None and tls.peer_cert:
             subject = subject_text(tls.peer_cert)
             if subject is not None:
                 headers.append((name, subject.encode("utf-8")))
-        request.headers = headers
         return await inner(request)
 
     return handle
