@@ -216,7 +216,7 @@ def command(
     type=click.IntRange(1, MAX_BENCH_KEYS),
     default=DEFAULT_SINGLE_KEYS,
     show_default=True,
-    help="Keys timed for lookups/s and batch/s (fastest run of 10,000 keys, 3 passes).",
+    help="Keys timed for lookups/s and batch/s (fastest run of 2,000 keys, 5 passes).",
 )
 @click.option(
     "--peer/--no-peer",
