@@ -56,6 +56,14 @@ class HashGroup(PodkitGroup):
         )
 
 
+class _KeysArgument(click.Argument):
+    """The KEY... words; left out of subcommand paths ("podkit hash bench", not "... KEY...")."""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        # Only subcommand paths ask for these: the group writes its own usage line.
+        return []
+
+
 def _parse_nodes(value: str) -> list[str]:
     nodes = [part.strip() for part in value.split(",")]
     if any(not node for node in nodes):
@@ -131,7 +139,7 @@ def _keys(words: tuple[str, ...]) -> Iterator[str]:
     show_default=True,
     help="Maglev lookup-table size (a prime, at least 100 x the node count for 1% balance).",
 )
-@click.argument("words", metavar="KEY...", nargs=-1)
+@click.argument("words", metavar="KEY...", nargs=-1, cls=_KeysArgument)
 @click.pass_context
 def command(
     ctx: click.Context,
