@@ -46,7 +46,10 @@ class HashGroup(PodkitGroup):
             # "podkit hash bench ...": the lookup options keep their defaults and the rest of
             # the words belong to the subcommand.
             super().parse_args(ctx, [])
-            ctx._protected_args, ctx.args = [args[0]], args[1:]
+            # click >= 8.2 keeps the subcommand word in _protected_args, 8.1 in protected_args.
+            slot = "_protected_args" if hasattr(ctx, "_protected_args") else "protected_args"
+            setattr(ctx, slot, [args[0]])
+            ctx.args = args[1:]
             return ctx.args
         return super().parse_args(ctx, args)
 
