@@ -235,3 +235,16 @@ def test_probes_that_fail_then_pass_end_an_ejection_early() -> None:
     assert endpoint.probe_passed(6)
     assert endpoint.state is S.READY
     assert endpoint.ejected_until is None
+
+
+def test_abandoned_requests_neither_count_as_errors_nor_reset_failures() -> None:
+    endpoint = new(HealthPolicy(rise=1, eject_after=2))
+    endpoint.probe_passed(0)
+    endpoint.begin_request()
+    endpoint.end_request(Outcome.FAILURE, 0)
+    for _ in range(5):
+        endpoint.begin_request()
+        assert not endpoint.end_request(Outcome.ABANDONED, 0)
+    assert (endpoint.errors, endpoint.request_failures, endpoint.in_flight) == (1, 1, 0)
+    endpoint.begin_request()
+    assert endpoint.end_request(Outcome.FAILURE, 0)

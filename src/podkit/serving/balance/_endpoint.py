@@ -78,6 +78,7 @@ class Outcome(enum.Enum):
     CONNECT_FAILURE = "connect_failure"  # nothing reached the backend
     FAILURE = "failure"  # reset or timeout after the request was (maybe) sent
     SERVER_ERROR = "server_error"  # the backend answered 5xx
+    ABANDONED = "abandoned"  # the client went away first: says nothing about the backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +248,8 @@ class Endpoint:
             may_eject: False when the pool already has as many endpoints ejected as it allows.
         """
         self.in_flight = max(0, self.in_flight - 1)
+        if outcome is Outcome.ABANDONED:
+            return False
         if outcome is Outcome.SUCCESS:
             self.request_failures = 0
             return False

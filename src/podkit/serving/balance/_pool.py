@@ -212,7 +212,7 @@ class EndpointPool:
         """An attempt on ``endpoint`` ended with ``outcome``."""
         before = endpoint.state
         events = []
-        may_eject = outcome is not Outcome.SUCCESS and self._may_eject()
+        may_eject = outcome not in (Outcome.SUCCESS, Outcome.ABANDONED) and self._may_eject()
         if endpoint.end_request(outcome, now, may_eject=may_eject):
             events.append(
                 Transition(endpoint.url, before, endpoint.state, f"ejected ({outcome.value})")

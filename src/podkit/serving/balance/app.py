@@ -385,7 +385,8 @@ class Balancer:
             self.apply(self.pool.end(endpoint, outcome, self.clock()))
             raise
         except BaseException:
-            self.apply(self.pool.end(endpoint, Outcome.FAILURE, self.clock()))
+            # Cancelled (the client left, or a forced stop): the backend is not to blame.
+            self.apply(self.pool.end(endpoint, Outcome.ABANDONED, self.clock()))
             raise
         finished = self.clock()
         children = self._children.get(endpoint.url)
