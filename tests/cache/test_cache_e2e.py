@@ -304,3 +304,23 @@ def test_memory_is_bounded_by_evicting_least_recently_used(
     assert stats["evictions"] == 3
     assert c.get("/o5").headers["x-cache"] == "HIT"
     assert c.get("/o0").headers["x-cache"] == "MISS"
+
+
+def test_waiting_requests_give_up_after_the_coalesce_timeout(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url, "--coalesce-timeout", "200ms")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        replies = list(pool.map(lambda _: c.get("/delay/1500"), range(4)))
+    assert {r.status for r in replies} == {200}
+    assert whoami.stats()["paths"]["/delay/1500"] == 4
+    assert c.stats()["coalescing"]["followers"] == 3
+
+
+def test_head_requests_are_answered_from_the_stored_get(whoami: Backend, cache: StartCache) -> None:
+    c = cache(whoami.url)
+    body = c.get("/cache/60").body
+    head = c.get("/cache/60", method="HEAD")
+    assert (head.status, head.body, head.headers["x-cache"]) == (200, b"", "HIT")
+    assert head.headers["content-length"] == str(len(body))
+    assert whoami.stats()["paths"]["/cache/60"] == 1

@@ -290,10 +290,14 @@ class CachingProxy:
         wire: list[tuple[bytes, bytes]] | None = entry.derived.get("wire")
         if wire is None:
             wire = entry.derived["wire"] = _bytes(
-                [(n, v) for n, v in entry.headers if n.lower() != "age"]
+                [(n, v) for n, v in entry.headers if n.lower() not in ("age", "content-length")]
             )
         fields = [*wire, (b"Age", age.encode())]
-        body = b"" if request.method == "HEAD" else entry.body
+        body = entry.body
+        if request.method == "HEAD":
+            # The length the GET would have (RFC 9110 §8.6); the engine sends no body.
+            fields.append((b"Content-Length", str(len(body)).encode()))
+            body = b""
         return self._tag(Response(entry.status, fields, body), result)
 
     def _forward_headers(
