@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -286,3 +287,25 @@ def test_bounded_loads_spill_one_hot_client_over_several_backends(
 
     assert len(burst(plain)) == 1
     assert len(burst(bounded)) >= 2
+
+
+def test_an_extra_worker_stops_when_the_first_one_is_killed(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    (b0,) = backends(1)
+    lb = balancer("--backend", b0.url, "--workers", "2")
+    pid = lb.process.pid
+    children_file = Path(f"/proc/{pid}/task/{pid}/children")
+    wait_for(lambda: children_file.read_text().split() != [], what="a worker process")
+    (child,) = (int(p) for p in children_file.read_text().split())
+    os.kill(pid, signal.SIGKILL)
+    lb.process.wait(5)
+
+    def gone() -> bool:
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        return stat.split(")")[-1].split()[0] == "Z"  # exited, waiting to be reaped
+
+    wait_for(gone, timeout=15, what="the orphaned worker to exit")
