@@ -23,6 +23,8 @@ class Answer:
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b"ok\n"
+    delay: float = 0.0
+    echo: str | None = None  # answer with this request header's value instead of body
 
 
 class ScriptedOrigin:
@@ -42,6 +44,11 @@ class ScriptedOrigin:
         self.hits[req.path] += 1
         self.seen.append({k.lower(): v for k, v in req.headers} | {":method": req.method})
         answer = self.answers.get(req.path, Answer(404, [], b"no such path\n"))
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
+        if answer.echo is not None:
+            body = f"{answer.echo}: {req.header(answer.echo)}\n".encode()
+            return Response(answer.status, list(answer.headers), body)
         if answer.status == 200 and req.header("if-none-match"):
             etag = next((v for k, v in answer.headers if k.lower() == "etag"), None)
             if etag == req.header("if-none-match"):
@@ -324,3 +331,23 @@ def test_head_requests_are_answered_from_the_stored_get(whoami: Backend, cache: 
     assert (head.status, head.body, head.headers["x-cache"]) == (200, b"", "HIT")
     assert head.headers["content-length"] == str(len(body))
     assert whoami.stats()["paths"]["/cache/60"] == 1
+
+
+def test_concurrent_misses_for_two_variants_cause_one_origin_request_each(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/slow"] = Answer(
+        headers=[("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")],
+        echo="accept-language",
+        delay=0.5,
+    )
+    c = cache(origin.url)
+    languages = ["en", "fr"] * 5
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        replies = list(
+            pool.map(lambda lang: c.get("/slow", headers={"Accept-Language": lang}), languages)
+        )
+    assert [r.body for r in replies] == [
+        f"accept-language: {lang}\n".encode() for lang in languages
+    ]
+    assert origin.hits["/slow"] == 2

@@ -410,7 +410,12 @@ class CachingProxy:
         )
 
     async def _miss(
-        self, request: Request, request_headers: list[tuple[str, str]], key: str
+        self,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+        *,
+        rejoin: bool = True,
     ) -> Response:
         flight, leader = self.flights.join(key, self.clock())
         if leader:
@@ -432,6 +437,13 @@ class CachingProxy:
                 self.m_coalesced.labels("shared").inc()
                 return self._serve(request, request_headers, shared.entry, "HIT")
             self.m_coalesced.labels("fallback").inc()
+            if rejoin and shared is not None and shared.entry is not None:
+                # Another variant (Vary) came back: requests for this variant coalesce again
+                # among themselves, unless it was stored meanwhile.
+                lookup = self.policy.lookup("GET", key, request_headers, self.clock())
+                if lookup.kind is LookupKind.HIT and lookup.entry is not None:
+                    return self._serve(request, request_headers, lookup.entry, "HIT")
+                return await self._miss(request, request_headers, key, rejoin=False)
         try:
             fetched = await self._fetch(request, request_headers, key, kind="fetch")
         except UpstreamError as exc:
