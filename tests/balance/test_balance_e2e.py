@@ -309,3 +309,20 @@ def test_an_extra_worker_stops_when_the_first_one_is_killed(
         return stat.split(")")[-1].split()[0] == "Z"  # exited, waiting to be reaped
 
     wait_for(gone, timeout=15, what="the orphaned worker to exit")
+
+
+def test_slow_start_gives_a_rejoining_backend_a_small_share_first(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    b0, b1 = backends(2)
+    lb = balancer(*backend_flags([b0, b1]), *PROBE_FLAGS, "--slow-start", "60s")
+    all_ready(lb, 2)
+    request(b1.port, "/ready/off", method="POST")
+    wait_for(lambda: lb.states()[b1.url] == "down", what="b1 down")
+    request(b1.port, "/ready/on", method="POST")
+    wait_for(lambda: lb.states()[b1.url] == "ready", what="b1 back")
+    weight = next(b["effective_weight"] for b in lb.view()["backends"] if b["url"] == b1.url)
+    assert weight < 0.5
+    served = Counter(lb.get().served_by for _ in range(40))
+    assert served["b1"] <= 10
+    assert served["b0"] >= 30
