@@ -43,6 +43,7 @@ from podkit.engines.http import (
     UpstreamPool,
     upstream_request_headers,
 )
+from podkit.engines.http.rules import add_via
 from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
@@ -353,7 +354,7 @@ class Balancer:
             endpoint = self.pool.choose(now=now, key=key, exclude=tried)
             if endpoint is None:
                 if last_error is not None:
-                    return Response.text(last_error.status, f"bad gateway: {last_error}\n")
+                    return _failed(last_error)
                 self.m_unavailable.inc()
                 return Response.text(503, "no ready backend\n", headers=[(b"Retry-After", b"1")])
             tried.append(endpoint.url)
@@ -363,10 +364,10 @@ class Balancer:
                 last_error = exc
                 safe = replayable and (idempotent or not exc.request_sent)
                 if not safe or len(tried) > self.options.retries:
-                    return Response.text(exc.status, f"bad gateway: {exc}\n")
+                    return _failed(exc)
                 if not self.budget.try_withdraw(self.clock()):
                     self.m_budget_refused.inc()
-                    return Response.text(exc.status, f"bad gateway: {exc}\n")
+                    return _failed(exc)
                 self.m_retries.inc()
 
     async def _attempt(
@@ -402,6 +403,8 @@ class Balancer:
             events = self.pool.end(endpoint, Outcome.SUCCESS, finished)
         if events:
             self.apply(events)
+        if self.forwarding.via:
+            add_via(response.headers, http_version="1.1", via=self.forwarding.via)
         return response
 
     # -- active probes ----------------------------------------------------------------------
@@ -538,6 +541,11 @@ class Balancer:
         now = self.clock()
         self.apply(self.pool.undrain(url, now) if undo else self.pool.drain(url, now))
         return True
+
+
+def _failed(exc: UpstreamError) -> Response:
+    """The answer when no attempt got a response: 502, 503 or 504 as the engine says."""
+    return Response.text(exc.status, f"backend failed: {exc}\n")
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
