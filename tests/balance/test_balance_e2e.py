@@ -326,3 +326,18 @@ def test_slow_start_gives_a_rejoining_backend_a_small_share_first(
     served = Counter(lb.get().served_by for _ in range(40))
     assert served["b1"] <= 10
     assert served["b0"] >= 30
+
+
+def test_server_errors_eject_a_backend_but_never_more_than_half(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    group = backends(2)
+    lb = balancer(*backend_flags(group), "--eject-after", "3", "--ejection-time", "30s")
+    for _ in range(12):
+        assert lb.get("/status/503").status == 503  # passed through, not retried
+    view = lb.view()["backends"]
+    assert sorted(b["state"] for b in view) == ["ejected", "ready"]
+    ejected = next(b for b in view if b["state"] == "ejected")
+    assert 0 < ejected["ejected_for"] <= 30
+    assert ejected["ejections"] == 1
+    assert {lb.get().status for _ in range(4)} == {200}
