@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -351,3 +352,20 @@ def test_concurrent_misses_for_two_variants_cause_one_origin_request_each(
         f"accept-language: {lang}\n".encode() for lang in languages
     ]
     assert origin.hits["/slow"] == 2
+
+
+def test_waiting_requests_get_the_answer_even_if_the_first_client_leaves(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url)
+    with socket.create_connection(("127.0.0.1", c.port)) as leaver:
+        host = f"127.0.0.1:{c.port}".encode()  # the Host http.client sends: the same key
+        leaver.sendall(b"GET /delay/2500 HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        wait_for(lambda: c.stats()["coalescing"]["open"] == 1, what="the first fetch to start")
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            futures = [pool.submit(c.get, "/delay/2500") for _ in range(5)]
+            wait_for(lambda: c.stats()["coalescing"]["followers"] == 5, what="followers waiting")
+            leaver.close()
+            replies = [f.result() for f in futures]
+    assert {r.status for r in replies} == {200}
+    assert whoami.stats()["paths"]["/delay/2500"] == 1

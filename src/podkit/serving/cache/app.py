@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from podkit.engines.errors import UpstreamError
+from podkit.engines.errors import UpstreamClosed, UpstreamError
 from podkit.engines.http import (
     Forwarding,
     Request,
@@ -459,18 +459,51 @@ class CachingProxy:
     ) -> Response:
         event = asyncio.Event()
         flight.waiter = event
+        # The fetch belongs to the cache's task group, not to this request: if the client
+        # that led it goes away, the requests waiting on it still get the answer.
+        fill = self.group.create_task(self._fill(flight, event, request, request_headers, key))
+        try:
+            outcome = await asyncio.shield(fill)
+        except asyncio.CancelledError:
+            fill.add_done_callback(self._close_unread)
+            raise
+        if isinstance(outcome, UpstreamError):
+            return self._tag(Response.text(outcome.status, f"origin failed: {outcome}\n"), "MISS")
+        return self._answer(request, request_headers, outcome, "MISS")
+
+    async def _fill(
+        self,
+        flight: Flight[_Fetched],
+        event: asyncio.Event,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+    ) -> _Fetched | UpstreamError:
+        """Fetch for a flight and publish the outcome. Never raises: it runs in the task group,
+        where an exception would stop every other task."""
         result: _Fetched | None = None
         try:
-            try:
-                fetched = await self._fetch(request, request_headers, key, kind="fetch")
-            except UpstreamError as exc:
-                return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
+            fetched = await self._fetch(request, request_headers, key, kind="fetch")
+        except UpstreamError as exc:
+            return exc
+        except Exception as exc:  # a bug must not take the task group down with it
+            self.log.exception("fetch failed", extra={"key": key})
+            return UpstreamClosed(f"fetch failed: {exc!r}", request_sent=True)
+        else:
             if fetched.entry is not None:
                 result = fetched
-            return self._answer(request, request_headers, fetched, "MISS")
+            return fetched
         finally:
             self.flights.finish(flight, result)
             event.set()
+
+    def _close_unread(self, task: asyncio.Task[_Fetched | UpstreamError]) -> None:
+        """Abandon the streamed answer of a fetch whose requester went away."""
+        if task.cancelled():
+            return
+        outcome = task.result()
+        if isinstance(outcome, _Fetched) and outcome.response is not None:
+            self.group.create_task(outcome.response.aclose())
 
     async def _validate(
         self,
@@ -535,6 +568,8 @@ class CachingProxy:
             self.log.warning(
                 "background revalidation failed", extra={"key": key, "error": str(exc)}
             )
+        except Exception:  # a bug must not take the task group (and the cache) down
+            self.log.exception("background revalidation failed", extra={"key": key})
         finally:
             self._revalidating.discard(slot)
 
