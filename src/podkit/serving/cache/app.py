@@ -10,8 +10,10 @@ Theory of operation. :class:`CachingProxy` is a handler for
   fetches from the origin, buffers the body (up to ``max_object``), stores it when RFC 9111
   allows and publishes it to the requests that waited; they share it when it was storable and
   their request selects the same variant, and otherwise (uncacheable, too large, origin error,
-  or ``coalesce_timeout`` passed) each fetches on its own. Bodies larger than ``max_object``
-  stream through without being stored;
+  or ``coalesce_timeout`` passed) each fetches on its own. The fetch runs as a task of the
+  cache's task group, so it completes for the waiting requests even when the client that
+  started it goes away. Bodies larger than ``max_object`` stream through without being
+  stored;
 * a stale entry is revalidated with a conditional request (a 304 freshens it); within
   ``stale-while-revalidate`` it is served at once (``X-Cache: STALE``) while one background task
   revalidates; when the origin fails and ``stale-if-error`` allows, it is served stale too;
