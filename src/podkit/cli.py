@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "queue": "podkit.batch.queue.cli:group",
     "scale": "podkit.pods.cli:scale_command",
     "status": "podkit.pods.cli:status_command",
+    "tls": "podkit.sidecar.tls:command",
     "up": "podkit.pods.cli:up_command",
     "whoami": "podkit.apps.whoami:command",
 }
