@@ -1,1 +1,1 @@
-"""Serving patterns: replicated, sharded and elected services."""
+"""Serving patterns: load-balanced replicas, caching, election, scatter/gather."""

@@ -1,0 +1,925 @@
+"""The upstream side of the engine: keep-alive connection pools and ``send``.
+
+Theory of operation. :class:`UpstreamPool` keeps, per :class:`Upstream`, a stack of idle
+connections (most recently used first, so a few warm connections serve a steady load and the
+rest expire) and a count of busy ones. :meth:`UpstreamPool.send` takes a connection (or opens
+one, waiting for a free slot at the per-upstream limit), writes the request head and body, and
+returns as soon as the response head arrived: the body streams through a bounded
+:class:`~podkit.engines.http.messages.Body` while the caller writes it on. The connection goes
+back to the pool when the response ended and the upstream allowed keep-alive; a connection
+whose response was abandoned half-way is closed, never reused.
+
+Outcomes are exceptions a policy can act on (see :mod:`podkit.engines.errors`): connect
+failure (nothing sent), timeout, upstream closed, no slot. A request on a reused connection
+that the upstream had just closed (the keep-alive race) is retried once on a fresh connection
+when its body can be sent again, because no byte of a response was seen.
+
+Timeouts are deadlines checked by one ticker task per pool, not a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl as ssl_module
+from collections import deque
+from collections.abc import AsyncIterable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from podkit.engines.errors import (
+    NoUpstreamAvailable,
+    UpstreamClosed,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from podkit.engines.http.messages import EMPTY_BODY, Body, Request, Response
+from podkit.engines.http.rules import (
+    DEFAULT_BUFFER_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    HOP_BY_HOP,
+    Headers,
+    connection_tokens,
+    parse_content_length,
+    response_has_body,
+    strip_hop_by_hop,
+)
+from podkit.errors import ConfigError, RemoteProtocolError
+
+DEFAULT_CONNECT_TIMEOUT = 5.0  # a local upstream connects in microseconds; 5 s is a dead host
+DEFAULT_RESPONSE_TIMEOUT = 60.0  # silence allowed while waiting for response bytes (nginx 60 s)
+DEFAULT_IDLE_TIMEOUT = 30.0  # idle upstream connections closed after this (below common 60 s)
+DEFAULT_MAX_CONNECTIONS_PER_UPSTREAM = 1024  # beyond it requests wait for a free connection
+DEFAULT_MAX_IDLE_PER_UPSTREAM = 256  # idle connections kept per upstream (nginx keepalive N)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """An upstream server, the key of its connection pool.
+
+    Attributes:
+        host: a host name or address.
+        port: the TCP port.
+        tls: connect with TLS (``https://``).
+    """
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> Upstream:
+        """An upstream from ``http://host:port``, ``https://host[:port]`` or ``host:port``.
+
+        Raises:
+            ConfigError: the URL has another scheme, a path, or no port where one is needed.
+        """
+        text = url.strip()
+        if "://" not in text:
+            text = "http://" + text
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https"):
+            raise ConfigError(f"upstream {url!r}: scheme must be http or https")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError(f"upstream {url!r}: expected scheme://host:port, without a path")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"upstream {url!r}: invalid port") from exc
+        if not parts.hostname:
+            raise ConfigError(f"upstream {url!r}: missing host")
+        if port is None:
+            port = 443 if parts.scheme == "https" else 80
+        return cls(parts.hostname, port, parts.scheme == "https")
+
+    @property
+    def authority(self) -> str:
+        """``host:port`` (IPv6 addresses in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.authority}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A snapshot of a pool's counters.
+
+    Attributes:
+        open: connections open now (busy and idle).
+        idle: idle connections now.
+        requests: requests sent.
+        reused: requests sent on a kept-alive connection.
+        connects: connections opened.
+        connect_errors: connections that failed to open.
+        timeouts: responses that timed out.
+        closed_early: responses the upstream broke off.
+    """
+
+    open: int
+    idle: int
+    requests: int
+    reused: int
+    connects: int
+    connect_errors: int
+    timeouts: int
+    closed_early: int
+
+
+class _Stale(Exception):
+    """A reused connection closed before any response byte (the keep-alive race)."""
+
+
+class _HeadDone(Exception):
+    """Raised from the parser callback to stop it after the head of a response to HEAD."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    idle: list[_UpstreamConnection] = field(default_factory=list)
+    busy: int = 0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+
+class _UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool, upstream: Upstream) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.deadline = 0.0
+        self.timeout = 0.0
+        self.uses = 0
+        # the exchange in progress
+        self.waiter: asyncio.Future[Response] | None = None
+        self.method = "GET"
+        self.headers: Headers = []
+        self.header_bytes = 0
+        self.reason: bytes | None = None
+        self.body: Body | None = None
+        self.got_bytes = False
+        self.interim = False
+        self.until_close = False
+        self.response_done = False
+        self.request_done = False
+        self.reusable = False
+        # flow control and tunnel
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.client: asyncio.Transport | None = None
+        self.early: bytes = b""
+        self.tunnel = False
+
+    # --- transport callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._forget(self)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            if self.uses > 1 and not self.got_bytes:
+                waiter.set_exception(_Stale())
+            else:
+                waiter.set_exception(
+                    UpstreamClosed(
+                        "upstream closed the connection before a response",
+                        upstream=self.upstream.authority,
+                        request_sent=True,
+                    )
+                )
+        body = self.body
+        if body is not None and not body.finished:
+            if self.until_close:
+                body.finish()
+            else:
+                self.pool.counters["closed_early"] += 1
+                body.fail(
+                    UpstreamClosed(
+                        "upstream closed the connection in the middle of a response",
+                        upstream=self.upstream.authority,
+                        request_sent=True,
+                    )
+                )
+        if self.client is not None:
+            client = self.client
+            self.client = None
+            with contextlib.suppress(Exception):
+                if client.can_write_eof() and not client.is_closing():
+                    client.write_eof()
+            client.close()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.client is not None:
+            self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.client is not None:
+            self.client.resume_reading()
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        while self.write_paused and not self.closed and not self.response_done:
+            self.drain_waiter = self.loop.create_future()
+            try:
+                await self.drain_waiter
+            finally:
+                self.drain_waiter = None
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel and self.client is not None:
+            if self.client.can_write_eof():
+                self.client.write_eof()
+            return True  # half-close: the client may still send
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            if self.client is not None:
+                self.client.write(data)
+            else:
+                self.early += data
+            return
+        self.got_bytes = True
+        if self.timeout:
+            self.deadline = self.loop.time() + self.timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.tunnel = True
+            self.early = data[exc.args[0] :]
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadDone):
+                self.parser = httptools.HttpResponseParser(self)
+                self._message_complete(keep_alive=self._head_keep_alive)
+            else:
+                self._broken(str(exc.__context__ or exc))
+        except httptools.HttpParserError as exc:
+            self._broken(str(exc) or "malformed response")
+            return
+        if self.in_head:
+            # Counted on raw bytes rather than per field: cheaper, and it also bounds a field
+            # that never ends.
+            self.header_bytes += len(data)
+            if self.header_bytes > self.pool.max_header_bytes:
+                self._broken("response head too large")
+
+    _head_keep_alive = False
+    in_head = False
+
+    def _broken(self, reason: str) -> None:
+        error = UpstreamClosed(
+            f"invalid response: {reason}", upstream=self.upstream.authority, request_sent=True
+        )
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        if self.body is not None and not self.body.finished:
+            self.body.fail(error)
+        self.abort()
+
+    # --- parser callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.header_bytes = 0  # raw bytes of this head, counted in data_received
+        self.in_head = True
+        self.reason = None
+
+    def on_status(self, status: bytes) -> None:
+        self.reason = status if self.reason is None else self.reason + status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > self.pool.max_header_count:
+            raise RemoteProtocolError("upstream response has too many header fields", status=502)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self.interim = True  # 100 Continue, 103 Early Hints: the final response follows
+            return
+        headers: Headers = []
+        lengths: list[bytes] | None = None
+        chunked = False
+        named: set[bytes] | None = None
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    tokens = connection_tokens(value)
+                    named = tokens if named is None else named | tokens
+                elif lname == b"transfer-encoding":
+                    chunked = True
+                if status != 101 or lname != b"upgrade":
+                    continue
+            elif lname == b"content-length":
+                if lengths is None:
+                    lengths = [value]
+                else:
+                    lengths.append(value)
+            headers.append((name, value))
+        if named:
+            named -= {b"upgrade"} if status == 101 else set()
+            headers = [(n, v) for n, v in headers if n.lower() not in named]
+        length: int | None = None
+        if lengths is not None and not chunked:
+            first = lengths[0]
+            if len(lengths) == 1 and first.isdigit() and len(first) < 19:
+                length = int(first)  # the common case, without the general parser
+            else:
+                length = parse_content_length(lengths)
+        response = Response(status, headers, EMPTY_BODY, reason=self.reason)
+        if status == 101:
+            response.upgraded = _UpstreamTunnel(self)
+        elif response_has_body(self.method, status):
+            self.until_close = not chunked and length is None
+            body = self.body = Body(
+                length=length,
+                high_water=self.pool.buffer_bytes,
+                pause=self._pause_reading,
+                resume=self._resume_reading,
+                on_close=self._body_closed,
+            )
+            response.body = body
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+        if self.method == "HEAD":
+            self._head_keep_alive = self.parser.should_keep_alive()
+            raise _HeadDone  # llhttp would wait for the Content-Length bytes of the GET
+
+    def on_body(self, data: bytes) -> None:
+        if self.body is not None:
+            self.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.parser.get_status_code() == 101:
+            return  # the tunnel takes over
+        self._message_complete(keep_alive=self.parser.should_keep_alive())
+
+    def _message_complete(self, *, keep_alive: bool) -> None:
+        self.response_done = True
+        self.deadline = 0.0
+        body = self.body
+        self.body = None
+        if body is not None:
+            body.finish()
+        self.reusable = keep_alive and not self.until_close
+        if self.request_done:
+            self._release()
+
+    def _release(self) -> None:
+        self.waiter = None
+        if self.reusable and not self.closed:
+            self.pool._release(self)
+        else:
+            self.abort()
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self.response_done:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.response_done and not self.closed:
+            self.transport.resume_reading()
+
+    def _body_closed(self, finished: bool) -> None:
+        if not finished and not self.response_done:
+            self.abort()  # the rest of the response will not be read: this connection is spent
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool._forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+
+    # --- the exchange ---------------------------------------------------------------------------
+
+    def begin(self, method: str, timeout: float) -> asyncio.Future[Response]:
+        self.uses += 1
+        self.method = method
+        self.got_bytes = False
+        self.interim = False
+        self.until_close = False
+        self.response_done = False
+        self.request_done = False
+        self.reusable = False
+        self.body = None
+        self.timeout = timeout
+        self.deadline = self.loop.time() + timeout if timeout else 0.0
+        waiter = self.waiter = self.loop.create_future()
+        return waiter
+
+    def request_sent(self) -> None:
+        self.request_done = True
+        if self.response_done:
+            self._release()
+
+    def expire(self) -> None:
+        error = UpstreamTimeout(
+            "no response within the timeout", upstream=self.upstream.authority, request_sent=True
+        )
+        self.pool.counters["timeouts"] += 1
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        if self.body is not None and not self.body.finished:
+            self.body.fail(error)
+        self.abort()
+
+
+class _UpstreamTunnel:
+    """The upstream half of a tunnel after ``101 Switching Protocols``."""
+
+    def __init__(self, conn: _UpstreamConnection) -> None:
+        self.conn = conn
+
+    def attach(self, client: asyncio.Transport) -> bytes:
+        conn = self.conn
+        conn.deadline = 0.0
+        conn.client = client
+        conn.pool._detach(conn)
+        early, conn.early = conn.early, b""
+        if conn.closed:
+            client.close()
+        return early
+
+    def write(self, data: bytes) -> None:
+        if self.conn.transport is not None and not self.conn.closed:
+            self.conn.transport.write(data)
+
+    def write_eof(self) -> None:
+        transport = self.conn.transport
+        if transport is not None and not self.conn.closed and transport.can_write_eof():
+            transport.write_eof()
+
+    def pause_reading(self) -> None:
+        if self.conn.transport is not None and not self.conn.closed:
+            self.conn.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.conn.transport is not None and not self.conn.closed:
+            self.conn.transport.resume_reading()
+
+    def close(self) -> None:
+        self.conn.client = None
+        if self.conn.transport is not None:
+            self.conn.transport.close()
+
+
+def _request_head(
+    request: Request, headers: Headers, upstream: Upstream, body_length: int | None, chunked: bool
+) -> bytes:
+    parts = [
+        request.method.encode("ascii"),
+        b" ",
+        request.target.encode("latin-1"),
+        b" HTTP/1.1\r\n",
+    ]
+    append = parts.append
+    has_host = False
+    for name, value in headers:
+        if len(name) == 4 and name.lower() == b"host":
+            has_host = True
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    if not has_host:
+        append(b"Host: " + upstream.authority.encode("idna") + b"\r\n")
+    if chunked:
+        append(b"Transfer-Encoding: chunked\r\n")
+    elif body_length is not None:
+        append(b"Content-Length: %d\r\n" % body_length)
+    framing = request.framing
+    if framing is not None and framing.upgrade is not None:
+        append(b"Connection: upgrade\r\nUpgrade: " + framing.upgrade + b"\r\n")
+    append(b"\r\n")
+    return b"".join(parts)
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class UpstreamPool:
+    """Keep-alive connections to upstreams, and :meth:`send` to forward a request over one.
+
+    Use as ``async with UpstreamPool() as pool:`` (a ticker task expires idle connections and
+    enforces response timeouts).
+
+    Args:
+        connect_timeout: seconds to establish a connection (then :class:`UpstreamConnectError`).
+        response_timeout: seconds of silence allowed while a response is awaited or streams
+            (then :class:`UpstreamTimeout`); ``send(timeout=)`` overrides it per request.
+        idle_timeout: idle connections older than this are closed.
+        max_connections_per_upstream: busy plus idle connections per upstream; beyond it a
+            request waits up to ``connect_timeout`` for one to free up (then
+            :class:`NoUpstreamAvailable`).
+        max_idle_per_upstream: idle connections kept per upstream.
+        buffer_bytes: response bytes buffered before the upstream is no longer read.
+        ssl: the client context for ``https`` upstreams (default: system trust store).
+        registry: a Prometheus registry to export the pool's metrics to.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        response_timeout: float = DEFAULT_RESPONSE_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_connections_per_upstream: int = DEFAULT_MAX_CONNECTIONS_PER_UPSTREAM,
+        max_idle_per_upstream: int = DEFAULT_MAX_IDLE_PER_UPSTREAM,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        ssl: ssl_module.SSLContext | None = None,
+        registry: CollectorRegistry | None = None,
+        metrics_prefix: str = "podkit_upstream",
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections_per_upstream
+        self.max_idle = max_idle_per_upstream
+        self.buffer_bytes = buffer_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_header_count = max_header_count
+        self.ssl = ssl
+        self.metrics_prefix = metrics_prefix
+        self.counters = {
+            "requests": 0,
+            "reused": 0,
+            "connects": 0,
+            "connect_errors": 0,
+            "timeouts": 0,
+            "closed_early": 0,
+        }
+        self._slots: dict[Upstream, _Slot] = {}
+        self._busy: set[_UpstreamConnection] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._registry = registry
+        self._collector: _PoolCollector | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by start()
+
+    async def __aenter__(self) -> UpstreamPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start the ticker (``async with`` does this)."""
+        self.loop = asyncio.get_running_loop()
+        self._ticker = self.loop.create_task(self._tick(), name="upstream-pool-timeouts")
+        if self._registry is not None:
+            self._collector = _PoolCollector(self)
+            self._registry.register(self._collector)
+
+    async def aclose(self) -> None:
+        """Close every connection and stop the ticker."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        for slot in self._slots.values():
+            for conn in list(slot.idle):
+                conn.abort()
+            for waiter in slot.waiters:
+                if not waiter.done():
+                    waiter.cancel()
+        for conn in list(self._busy):
+            conn.abort()
+        if self._collector is not None and self._registry is not None:
+            with contextlib.suppress(KeyError):
+                self._registry.unregister(self._collector)
+            self._collector = None
+
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of the counters."""
+        idle = sum(len(slot.idle) for slot in self._slots.values())
+        c = self.counters
+        return PoolStatistics(
+            open=idle + len(self._busy),
+            idle=idle,
+            requests=c["requests"],
+            reused=c["reused"],
+            connects=c["connects"],
+            connect_errors=c["connect_errors"],
+            timeouts=c["timeouts"],
+            closed_early=c["closed_early"],
+        )
+
+    async def send(
+        self,
+        upstream: Upstream,
+        request: Request,
+        *,
+        headers: Headers | None = None,
+        timeout: float | None = None,
+    ) -> Response:
+        """Send ``request`` to ``upstream``; return when the response head arrived.
+
+        The body of the returned response streams from the upstream: read it, iterate it, hand
+        it to the server, or ``await response.aclose()`` to abandon it (the connection is then
+        closed instead of reused).
+
+        Args:
+            upstream: where to send it.
+            request: method, target, fields and body (bytes, a :class:`Body` or any async
+                iterable of bytes; streamed with chunked coding when its length is unknown).
+            headers: the fields to send instead of ``request.headers``; they are sent as given
+                (build them with :func:`~podkit.engines.http.rules.forwarded_headers` or
+                :func:`~podkit.engines.http.rules.strip_hop_by_hop`). Without it, the request's
+                own fields are sent minus hop-by-hop ones. Framing fields are always the pool's.
+            timeout: seconds of upstream silence allowed (default: the pool's).
+
+        Returns:
+            The response; for a ``101`` its ``upgraded`` tunnel.
+
+        Raises:
+            UpstreamConnectError: the connection could not be opened (nothing was sent).
+            NoUpstreamAvailable: the upstream's connection limit stayed full (nothing sent).
+            UpstreamTimeout: no response (or part of it) within the timeout.
+            UpstreamClosed: the upstream closed or sent an invalid response.
+        """
+        fields = headers if headers is not None else strip_hop_by_hop(request.headers)
+        body = request.body
+        chunked = False
+        length: int | None = None
+        if body is EMPTY_BODY:
+            body = b""
+        elif isinstance(body, Body) and body.complete:
+            # Arrived whole already (the common small upload): send it sized, in one write.
+            body = b"".join(body.take_all())
+            length = len(body)
+        elif isinstance(body, bytes):
+            length = len(body) if body or request.method in _BODY_METHODS else None
+        elif isinstance(body, Body):
+            length = body.length
+            chunked = length is None
+        else:
+            chunked = True
+        head = _request_head(request, fields, upstream, length, chunked)
+        replayable = isinstance(body, bytes)
+        wait = self.response_timeout if timeout is None else timeout
+        attempts = 2 if replayable else 1
+        for attempt in range(attempts):
+            self.counters["requests"] += 1
+            conn = self._take_idle(upstream) or await self._acquire(upstream)
+            waiter = conn.begin(request.method, wait)
+            self._busy.add(conn)
+            try:
+                assert conn.transport is not None
+                if isinstance(body, bytes):
+                    conn.transport.write(head + body if body else head)
+                else:
+                    conn.transport.write(head)
+                    await self._send_body(conn, body, chunked)
+                conn.request_sent()
+                return await waiter
+            except _Stale:
+                if attempt + 1 < attempts:
+                    continue
+                raise UpstreamClosed(
+                    "upstream closed a kept-alive connection",
+                    upstream=upstream.authority,
+                    request_sent=True,
+                ) from None
+            except BaseException:
+                if not waiter.done():
+                    waiter.cancel()
+                conn.abort()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send_body(
+        self, conn: _UpstreamConnection, body: AsyncIterable[bytes], chunked: bool
+    ) -> None:
+        transport = conn.transport
+        assert transport is not None
+        async for chunk in body:
+            if conn.closed or conn.response_done:
+                # The upstream answered (or failed) before taking the whole body: stop sending,
+                # and never reuse the connection.
+                conn.reusable = False
+                if isinstance(body, Body):
+                    body.close()
+                return
+            if not chunk:
+                continue
+            if chunked:
+                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                transport.write(chunk)
+            if conn.write_paused:
+                await conn.drain()
+        if chunked and not conn.closed:
+            transport.write(b"0\r\n\r\n")
+
+    # --- connections ----------------------------------------------------------------------------
+
+    def _take_idle(self, upstream: Upstream) -> _UpstreamConnection | None:
+        """The most recently used idle connection, without awaiting (the hot path)."""
+        slot = self._slots.get(upstream)
+        if slot is None:
+            return None
+        idle = slot.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                slot.busy += 1
+                self.counters["reused"] += 1
+                return conn
+        return None
+
+    async def _acquire(self, upstream: Upstream) -> _UpstreamConnection:
+        slot = self._slots.get(upstream)
+        if slot is None:
+            slot = self._slots[upstream] = _Slot()
+        conn = self._take_idle(upstream)
+        if conn is not None:
+            return conn
+        if slot.busy >= self.max_connections:
+            waiter = self.loop.create_future()
+            slot.waiters.append(waiter)
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await waiter
+            except TimeoutError:
+                raise NoUpstreamAvailable(
+                    f"all {self.max_connections} connections busy", upstream=upstream.authority
+                ) from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    slot.waiters.remove(waiter)
+            return await self._acquire(upstream)
+        slot.busy += 1
+        try:
+            return await self._connect(upstream)
+        except BaseException:
+            slot.busy -= 1
+            self._wake(slot)
+            raise
+
+    async def _connect(self, upstream: Upstream) -> _UpstreamConnection:
+        self.counters["connects"] += 1
+        context: ssl_module.SSLContext | None = None
+        if upstream.tls:
+            if self.ssl is None:
+                self.ssl = ssl_module.create_default_context()
+            context = self.ssl
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: _UpstreamConnection(self, upstream),
+                    upstream.host,
+                    upstream.port,
+                    ssl=context,
+                    server_hostname=upstream.host if context is not None else None,
+                )
+        except TimeoutError as exc:
+            self.counters["connect_errors"] += 1
+            raise UpstreamConnectError(
+                f"connect timed out after {self.connect_timeout:g}s", upstream=upstream.authority
+            ) from exc
+        except (OSError, ssl_module.SSLError) as exc:
+            self.counters["connect_errors"] += 1
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UpstreamConnectError(
+                f"connect failed: {reason}", upstream=upstream.authority
+            ) from exc
+        return conn
+
+    def _release(self, conn: _UpstreamConnection) -> None:
+        self._busy.discard(conn)
+        slot = self._slots[conn.upstream]
+        slot.busy -= 1
+        if len(slot.idle) >= self.max_idle:
+            conn.abort()
+            return
+        conn.idle_since = self.loop.time()
+        conn.waiter = None
+        slot.idle.append(conn)
+        self._wake(slot)
+
+    def _forget(self, conn: _UpstreamConnection) -> None:
+        """A connection closed: drop it from the idle list or the busy count."""
+        slot = self._slots.get(conn.upstream)
+        if slot is None:
+            return
+        if conn in self._busy:
+            self._busy.discard(conn)
+            slot.busy -= 1
+            self._wake(slot)
+        else:
+            with contextlib.suppress(ValueError):
+                slot.idle.remove(conn)
+
+    def _detach(self, conn: _UpstreamConnection) -> None:
+        """A connection became a tunnel: it no longer counts against the pool."""
+        if conn in self._busy:
+            self._busy.discard(conn)
+            slot = self._slots[conn.upstream]
+            slot.busy -= 1
+            self._wake(slot)
+
+    @staticmethod
+    def _wake(slot: _Slot) -> None:
+        while slot.waiters:
+            waiter = slot.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _tick(self) -> None:
+        interval = max(0.02, min(self.response_timeout / 4, self.idle_timeout / 4, 0.5))
+        while True:
+            await asyncio.sleep(interval)
+            self.check_deadlines(self.loop.time())
+
+    def check_deadlines(self, now: float) -> None:
+        """Expire timed-out exchanges and idle connections (the ticker calls this)."""
+        for conn in list(self._busy):
+            if conn.deadline and now > conn.deadline and not conn.tunnel:
+                conn.expire()
+        cutoff = now - self.idle_timeout
+        for slot in self._slots.values():
+            while slot.idle and slot.idle[0].idle_since < cutoff:
+                slot.idle.pop(0).abort()
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterable[Metric]:
+        return pool_metrics([self.pool.statistics()], prefix=self.pool.metrics_prefix)
+
+
+def pool_metrics(
+    snapshots: Iterable[PoolStatistics], *, prefix: str = "podkit_upstream"
+) -> Iterator[Metric]:
+    """Prometheus metric families for one or more pools' statistics, summed."""
+    snaps = list(snapshots)
+    gauge = GaugeMetricFamily(
+        f"{prefix}_connections", "Upstream connections open now, by state.", labels=["state"]
+    )
+    idle = sum(s.idle for s in snaps)
+    gauge.add_metric(["idle"], idle)
+    gauge.add_metric(["busy"], sum(s.open for s in snaps) - idle)
+    yield gauge
+    for attr, help_text in (
+        ("requests", "Requests sent upstream."),
+        ("reused", "Requests sent on a kept-alive connection."),
+        ("connects", "Upstream connections opened."),
+        ("connect_errors", "Upstream connections that failed to open."),
+        ("timeouts", "Upstream responses that timed out."),
+        ("closed_early", "Upstream responses broken off by the upstream."),
+    ):
+        counter = CounterMetricFamily(f"{prefix}_{attr}", help_text)
+        counter.add_metric([], sum(getattr(s, attr) for s in snaps))
+        yield counter
+
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS_PER_UPSTREAM",
+    "DEFAULT_MAX_IDLE_PER_UPSTREAM",
+    "DEFAULT_RESPONSE_TIMEOUT",
+    "PoolStatistics",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamPool",
+    "pool_metrics",
+]

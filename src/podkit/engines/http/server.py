@@ -1,0 +1,996 @@
+"""The HTTP/1.1 server of the engine: one :class:`asyncio.Protocol` per client connection.
+
+Theory of operation. llhttp (through httptools) parses the bytes as they arrive and calls back
+into the connection; :func:`~podkit.engines.http.rules.check_request_head` decides framing and
+refuses what is ambiguous before a handler sees anything. Each request gets a task that runs
+the handler and writes its response; requests pipelined behind it wait in a queue and are
+answered in order. Request bodies stream into a bounded :class:`Body` (reading pauses when it
+is full); response bodies are written as they come, and the handler's stream is only pulled
+again once the client's socket buffer drained (``pause_writing``/``resume_writing``).
+
+Timeouts are deadlines on the connection (no timer per request): a ticker task checks them a
+few times per second. A slow head is answered 408, a silent body 408, an idle keep-alive
+connection is closed. Errors a handler raises that carry a ``status`` (``ProtocolError``,
+:class:`~podkit.engines.errors.UpstreamError`) are answered with that status and a short body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import ssl as ssl_module
+import time
+import weakref
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import httptools
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from podkit.engines.errors import UpstreamError
+from podkit.engines.http.messages import EMPTY_BODY, Body, Handler, Request, Response, TLSInfo
+from podkit.engines.http.rules import (
+    BodyMode,
+    Headers,
+    ServerLimits,
+    check_request_head,
+    error_response,
+    response_framing,
+    response_head,
+)
+from podkit.errors import PodkitError, ProtocolError, RemoteProtocolError
+from podkit.runtime.logging import get_logger
+from podkit.runtime.metrics import LATENCY_BUCKETS
+
+log = get_logger("podkit.engines.http")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_METHODS: dict[bytes, str] = {}
+_IDLE, _HEAD, _BODY, _LINGER = 1, 2, 3, 4  # what a connection's deadline is for
+# After a refusal the client may still be sending; closing at once would make the kernel
+# answer with a reset that can destroy the error response in flight, so the rest is read and
+# dropped for a moment (nginx's lingering close).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    """A snapshot of a server's counters (also exported as Prometheus metrics).
+
+    Attributes:
+        connections_open: client connections open now.
+        connections_total: client connections accepted since start.
+        requests_total: requests whose response was started or refused.
+        responses: responses by status code.
+        errors: refusals and failures by reason (``bad_request``, ``header_timeout``,
+            ``upstream_connect``...), each also counted in ``responses`` under its status.
+        latency_buckets: upper bounds (seconds) of the latency histogram.
+        latency_counts: cumulative-free counts per bucket (the last one is ``+Inf``).
+        latency_sum: the sum of latencies in seconds.
+    """
+
+    connections_open: int
+    connections_total: int
+    requests_total: int
+    responses: dict[int, int]
+    errors: dict[str, int]
+    latency_buckets: tuple[float, ...]
+    latency_counts: tuple[int, ...]
+    latency_sum: float
+
+
+@dataclass(slots=True)
+class _Counters:
+    connections_total: int = 0
+    requests_total: int = 0
+    responses: dict[int, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def response(self, status: int, seconds: float) -> None:
+        self.requests_total += 1
+        self.responses[status] = self.responses.get(status, 0) + 1
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+
+_REASONS = {
+    400: "bad_request",
+    408: "timeout",
+    413: "body_too_large",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    503: "overloaded",
+    431: "header_too_large",
+    501: "not_implemented",
+    505: "version_not_supported",
+}
+
+
+def _error_reason(exc: BaseException, status: int) -> str:
+    if isinstance(exc, UpstreamError):
+        name = type(exc).__name__
+        return {
+            "UpstreamConnectError": "upstream_connect",
+            "UpstreamTimeout": "upstream_timeout",
+            "UpstreamClosed": "upstream_closed",
+            "NoUpstreamAvailable": "no_upstream",
+        }.get(name, "upstream_error")
+    return _REASONS.get(status, f"status_{status}")
+
+
+class _Rejection:
+    __slots__ = ("reason", "status")
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+
+# The short attribute names of RFC 4514, as X-Client-Subject style headers show them.
+_RDN_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
+
+
+def _tls_info(transport: asyncio.BaseTransport) -> TLSInfo | None:
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    cert = sslobj.getpeercert()
+    subject = None
+    if cert:
+        subject = ",".join(
+            f"{_RDN_NAMES.get(key, key)}={value}"
+            for rdn in cert.get("subject", ())
+            for key, value in rdn
+        )
+    cipher = sslobj.cipher()
+    return TLSInfo(
+        sni=_SNI.get(sslobj),
+        version=sslobj.version(),
+        cipher=cipher[0] if cipher else None,
+        peer_subject=subject,
+        peer_cert=cert or None,
+    )
+
+
+# Server names from the SNI callback, by SSL object (the object does not keep the name itself).
+_SNI: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _record_sni(context: ssl_module.SSLContext) -> None:
+    previous = context.sni_callback
+    if getattr(previous, "_podkit_records_sni", False):
+        return
+
+    def record(sslobj: Any, server_name: str | None, ctx: ssl_module.SSLContext) -> int | None:
+        if server_name is not None:
+            _SNI[sslobj] = server_name
+        if previous is None:
+            return None
+        return previous(sslobj, server_name, ctx)  # type: ignore[arg-type]
+
+    record._podkit_records_sni = True  # type: ignore[attr-defined]
+    context.sni_callback = record
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, dispatch in order, write responses, tunnel after 101."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client: tuple[str, int] = ("", 0)
+        self.tls: TLSInfo | None = None
+        self.scheme = "https" if server.ssl is not None else "http"
+        # the request being parsed
+        self.url = b""
+        self.headers: Headers = []
+        self.header_bytes = 0
+        self.in_head = False
+        self.head_raw = 0
+        self.reading: Request | None = None
+        self.body_received = 0
+        # dispatch
+        self.active: asyncio.Task[None] | None = None
+        self.active_request: Request | None = None
+        self.queue: deque[Request | _Rejection] = deque()
+        self.must_close = False
+        self.closed = False
+        # flow control
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        # timeouts
+        self.deadline = 0.0
+        self.deadline_kind = _IDLE
+        self.lingering = False
+        self.linger_left = 0
+        self.handler_started = False
+        # upgrade
+        self.upgrade_tail: bytes | None = None
+        self.tunnel: Any = None
+
+    # --- transport callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        server = self.server
+        server.counters.connections_total += 1
+        if len(server.connections) >= self.limits.max_connections or server.draining:
+            server.counters.error("max_connections")
+            self.transport.write(error_response(503, "too many connections"))
+            self.transport.close()
+            self.closed = True
+            return
+        server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client = (str(peer[0]), int(peer[1]))
+        if server.ssl is not None:
+            self.tls = _tls_info(self.transport)
+        self.deadline = self.loop.time() + self.limits.keepalive_timeout
+        self.deadline_kind = _IDLE
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if not self.server.connections and self.server._all_closed is not None:
+            self.server._all_closed.set()
+        if self.reading is not None and isinstance(self.reading.body, Body):
+            self.reading.body.fail(RemoteProtocolError("client closed the connection"))
+        for item in self.queue:
+            if isinstance(item, Request) and isinstance(item.body, Body):
+                item.body.close()
+        self.queue.clear()
+        if self.active is not None:
+            self.active.cancel()
+        if self.tunnel is not None:
+            self.tunnel.close()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _drain(self) -> None:
+        while self.write_paused and not self.closed:
+            self.drain_waiter = self.loop.create_future()
+            try:
+                await self.drain_waiter
+            finally:
+                self.drain_waiter = None
+        if self.closed:
+            raise ConnectionResetError("client closed the connection")
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            self.tunnel.write_eof()
+            return True  # keep our sending half open: the upstream may still answer
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.lingering:
+            self.linger_left -= len(data)
+            if self.linger_left < 0 and self.transport is not None:
+                self.transport.close()
+            return
+        if self.must_close and self.reading is None:
+            return  # a refused request: ignore the rest
+        if self.upgrade_tail is not None:
+            self.upgrade_tail += data
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgrade_tail = data[exc.args[0] :]
+            self._pause_reading()
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProtocolError):
+                self._refuse(cause.status, str(cause))
+            else:
+                self._refuse(400, "malformed request")
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(400, str(exc) or "malformed request")
+            return
+        if self.in_head:
+            self.head_raw += len(data)
+            if self.head_raw > self.limits.max_header_bytes + self.limits.max_uri_bytes:
+                self._refuse(431, "request head too large")
+
+    # --- parser callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.in_head = True
+        self.head_raw = 0
+        self.deadline = self.loop.time() + self.limits.header_timeout
+        self.deadline_kind = _HEAD
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_uri_bytes:
+            raise RemoteProtocolError("request target too long", status=414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise RemoteProtocolError("request header fields too large", status=431)
+        if len(self.headers) > self.limits.max_header_count:
+            raise RemoteProtocolError("too many request header fields", status=431)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:
+            method = raw_method.decode("ascii")
+            if len(_METHODS) < 64:
+                _METHODS[raw_method] = method
+        version = parser.get_http_version()
+        framing = check_request_head(
+            method, version, self.headers, max_body_bytes=self.limits.max_body_bytes
+        )
+        body: Body = EMPTY_BODY
+        if framing.chunked or framing.content_length:
+            body = Body(
+                length=framing.content_length,
+                high_water=self.limits.buffer_bytes,
+                pause=self._pause_reading,
+                resume=self._resume_reading,
+                on_first_read=self._send_continue if framing.expect_continue else None,
+                on_close=self._request_body_closed,
+            )
+            self.deadline = self.loop.time() + self.limits.body_timeout
+            self.deadline_kind = _BODY
+        else:
+            self.deadline = 0.0
+        self.body_received = 0
+        request = Request(
+            method,
+            self.url.decode("latin-1"),
+            self.headers,
+            body,
+            http_version=version,
+            client=self.client,
+            scheme=self.scheme,
+            tls=self.tls,
+            framing=framing,
+            keep_alive=parser.should_keep_alive(),
+        )
+        self.reading = request
+        if self.active is None and not self.queue:
+            self._start(request)
+            return
+        queue = self.queue
+        if len(queue) >= self.limits.max_pipeline:
+            # Bounded: what one read delivered is parsed at once, so pausing alone is not enough.
+            raise RemoteProtocolError("too many pipelined requests", status=503)
+        queue.append(request)
+        if len(queue) >= max(1, self.limits.max_pipeline // 4):
+            self._pause_reading()  # resumed when the queue is empty again
+
+    def on_body(self, data: bytes) -> None:
+        self.body_received += len(data)
+        if self.body_received > self.limits.max_body_bytes:
+            raise RemoteProtocolError("request body too large", status=413)
+        request = self.reading
+        if request is not None:
+            body = request.body
+            assert isinstance(body, Body)
+            body.feed(data)
+            self.deadline = self.loop.time() + self.limits.body_timeout
+
+    def on_message_complete(self) -> None:
+        request = self.reading
+        if request is not None:
+            body = request.body
+            if body is not EMPTY_BODY:
+                assert isinstance(body, Body)
+                body.finish()
+            if self.deadline_kind == _BODY:
+                self.deadline = 0.0
+                self.deadline_kind = _IDLE
+        self.reading = None
+
+    # --- flow control helpers -------------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _send_continue(self) -> None:
+        request = self.active_request
+        if (
+            self.body_received == 0
+            and request is not None
+            and request.http_version == "1.1"
+            and self.transport is not None
+            and not self.closed
+        ):
+            self.transport.write(_CONTINUE)
+
+    def _request_body_closed(self, finished: bool) -> None:
+        if not finished:
+            self.must_close = (
+                True  # the rest of the body is unread: the next request's start is unknown
+            )
+
+    # --- refusals and timeouts ------------------------------------------------------------------
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer ``status`` once earlier responses are written, then close."""
+        self.in_head = False
+        self.deadline = 0.0
+        reading = self.reading
+        self.reading = None
+        self.must_close = True
+        self._pause_reading()
+        if reading is not None and reading is self.active_request:
+            if not self.handler_started and self.active is not None:
+                # The head and the bad body arrived in one read: the handler never ran, so
+                # nothing went upstream. Refuse as if the head itself were bad.
+                self.active.cancel()
+                self.active = None
+                self.active_request = None
+            else:
+                # The handler is streaming this request's body: it learns of the refusal from
+                # the body, and the status reaches the client as its error (if nothing was sent
+                # yet); the upstream connection is dropped before the body is complete.
+                assert isinstance(reading.body, Body)
+                reading.body.fail(RemoteProtocolError(reason, status=status))
+                return
+        if reading is not None and reading in self.queue:
+            self.queue.remove(reading)
+        if self.active is None:
+            self._write_refusal(status, reason)
+        else:
+            self.queue.append(_Rejection(status, reason))
+
+    def _write_refusal(self, status: int, reason: str) -> None:
+        counters = self.server.counters
+        counters.error(_REASONS.get(status, f"status_{status}"))
+        counters.response(status, 0.0)
+        if self.transport is not None and not self.closed:
+            self.transport.write(error_response(status, reason))
+            self._close_gracefully()
+
+    def _close_gracefully(self) -> None:
+        """Send FIN, drop what the client still sends for a moment, then close."""
+        transport = self.transport
+        assert transport is not None
+        if self.lingering or self.closed:
+            return
+        self.lingering = True
+        self.linger_left = LINGER_BYTES
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.deadline = self.loop.time() + LINGER_SECONDS
+        self.deadline_kind = _LINGER
+        self.read_paused = False
+        transport.resume_reading()
+
+    def check_deadline(self, now: float) -> None:
+        if self.deadline == 0.0 or now < self.deadline or self.closed:
+            return
+        kind = self.deadline_kind
+        self.deadline = 0.0
+        if kind == _LINGER:
+            assert self.transport is not None
+            self.transport.close()
+        elif kind == _IDLE:
+            if self.active is None and not self.queue:
+                self.server.counters.error("keepalive_timeout")
+                assert self.transport is not None
+                self.transport.close()
+        elif kind == _HEAD:
+            self._refuse(408, "request head not received in time")
+        else:
+            self._refuse(408, "request body not received in time")
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        self.handler_started = False
+        self.active_request = request
+        self.active = self.loop.create_task(self._respond(request))
+
+    def _next(self) -> None:
+        self.active = None
+        self.active_request = None
+        if self.closed:
+            return
+        if self.must_close and not self.queue:
+            self._close_gracefully()
+            return
+        if self.queue:
+            item = self.queue.popleft()
+            if isinstance(item, _Rejection):
+                self._write_refusal(item.status, item.reason)
+            else:
+                self._start(item)
+            return
+        if self.reading is None and not self.in_head:
+            self.deadline = self.loop.time() + self.limits.keepalive_timeout
+            self.deadline_kind = _IDLE
+        self._resume_reading()
+
+    async def _respond(self, request: Request) -> None:
+        self.handler_started = True
+        server = self.server
+        started = self.loop.time()
+        status = 500
+        try:
+            try:
+                response = await server.handler(request)
+            except asyncio.CancelledError:
+                raise
+            except (ProtocolError, UpstreamError) as exc:
+                status = exc.status
+                server.counters.error(_error_reason(exc, status))
+                response = _error(status, exc)
+            except Exception as exc:
+                log.exception("handler failed", extra={"target": request.target})
+                server.counters.error("handler_failed")
+                response = _error(500, exc)
+            status = response.status
+            await self._write_response(request, response)
+        except asyncio.CancelledError:
+            return  # the client went away; the handler's upstream work was cancelled with it
+        except (ConnectionError, PodkitError, OSError) as exc:
+            # the body stream broke after the head was sent: the client must see a truncation
+            server.counters.error("response_aborted")
+            log.debug("response aborted", extra={"target": request.target, "error": str(exc)})
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        finally:
+            server.counters.response(status, self.loop.time() - started)
+        if self.tunnel is None:
+            self._next()
+
+    async def _write_response(self, request: Request, response: Response) -> None:
+        transport = self.transport
+        assert transport is not None
+        keep_alive = request.keep_alive and not self.must_close and not self.server.draining
+        body = request.body
+        if body is not EMPTY_BODY and isinstance(body, Body) and not body.finished:
+            keep_alive = False  # unread request body: where the next request starts is unknown
+        http10 = request.http_version == "1.0"
+        upgrade = request.framing is not None and request.framing.upgrade is not None
+        if upgrade:
+            if response.status == 101 and response.upgraded is not None:
+                self._switch_to_tunnel(response)
+                return
+            keep_alive = False
+        out = response.body
+        if self.closed:
+            raise ConnectionResetError("client closed the connection")
+        if isinstance(out, bytes):
+            mode, keep_alive = response_framing(
+                request.method,
+                response.status,
+                length=len(out),
+                http10=http10,
+                keep_alive=keep_alive,
+            )
+            head = response_head(
+                response.status,
+                response.headers,
+                mode=mode,
+                length=len(out),
+                keep_alive=keep_alive,
+                http10=http10,
+                reason=response.reason,
+            )
+            transport.write(head + out if mode is not BodyMode.NONE else head)
+        elif isinstance(out, Body) and out.complete:
+            chunks = out.take_all()
+            data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            mode, keep_alive = response_framing(
+                request.method,
+                response.status,
+                length=len(data),
+                http10=http10,
+                keep_alive=keep_alive,
+            )
+            head = response_head(
+                response.status,
+                response.headers,
+                mode=mode,
+                length=len(data),
+                keep_alive=keep_alive,
+                http10=http10,
+                reason=response.reason,
+            )
+            transport.write(head + data if mode is not BodyMode.NONE else head)
+            out.close()
+        else:
+            await self._stream_response(request, response, keep_alive, http10)
+            keep_alive = self._stream_keep_alive
+        if not keep_alive:
+            self.must_close = True
+
+    _stream_keep_alive = False
+
+    async def _stream_response(
+        self, request: Request, response: Response, keep_alive: bool, http10: bool
+    ) -> None:
+        transport = self.transport
+        assert transport is not None
+        out = response.body
+        assert not isinstance(out, bytes)
+        length = out.length if isinstance(out, Body) else None
+        mode, keep_alive = response_framing(
+            request.method, response.status, length=length, http10=http10, keep_alive=keep_alive
+        )
+        self._stream_keep_alive = keep_alive
+        transport.write(
+            response_head(
+                response.status,
+                response.headers,
+                mode=mode,
+                length=length,
+                keep_alive=keep_alive,
+                http10=http10,
+                reason=response.reason,
+            )
+        )
+        sent = 0
+        try:
+            async for chunk in out:
+                if not chunk or mode is BodyMode.NONE:
+                    continue
+                if mode is BodyMode.CHUNKED:
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    sent += len(chunk)
+                    transport.write(chunk)
+                if self.write_paused or self.closed:
+                    await self._drain()
+        finally:
+            if isinstance(out, Body):
+                out.close()
+            else:
+                aclose = getattr(out, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        if mode is BodyMode.CHUNKED:
+            transport.write(b"0\r\n\r\n")
+        elif mode is BodyMode.LENGTH and length is not None and sent != length:
+            raise RemoteProtocolError("response body shorter or longer than its Content-Length")
+
+    def _switch_to_tunnel(self, response: Response) -> None:
+        transport = self.transport
+        assert transport is not None
+        assert response.upgraded is not None
+        # The framing rules would drop Connection; a 101 must say which protocol follows.
+        head = response_head(
+            101,
+            [(n, v) for n, v in response.headers if n.lower() != b"upgrade"],
+            mode=BodyMode.NONE,
+            length=None,
+            keep_alive=True,
+            http10=False,
+            reason=response.reason,
+        )
+        protocol = b"".join(
+            b"Upgrade: " + v + b"\r\n" for n, v in response.headers if n.lower() == b"upgrade"
+        )
+        head = head[:-2] + b"Connection: upgrade\r\n" + protocol + b"\r\n"
+        transport.write(head)
+        upgraded = response.upgraded
+        self.tunnel = upgraded
+        self.deadline = 0.0
+        early = upgraded.attach(transport)
+        if early:
+            transport.write(early)
+        tail, self.upgrade_tail = self.upgrade_tail, None
+        if tail:
+            upgraded.write(tail)
+        self._resume_reading()
+
+
+def _error(status: int, exc: BaseException) -> Response:
+    text = str(exc) or type(exc).__name__
+    if status >= 500 and not isinstance(exc, UpstreamError | ProtocolError):
+        text = "internal error"
+    return Response.text(status, f"{status} {_phrase(status)}: {text}\n")
+
+
+def _phrase(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+class _ServerCollector(Collector):
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterable[Metric]:
+        return statistics_metrics([self.server.statistics()], prefix=self.server.metrics_prefix)
+
+
+def statistics_metrics(
+    snapshots: Iterable[ServerStatistics], *, prefix: str = "podkit_http"
+) -> Iterator[Metric]:
+    """Prometheus metric families for one or more servers' statistics, summed.
+
+    Used by a server's own collector, and by a supervisor that merges its workers' snapshots.
+    """
+    snaps = list(snapshots)
+    opened = GaugeMetricFamily(f"{prefix}_connections", "Client connections open now.")
+    opened.add_metric([], sum(s.connections_open for s in snaps))
+    yield opened
+    accepted = CounterMetricFamily(
+        f"{prefix}_connections_accepted", "Client connections accepted since start."
+    )
+    accepted.add_metric([], sum(s.connections_total for s in snaps))
+    yield accepted
+    responses = CounterMetricFamily(
+        f"{prefix}_responses", "Responses sent (or refusals), by status code.", labels=["code"]
+    )
+    merged: dict[int, int] = {}
+    for snap in snaps:
+        for code, count in snap.responses.items():
+            merged[code] = merged.get(code, 0) + count
+    for code in sorted(merged):
+        responses.add_metric([str(code)], merged[code])
+    yield responses
+    errors = CounterMetricFamily(
+        f"{prefix}_errors",
+        "Refused requests and failed responses, by reason (bad_request, timeout, "
+        "header_too_large, upstream_connect, upstream_timeout, no_upstream...).",
+        labels=["reason"],
+    )
+    merged_errors: dict[str, int] = {}
+    for snap in snaps:
+        for reason, count in snap.errors.items():
+            merged_errors[reason] = merged_errors.get(reason, 0) + count
+    for reason in sorted(merged_errors):
+        errors.add_metric([reason], merged_errors[reason])
+    yield errors
+    latency = HistogramMetricFamily(
+        f"{prefix}_request_duration_seconds",
+        "Time from a request's head to the end of its response.",
+    )
+    if snaps:
+        buckets = snaps[0].latency_buckets
+        counts = [sum(s.latency_counts[i] for s in snaps) for i in range(len(buckets) + 1)]
+        cumulative = 0
+        points: list[tuple[str, float]] = []
+        for bound, count in zip((*buckets, float("inf")), counts, strict=True):
+            cumulative += count
+            points.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        latency.add_metric([], points, sum(s.latency_sum for s in snaps))
+    yield latency
+
+
+class HTTPServer:
+    """Serve a :data:`Handler` over HTTP/1.1 (and HTTPS when given an SSL context).
+
+    Use as ``async with HTTPServer(handler, host=..., port=0) as server:``; ``server.port`` is
+    the bound port.
+
+    Args:
+        handler: called once per request; its :class:`Response` is written back in order.
+        host: the address to listen on.
+        port: the port (0 picks a free one).
+        limits: header, body, timeout and connection limits.
+        ssl: a server-side SSL context for HTTPS; requests then carry :class:`TLSInfo`
+            (an SNI-recording callback is chained onto the context's ``sni_callback``).
+        reuse_port: set SO_REUSEPORT so several processes share the port.
+        sock: an already bound listening socket to serve on (instead of host/port).
+        registry: a Prometheus registry to export the server's metrics to.
+        metrics_prefix: the metric name prefix.
+        name: used in log lines and errors.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: ServerLimits | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        registry: CollectorRegistry | None = None,
+        metrics_prefix: str = "podkit_http",
+        name: str = "http",
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.limits = limits or ServerLimits()
+        self.ssl = ssl
+        self.reuse_port = reuse_port
+        self.sock = sock
+        self.name = name
+        self.metrics_prefix = metrics_prefix
+        self.counters = _Counters()
+        self.connections: set[_Connection] = set()
+        self.draining = False
+        self.started_at = time.time()
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._registry = registry
+        self._collector: _ServerCollector | None = None
+        self._all_closed: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop  # set by start()
+
+    async def __aenter__(self) -> HTTPServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Bind and start accepting.
+
+        Raises:
+            PodkitError: the address cannot be bound (in use, not local, no permission).
+        """
+        self.loop = asyncio.get_running_loop()
+        if self.ssl is not None:
+            _record_sni(self.ssl)
+        try:
+            if self.sock is not None:
+                self._server = await self.loop.create_server(
+                    lambda: _Connection(self), sock=self.sock, ssl=self.ssl, backlog=1024
+                )
+            else:
+                self._server = await self.loop.create_server(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    reuse_port=self.reuse_port or None,
+                    backlog=1024,
+                )
+        except OSError as exc:
+            reason = (
+                "address already in use"
+                if exc.errno == errno.EADDRINUSE
+                else exc.strerror or str(exc)
+            )
+            raise PodkitError(
+                f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}"
+            ) from exc
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._ticker = self.loop.create_task(self._tick(), name=f"{self.name}-timeouts")
+        if self._registry is not None:
+            self._collector = _ServerCollector(self)
+            self._registry.register(self._collector)
+
+    async def _tick(self) -> None:
+        limits = self.limits
+        interval = min(limits.header_timeout, limits.body_timeout, limits.keepalive_timeout) / 4
+        interval = max(0.02, min(interval, 1.0))
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.check_deadline(now)
+
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of the counters."""
+        counters = self.counters
+        return ServerStatistics(
+            connections_open=len(self.connections),
+            connections_total=counters.connections_total,
+            requests_total=counters.requests_total,
+            responses=dict(counters.responses),
+            errors=dict(counters.errors),
+            latency_buckets=LATENCY_BUCKETS,
+            latency_counts=tuple(counters.latency_counts),
+            latency_sum=counters.latency_sum,
+        )
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let requests in progress finish (up to ``timeout``), then close.
+
+        Idle keep-alive connections are closed at once; busy ones get ``Connection: close`` on
+        their current response.
+        """
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            idle = conn.active is None and not conn.queue and conn.reading is None
+            if idle and conn.tunnel is None and conn.transport is not None:
+                conn.transport.close()
+        if self.connections:
+            self._all_closed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._all_closed.wait()
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the listener and every connection now."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+        if self._collector is not None and self._registry is not None:
+            with contextlib.suppress(KeyError):
+                self._registry.unregister(self._collector)
+            self._collector = None
+
+
+__all__ = ["HTTPServer", "ServerStatistics", "statistics_metrics"]
