@@ -71,7 +71,7 @@ while True:
     time.sleep(ttl / 3)
     lock.reacquire()
 """
-TARGET_SLACK = 0.5  # the issue's failover target: ttl + 0.5 s
+TARGET_SLACK = 0.5  # the failover target is ttl + 0.5 s
 
 
 @dataclass
