@@ -398,3 +398,32 @@ async def test_too_many_pipelined_requests_are_answered_503_after_the_others(
     assert statuses == [200, 200, 200, 200, 200, 503]
     assert await client.closed_by_peer()
     await client.close()
+
+
+async def test_a_client_slower_than_the_response_timeout_still_gets_the_whole_body(
+    start_proxy: StartProxy,
+) -> None:
+    """Back-pressure pauses the upstream; the pause is not upstream silence."""
+    bodies: list[Body] = []
+
+    def capture(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            response = await inner(request)
+            assert isinstance(response.body, Body)
+            bodies.append(response.body)
+            return response
+
+        return handle
+
+    proxy = await start_proxy(handler=capture, timeout=0.3, buffer_bytes=64 * 1024)
+    client = await Client.connect(proxy.port)
+    client.writer.transport.pause_reading()  # type: ignore[attr-defined]
+    size = 20_000_000
+    await client.send(f"GET /bytes/{size} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    await asyncio.to_thread(wait_for, lambda: bool(bodies) and bodies[0].producer_paused)
+    await asyncio.sleep(1.0)  # three response timeouts pass while the client reads nothing
+    client.writer.transport.resume_reading()  # type: ignore[attr-defined]
+    reply = await client.read_response()
+    assert reply.status == 200
+    assert len(reply.body) == size
+    await client.close()

@@ -405,10 +405,13 @@ class _UpstreamConnection(asyncio.Protocol):
     def _pause_reading(self) -> None:
         if self.transport is not None and not self.response_done:
             self.transport.pause_reading()
+            self.deadline = 0.0  # our client is slow, not the upstream: no timeout meanwhile
 
     def _resume_reading(self) -> None:
         if self.transport is not None and not self.response_done and not self.closed:
             self.transport.resume_reading()
+            if self.timeout:
+                self.deadline = self.loop.time() + self.timeout
 
     def _body_closed(self, finished: bool) -> None:
         if not finished and not self.response_done:

@@ -448,11 +448,15 @@ class _Connection(asyncio.Protocol):
         if not self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = True
             self.transport.pause_reading()
+            if self.deadline_kind == _BODY:
+                self.deadline = 0.0  # the upstream is slow to take the body, not the client
 
     def _resume_reading(self) -> None:
         if self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = False
             self.transport.resume_reading()
+            if self.deadline_kind == _BODY and self.reading is not None:
+                self.deadline = self.loop.time() + self.limits.body_timeout
 
     def _send_continue(self) -> None:
         request = self.active_request
