@@ -73,6 +73,14 @@ class Upstream:
     host: str
     port: int
     tls: bool = False
+    _hash: int = field(init=False, compare=False, repr=False, default=0)
+
+    def __post_init__(self) -> None:
+        # The pool looks an upstream up on every request: hash it once.
+        object.__setattr__(self, "_hash", hash((self.host, self.port, self.tls)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, url: str) -> Upstream:

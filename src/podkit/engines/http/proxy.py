@@ -82,7 +82,7 @@ def proxy_handler(
         The handler. Upstream failures propagate as :class:`UpstreamError` (502, 503, 504).
     """
     policy = forwarding if forwarding is not None else Forwarding()
-    via = policy.via
+    via = policy.via_hop("1.1") if policy.via else None
     fixed = upstream if isinstance(upstream, Upstream) else None
     pick = None if isinstance(upstream, Upstream) else upstream
     clock = time.monotonic
