@@ -427,3 +427,39 @@ async def test_a_client_slower_than_the_response_timeout_still_gets_the_whole_bo
     assert reply.status == 200
     assert len(reply.body) == size
     await client.close()
+
+
+@pytest.mark.parametrize("path", ["/status/200", "/bytes/1000000"], ids=["small", "streamed"])
+async def test_a_policy_can_tee_the_response_body_while_it_streams(
+    start_proxy: StartProxy, path: str
+) -> None:
+    from collections.abc import AsyncIterator
+
+    from podkit.engines.http import BodyLike, close_body, iter_body
+
+    stored: list[bytes] = []
+
+    async def tee(body: BodyLike) -> AsyncIterator[bytes]:
+        parts: list[bytes] = []
+        try:
+            async for chunk in iter_body(body):
+                parts.append(chunk)
+                yield chunk
+        except BaseException:
+            await close_body(body)
+            raise
+        stored.append(b"".join(parts))
+
+    def caching(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            response = await inner(request)
+            response.body = tee(response.body)
+            return response
+
+        return handle
+
+    proxy = await start_proxy(handler=caching)
+    reply = await exchange(proxy.port, f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert reply.status == 200
+    assert stored == [reply.body]
+    assert len(reply.body) > 0

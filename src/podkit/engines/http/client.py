@@ -176,6 +176,10 @@ class _UpstreamConnection(asyncio.Protocol):
         self.header_bytes = 0
         self.reason: bytes | None = None
         self.body: Body | None = None
+        self.pending: Response | None = None
+        self.pending_length: int | None = None
+        self.pending_chunks: list[bytes] = []
+        self.pending_size = 0
         self.got_bytes = False
         self.interim = False
         self.until_close = False
@@ -286,6 +290,8 @@ class _UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._broken(str(exc) or "malformed response")
             return
+        if self.pending is not None and not self.closed:
+            self._stream_pending()
         if self.in_head:
             # Counted on raw bytes rather than per field: cheaper, and it also bounds a field
             # that never ends.
@@ -365,14 +371,14 @@ class _UpstreamConnection(asyncio.Protocol):
             response.upgraded = _UpstreamTunnel(self)
         elif response_has_body(self.method, status):
             self.until_close = not chunked and length is None
-            body = self.body = Body(
-                length=length,
-                high_water=self.pool.buffer_bytes,
-                pause=self._pause_reading,
-                resume=self._resume_reading,
-                on_close=self._body_closed,
-            )
-            response.body = body
+            # Held back until this read is parsed: a body that completes in it is handed over
+            # as bytes (no stream machinery for the common small response); otherwise
+            # data_received turns it into a streaming Body.
+            self.pending = response
+            self.pending_length = length
+            self.pending_chunks = []
+            self.pending_size = 0
+            return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
@@ -383,6 +389,32 @@ class _UpstreamConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         if self.body is not None:
             self.body.feed(data)
+            return
+        if self.pending is not None:
+            self.pending_chunks.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > self.pool.buffer_bytes:
+                self._stream_pending()
+
+    def _stream_pending(self) -> None:
+        """Hand the held-back response over with a streaming Body holding what arrived."""
+        response = self.pending
+        assert response is not None
+        self.pending = None
+        body = self.body = Body(
+            length=self.pending_length,
+            high_water=self.pool.buffer_bytes,
+            pause=self._pause_reading,
+            resume=self._resume_reading,
+            on_close=self._body_closed,
+        )
+        for chunk in self.pending_chunks:
+            body.feed(chunk)
+        self.pending_chunks = []
+        response.body = body
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -395,6 +427,15 @@ class _UpstreamConnection(asyncio.Protocol):
     def _message_complete(self, *, keep_alive: bool) -> None:
         self.response_done = True
         self.deadline = 0.0
+        response = self.pending
+        if response is not None:
+            self.pending = None
+            chunks = self.pending_chunks
+            self.pending_chunks = []
+            response.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(response)
         body = self.body
         self.body = None
         if body is not None:
@@ -444,6 +485,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.request_done = False
         self.reusable = False
         self.body = None
+        self.pending = None
         self.timeout = timeout
         self.deadline = self.loop.time() + timeout if timeout else 0.0
         waiter = self.waiter = self.loop.create_future()
