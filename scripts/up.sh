@@ -1,11 +1,42 @@
 #!/usr/bin/env bash
-# The main job: run the quick-start pod file when the pod supervisor is there,
-# else a small replicated whoami demo (three replicas).
+# The main job: run the quick-start pod file when the pod supervisor is there. While a component
+# the quick start uses is missing, run examples/whoami.yaml instead and say why; without the
+# supervisor, a small replicated whoami demo (three replicas).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PODKIT=.venv/bin/podkit
-if $PODKIT up --help >/dev/null 2>&1 && [ -f examples/quickstart.yaml ]; then
-  exec $PODKIT up examples/quickstart.yaml
+QUICKSTART=examples/quickstart.yaml
+FALLBACK=examples/whoami.yaml
+if $PODKIT up --help >/dev/null 2>&1 && [ -f "$QUICKSTART" ]; then
+  if why=$($PODKIT up --check "$QUICKSTART" 2>&1); then
+    cat <<'BANNER'
+podkit quick start: web (3 x whoami) <- lb (balance) <- cache; a singleton job under elect;
+a queue source and autoscaled workers on SQLite. When `cache ready` shows:
+  curl http://127.0.3.1:8080/            cache -> balance -> a web replica (see "name")
+  curl http://127.0.3.1:8080/cache/30    a cached answer: the same replica for 30 s
+  podkit status                          every container (another terminal, this directory)
+  podkit scale web 5                     the balancer follows the replicas
+Ctrl-C or `podkit down` stops everything.
+BANNER
+    exec $PODKIT up "$QUICKSTART"
+  fi
+  case "$why" in
+    *"unknown component"*)
+      echo "podkit: $QUICKSTART needs a component this podkit does not have yet:" >&2
+      echo "  $why" >&2
+      echo "podkit: running $FALLBACK instead (three whoami replicas)" >&2
+      cat <<'BANNER'
+  curl http://127.0.1.1:8000/   curl http://127.0.1.2:8000/   curl http://127.0.1.3:8000/
+  podkit status    podkit scale web 5    (another terminal, this directory)
+Ctrl-C or `podkit down` stops everything.
+BANNER
+      exec $PODKIT up "$FALLBACK"
+      ;;
+    *)
+      echo "$why" >&2
+      exit 2
+      ;;
+  esac
 fi
 pids=()
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait || true; }

@@ -19,7 +19,16 @@ from podkit.errors import EXIT_USAGE, PodkitError
 
 # name -> "module:attribute" of a click command. Keep sorted by name.
 COMMANDS: dict[str, str] = {
+    "configsync": "podkit.sidecar.configsync:command",
+    "down": "podkit.pods.cli:down_command",
+    "elect": "podkit.serving.election.cli:command",
+    "hash": "podkit.hashing.cli:command",
+    "logship": "podkit.sidecar.logship:command",
     "proxy": "podkit.apps.proxy:command",
+    "queue": "podkit.batch.queue.cli:group",
+    "scale": "podkit.pods.cli:scale_command",
+    "status": "podkit.pods.cli:status_command",
+    "up": "podkit.pods.cli:up_command",
     "whoami": "podkit.apps.whoami:command",
 }
 

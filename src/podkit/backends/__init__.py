@@ -1,0 +1,1 @@
+"""Coordination backends (sqlite, redis, etcd) behind one small interface per need."""

@@ -1,0 +1,1 @@
+"""Batch patterns: work queues and pipelines."""

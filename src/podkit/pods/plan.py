@@ -1,0 +1,169 @@
+"""From the pod file to what a process needs: argv, environment, directory (pure functions).
+
+A component container ``{component: NAME, args: [...], options: {...}, command: [...]}`` runs
+``python -m podkit NAME ARGS... --key value ... -- COMMAND...``. Option keys become flags
+(``drain_timeout`` and ``drain-timeout`` both give ``--drain-timeout``); a list repeats the
+flag; ``true`` gives a bare flag; ``false`` and ``null`` leave it out; a discovery reference
+``{pod: web, port: 8000}`` under key ``backends`` gives ``--backends-file FILE``. Every string
+is rendered with the replica's ``{pod.ip}``, ``{pod.name}``, ``{pod.replica}``, ``{pod.dir}``
+(and ``{pods.NAME.ip}``, the address of replica 1 of pod NAME).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from podkit.pods.core import ContainerKey
+from podkit.pods.model import (
+    Container,
+    Discovery,
+    PodFile,
+    discovery_path,
+    render_template,
+    replica_ip,
+    template_fields,
+)
+
+DISCOVERY_HEADER = "# podkit discovery: ready replicas of pod {pod} on port {port}, one per line\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPlan:
+    """What the shell needs to start one container."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str | None
+
+
+def flag_name(key: str) -> str:
+    """``drain_timeout`` → ``--drain-timeout``."""
+    return "--" + key.replace("_", "-")
+
+
+def option_argv(container: Container, fields: Mapping[str, str], *, state_dir: Path) -> list[str]:
+    """The ``--flags`` of a component container's options, rendered for one replica."""
+    argv: list[str] = []
+    for key, value in container.options.items():
+        if isinstance(value, Discovery):
+            argv += [flag_name(key) + "-file", str(discovery_path(state_dir, value))]
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if item is None or item is False:
+                continue
+            if item is True:
+                argv.append(flag_name(key))
+            else:
+                argv += [flag_name(key), render_template(str(item), fields)]
+    return argv
+
+
+def plan_container(
+    podfile: PodFile,
+    key: ContainerKey,
+    *,
+    state_dir: Path,
+    base_env: Mapping[str, str],
+    python: str = sys.executable,
+) -> ContainerPlan:
+    """The argv, environment and working directory of one container of one replica.
+
+    The environment is ``base_env``, then the pod's ``env``, then the container's (a discovery
+    reference there gives the discovery file's path), then ``PODKIT_POD_NAME``,
+    ``PODKIT_POD_REPLICA``, ``PODKIT_POD_IP`` and ``PODKIT_POD_DIR``.
+    """
+    pod = podfile.pods[key.pod]
+    container = pod.containers[key.container]
+    fields = template_fields(podfile, key.pod, key.replica, state_dir=state_dir)
+
+    def render(text: str) -> str:
+        return render_template(text, fields)
+
+    if container.run is not None:
+        argv = [render(a) for a in container.run]
+    else:
+        assert container.component is not None
+        argv = [python, "-m", "podkit", *container.component.split()]
+        argv += [render(a) for a in container.args]
+        argv += option_argv(container, fields, state_dir=state_dir)
+        if container.command:
+            argv += ["--", *(render(a) for a in container.command)]
+    env = dict(base_env)
+    env["PYTHONUNBUFFERED"] = "1"  # Python children stream their logs line by line
+    env.update({k: render(v) for k, v in pod.env.items()})
+    env.update(
+        {
+            k: str(discovery_path(state_dir, v)) if isinstance(v, Discovery) else render(v)
+            for k, v in container.env.items()
+        }
+    )
+    env.update(
+        {
+            "PODKIT_POD_NAME": key.pod,
+            "PODKIT_POD_REPLICA": str(key.replica),
+            "PODKIT_POD_IP": fields["ip"],
+            "PODKIT_POD_DIR": fields["dir"],
+        }
+    )
+    cwd = render(container.workdir) if container.workdir is not None else None
+    return ContainerPlan(tuple(argv), env, cwd)
+
+
+def discovery_refs(podfile: PodFile) -> list[Discovery]:
+    """The discovery files to keep current, in file order.
+
+    Every reference the file makes, and one per pod with a readiness probe, on the probe's
+    port (so a program outside the pods can follow the ready replicas too).
+    """
+    refs: list[Discovery] = []
+    for name, pod in podfile.pods.items():
+        if pod.ready is not None:
+            implicit = Discovery(pod=name, port=pod.ready.port)
+            if implicit not in refs:
+                refs.append(implicit)
+    for pod in podfile.pods.values():
+        for container in pod.containers.values():
+            for value in [*container.options.values(), *container.env.values()]:
+                if isinstance(value, Discovery) and value not in refs:
+                    refs.append(value)
+    return refs
+
+
+def render_discovery(podfile: PodFile, ref: Discovery, replicas: tuple[int, ...]) -> str:
+    """The text of a discovery file: a comment line, then one URL per ready replica."""
+    index = podfile.pod_index(ref.pod)
+    lines = [DISCOVERY_HEADER.format(pod=ref.pod, port=ref.port)]
+    lines += [f"{ref.scheme}://{replica_ip(index, r)}:{ref.port}\n" for r in replicas]
+    return "".join(lines)
+
+
+def service_addresses(podfile: PodFile, pod: str, replicas: tuple[int, ...]) -> list[str]:
+    """Where a pod's replicas serve, for the ``ready`` line ``podkit up`` prints.
+
+    The probe port, the declared ``ports`` and the rendered ``listen`` options, per replica.
+    """
+    spec = podfile.pods[pod]
+    index = podfile.pod_index(pod)
+    addresses: list[str] = []
+    for replica in replicas:
+        ip = replica_ip(index, replica)
+        ports: list[int] = []
+        if spec.ready is not None:
+            ports.append(spec.ready.port)
+        for container in spec.containers.values():
+            ports += container.ports
+        for port in ports:
+            address = f"{ip}:{port}"
+            if address not in addresses:
+                addresses.append(address)
+        fields = template_fields(podfile, pod, replica, state_dir=Path())
+        for container in spec.containers.values():
+            listen = container.options.get("listen")
+            if isinstance(listen, str):
+                address = render_template(listen, fields)
+                if address not in addresses:
+                    addresses.append(address)
+    return addresses

@@ -1,0 +1,1 @@
+"""Serving patterns: load-balanced replicas, caching, election, scatter/gather."""

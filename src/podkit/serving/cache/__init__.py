@@ -1,0 +1,64 @@
+"""``podkit cache``: an RFC 9111 shared caching proxy with request coalescing.
+
+The decisions (storability, freshness, age, variants, validation, invalidation, LRU by bytes,
+coalescing) are sans-IO and re-exported here; the asyncio shell that runs them on the HTTP
+engine lives in ``podkit.serving.cache.app``.
+"""
+
+from podkit.serving.cache._coalesce import (
+    DEFAULT_COALESCE_TIMEOUT,
+    CoalescingStatistics,
+    CoalescingTable,
+    Flight,
+)
+from podkit.serving.cache._policy import (
+    CachePolicy,
+    Lookup,
+    LookupKind,
+    cache_key,
+    strip_headers,
+)
+from podkit.serving.cache._rules import (
+    Storability,
+    current_age,
+    format_http_date,
+    freshness_lifetime,
+    parse_cache_control,
+    parse_http_date,
+    storable,
+    vary_names,
+)
+from podkit.serving.cache._store import (
+    DEFAULT_MAX_OBJECT,
+    DEFAULT_MAX_SIZE,
+    ObjectStore,
+    StoredResponse,
+    StoreStatistics,
+    secondary_key,
+)
+
+__all__ = [
+    "DEFAULT_COALESCE_TIMEOUT",
+    "DEFAULT_MAX_OBJECT",
+    "DEFAULT_MAX_SIZE",
+    "CachePolicy",
+    "CoalescingStatistics",
+    "CoalescingTable",
+    "Flight",
+    "Lookup",
+    "LookupKind",
+    "ObjectStore",
+    "Storability",
+    "StoreStatistics",
+    "StoredResponse",
+    "cache_key",
+    "current_age",
+    "format_http_date",
+    "freshness_lifetime",
+    "parse_cache_control",
+    "parse_http_date",
+    "secondary_key",
+    "storable",
+    "strip_headers",
+    "vary_names",
+]

@@ -1,0 +1,364 @@
+"""What the cache does with a request and with the origin's answer (RFC 9111, RFC 5861).
+
+Theory of operation. :class:`CachePolicy` wraps an :class:`ObjectStore` and answers, for each
+request, one :class:`Lookup` (decide), which the shell then carries out (act):
+
+* ``PASS`` — not a cacheable method: forward; after a non-error answer to an unsafe method
+  the shell calls :meth:`CachePolicy.invalidate_after` (§4.4);
+* ``HIT`` — a fresh stored response (or one the request's ``max-stale`` accepts): serve it
+  with ``Age`` (§4.2), or a 304 when the request's own validators match (§4.3.2);
+* ``STALE`` — stale but within ``stale-while-revalidate`` (RFC 5861 §3): serve it now and
+  revalidate in the background;
+* ``VALIDATE`` — stored but stale, ``no-cache`` or refused by the request's ``max-age``:
+  send a conditional request built by :meth:`conditional_headers` (§4.3.1); a 304 freshens
+  the stored response (:meth:`freshen`, §4.3.4), a full answer replaces it; if the origin
+  fails, :meth:`stale_if_error` says whether the stale copy may still be served (RFC 5861 §4);
+* ``MISS`` — nothing usable is stored: fetch (coalesced with concurrent misses), then
+  :meth:`keep` what is storable;
+* ``GATEWAY_TIMEOUT`` — ``only-if-cached`` and nothing usable (§5.2.1.7).
+
+``must-revalidate``, ``proxy-revalidate`` and ``s-maxage`` forbid serving stale responses
+(§5.2.2.2, §5.2.2.8, §5.2.2.10). Time (``now``) is passed in, as epoch seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from podkit.serving.cache._rules import (
+    DEFAULT_MAX_HEURISTIC,
+    Headers,
+    Storability,
+    cache_control,
+    current_age,
+    delta_seconds,
+    freshness_lifetime,
+    header,
+    parse_cache_control,
+    parse_http_date,
+    storable,
+)
+from podkit.serving.cache._store import ObjectStore, StoredResponse, variant_for
+
+CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Headers a 304 must not overwrite in the stored response (RFC 9111 §3.2: framing and
+# content-describing fields belong to the stored body).
+NOT_UPDATED_BY_304 = frozenset(
+    {"content-length", "content-encoding", "content-type", "content-range", "transfer-encoding"}
+)
+# RFC 9110 §15.4.5: what a 304 sent to the client carries.
+NOT_MODIFIED_HEADERS = frozenset(
+    {"cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified"}
+)
+ERROR_STATUSES = frozenset({500, 502, 503, 504})  # RFC 5861 §4: when stale-if-error applies
+
+
+class LookupKind(enum.Enum):
+    """What to do with a request (see the module docstring)."""
+
+    PASS = "pass"
+    HIT = "hit"
+    STALE = "stale"
+    VALIDATE = "validate"
+    MISS = "miss"
+    GATEWAY_TIMEOUT = "gateway_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The decision for one request.
+
+    Attributes:
+        kind: what to do.
+        key: the primary cache key.
+        entry: the stored response involved (HIT, STALE, VALIDATE), else None.
+        age: the entry's current age in seconds (0 without an entry).
+    """
+
+    kind: LookupKind
+    key: str
+    entry: StoredResponse | None = None
+    age: float = 0.0
+
+
+def cache_key(host: str | None, target: str) -> str:
+    """The primary cache key: the lower-cased host and the request target."""
+    return f"{(host or '').strip().lower()}{target}"
+
+
+def _allows_stale(response_cc: dict[str, str | None]) -> bool:
+    return not ({"must-revalidate", "proxy-revalidate", "s-maxage"} & response_cc.keys())
+
+
+def _request_cc(request_headers: Headers) -> dict[str, str | None]:
+    # One pass over the request's fields: this runs on every lookup.
+    values: list[str] = []
+    pragma_no_cache = False
+    for name, value in request_headers:
+        lname = name.lower()
+        if lname == "cache-control":
+            values.append(value)
+        elif lname == "pragma" and "no-cache" in value.lower():
+            pragma_no_cache = True
+    if not values:
+        # RFC 9111 §5.4: Pragma: no-cache counts only when there is no Cache-Control.
+        return {"no-cache": None} if pragma_no_cache else {}
+    return parse_cache_control(values)
+
+
+class CachePolicy:
+    """RFC 9111 decisions for a shared cache over one :class:`ObjectStore`.
+
+    Args:
+        store: where responses are kept.
+        max_heuristic: cap of heuristic freshness, in seconds.
+    """
+
+    def __init__(self, store: ObjectStore, *, max_heuristic: float = DEFAULT_MAX_HEURISTIC) -> None:
+        self.store = store
+        self.max_heuristic = max_heuristic
+
+    def lifetime(self, entry: StoredResponse) -> float:
+        """The stored response's freshness lifetime in seconds."""
+        lifetime = entry.derived.get("lifetime")
+        if lifetime is None:
+            lifetime = entry.derived["lifetime"] = freshness_lifetime(
+                entry.status,
+                entry.headers,
+                response_time=entry.response_time,
+                max_heuristic=self.max_heuristic,
+            )
+        return float(lifetime)
+
+    def age(self, entry: StoredResponse, now: float) -> float:
+        """The stored response's current age in seconds."""
+        initial = entry.derived.get("initial_age")
+        if initial is None:
+            # Age at reception (corrected initial age); resident time is added per call.
+            initial = entry.derived["initial_age"] = current_age(
+                entry.headers,
+                request_time=entry.request_time,
+                response_time=entry.response_time,
+                now=entry.response_time,
+            )
+        return float(initial) + max(0.0, now - entry.response_time)
+
+    @staticmethod
+    def directives(entry: StoredResponse) -> dict[str, str | None]:
+        """The stored response's parsed ``Cache-Control`` (parsed once)."""
+        directives: dict[str, str | None] | None = entry.derived.get("directives")
+        if directives is None:
+            directives = entry.derived["directives"] = cache_control(entry.headers)
+        return directives
+
+    def lookup(self, method: str, key: str, request_headers: Headers, now: float) -> Lookup:
+        """Decide what to do with a request (see :class:`LookupKind`)."""
+        if method not in CACHEABLE_METHODS:
+            return Lookup(LookupKind.PASS, key)
+        request_cc = _request_cc(request_headers)
+        entry = self.store.lookup(key, request_headers)
+        if entry is None:
+            if "only-if-cached" in request_cc:
+                return Lookup(LookupKind.GATEWAY_TIMEOUT, key)
+            return Lookup(LookupKind.MISS, key)
+        age = self.age(entry, now)
+        lifetime = self.lifetime(entry)
+        response_cc = self.directives(entry)
+        if "no-cache" in response_cc or "no-cache" in request_cc:
+            return self._validate(key, entry, age, request_cc)
+        request_max_age = delta_seconds(request_cc, "max-age")
+        if request_max_age is not None and age > request_max_age:
+            return self._validate(key, entry, age, request_cc)
+        min_fresh = delta_seconds(request_cc, "min-fresh")
+        if age + max(min_fresh or 0, 0) < lifetime:
+            return Lookup(LookupKind.HIT, key, entry, age)
+        staleness = age - lifetime
+        if _allows_stale(response_cc):
+            if "max-stale" in request_cc:
+                max_stale = delta_seconds(request_cc, "max-stale")
+                if max_stale is None or max_stale == -1 or staleness <= max_stale:
+                    return Lookup(LookupKind.HIT, key, entry, age)
+            swr = delta_seconds(response_cc, "stale-while-revalidate")
+            if swr is not None and swr >= 0 and staleness <= swr and min_fresh is None:
+                return Lookup(LookupKind.STALE, key, entry, age)
+        return self._validate(key, entry, age, request_cc)
+
+    def _validate(
+        self, key: str, entry: StoredResponse, age: float, request_cc: dict[str, str | None]
+    ) -> Lookup:
+        if "only-if-cached" in request_cc:
+            return Lookup(LookupKind.GATEWAY_TIMEOUT, key)
+        return Lookup(LookupKind.VALIDATE, key, entry, age)
+
+    def stale_if_error(self, entry: StoredResponse, request_headers: Headers, now: float) -> bool:
+        """Whether ``entry`` may be served because the origin failed (RFC 5861 §4)."""
+        response_cc = self.directives(entry)
+        if not _allows_stale(response_cc):
+            return False
+        staleness = self.age(entry, now) - self.lifetime(entry)
+        if staleness <= 0:
+            return True
+        request_cc = _request_cc(request_headers)
+        limits = [delta_seconds(cc, "stale-if-error") for cc in (response_cc, request_cc)]
+        return any(limit is not None and limit >= 0 and staleness <= limit for limit in limits)
+
+    @staticmethod
+    def conditional_headers(entry: StoredResponse) -> list[tuple[str, str]]:
+        """Validators to send when revalidating ``entry`` (RFC 9111 §4.3.1)."""
+        validators = []
+        etag = header(entry.headers, "etag")
+        if etag is not None:
+            validators.append(("If-None-Match", etag))
+        last_modified = header(entry.headers, "last-modified")
+        if last_modified is not None:
+            validators.append(("If-Modified-Since", last_modified))
+        return validators
+
+    def storability(
+        self, method: str, request_headers: Headers, status: int, response_headers: Headers
+    ) -> Storability:
+        """Whether the origin's answer may be stored (and, if not, why)."""
+        return storable(method, request_headers, status, response_headers)
+
+    def make_entry(
+        self,
+        key: str,
+        request_headers: Headers,
+        status: int,
+        response_headers: Headers,
+        body: bytes,
+        *,
+        request_time: float,
+        response_time: float,
+    ) -> StoredResponse:
+        """Build the stored form of an origin answer (its variant computed from ``Vary``)."""
+        return StoredResponse(
+            key=key,
+            status=status,
+            headers=list(response_headers),
+            body=body,
+            request_time=request_time,
+            response_time=response_time,
+            variant=variant_for(request_headers, response_headers),
+        )
+
+    def worth_storing(self, entry: StoredResponse) -> bool:
+        """Whether keeping ``entry`` could ever save an origin request.
+
+        A response that is stale on arrival, has no validator and no stale-serving
+        extension would only take space.
+        """
+        if self.lifetime(entry) > self.age(entry, entry.response_time):
+            return True
+        cc = self.directives(entry)
+        if "stale-while-revalidate" in cc or "stale-if-error" in cc:
+            return True
+        return bool(self.conditional_headers(entry))
+
+    def keep(self, entry: StoredResponse) -> list[StoredResponse]:
+        """Store ``entry`` if it is worth it. Returns the evicted objects."""
+        if not self.worth_storing(entry):
+            return []
+        return self.store.put(entry)
+
+    def freshen(
+        self,
+        entry: StoredResponse,
+        not_modified_headers: Headers,
+        *,
+        request_time: float,
+        response_time: float,
+    ) -> StoredResponse:
+        """Apply a 304 to a stored response (RFC 9111 §4.3.4) and keep the result.
+
+        Returns:
+            The updated response (already stored in place of ``entry``).
+        """
+        updated = {name.lower() for name, _ in not_modified_headers} - NOT_UPDATED_BY_304
+        headers = [(n, v) for n, v in entry.headers if n.lower() not in updated]
+        headers.extend((n, v) for n, v in not_modified_headers if n.lower() in updated)
+        fresh = StoredResponse(
+            key=entry.key,
+            status=entry.status,
+            headers=headers,
+            body=entry.body,
+            request_time=request_time,
+            response_time=response_time,
+            variant=entry.variant,
+        )
+        self.store.replace(entry, fresh)
+        return fresh
+
+    @staticmethod
+    def not_modified(request_headers: Headers, entry: StoredResponse) -> bool:
+        """Whether the client's own conditional request matches ``entry`` (send it a 304)."""
+        if entry.status != 200:
+            return False
+        inm: list[str] = []
+        since_text: str | None = None
+        for name, value in request_headers:
+            if name[:3].lower() != "if-":
+                continue
+            lname = name.lower()
+            if lname == "if-none-match":
+                inm.append(value)
+            elif lname == "if-modified-since" and since_text is None:
+                since_text = value
+        if not inm and since_text is None:
+            return False
+        if inm:
+            etag = header(entry.headers, "etag")
+            if etag is None:
+                return False
+            tags = {t.strip() for v in inm for t in v.split(",")}
+            return "*" in tags or _weak(etag) in {_weak(t) for t in tags}
+        since = parse_http_date(since_text)
+        last_modified = parse_http_date(header(entry.headers, "last-modified"))
+        return since is not None and last_modified is not None and last_modified <= since
+
+    @staticmethod
+    def not_modified_headers(entry: StoredResponse) -> list[tuple[str, str]]:
+        """The stored headers a 304 to the client repeats (RFC 9110 §15.4.5)."""
+        return [(n, v) for n, v in entry.headers if n.lower() in NOT_MODIFIED_HEADERS]
+
+    def invalidate_after(
+        self, method: str, status: int, key: str, host: str | None, response_headers: Headers
+    ) -> list[str]:
+        """RFC 9111 §4.4: an unsafe method's non-error answer invalidates the target URI and
+        the same-origin ``Location`` and ``Content-Location`` URIs.
+
+        Returns:
+            The keys invalidated.
+        """
+        if method in SAFE_METHODS or not 200 <= status < 400:
+            return []
+        keys = [key]
+        for name in ("location", "content-location"):
+            value = header(response_headers, name)
+            if value is None:
+                continue
+            parts = urlsplit(value.strip())
+            if parts.netloc and parts.netloc.lower() != (host or "").lower():
+                continue  # §4.4: only URIs with the same origin
+            target = parts.path or "/"
+            if parts.query:
+                target += "?" + parts.query
+            keys.append(cache_key(host, target))
+        keys = list(dict.fromkeys(keys))
+        for k in keys:
+            self.store.invalidate(k)
+        return keys
+
+
+def _weak(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def strip_headers(headers: Headers, names: Sequence[str]) -> list[tuple[str, str]]:
+    """``headers`` without those named (case-insensitive)."""
+    drop = {n.lower() for n in names}
+    return [(n, v) for n, v in headers if n.lower() not in drop]

@@ -1,0 +1,198 @@
+"""Where configuration comes from: an HTTP endpoint or an etcd key or prefix.
+
+HTTP: a conditional GET (``If-None-Match`` with the last ``ETag``, ``If-Modified-Since`` with
+the last ``Last-Modified``); ``304 Not Modified`` means nothing to do. In watch mode the
+request also carries ``Prefer: wait=N`` (RFC 7240), which long-poll servers honour by holding
+the request until the content changes; a server that answers at once is polled instead.
+
+etcd (``etcd://host:port/key``, or ``etcd://host:port/prefix/`` for every key under a prefix,
+rendered as one JSON object ``{"relative/key": value}``, values parsed as JSON when they are):
+read through the v3 JSON gateway; in watch mode the next read waits for a watch event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from podkit.errors import BackendError, ConfigError
+from podkit.sidecar.configsync._core import Stage, SyncFailure
+from podkit.sidecar.configsync._etcd import DEFAULT_WATCH_WAIT, EtcdGateway
+
+DEFAULT_SOURCE_TIMEOUT: Final = 10.0  # a config endpoint slower than this counts as down
+DEFAULT_LONG_POLL: Final = 30.0  # under common proxies' 60 s idle timeouts
+MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024  # a config bigger than this is a mistake upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The source's content and its version (ETag, Last-Modified or etcd revision)."""
+
+    body: bytes
+    version: str | None
+
+
+class Source(Protocol):
+    @property
+    def description(self) -> str: ...
+
+    async def fetch(self, *, wait: float | None) -> Snapshot | None:
+        """The content if it may have changed since the last fetch, else None.
+
+        Args:
+            wait: in watch mode, how long to wait for a change before answering None.
+
+        Raises:
+            SyncFailure: (stage ``fetch``) the source is down or answered an error.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class HTTPSource:
+    """An HTTP(S) endpoint read with conditional GETs (and long-polls in watch mode).
+
+    Args:
+        every: in watch mode, the polling interval for servers that do not hold requests.
+    """
+
+    def __init__(
+        self, url: str, *, timeout: float = DEFAULT_SOURCE_TIMEOUT, every: float = 10.0
+    ) -> None:
+        self.url = url
+        self.every = every
+        self._client = httpx.AsyncClient(timeout=timeout)
+        self._etag: str | None = None
+        self._last_modified: str | None = None
+
+    @property
+    def description(self) -> str:
+        return self.url
+
+    async def fetch(self, *, wait: float | None) -> Snapshot | None:
+        headers = {"Accept": "application/json, */*;q=0.5"}
+        if self._etag:
+            headers["If-None-Match"] = self._etag
+        if self._last_modified:
+            headers["If-Modified-Since"] = self._last_modified
+        timeout: httpx.Timeout | None = None
+        if wait is not None:
+            headers["Prefer"] = f"wait={max(1, round(wait))}"
+            connect = self._client.timeout.connect
+            timeout = httpx.Timeout(connect, read=wait + (self._client.timeout.read or 10.0))
+        started = time.monotonic()
+        try:
+            if timeout is None:
+                response = await self._client.get(self.url, headers=headers)
+            else:
+                response = await self._client.get(self.url, headers=headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise SyncFailure(Stage.FETCH, f"{self.url}: {exc.__class__.__name__}") from exc
+        if response.status_code == 304:
+            if wait is not None and time.monotonic() - started < wait / 2:
+                # The server does not hold requests: poll it instead.
+                await asyncio.sleep(self.every)
+            return None
+        if response.status_code != 200:
+            raise SyncFailure(Stage.FETCH, f"{self.url}: answered {response.status_code}")
+        if len(response.content) > MAX_CONFIG_BYTES:
+            raise SyncFailure(Stage.FETCH, f"{self.url}: more than {MAX_CONFIG_BYTES} bytes")
+        self._etag = response.headers.get("etag")
+        self._last_modified = response.headers.get("last-modified")
+        return Snapshot(response.content, self._etag or self._last_modified)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class EtcdSource:
+    """An etcd key (or every key under a prefix) read through the JSON gateway."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        key: str,
+        *,
+        prefix: bool,
+        timeout: float = DEFAULT_SOURCE_TIMEOUT,
+    ) -> None:
+        self.endpoint = endpoint
+        self.key = key
+        self.prefix = prefix
+        self._gateway = EtcdGateway(endpoint, timeout=timeout)
+        self._revision: int | None = None  # the store's revision at the last read
+        self._version: str | None = None
+
+    @property
+    def description(self) -> str:
+        kind = "prefix" if self.prefix else "key"
+        return f"etcd {self.endpoint} {kind} {self.key}"
+
+    async def fetch(self, *, wait: float | None) -> Snapshot | None:
+        try:
+            if wait is not None and self._revision is not None:
+                changed = await self._gateway.wait_change(
+                    self.key.encode(),
+                    prefix=self.prefix,
+                    after_revision=self._revision,
+                    wait=min(wait, DEFAULT_WATCH_WAIT),
+                )
+                if not changed:
+                    return None
+            result = await self._gateway.get_range(self.key.encode(), prefix=self.prefix)
+        except BackendError as exc:
+            raise SyncFailure(Stage.FETCH, str(exc)) from exc
+        self._revision = result.revision
+        if not result.kvs:
+            raise SyncFailure(Stage.FETCH, f"{self.description}: not found")
+        version = str(max(kv.mod_revision for kv in result.kvs)) + f"/{len(result.kvs)}"
+        if version == self._version:
+            return None
+        self._version = version
+        if not self.prefix:
+            return Snapshot(result.kvs[0].value, version)
+        tree: dict[str, Any] = {}
+        for kv in result.kvs:
+            name = kv.key.decode("utf-8", "replace")[len(self.key) :]
+            text = kv.value.decode("utf-8", "replace")
+            try:
+                tree[name] = json.loads(text)
+            except ValueError:
+                tree[name] = text
+        body = json.dumps(tree, indent=2, sort_keys=True).encode() + b"\n"
+        return Snapshot(body, version)
+
+    async def aclose(self) -> None:
+        await self._gateway.aclose()
+
+
+def open_source(url: str, *, timeout: float = DEFAULT_SOURCE_TIMEOUT, every: float) -> Source:
+    """The source a ``--source`` URL names: ``http(s)://...`` or ``etcd://host:port/key``.
+
+    The etcd key is the URL's path without its first ``/``; a trailing ``/`` selects every key
+    under that prefix.
+
+    Raises:
+        ConfigError: the URL has another scheme or no key.
+    """
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ConfigError(f"expected http(s)://host[:port]/path, got {url!r}", path="--source")
+        return HTTPSource(url, timeout=timeout, every=every)
+    if parts.scheme in ("etcd", "etcds"):
+        key = parts.path[1:]  # etcd://h:p/app/conf is the key "app/conf"; "//app" is "/app"
+        if not parts.hostname or not key or key == "/":
+            raise ConfigError(f"expected etcd://host:port/key, got {url!r}", path="--source")
+        scheme = "https" if parts.scheme == "etcds" else "http"
+        return EtcdSource(
+            f"{scheme}://{parts.netloc}", key, prefix=key.endswith("/"), timeout=timeout
+        )
+    raise ConfigError(f"unknown source {url!r}: expected http(s):// or etcd://", path="--source")

@@ -1,0 +1,251 @@
+"""``podkit logship`` as a real process: rotation, SIGKILL and restart, sink outages, sinks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import redis
+
+from podkit.testing import PodkitProcess, RedisServer, free_port, wait_http
+from podkit.testing.net import wait_for
+
+BATCH = 50
+
+
+def write_lines(path: Path, start: int, stop: int) -> None:
+    with path.open("a", encoding="utf-8") as out:
+        for seq in range(start, stop):
+            out.write(json.dumps({"seq": seq, "level": "info", "msg": f"line {seq}"}) + "\n")
+
+
+def delivered(sink: Path) -> list[int]:
+    if not sink.exists():
+        return []
+    lines = sink.read_text(encoding="utf-8").splitlines()
+    return [int(json.loads(line)["fields"]["seq"]) for line in lines]
+
+
+def shipper(tmp: Path, sink_url: str, *extra: str) -> PodkitProcess:
+    return PodkitProcess(
+        "logship",
+        "--path", str(tmp / "app.log"),
+        "--to", sink_url,
+        "--state", str(tmp / "state.json"),
+        "--format", "json",
+        "--batch", str(BATCH),
+        "--flush", "100ms",
+        "--poll", "50ms",
+        "--close-after", "1s",
+        *extra,
+    )  # fmt: skip
+
+
+def test_rotation_twice_and_sigkill_deliver_every_line_once_outside_the_last_batch(
+    tmp_path: Path,
+) -> None:
+    """Rename rotation, SIGKILL, copy-truncate while down, restart, copy-truncate again: every
+    line arrives, and no line twice outside the one batch in flight at the kill."""
+    log = tmp_path / "app.log"
+    sink = tmp_path / "sink.jsonl"
+    write_lines(log, 0, 1000)
+    first = shipper(tmp_path, f"file://{sink}")
+    with first:
+        wait_for(lambda: len(delivered(sink)) >= 500, timeout=20, what="first lines shipped")
+        # Rotation 1, by rename: the writer still writes a few lines to the old file.
+        os.rename(log, tmp_path / "app.log.1")
+        write_lines(tmp_path / "app.log.1", 1000, 1050)
+        write_lines(log, 1050, 2000)
+        wait_for(lambda: len(set(delivered(sink))) >= 1500, timeout=20, what="rotation 1")
+        write_lines(log, 2000, 2500)
+        first.kill()
+    # While the shipper is down: more lines, then rotation 2 by copy-truncate.
+    write_lines(log, 2500, 3000)
+    shutil.copyfile(log, tmp_path / "app.log.2")
+    with log.open("r+") as handle:
+        handle.truncate(0)
+    write_lines(log, 3000, 4000)
+    with shipper(tmp_path, f"file://{sink}") as second:
+        wait_for(
+            lambda: set(delivered(sink)) >= set(range(4000)),
+            timeout=30,
+            what="every line after the restart",
+        )
+        # A third rotation, by copy-truncate, while the shipper runs.
+        write_lines(log, 4000, 4100)
+        shutil.copyfile(log, tmp_path / "app.log.3")
+        with log.open("r+") as handle:
+            handle.truncate(0)
+        write_lines(log, 4100, 4200)
+        wait_for(
+            lambda: set(delivered(sink)) >= set(range(4200)),
+            timeout=30,
+            what="every line after the live copy-truncate",
+        )
+        output = second.output()
+    counts = Counter(delivered(sink))
+    duplicates = [seq for seq, n in counts.items() if n > 1]
+    assert set(counts) == set(range(4200))
+    assert len(duplicates) <= BATCH, f"{len(duplicates)} lines sent twice: {duplicates[:10]}"
+    assert output.count('"how":"copy"') == 2, output
+    assert "reading the rest from its copy" in output
+
+
+class _Collector(BaseHTTPRequestHandler):
+    lines: list[bytes]
+    status: list[int]
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        body = self.rfile.read(length)
+        status = type(self).status[0]
+        if status < 300:
+            type(self).lines.extend(body.splitlines())
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+class HTTPCollector:
+    """A JSON-lines sink on a fixed port that can be stopped and started again (an outage)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.handler = type("Handler", (_Collector,), {"lines": [], "status": [204]})
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    @property
+    def lines(self) -> list[bytes]:
+        return list(self.handler.lines)
+
+    def start(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.server is not None and self.thread is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join()
+            self.server = None
+
+
+@pytest.fixture
+def collector() -> Iterator[HTTPCollector]:
+    sink = HTTPCollector(free_port())
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+def shipper_status(admin_port: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/logship", timeout=2) as answer:
+        status: dict[str, object] = json.loads(answer.read())
+        return status
+
+
+OUTAGE_SECONDS = 3.0  # the required behaviour is for 10 s; it is the same at 3 s, and faster
+
+
+def test_a_sink_outage_loses_nothing_and_pauses_reading(
+    tmp_path: Path, collector: HTTPCollector
+) -> None:
+    """The HTTP sink is down for 3 s: reading stops at the bounded buffer, then all arrives."""
+    log = tmp_path / "app.log"
+    admin = free_port()
+    write_lines(log, 0, 200)
+    url = f"http://127.0.0.1:{collector.port}/ingest"
+    args = ("--buffer-batches", "2", "--admin", f"127.0.0.1:{admin}")
+    with shipper(tmp_path, url, *args) as proc:
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
+        wait_for(lambda: len(collector.lines) >= 200, timeout=20, what="lines before the outage")
+        collector.stop()
+        write_lines(log, 200, 2000)
+        outage_ends = time.monotonic() + OUTAGE_SECONDS
+        peak_unacked = 0
+        while time.monotonic() < outage_ends:
+            status = shipper_status(admin)
+            unacked = int(str(status["lines_read"])) - int(str(status["lines_shipped"]))
+            peak_unacked = max(peak_unacked, unacked)
+            time.sleep(0.1)
+        assert status["sink_up"] is False
+        # One batch being retried, the buffer, and the batch being filled: nothing more.
+        assert peak_unacked <= (2 + 2) * BATCH
+        collector.start()
+        wait_for(
+            lambda: len(collector.lines) >= 2000, timeout=30, what="every line after the outage"
+        )
+        seqs = Counter(json.loads(line)["fields"]["seq"] for line in collector.lines)
+        assert set(seqs) == set(range(2000))
+        assert all(n == 1 for n in seqs.values())
+        assert "sink unavailable; retrying" in proc.output()
+
+
+def test_a_batch_the_sink_rejects_is_dropped_counted_and_shipping_goes_on(
+    tmp_path: Path, collector: HTTPCollector
+) -> None:
+    """A 400 answer drops that batch (logged, counted); later lines are delivered."""
+    log = tmp_path / "app.log"
+    admin = free_port()
+    collector.handler.status[0] = 400
+    url = f"http://127.0.0.1:{collector.port}/ingest"
+    with shipper(tmp_path, url, "--admin", f"127.0.0.1:{admin}") as proc:
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
+        write_lines(log, 0, 10)
+        wait_for(lambda: shipper_status(admin)["lines_dropped"] == 10, timeout=20)
+        collector.handler.status[0] = 204
+        write_lines(log, 10, 20)
+        wait_for(lambda: len(collector.lines) == 10, timeout=20, what="the later lines")
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as answer:
+            metrics = answer.read()
+        assert b'logship_lines_dropped_total{reason="rejected"} 10.0' in metrics
+        assert "batch dropped" in proc.output()
+    assert [json.loads(line)["fields"]["seq"] for line in collector.lines] == list(range(10, 20))
+
+
+def test_records_are_added_to_a_redis_stream(tmp_path: Path, redis_server: RedisServer) -> None:
+    """With a redis:// sink every line becomes one stream entry holding the JSON record."""
+    write_lines(tmp_path / "app.log", 0, 120)
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    url = f"redis://{redis_server.host}:{redis_server.port}/0/logs"
+    with shipper(tmp_path, url):
+        wait_for(lambda: client.xlen("logs") >= 120, timeout=20, what="120 stream entries")
+    entries = client.xrange("logs")
+    records = [json.loads(fields[b"record"]) for _, fields in entries]
+    assert [r["fields"]["seq"] for r in records] == list(range(120))
+    assert records[0]["message"] == "line 0"
+    assert records[0]["source"] == str(tmp_path / "app.log")
+    client.close()
+
+
+def test_an_unknown_sink_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    """A sink URL with an unknown scheme exits 2 with one error line, no traceback."""
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "podkit", "logship"),
+            *("--path", str(tmp_path / "*.log"), "--to", "ftp://example/logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "podkit logship: error:" in result.stderr
+    assert "Traceback" not in result.stderr

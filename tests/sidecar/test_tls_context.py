@@ -1,0 +1,179 @@
+"""TLS contexts: modern defaults, SNI, mutual TLS and reloads that never serve a broken pair."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from podkit.errors import ConfigError
+from podkit.sidecar.tls._context import (
+    CertificateStore,
+    CertPair,
+    name_matches,
+    parse_sni,
+    subject_text,
+)
+
+from .pki import TestCA
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TestCA:
+    return TestCA(tmp_path)
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    data = await reader.read(100)
+    writer.write(data)
+    await writer.drain()
+    writer.close()
+
+
+async def serve(store: CertificateStore) -> AsyncIterator[int]:
+    server = await asyncio.start_server(_echo, "127.0.0.1", 0, ssl=store.context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+def default_store(ca: TestCA) -> CertificateStore:
+    issued = ca.issue("default", common_name="default.test", dns=("default.test",))
+    return CertificateStore(CertPair(str(issued.cert), str(issued.key)))
+
+
+def client_context(
+    ca: TestCA, *, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca.path))
+    context.set_alpn_protocols(["http/1.1"])
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+async def handshake(
+    port: int, context: ssl.SSLContext, server_name: str | None = None
+) -> tuple[int, ssl.SSLObject]:
+    """Connect, exchange one message, and return the served certificate's serial."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=server_name or "127.0.0.1"
+    )
+    try:
+        writer.write(b"ping")
+        await writer.drain()
+        assert await reader.read(100) == b"ping"
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der).serial_number, sslobj
+    finally:
+        writer.close()
+
+
+async def test_the_defaults_are_modern_and_alpn_is_http11(
+    ca: TestCA, default_store: CertificateStore
+) -> None:
+    async for port in serve(default_store):
+        _, sslobj = await handshake(port, client_context(ca))
+        assert sslobj.version() in ("TLSv1.2", "TLSv1.3")
+        assert sslobj.selected_alpn_protocol() == "http/1.1"
+        assert sslobj.compression() is None
+        old = client_context(ca)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # a TLS 1.1 client on purpose
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await handshake(port, old)
+        static_rsa = client_context(ca)
+        static_rsa.maximum_version = ssl.TLSVersion.TLSv1_2
+        static_rsa.set_ciphers("AES128-GCM-SHA256:AES256-SHA")  # no forward secrecy
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await handshake(port, static_rsa)
+
+
+async def test_sni_serves_the_pair_for_the_name_and_the_default_otherwise(ca: TestCA) -> None:
+    default = ca.issue("default", common_name="default.test", dns=("default.test",))
+    api = ca.issue("api", common_name="api.example.test", dns=("api.example.test",))
+    wild = ca.issue("wild", common_name="*.shop.test", dns=("*.shop.test",))
+    store = CertificateStore(
+        CertPair(str(default.cert), str(default.key)),
+        [
+            parse_sni(f"api.example.test={api.cert},{api.key}"),
+            parse_sni(f"*.shop.test={wild.cert},{wild.key}"),
+        ],
+    )
+    async for port in serve(store):
+        assert (await handshake(port, client_context(ca), "api.example.test"))[0] == api.serial
+        assert (await handshake(port, client_context(ca), "www.shop.test"))[0] == wild.serial
+        assert (await handshake(port, client_context(ca), "default.test"))[0] == default.serial
+        assert (await handshake(port, client_context(ca)))[0] == default.serial
+
+
+async def test_a_swapped_pair_is_served_to_new_connections_and_a_broken_one_is_refused(
+    ca: TestCA, default_store: CertificateStore, tmp_path: Path
+) -> None:
+    async for port in serve(default_store):
+        first, _ = await handshake(port, client_context(ca))
+        renewed = ca.issue("renewed", common_name="default.test", dns=("default.test",))
+        shutil.copyfile(renewed.cert, default_store.default.cert)
+        shutil.copyfile(renewed.key, default_store.default.key)
+        assert default_store.changed() == [default_store.default]
+        result = default_store.reload()
+        assert result.loaded == (default_store.default,)
+        assert (await handshake(port, client_context(ca)))[0] == renewed.serial != first
+
+        # A certificate whose key does not match: refused, the renewed pair stays.
+        other = ca.issue("other", common_name="x.test", dns=("x.test",))
+        shutil.copyfile(other.cert, default_store.default.cert)
+        result = default_store.reload()
+        assert result.loaded == ()
+        assert len(result.refused) == 1
+        assert "the private key does not match the certificate" in result.refused[0][1]
+        assert (await handshake(port, client_context(ca)))[0] == renewed.serial
+        assert default_store.changed() == []  # the broken files are not retried until they change
+
+
+async def test_mutual_tls_refuses_a_client_without_a_certificate(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    server = ca.issue("server", common_name="server.test", dns=("server.test",))
+    client = ca.issue("client", common_name="client-1", client=True, organization="Shop")
+    store = CertificateStore(CertPair(str(server.cert), str(server.key)), client_ca=str(ca.path))
+    async for port in serve(store):
+        with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
+            await handshake(port, client_context(ca))
+        with_cert = client_context(ca, cert=client.cert, key=client.key)
+        assert (await handshake(port, with_cert))[0] == server.serial
+
+
+def test_a_pair_that_cannot_load_at_start_is_a_config_error(ca: TestCA, tmp_path: Path) -> None:
+    one = ca.issue("one", common_name="one.test")
+    two = ca.issue("two", common_name="two.test")
+    with pytest.raises(ConfigError, match=r"one\.crt"):
+        CertificateStore(CertPair(str(one.cert), str(two.key)))
+    with pytest.raises(ConfigError):
+        CertificateStore(CertPair(str(tmp_path / "missing.crt"), str(one.key)))
+
+
+def test_sni_names_wildcards_and_subjects() -> None:
+    pair = parse_sni("A.example.test|b.example.test=/c.pem,/k.pem")
+    assert pair == CertPair("/c.pem", "/k.pem", ("a.example.test", "b.example.test"))
+    with pytest.raises(ConfigError):
+        parse_sni("no-files")
+    assert name_matches("*.shop.test", "www.shop.test")
+    assert not name_matches("*.shop.test", "a.b.shop.test")
+    assert not name_matches("*.shop.test", "shop.test")
+    assert name_matches("api.test", "API.test.")
+    cert = {"subject": ((("organizationName", "Shop, Inc"),), (("commonName", "client-1"),))}
+    assert subject_text(cert) == "CN=client-1,O=Shop\\, Inc"
+    assert subject_text(None) is None
