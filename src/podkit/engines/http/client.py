@@ -142,7 +142,7 @@ class PoolStatistics:
     closed_early: int
 
 
-class _Stale(Exception):
+class StaleConnection(Exception):
     """A reused connection closed before any response byte (the keep-alive race)."""
 
 
@@ -204,7 +204,7 @@ class _UpstreamConnection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             if self.uses > 1 and not self.got_bytes:
-                waiter.set_exception(_Stale())
+                waiter.set_exception(StaleConnection())
             else:
                 waiter.set_exception(
                     UpstreamClosed(
@@ -466,6 +466,10 @@ class _UpstreamConnection(asyncio.Protocol):
         if not finished and not self.response_done:
             self.abort()  # the rest of the response will not be read: this connection is spent
 
+    def abandon_if_cancelled(self, waiter: asyncio.Future[Response]) -> None:
+        if waiter.cancelled():
+            self.abort()
+
     def abort(self) -> None:
         if not self.closed:
             self.closed = True
@@ -692,6 +696,30 @@ class UpstreamPool:
             closed_early=c["closed_early"],
         )
 
+    def send_now(
+        self, upstream: Upstream, request: Request, headers: Headers, timeout: float | None
+    ) -> asyncio.Future[Response] | None:
+        """Start a body-less request on an idle kept-alive connection, without awaiting.
+
+        The engine's fast path for plain forwarding: returns the future of the response, or
+        None when no idle connection is ready (then use :meth:`send`). The future fails with
+        the same errors as :meth:`send`, or with a private "stale connection" error when the
+        upstream had just closed the connection (send again with :meth:`send`). Cancelling
+        the future abandons the exchange and closes the connection.
+        """
+        conn = self._take_idle(upstream)
+        if conn is None:
+            return None
+        self.counters["requests"] += 1
+        head = _request_head(request, headers, upstream, None, False)
+        waiter = conn.begin(request.method, self.response_timeout if timeout is None else timeout)
+        self._busy.add(conn)
+        assert conn.transport is not None
+        conn.transport.write(head)
+        conn.request_sent()
+        waiter.add_done_callback(conn.abandon_if_cancelled)
+        return waiter
+
     async def send(
         self,
         upstream: Upstream,
@@ -760,7 +788,7 @@ class UpstreamPool:
                     await self._send_body(conn, body, chunked)
                 conn.request_sent()
                 return await waiter
-            except _Stale:
+            except StaleConnection:
                 if attempt + 1 < attempts:
                     continue
                 raise UpstreamClosed(
