@@ -463,3 +463,15 @@ async def test_a_policy_can_tee_the_response_body_while_it_streams(
     assert reply.status == 200
     assert stored == [reply.body]
     assert len(reply.body) > 0
+
+
+async def test_a_client_that_leaves_mid_response_frees_the_upstream_connection(
+    proxy: Proxy,
+) -> None:
+    client = await Client.connect(proxy.port)
+    await client.send(b"GET /bytes/100000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+    await client.reader.readuntil(b"\r\n\r\n")
+    await client.reader.readexactly(100_000)
+    await asyncio.to_thread(wait_for, lambda: proxy.pool.statistics().open == 1)
+    client.writer.transport.abort()  # type: ignore[attr-defined]
+    await asyncio.to_thread(wait_for, lambda: proxy.pool.statistics().open == 0)

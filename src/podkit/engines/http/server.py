@@ -40,7 +40,15 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from podkit.engines.errors import UpstreamError
 from podkit.engines.http.client import StaleConnection
-from podkit.engines.http.messages import EMPTY_BODY, Body, Handler, Request, Response, TLSInfo
+from podkit.engines.http.messages import (
+    EMPTY_BODY,
+    Body,
+    Handler,
+    Request,
+    Response,
+    TLSInfo,
+    close_body,
+)
 from podkit.engines.http.proxy import ProxyHandler
 from podkit.engines.http.rules import (
     BodyMode,
@@ -602,6 +610,8 @@ class _Connection(asyncio.Protocol):
                 self.active = self.loop.create_task(self._finish_stream(request, response, started))
                 return
         except (ConnectionError, PodkitError, OSError):
+            if isinstance(response.body, Body):
+                response.body.close()  # an unread upstream body releases its connection
             server.counters.error("response_aborted")
             if self.transport is not None:
                 self.transport.abort()
@@ -668,7 +678,12 @@ class _Connection(asyncio.Protocol):
                 server.counters.error("handler_failed")
                 response = _error(500, exc)
             status = response.status
-            await self._write_response(request, response)
+            try:
+                await self._write_response(request, response)
+            except BaseException:
+                # Not written whole: an unread upstream body must release its connection.
+                await close_body(response.body)
+                raise
         except asyncio.CancelledError:
             return  # the client went away; the handler's upstream work was cancelled with it
         except (ConnectionError, PodkitError, OSError) as exc:
