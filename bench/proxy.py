@@ -210,6 +210,24 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    requests: int = 0
+    cpu_us: float | None = None  # CPU time of the target's processes per request
+
+
+def session_cpu_seconds(session: int) -> float:
+    """User plus system CPU seconds of every live process in ``session``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # fields after the name: state ppid pgrp session ...
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -222,7 +240,7 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(name: str, port: int, seconds: int, connections: int) -> Result:
+def wrk(name: str, port: int, seconds: int, connections: int, session: int | None = None) -> Result:
     argv = pinned(
         CORE_LOAD,
         [
@@ -234,14 +252,18 @@ def wrk(name: str, port: int, seconds: int, connections: int) -> Result:
             f"http://127.0.0.1:{port}/",
         ],
     )
+    cpu_before = session_cpu_seconds(session) if session else 0.0
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    cpu_after = session_cpu_seconds(session) if session else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         print(f"warning: {name}: {errors.group(1)} non-2xx responses", file=sys.stderr)
-    return Result(name, rps, p50, p99)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu = (cpu_after - cpu_before) * 1e6 / requests if session and requests else None
+    return Result(name, rps, p50, p99, requests, cpu)
 
 
 def podkit_argv(port: int, upstream: str, *extra: str) -> list[str]:
@@ -269,9 +291,10 @@ def http_bench(tmp: Path, seconds: int, connections: int) -> list[Result]:
         pinned(CORE_LOAD, [nginx, "-c", str(nginx_backend_conf(tmp, backend))]),
         backend,
         tmp / "backend.log",
-    ):
+    ) as backend_proc:
         wrk("warm-up", backend, 1, connections)
-        results.append(wrk("direct (nginx backend)", backend, seconds, connections))
+        direct = wrk("direct (nginx backend)", backend, seconds, connections, backend_proc.pid)
+        results.append(direct)
         targets: list[tuple[str, list[str] | None]] = []
         port = free_port()
         targets.append(
@@ -294,9 +317,9 @@ def http_bench(tmp: Path, seconds: int, connections: int) -> list[Result]:
         for (name, argv), listen in zip(targets, ports, strict=True):
             assert argv is not None
             core = None if "2 workers" in name else CORE_PROXY
-            with process(pinned(core, argv), listen, tmp / f"{listen}.log"):
+            with process(pinned(core, argv), listen, tmp / f"{listen}.log") as proc:
                 wrk("warm-up", listen, 1, connections)
-                results.append(wrk(name, listen, seconds, connections))
+                results.append(wrk(name, listen, seconds, connections, proc.pid))
     return results
 
 
@@ -398,12 +421,14 @@ def main() -> None:
         nginx = by_name["nginx proxy (1 worker)"]
         print(f"\nHTTP: wrk -t1 -c{args.connections} -d{seconds}s --latency (keep-alive)")
         print(
-            f"{'target':28} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/HAProxy':>9} {'/nginx':>7}"
+            f"{'target':28} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/HAProxy':>9} "
+            f"{'/nginx':>7} {'CPU us/req':>11}"
         )
         for r in results:
+            cpu = f"{r.cpu_us:11.1f}" if r.cpu_us is not None else f"{'':11}"
             print(
                 f"{r.name:28} {r.rps:10.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
-                f"{r.rps / haproxy.rps:9.2f} {r.rps / nginx.rps:7.2f}"
+                f"{r.rps / haproxy.rps:9.2f} {r.rps / nginx.rps:7.2f} {cpu}"
             )
         if not args.skip_tcp:
             tcp = tcp_bench(tmp, size)
