@@ -23,9 +23,9 @@ import asyncio
 import contextlib
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -146,6 +146,25 @@ class StaleConnection(Exception):
     """A reused connection closed before any response byte (the keep-alive race)."""
 
 
+class ResponseSink(Protocol):
+    """Where :meth:`UpstreamPool.send_to` delivers the outcome of an exchange.
+
+    Called synchronously from the connection's protocol callbacks, exactly once (``done()``
+    turns true), with the response as soon as its head arrived (or whole, when its body came
+    with it), or with the error :meth:`UpstreamPool.send` would raise. An
+    :class:`asyncio.Future` is one.
+    """
+
+    def done(self) -> bool:
+        """Whether the outcome was delivered already."""
+
+    def set_result(self, response: Response, /) -> None:
+        """The response (its body is bytes or a streaming :class:`Body`)."""
+
+    def set_exception(self, exc: BaseException, /) -> None:
+        """The exchange failed (an UpstreamError, or StaleConnection: send again)."""
+
+
 class _HeadDone(Exception):
     """Raised from the parser callback to stop it after the head of a response to HEAD."""
 
@@ -170,7 +189,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.timeout = 0.0
         self.uses = 0
         # the exchange in progress
-        self.waiter: asyncio.Future[Response] | None = None
+        self.waiter: ResponseSink | None = None
         self.method = "GET"
         self.headers: Headers = []
         self.header_bytes = 0
@@ -356,7 +375,7 @@ class _UpstreamConnection(asyncio.Protocol):
                 else:
                     lengths.append(value)
             headers.append((name, value))
-        if named:
+        if named and not named <= HOP_BY_HOP:  # "Connection: keep-alive" names nothing left
             named -= {b"upgrade"} if status == 101 else set()
             headers = [(n, v) for n, v in headers if n.lower() not in named]
         length: int | None = None
@@ -428,14 +447,12 @@ class _UpstreamConnection(asyncio.Protocol):
         self.response_done = True
         self.deadline = 0.0
         response = self.pending
+        waiter = self.waiter
         if response is not None:
             self.pending = None
             chunks = self.pending_chunks
             self.pending_chunks = []
             response.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            waiter = self.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(response)
         body = self.body
         self.body = None
         if body is not None:
@@ -443,6 +460,10 @@ class _UpstreamConnection(asyncio.Protocol):
         self.reusable = keep_alive and not self.until_close
         if self.request_done:
             self._release()
+        # Delivered last: a synchronous sink may already send its next request on this
+        # connection, which must then be back in the pool with this exchange finished.
+        if response is not None and waiter is not None and not waiter.done():
+            waiter.set_result(response)
 
     def _release(self) -> None:
         self.waiter = None
@@ -479,7 +500,7 @@ class _UpstreamConnection(asyncio.Protocol):
 
     # --- the exchange ---------------------------------------------------------------------------
 
-    def begin(self, method: str, timeout: float) -> asyncio.Future[Response]:
+    def begin(self, method: str, timeout: float, sink: ResponseSink | None = None) -> ResponseSink:
         self.uses += 1
         self.method = method
         self.got_bytes = False
@@ -492,7 +513,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.pending = None
         self.timeout = timeout
         self.deadline = self.loop.time() + timeout if timeout else 0.0
-        waiter = self.waiter = self.loop.create_future()
+        waiter = self.waiter = self.loop.create_future() if sink is None else sink
         return waiter
 
     def request_sent(self) -> None:
@@ -566,10 +587,7 @@ def _request_head(
     for name, value in headers:
         if len(name) == 4 and name.lower() == b"host":
             has_host = True
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
+        parts += (name, b": ", value, b"\r\n")
     if not has_host:
         append(b"Host: " + upstream.authority.encode("idna") + b"\r\n")
     if chunked:
@@ -712,13 +730,42 @@ class UpstreamPool:
             return None
         self.counters["requests"] += 1
         head = _request_head(request, headers, upstream, None, False)
-        waiter = conn.begin(request.method, self.response_timeout if timeout is None else timeout)
+        waiter = self.loop.create_future()
+        conn.begin(request.method, self.response_timeout if timeout is None else timeout, waiter)
         self._busy.add(conn)
         assert conn.transport is not None
         conn.transport.write(head)
         conn.request_sent()
         waiter.add_done_callback(conn.abandon_if_cancelled)
         return waiter
+
+    def send_to(
+        self,
+        upstream: Upstream,
+        request: Request,
+        headers: Headers,
+        timeout: float | None,
+        sink: ResponseSink,
+    ) -> Callable[[], None] | None:
+        """Start a body-less request on an idle kept-alive connection, without awaiting.
+
+        The engine's fastest path: like :meth:`send_now`, but the outcome goes to ``sink``
+        synchronously, without a future. Returns the function that abandons the exchange
+        (closing the connection), or None when no idle connection is ready (then use
+        :meth:`send`).
+        """
+        conn = self._take_idle(upstream)
+        if conn is None:
+            return None
+        self.counters["requests"] += 1
+        head = _request_head(request, headers, upstream, None, False)
+        conn.begin(request.method, self.response_timeout if timeout is None else timeout, sink)
+        self._busy.add(conn)
+        transport = conn.transport
+        assert transport is not None
+        transport.write(head)
+        conn.request_sent()
+        return conn.abort
 
     async def send(
         self,
@@ -777,7 +824,8 @@ class UpstreamPool:
         for attempt in range(attempts):
             self.counters["requests"] += 1
             conn = self._take_idle(upstream) or await self._acquire(upstream)
-            waiter = conn.begin(request.method, wait)
+            waiter: asyncio.Future[Response] = self.loop.create_future()
+            conn.begin(request.method, wait, waiter)
             self._busy.add(conn)
             try:
                 assert conn.transport is not None

@@ -9,14 +9,13 @@ when they need their own retry loop); outcomes reach them as the response or as 
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from podkit.engines.errors import NoUpstreamAvailable, UpstreamError
-from podkit.engines.http.client import Upstream, UpstreamPool
+from podkit.engines.http.client import ResponseSink, Upstream, UpstreamPool
 from podkit.engines.http.messages import Handler, Request, Response
 from podkit.engines.http.rules import Forwarding, Headers, add_via, forwarded_headers
 
@@ -154,10 +153,11 @@ class ProxyHandler:
     def __call__(self, request: Request) -> Awaitable[Response]:
         return self._handle(request)
 
-    def start(self, request: Request) -> asyncio.Future[Response] | None:
-        """Send ``request`` now if an idle connection is ready; the future of its response."""
+    def start(self, request: Request, sink: ResponseSink) -> Callable[[], None] | None:
+        """Send ``request`` now if an idle connection is ready, its outcome going to ``sink``
+        (see :meth:`UpstreamPool.send_to`); returns the function that abandons it, or None."""
         headers = upstream_request_headers(request, self.forwarding)
-        return self.pool.send_now(self.upstream, request, headers, self.timeout)
+        return self.pool.send_to(self.upstream, request, headers, self.timeout, sink)
 
     def finish(self, response: Response) -> Response:
         """What ``handle`` does to a response before returning it."""

@@ -91,6 +91,10 @@ HOP_BY_HOP = frozenset(
 FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 
 _DIGITS = frozenset(b"0123456789")
+# The request fields check_request_head looks at; every other field passes untouched.
+_REQUEST_FRAMING_FIELDS = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"expect", b"connection", b"upgrade"}
+)
 
 
 @dataclass(slots=True)
@@ -177,6 +181,8 @@ def check_request_head(
     wants_upgrade = False
     for name, value in headers:
         lname = name.lower()
+        if lname not in _REQUEST_FRAMING_FIELDS:
+            continue  # most fields: one set test
         if lname == b"host":
             hosts += 1
             framing.host = value
@@ -227,9 +233,19 @@ def check_request_head(
 _HOST_FORBIDDEN = frozenset(b" \t/\\?#@\x00\r\n")
 
 
+_VALID_HOSTS: dict[bytes, bool] = {}  # clients send the same few Host values: check each once
+_MAX_CACHED_HOSTS = 1024
+
+
 def _valid_host(value: bytes) -> bool:
     # RFC 3986 authority without userinfo: a reg-name or [v6] plus an optional port.
-    return len(value) <= 255 and not _HOST_FORBIDDEN.intersection(value)
+    valid = _VALID_HOSTS.get(value)
+    if valid is None:
+        valid = len(value) <= 255 and not _HOST_FORBIDDEN.intersection(value)
+        if len(_VALID_HOSTS) >= _MAX_CACHED_HOSTS:  # bounded: Host values are client input
+            _VALID_HOSTS.clear()
+        _VALID_HOSTS[value] = valid
+    return valid
 
 
 # --- header rewriting ---------------------------------------------------------------------------
@@ -323,6 +339,8 @@ _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _FORWARDED = frozenset({_XFF, _XFP, _XFH})
+# Every field forwarded_headers drops or rewrites; the others are copied as they are.
+_REWRITTEN = HOP_BY_HOP | _FORWARDED | {b"content-length", b"via"}
 
 
 def forwarded_headers(
@@ -356,6 +374,9 @@ def forwarded_headers(
     prior_via: list[bytes] = []
     for name, value in headers:
         lname = name.lower()
+        if lname not in _REWRITTEN:
+            out.append((name, value))  # most fields: one set test
+            continue
         if lname in HOP_BY_HOP or lname == b"content-length":
             if lname == b"connection":
                 named = (
@@ -375,7 +396,7 @@ def forwarded_headers(
             prior_via.append(value)
             continue
         out.append((name, value))
-    if named:
+    if named and not named <= HOP_BY_HOP:  # "Connection: keep-alive" names nothing left
         out = [(n, v) for n, v in out if n.lower() not in named]
     if forwarding.forwarded_for:
         chain = b", ".join([*prior_for, client_ip.encode("ascii")])
@@ -456,13 +477,26 @@ def _status_line(status: int, reason: bytes | None = None) -> bytes:
 _STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
 
 
+# Status lines with the reason an upstream sent ("200 OK"): a proxy relays the same few.
+_RELAYED_LINES: dict[tuple[int, bytes], bytes] = {}
+_MAX_RELAYED_LINES = 256
+
+
 def status_line(status: int, reason: bytes | None = None) -> bytes:
-    """``HTTP/1.1 <status> <reason>\\r\\n`` (cached for the standard reasons)."""
+    """``HTTP/1.1 <status> <reason>\\r\\n`` (cached for the standard and recent reasons)."""
     if reason is None:
         line = _STATUS_LINES.get(status)
         if line is not None:
             return line
-    return _status_line(status, reason)
+        return _status_line(status, reason)
+    key = (status, reason)
+    line = _RELAYED_LINES.get(key)
+    if line is None:
+        line = _status_line(status, reason)
+        if len(_RELAYED_LINES) >= _MAX_RELAYED_LINES:  # bounded: reasons come from upstreams
+            _RELAYED_LINES.clear()
+        _RELAYED_LINES[key] = line
+    return line
 
 
 def response_head(
@@ -487,10 +521,7 @@ def response_head(
         lname = name.lower()
         if lname in FRAMING and not (mode is BodyMode.NONE and lname == b"content-length"):
             continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
+        parts += (name, b": ", value, b"\r\n")
     if mode is BodyMode.LENGTH:
         append(b"Content-Length: %d\r\n" % (length or 0))
     elif mode is BodyMode.CHUNKED:

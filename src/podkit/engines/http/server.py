@@ -25,7 +25,7 @@ import time
 import weakref
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -145,6 +145,42 @@ def _error_reason(exc: BaseException, status: int) -> str:
     return _REASONS.get(status, f"status_{status}")
 
 
+class _DirectExchange:
+    """A request forwarded straight from the protocol callbacks: the upstream connection
+    delivers its outcome here synchronously (no task, no future, no loop round-trip)."""
+
+    __slots__ = ("abandon", "conn", "finished", "request", "started")
+
+    def __init__(self, conn: _Connection, request: Request, started: float) -> None:
+        self.conn = conn
+        self.request = request
+        self.started = started
+        self.finished = False
+        self.abandon: Callable[[], None] | None = None
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, response: Response, /) -> None:
+        if not self.finished:
+            self.finished = True
+            self.conn._direct_done(self, response, None)
+
+    def set_exception(self, exc: BaseException, /) -> None:
+        if not self.finished:
+            self.finished = True
+            self.conn._direct_done(self, None, exc)
+
+    def cancel(self) -> bool:
+        """The client went away: drop the exchange (its upstream connection is closed)."""
+        if self.finished:
+            return False
+        self.finished = True
+        if self.abandon is not None:
+            self.abandon()
+        return True
+
+
 class _Rejection:
     __slots__ = ("reason", "status")
 
@@ -229,7 +265,8 @@ class _Connection(asyncio.Protocol):
         self.reading: Request | None = None
         self.body_received = 0
         # dispatch
-        self.active: asyncio.Future[Any] | None = None  # the handler task, or a direct exchange
+        # the handler task, or a direct exchange
+        self.active: asyncio.Future[Any] | _DirectExchange | None = None
         self.active_request: Request | None = None
         self.queue: deque[Request | _Rejection] = deque()
         self.must_close = False
@@ -570,25 +607,29 @@ class _Connection(asyncio.Protocol):
             and request.body is EMPTY_BODY
             and (request.framing is None or request.framing.upgrade is None)
         ):
-            exchange = direct.start(request)
-            if exchange is not None:
-                # Plain forwarding on a kept-alive connection: no task, the response is
-                # written from the future's callback.
-                self.handler_started = True
-                self.active = exchange
-                started = self.loop.time()
-                exchange.add_done_callback(
-                    lambda future: self._direct_done(request, future, started)
-                )
+            exchange = _DirectExchange(self, request, self.loop.time())
+            self.handler_started = True
+            self.active = exchange
+            abandon = direct.start(request, exchange)
+            if abandon is not None:
+                # Plain forwarding on a kept-alive connection: no task, the upstream
+                # connection hands the response over from its own callbacks.
+                if not exchange.finished:
+                    exchange.abandon = abandon
                 return
+            self.handler_started = False
         self.active = self.loop.create_task(self._respond(request))
 
     def _direct_done(
-        self, request: Request, future: asyncio.Future[Response], started: float
+        self, exchange: _DirectExchange, result: Response | None, exc: BaseException | None
     ) -> None:
-        if future.cancelled() or self.active is not future:
-            return  # the client went away
-        exc = future.exception()
+        if self.active is not exchange or self.closed:
+            # the client went away
+            if result is not None and isinstance(result.body, Body):
+                result.body.close()  # an unread upstream body releases its connection
+            return
+        request = exchange.request
+        started = exchange.started
         if isinstance(exc, StaleConnection):
             # The upstream had closed the kept-alive connection: the ordinary path retries.
             self.active = self.loop.create_task(self._respond(request))
@@ -596,8 +637,10 @@ class _Connection(asyncio.Protocol):
         server = self.server
         direct = server.direct
         assert direct is not None
-        if exc is None:
-            response = direct.finish(future.result())
+        if result is not None:
+            response = direct.finish(result)
+        elif exc is None:
+            raise AssertionError("an exchange ends with a response or an error")
         elif isinstance(exc, ProtocolError | UpstreamError):
             server.counters.error(_error_reason(exc, exc.status))
             response = _error(exc.status, exc)
