@@ -8,11 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from podkit.engines.http.rules import (
+    HOP_BY_HOP,
     BodyMode,
     Forwarding,
     add_via,
     check_request_head,
     forwarded_headers,
+    forwarded_request_head,
     parse_content_length,
     response_framing,
     response_head,
@@ -152,6 +154,98 @@ def test_forwarded_headers_extend_a_trusted_chain() -> None:
     assert (b"X-Forwarded-For", b"1.2.3.4, 10.0.0.9") in out
     assert (b"X-Forwarded-Proto", b"https") in out
     assert not any(name == b"Via" for name, _ in out)
+
+
+_FIELD_NAMES = st.sampled_from(
+    [
+        b"Host",
+        b"host",
+        b"Accept",
+        b"X-Forwarded-For",
+        b"x-forwarded-proto",
+        b"X-Forwarded-Host",
+        b"Via",
+        b"Connection",
+        b"Keep-Alive",
+        b"TE",
+        b"Content-Length",
+        b"X-Custom",
+        b"x-custom",
+    ]
+)
+_FIELD_VALUES = st.sampled_from(
+    [b"a", b"1.2.3.4", b"https", b"keep-alive", b"close", b"x-custom", b"Keep-Alive, TE", b""]
+)
+
+
+@given(
+    headers=st.lists(st.tuples(_FIELD_NAMES, _FIELD_VALUES), max_size=8),
+    trusted=st.booleans(),
+    via=st.sampled_from(["podkit", None]),
+    toggles=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    version=st.sampled_from(["1.1", "1.0"]),
+)
+def test_the_one_pass_request_head_says_what_the_general_rules_say(
+    headers: list[tuple[bytes, bytes]],
+    trusted: bool,
+    via: str | None,
+    toggles: tuple[bool, bool, bool],
+    version: str,
+) -> None:
+    """forwarded_request_head equals the request line plus forwarded_headers (and a Host when
+    none), or declines when Connection names end-to-end fields."""
+    policy = Forwarding(
+        trusted_proxies=Forwarding.parse_trusted(["10.0.0.0/8"]) if trusted else (),
+        via=via,
+        forwarded_for=toggles[0],
+        forwarded_proto=toggles[1],
+        forwarded_host=toggles[2],
+    )
+    host = next((v for n, v in headers if n.lower() == b"host"), None)
+    options = {
+        "client_ip": "10.0.0.9",
+        "scheme": "http",
+        "host": host,
+        "http_version": version,
+        "forwarding": policy,
+    }
+    head = forwarded_request_head("GET", "/a?b", headers, authority=b"up:80", **options)  # type: ignore[arg-type]
+    fields = forwarded_headers(headers, **options)  # type: ignore[arg-type]
+    if head is None:
+        named = {
+            t.strip().lower()
+            for n, v in headers
+            if n.lower() == b"connection"
+            for t in v.split(b",")
+        }
+        assert named - HOP_BY_HOP - {b""}
+        return
+    assert head is not None
+    expected = b"GET /a?b HTTP/1.1\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+    if host is None:
+        expected += b"Host: up:80\r\n"
+    assert head == expected + b"\r\n"
+
+
+@given(
+    headers=st.lists(
+        st.tuples(st.sampled_from([b"Via", b"via", b"Server", b"Content-Length"]), _FIELD_VALUES),
+        max_size=5,
+    ),
+    mode=st.sampled_from(list(BodyMode)),
+)
+def test_a_via_entry_given_to_response_head_is_added_as_add_via_adds_it(
+    headers: list[tuple[bytes, bytes]], mode: BodyMode
+) -> None:
+    """response_head(via=) writes the same head as add_via followed by response_head."""
+    options = {"mode": mode, "length": 3, "keep_alive": True, "http10": False}
+    with_via = list(headers)
+    add_via(with_via, http_version="1.1", via=b"1.1 podkit")
+    assert response_head(200, headers, via=b"1.1 podkit", **options) == response_head(  # type: ignore[arg-type]
+        200,
+        with_via,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 def test_via_is_appended_to_a_response() -> None:

@@ -743,22 +743,22 @@ class UpstreamPool:
         self,
         upstream: Upstream,
         request: Request,
-        headers: Headers,
+        head: bytes,
         timeout: float | None,
         sink: ResponseSink,
     ) -> Callable[[], None] | None:
         """Start a body-less request on an idle kept-alive connection, without awaiting.
 
-        The engine's fastest path: like :meth:`send_now`, but the outcome goes to ``sink``
-        synchronously, without a future. Returns the function that abandons the exchange
-        (closing the connection), or None when no idle connection is ready (then use
-        :meth:`send`).
+        The engine's fastest path: like :meth:`send_now`, but ``head`` is the complete request
+        head as it goes upstream (:func:`~podkit.engines.http.rules.forwarded_request_head`)
+        and the outcome goes to ``sink`` synchronously, without a future. Returns the function
+        that abandons the exchange (closing the connection), or None when no idle connection
+        is ready (then use :meth:`send`).
         """
         conn = self._take_idle(upstream)
         if conn is None:
             return None
         self.counters["requests"] += 1
-        head = _request_head(request, headers, upstream, None, False)
         conn.begin(request.method, self.response_timeout if timeout is None else timeout, sink)
         self._busy.add(conn)
         transport = conn.transport

@@ -16,8 +16,15 @@ from dataclasses import dataclass
 
 from podkit.engines.errors import NoUpstreamAvailable, UpstreamError
 from podkit.engines.http.client import ResponseSink, Upstream, UpstreamPool
+from podkit.engines.http.client import _request_head as request_head
 from podkit.engines.http.messages import Handler, Request, Response
-from podkit.engines.http.rules import Forwarding, Headers, add_via, forwarded_headers
+from podkit.engines.http.rules import (
+    Forwarding,
+    Headers,
+    add_via,
+    forwarded_headers,
+    forwarded_request_head,
+)
 
 UpstreamChoice = Upstream | None
 Pick = Callable[[Request], UpstreamChoice | Awaitable[UpstreamChoice]]
@@ -132,7 +139,7 @@ class ProxyHandler:
     task per request (:meth:`start`). Wrapping it in a policy turns that path off.
     """
 
-    __slots__ = ("_handle", "forwarding", "pool", "timeout", "upstream", "via")
+    __slots__ = ("_handle", "authority", "forwarding", "pool", "timeout", "upstream", "via")
 
     def __init__(
         self,
@@ -146,6 +153,7 @@ class ProxyHandler:
         self._handle = handle
         self.pool = pool
         self.upstream = upstream
+        self.authority = upstream.authority.encode("idna")
         self.forwarding = forwarding
         self.timeout = timeout
         self.via = via
@@ -154,10 +162,24 @@ class ProxyHandler:
         return self._handle(request)
 
     def start(self, request: Request, sink: ResponseSink) -> Callable[[], None] | None:
-        """Send ``request`` now if an idle connection is ready, its outcome going to ``sink``
-        (see :meth:`UpstreamPool.send_to`); returns the function that abandons it, or None."""
-        headers = upstream_request_headers(request, self.forwarding)
-        return self.pool.send_to(self.upstream, request, headers, self.timeout, sink)
+        """Send body-less ``request`` now if an idle connection is ready, its outcome going to
+        ``sink`` (see :meth:`UpstreamPool.send_to`); returns the function that abandons it,
+        or None."""
+        head = forwarded_request_head(
+            request.method,
+            request.target,
+            request.headers,
+            client_ip=request.client[0],
+            scheme=request.scheme,
+            host=request.framing.host if request.framing is not None else None,
+            http_version=request.http_version,
+            forwarding=self.forwarding,
+            authority=self.authority,
+        )
+        if head is None:  # Connection names end-to-end fields: the general rules
+            headers = upstream_request_headers(request, self.forwarding)
+            head = request_head(request, headers, self.upstream, None, False)
+        return self.pool.send_to(self.upstream, request, head, self.timeout, sink)
 
     def finish(self, response: Response) -> Response:
         """What ``handle`` does to a response before returning it."""

@@ -89,6 +89,7 @@ HOP_BY_HOP = frozenset(
 )
 # Framing fields the engine always writes itself; a handler's copies are ignored.
 FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+_FRAMING_OR_VIA = FRAMING | {b"via"}
 
 _DIGITS = frozenset(b"0123456789")
 # The request fields check_request_head looks at; every other field passes untouched.
@@ -339,6 +340,8 @@ _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _FORWARDED = frozenset({_XFF, _XFP, _XFH})
+# Connection options that name no field left to remove ("Close" is a reserved field name).
+_NAMES_NO_FIELD = HOP_BY_HOP | {b"close"}
 # Every field forwarded_headers drops or rewrites; the others are copied as they are.
 _REWRITTEN = HOP_BY_HOP | _FORWARDED | {b"content-length", b"via"}
 
@@ -409,6 +412,75 @@ def forwarded_headers(
         hop = forwarding.via_hop(http_version)
         out.append((b"Via", b", ".join([*prior_via, hop]) if prior_via else hop))
     return out
+
+
+def forwarded_request_head(
+    method: str,
+    target: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    client_ip: str,
+    scheme: str,
+    host: bytes | None,
+    http_version: str,
+    forwarding: Forwarding,
+    authority: bytes,
+) -> bytes | None:
+    """The head of a body-less request as it goes upstream, built in one pass.
+
+    The same fields as :func:`forwarded_headers` in the same order, after an HTTP/1.1 request
+    line, with ``Host: authority`` when the request has no Host. Returns None when the request's
+    ``Connection`` names end-to-end fields to remove (rare): then use
+    :func:`forwarded_headers`.
+    """
+    parts = [method.encode("ascii"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n"]
+    trusted = forwarding.trusts(client_ip)
+    prior_for: list[bytes] | None = None
+    prior_proto: bytes | None = None
+    prior_host: bytes | None = None
+    prior_via: list[bytes] | None = None
+    keep_via = not forwarding.via
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in _REWRITTEN:
+            parts += (name, b": ", value, b"\r\n")  # most fields: one set test
+        elif lname in HOP_BY_HOP or lname == b"content-length":
+            if lname == b"connection" and not connection_tokens(value) <= _NAMES_NO_FIELD:
+                return None
+        elif lname in _FORWARDED:
+            if trusted:
+                if lname == _XFF:
+                    if prior_for is None:
+                        prior_for = []
+                    prior_for.append(value)
+                elif lname == _XFP:
+                    prior_proto = value
+                else:
+                    prior_host = value
+        elif keep_via:  # Via, with no Via entry of our own to add
+            parts += (name, b": ", value, b"\r\n")
+        elif prior_via is None:
+            prior_via = [value]
+        else:
+            prior_via.append(value)
+    if forwarding.forwarded_for:
+        address = client_ip.encode("ascii")
+        if prior_for is not None:
+            address = b", ".join([*prior_for, address])
+        parts += (b"X-Forwarded-For: ", address, b"\r\n")
+    if forwarding.forwarded_proto:
+        parts += (b"X-Forwarded-Proto: ", prior_proto or scheme.encode("ascii"), b"\r\n")
+    if forwarding.forwarded_host and (prior_host or host):
+        parts += (b"X-Forwarded-Host: ", prior_host or host or b"", b"\r\n")
+    if forwarding.via:
+        hop = forwarding.via_hop(http_version)
+        if prior_via is not None:
+            hop = b", ".join([*prior_via, hop])
+        parts += (b"Via: ", hop, b"\r\n")
+    if host is None:
+        parts += (b"Host: ", authority, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def add_via(headers: Headers, *, http_version: str, via: str | bytes) -> None:
@@ -508,20 +580,29 @@ def response_head(
     keep_alive: bool,
     http10: bool,
     reason: bytes | None = None,
+    via: bytes | None = None,
 ) -> bytes:
     """The bytes of a response head with the engine's own framing fields.
 
     A handler's Content-Length, Transfer-Encoding, Connection and Keep-Alive are dropped and
     replaced, except that a response without a body (HEAD, 204, 304) keeps its Content-Length,
-    which then describes the representation rather than this message.
+    which then describes the representation rather than this message. ``via`` is a ready-made
+    ``Via`` entry to add as :func:`add_via` would (in the same pass over the fields).
     """
     parts = [status_line(status, reason)]
     append = parts.append
     for name, value in headers:
         lname = name.lower()
-        if lname in FRAMING and not (mode is BodyMode.NONE and lname == b"content-length"):
-            continue
+        if lname in _FRAMING_OR_VIA:
+            if lname == b"via":
+                if via is not None:
+                    value = value + b", " + via
+                    via = None
+            elif not (mode is BodyMode.NONE and lname == b"content-length"):
+                continue
         parts += (name, b": ", value, b"\r\n")
+    if via is not None:
+        append(b"Via: " + via + b"\r\n")
     if mode is BodyMode.LENGTH:
         append(b"Content-Length: %d\r\n" % (length or 0))
     elif mode is BodyMode.CHUNKED:
@@ -574,6 +655,7 @@ __all__ = [
     "connection_tokens",
     "error_response",
     "forwarded_headers",
+    "forwarded_request_head",
     "parse_content_length",
     "response_framing",
     "response_has_body",

@@ -54,6 +54,7 @@ from podkit.engines.http.rules import (
     BodyMode,
     Headers,
     ServerLimits,
+    add_via,
     check_request_head,
     error_response,
     response_framing,
@@ -637,8 +638,10 @@ class _Connection(asyncio.Protocol):
         server = self.server
         direct = server.direct
         assert direct is not None
+        via = None
         if result is not None:
-            response = direct.finish(result)
+            response = result
+            via = direct.via  # added while the head is written (ProxyHandler.finish's work)
         elif exc is None:
             raise AssertionError("an exchange ends with a response or an error")
         elif isinstance(exc, ProtocolError | UpstreamError):
@@ -649,7 +652,7 @@ class _Connection(asyncio.Protocol):
             server.counters.error("handler_failed")
             response = _error(500, exc)
         try:
-            if not self._write_whole(request, response):
+            if not self._write_whole(request, response, via):
                 self.active = self.loop.create_task(self._finish_stream(request, response, started))
                 return
         except (ConnectionError, PodkitError, OSError):
@@ -741,11 +744,12 @@ class _Connection(asyncio.Protocol):
         if self.tunnel is None:
             self._next()
 
-    def _write_whole(self, request: Request, response: Response) -> bool:
+    def _write_whole(self, request: Request, response: Response, via: bytes | None = None) -> bool:
         """Write a response whose body is all here (or switch to a tunnel after a 101).
 
         Returns False, writing nothing, when the body must be streamed; the keep-alive
         decision is then left in ``stream_keep_alive`` for :meth:`_stream_response`.
+        ``via`` is a ``Via`` entry to add to the response's fields.
 
         Raises:
             ConnectionResetError: the client is gone.
@@ -759,6 +763,8 @@ class _Connection(asyncio.Protocol):
         framing = request.framing
         if framing is not None and framing.upgrade is not None:
             if response.status == 101 and response.upgraded is not None:
+                if via is not None:
+                    add_via(response.headers, http_version="1.1", via=via)
                 self._switch_to_tunnel(response)
                 return True
             keep_alive = False
@@ -771,6 +777,8 @@ class _Connection(asyncio.Protocol):
             chunks = out.take_all()
             data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
         else:
+            if via is not None:
+                add_via(response.headers, http_version="1.1", via=via)
             self.stream_keep_alive = keep_alive
             return False
         http10 = request.http_version == "1.0"
@@ -785,6 +793,7 @@ class _Connection(asyncio.Protocol):
             keep_alive=keep_alive,
             http10=http10,
             reason=response.reason,
+            via=via,
         )
         transport.write(head + data if mode is not BodyMode.NONE and data else head)
         if isinstance(out, Body):
