@@ -35,14 +35,15 @@ def test_deposits_and_withdrawals_expire_after_the_window() -> None:
 
 @given(st.lists(st.tuples(st.floats(0, 2), st.booleans()), max_size=300))
 def test_retries_never_exceed_the_budget(seq: list[tuple[float, bool]]) -> None:
-    """In any window, granted retries <= floor + ratio * requests."""
+    """Whenever a retry is granted, the window's retries <= floor + ratio * its requests."""
     budget = RetryBudget(ratio=0.2, min_per_second=1, window=3)
     now = 0.0
     for step, is_retry in seq:
         now += step
-        if is_retry:
-            budget.try_withdraw(now)
-        else:
+        if not is_retry:
             budget.deposit(now)
-        stats = budget.statistics(now)
-        assert stats.retries <= 3 * 1 + 0.2 * stats.requests
+        elif budget.try_withdraw(now):
+            # Checked when granted: later, requests can leave the window before the retries
+            # they paid for, so the bound holds at grant time, not at every instant.
+            stats = budget.statistics(now)
+            assert stats.retries <= 3 * 1 + 0.2 * stats.requests
