@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
+import signal
 import socket
 import threading
 from collections import Counter
@@ -11,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.client import HTTPResponse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -458,3 +461,43 @@ def test_requests_waiting_on_a_streaming_miss_get_the_whole_object_even_if_its_c
     assert {(r.status, r.headers["x-cache"]) for r in replies} == {(200, "HIT")}
     assert {r.body for r in replies} == {b"a" * 1000 + b"b" * 200_000}
     assert origin.hits["/shared"] == 1
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def test_workers_each_have_a_store_behind_one_admin_endpoint_and_are_restarted(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url, "--workers", "2")
+    pid = c.process.pid
+    wait_for(lambda: len(_children(pid)) == 2, what="two worker processes")
+    replies = [c.get("/cache/60") for _ in range(20)]
+    assert {r.status for r in replies} == {200}
+    assert {r.headers["x-cache"] for r in replies} <= {"HIT", "MISS"}
+    wait_for(lambda: sum(c.stats()["requests"].values()) == 20, what="the merged counts")
+    stats = c.stats()
+    misses = stats["requests"]["miss"]
+    assert 1 <= misses <= 2  # one per worker store at most
+    assert whoami.stats()["paths"]["/cache/60"] == misses
+    assert stats["objects"] == misses
+    assert stats["hit_ratio"] == round((20 - misses) / 20, 4)
+    assert request(c.admin, "/purge?target=/cache/60", method="POST").status == 409
+    assert "podkit_cache_hit_ratio" not in request(c.admin, "/metrics").body.decode()
+
+    victim = min(_children(pid))
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(_children(pid)) == 2 and victim not in _children(pid),
+        timeout=15,
+        what="the killed worker to be started again",
+    )
+    wait_for(lambda: c.get("/cache/60").status == 200, what="answers after the restart")
+    workers = _children(pid)
+    c.process.signal(signal.SIGTERM)
+    assert c.process.wait(15) == 0
+    assert not any(Path(f"/proc/{child}").exists() for child in workers)

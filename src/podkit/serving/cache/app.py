@@ -23,12 +23,16 @@ Theory of operation. :class:`CachingProxy` is a handler for
   from an allowed address removes it.
 
 Background revalidations are tasks of the task group :func:`open_cache` owns.
+
+With several workers (:func:`serve_cache_workers`) each worker process is a whole cache with
+its own store; the parent's ``/cache`` is assembled from the workers' merged metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import time
@@ -55,6 +59,7 @@ from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
 from podkit.runtime import Runtime
 from podkit.runtime.logging import get_logger
+from podkit.serving._workers import Sample, merged_samples, reserve_port
 from podkit.serving.balance._affinity import IPNetwork
 from podkit.serving.cache._coalesce import DEFAULT_COALESCE_TIMEOUT, CoalescingTable, Flight
 from podkit.serving.cache._policy import (
@@ -100,6 +105,9 @@ class CacheOptions:
         timeout: origin silence allowed while a response is awaited.
         connect_timeout: time to connect to the origin.
         trusted_proxies: peers whose ``X-Forwarded-For`` is kept and extended.
+        workers: how many processes serve the cache; above 1 this process is one of them:
+            it shares the port (SO_REUSEPORT), has its own store, and leaves the hit-ratio
+            gauge out of its metrics (ratios do not add up when the workers' are merged).
     """
 
     host: str = "127.0.0.1"
@@ -114,6 +122,7 @@ class CacheOptions:
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    workers: int = 1
 
 
 def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -256,6 +265,8 @@ class _StoreCollector(Collector):
         limit.add_metric([], store.max_bytes)
         evictions = CounterMetricFamily("podkit_cache_evictions", "Objects evicted (LRU).")
         evictions.add_metric([], store.evictions)
+        if self.proxy.options.workers > 1:
+            return [objects, size, limit, evictions]
         ratio = GaugeMetricFamily(
             "podkit_cache_hit_ratio", "Share of cacheable requests answered from the store."
         )
@@ -835,6 +846,7 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
             proxy.handle,
             host=options.host,
             port=options.port,
+            reuse_port=options.workers > 1,
             registry=rt.registry,
             metrics_prefix="podkit_cache_http",
             name="cache",
@@ -846,3 +858,78 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
             rt.set_ready()
             await rt.wait_draining()
             await server.drain(rt.drain_timeout)
+
+
+async def serve_cache_worker(rt: Runtime, options: CacheOptions) -> None:
+    """One worker process of ``podkit cache --workers N`` (see :func:`serve_cache_workers`)."""
+    await serve_cache(rt, options)
+
+
+def workers_cache_view(samples: Sequence[Sample], *, options: CacheOptions) -> dict[str, Any]:
+    """The parent's ``/cache`` JSON, built from the workers' merged metrics.
+
+    Sizes, object counts and counters are sums over the workers' stores; ``hit_ratio`` is
+    computed from the summed request counts.
+    """
+    totals: dict[str, float] = {}
+    requests = {"hit": 0, "miss": 0, "stale": 0, "pass": 0}
+    coalesced = {"shared": 0, "fallback": 0, "timeout": 0}
+    for sample in samples:
+        if sample.name == "podkit_cache_requests_total":
+            result = sample.labels.get("result", "")
+            requests[result] = requests.get(result, 0) + int(sample.value)
+        elif sample.name == "podkit_cache_coalesced_total":
+            outcome = sample.labels.get("outcome", "")
+            coalesced[outcome] = coalesced.get(outcome, 0) + int(sample.value)
+        elif not sample.labels:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    hits = requests["hit"] + requests["stale"]
+    lookups = hits + requests["miss"]
+    return {
+        "upstream": options.upstream,
+        "workers": options.workers,
+        "objects": int(totals.get("podkit_cache_objects", 0)),
+        "bytes": int(totals.get("podkit_cache_bytes", 0)),
+        "max_bytes": int(totals.get("podkit_cache_max_bytes", 0)),
+        "max_object": options.max_object,
+        "evictions": int(totals.get("podkit_cache_evictions_total", 0)),
+        "requests": requests,
+        "hit_ratio": round(hits / lookups, 4) if lookups else 0.0,
+        "coalesced": coalesced,
+    }
+
+
+async def serve_cache_workers(rt: Runtime, options: CacheOptions) -> None:
+    """Serve ``podkit cache`` in ``options.workers`` processes sharing the port, until the
+    runtime drains (on :func:`podkit.engines.workers.serve_workers`: one admin endpoint,
+    merged metrics, a worker that dies is started again). Each worker has its own store.
+
+    Raises:
+        PodkitError: the address cannot be bound, or a worker cannot be started.
+    """
+    from podkit.engines.workers import serve_workers
+
+    async def admin_cache(request: AdminRequest) -> AdminResponse:
+        view = workers_cache_view(merged_samples(rt.registry, "podkit_cache_"), options=options)
+        return AdminResponse.json(200, json.dumps(view, indent=2) + "\n")
+
+    async def admin_purge(request: AdminRequest) -> AdminResponse:
+        return AdminResponse.text(
+            409,
+            "purging is not available with --workers: each worker has its own store, and "
+            "the admin endpoint cannot reach them\n",
+        )
+
+    rt.add_route("/cache", admin_cache)
+    rt.add_route("/purge", admin_purge)
+    # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
+    # no connections): port 0 becomes one port every worker shares.
+    with reserve_port(options.host, options.port, component="cache") as port:
+        shared = dataclasses.replace(options, port=port)
+        rt.log.info(
+            "starting workers",
+            extra={"workers": options.workers, "listen": f"{options.host}:{port}"},
+        )
+        await serve_workers(
+            rt, count=options.workers, main=serve_cache_worker, settings=shared, name="cache"
+        )
