@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -375,3 +376,29 @@ def test_server_errors_eject_a_backend_but_never_more_than_half(
     assert 0 < ejected["ejected_for"] <= 30
     assert ejected["ejections"] == 1
     assert {lb.get().status for _ in range(4)} == {200}
+
+
+def test_a_response_still_streaming_counts_against_its_backend_for_least_request(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    b0, b1 = backends(2)
+    lb = balancer(*backend_flags([b0, b1]), "--policy", "least-request")
+
+    def in_flight() -> dict[str, int]:
+        return {b["url"]: b["in_flight"] for b in lb.view()["backends"]}
+
+    with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as slow:
+        # Read the head only: the rest of the stream waits on this client (back-pressure).
+        slow.sendall(b"GET /bytes/200000000 HTTP/1.1\r\nHost: lb\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += slow.recv(1)
+        served_by = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"x-served-by:")
+        )
+        busy, idle = (b0, b1) if served_by == b0.name else (b1, b0)
+        assert in_flight() == {busy.url: 1, idle.url: 0}
+        assert {lb.get().served_by for _ in range(10)} == {idle.name}
+    wait_for(lambda: in_flight() == {busy.url: 0, idle.url: 0}, what="the stream to end")

@@ -15,6 +15,10 @@ Beside the handler, :func:`open_balancer` runs in one task group: the active pro
 the backends-file watcher (re-reads the file when its inode, size or mtime changes) and a
 ticker that returns ejected endpoints to rotation on time. SIGHUP re-reads the file too.
 
+An attempt counts against its backend (``in_flight``, which least-request and bounded loads
+read) from the moment it is sent until its response body has finished streaming to the
+client, failed, or been abandoned: :class:`_CountedBody` ends it.
+
 With several workers (:func:`serve_balance_workers`) every worker process runs all of this on
 its own; the parent's ``/backends`` is assembled from the workers' merged metric reports.
 """
@@ -40,6 +44,7 @@ from prometheus_client.registry import Collector
 from podkit.engines.errors import UpstreamError
 from podkit.engines.http import (
     EMPTY_BODY,
+    Body,
     Forwarding,
     Request,
     Response,
@@ -401,16 +406,35 @@ class Balancer:
         children.latency.observe(finished - started)
         status = response.status
         children.by_class[min(max(status // 100, 1), 5)].inc()
+        outcome = Outcome.SUCCESS
         if status >= 500:
             children.server_errors.inc()
-            events = self.pool.end(endpoint, Outcome.SERVER_ERROR, finished)
+            outcome = Outcome.SERVER_ERROR
+        body = response.body
+        if isinstance(body, Body) and not body.complete:
+            # The attempt is in flight until its body has streamed (least-request and bounded
+            # loads count it): the body's end ends it.
+            response.body = _CountedBody(body, self._ender(endpoint, outcome))
         else:
-            events = self.pool.end(endpoint, Outcome.SUCCESS, finished)
-        if events:
-            self.apply(events)
+            events = self.pool.end(endpoint, outcome, finished)
+            if events:
+                self.apply(events)
         if self.forwarding.via:
             add_via(response.headers, http_version="1.1", via=self.forwarding.via)
         return response
+
+    def _ender(self, endpoint: Endpoint, outcome: Outcome) -> Callable[[Outcome | None], None]:
+        """What ends a streamed attempt: ``outcome`` unless the body says otherwise."""
+
+        def end(override: Outcome | None) -> None:
+            final = override or outcome
+            if final is Outcome.FAILURE:
+                self.m_errors.labels(endpoint.url, final.value).inc()
+            events = self.pool.end(endpoint, final, self.clock())
+            if events:
+                self.apply(events)
+
+        return end
 
     # -- active probes ----------------------------------------------------------------------
 
@@ -546,6 +570,59 @@ class Balancer:
         now = self.clock()
         self.apply(self.pool.undrain(url, now) if undo else self.pool.drain(url, now))
         return True
+
+
+class _CountedBody(Body):
+    """A backend's response body that ends its attempt when it ends.
+
+    ``on_end`` is called exactly once: with None when the body arrived whole (the outcome
+    the head gave stands), ``FAILURE`` when the backend broke it off, ``ABANDONED`` when it
+    was closed before its end (the client went away).
+    """
+
+    __slots__ = ("_on_end", "_source")
+
+    def __init__(self, source: Body, on_end: Callable[[Outcome | None], None]) -> None:
+        super().__init__(length=source.length)
+        self._source = source
+        self._on_end: Callable[[Outcome | None], None] | None = on_end
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._source.__anext__()
+        except StopAsyncIteration:
+            self._end(None)
+            raise
+        except asyncio.CancelledError:
+            raise  # the consumer was cancelled; its close() follows
+        except BaseException:
+            self._end(Outcome.FAILURE)
+            raise
+
+    def _end(self, outcome: Outcome | None) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(outcome)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the attempt has been ended."""
+        return self._on_end is None
+
+    def close(self) -> None:
+        """Stop reading: the rest is dropped and the attempt ends as abandoned."""
+        self._source.close()
+        self._end(Outcome.ABANDONED)
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`."""
+        self.close()
+
+    def __del__(self) -> None:
+        # A response dropped without being sent or closed (its client was gone before the
+        # head could be written) must not hold its backend's in-flight count forever.
+        if self._on_end is not None:
+            self.close()
 
 
 def _failed(exc: UpstreamError) -> Response:

@@ -249,6 +249,13 @@ class _Tee(Body):
         """Same as :meth:`close`."""
         self.close()
 
+    def __del__(self) -> None:
+        # A response dropped without being sent or closed (its client was gone before the
+        # head could be written) must still publish its flight, or requests would keep
+        # joining a flight that never ends.
+        if not self._ended and not self._abandoned:
+            self.abort()
+
 
 class _StoreCollector(Collector):
     def __init__(self, proxy: CachingProxy) -> None:
