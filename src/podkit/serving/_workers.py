@@ -20,7 +20,7 @@ from podkit.errors import PodkitError
 
 
 @contextlib.contextmanager
-def reserve_port(host: str, port: int, *, component: str) -> Iterator[int]:
+def reserve_port(host: str, port: int) -> Iterator[int]:
     """Bind (not listen) a SO_REUSEPORT socket on ``host:port``; yields the bound port.
 
     Raises:
@@ -34,9 +34,7 @@ def reserve_port(host: str, port: int, *, component: str) -> Iterator[int]:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise PodkitError(
-                f"{component}: cannot listen on {host}:{port}: {exc.strerror or exc}"
-            ) from exc
+            raise PodkitError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         yield int(sock.getsockname()[1])
     finally:
         sock.close()

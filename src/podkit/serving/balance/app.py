@@ -827,7 +827,7 @@ async def serve_balance_workers(rt: Runtime, options: BalanceOptions, *, workers
     rt.add_route("/backends/undrain", admin_drain)
     # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
     # no connections): port 0 becomes one port every worker shares.
-    with reserve_port(options.host, options.port, component="balance") as port:
+    with reserve_port(options.host, options.port) as port:
         shared = dataclasses.replace(options, port=port, reuse_port=True)
         rt.log.info(
             "starting workers", extra={"workers": workers, "listen": f"{options.host}:{port}"}

@@ -931,7 +931,7 @@ async def serve_cache_workers(rt: Runtime, options: CacheOptions) -> None:
     rt.add_route("/purge", admin_purge)
     # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
     # no connections): port 0 becomes one port every worker shares.
-    with reserve_port(options.host, options.port, component="cache") as port:
+    with reserve_port(options.host, options.port) as port:
         shared = dataclasses.replace(options, port=port)
         rt.log.info(
             "starting workers",
