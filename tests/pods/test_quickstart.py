@@ -1,0 +1,58 @@
+"""The quick-start pod file with real components: every pod it defines does its job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from podkit.cli import COMMANDS
+from podkit.pods.supervisor import request
+from podkit.testing.net import wait_for
+from tests.pods.test_supervisor import START_TIMEOUT, alive, group_members, run_pods
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+
+
+def runnable_pods() -> dict[str, Any]:
+    """The quick-start pods whose components this podkit has (all of them, eventually)."""
+    pods: dict[str, Any] = yaml.safe_load(QUICKSTART.read_text())["pods"]
+    keep = {}
+    for name, pod in pods.items():
+        components = [c.get("component") for c in pod["containers"].values()]
+        if all(c is None or c.split()[0] in COMMANDS for c in components):
+            keep[name] = pod
+    # A pod whose dependency is left out is left out too.
+    return {n: p for n, p in keep.items() if all(d in keep for d in p.get("after", []))}
+
+
+@pytest.mark.skipif(
+    not {"elect", "queue"} <= set(COMMANDS), reason="needs podkit elect and podkit queue"
+)
+def test_the_singleton_job_runs_once_and_the_workers_process_the_sources_items(
+    tmp_path: Path,
+) -> None:
+    pods = {n: p for n, p in runnable_pods().items() if n in ("nightly", "source", "workers")}
+    assert set(pods) == {"nightly", "source", "workers"}
+    with run_pods(tmp_path, pods) as running:
+        for name, pod in pods.items():
+            running.wait_ready(name, pod.get("replicas", 1))
+        wait_for(
+            lambda: "workers-1/work | processed job-" in running.proc.output(),
+            timeout=START_TIMEOUT,
+            what="a worker to process an item of the source",
+        )
+        wait_for(
+            lambda: "with token" in running.proc.output(),
+            timeout=START_TIMEOUT,
+            what="the singleton job to start",
+        )
+        leaders = [line for line in running.proc.output().splitlines() if "| leading as" in line]
+        assert len(leaders) == 1, leaders
+        pids = running.pids()
+        request(running.state_dir, {"op": "down"})
+        assert running.proc.wait(30) == 0
+    assert not group_members(pids)
+    assert not any(alive(pid) for pid in pids)
