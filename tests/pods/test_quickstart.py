@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,16 @@ def runnable_pods() -> dict[str, Any]:
             keep[name] = pod
     # A pod whose dependency is left out is left out too.
     return {n: p for n, p in keep.items() if all(d in keep for d in p.get("after", []))}
+
+
+def served_by(url: str) -> str:
+    """The replica that answered, or "" for an error (a replica was just killed)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            name: str = json.loads(response.read())["name"]
+            return name
+    except OSError:  # HTTPError and URLError included
+        return ""
 
 
 @pytest.mark.skipif(
@@ -56,3 +70,52 @@ def test_the_singleton_job_runs_once_and_the_workers_process_the_sources_items(
         assert running.proc.wait(30) == 0
     assert not group_members(pids)
     assert not any(alive(pid) for pid in pids)
+
+
+@pytest.mark.skipif(
+    not {"balance", "cache"} <= set(COMMANDS), reason="needs podkit balance and podkit cache"
+)
+def test_requests_go_through_cache_and_balance_to_every_web_replica(tmp_path: Path) -> None:
+    """Kill a web replica and it comes back in rotation; scale web to 5 and back to 2."""
+    pods = {n: p for n, p in runnable_pods().items() if n in ("web", "lb", "cache")}
+    assert set(pods) == {"web", "lb", "cache"}
+    front = "http://127.0.3.1:8080/"
+
+    def names(n: int) -> set[str]:
+        return {served_by(front) for _ in range(n)}
+
+    with run_pods(tmp_path, pods) as running:
+        running.wait_ready("cache", 1)
+        wait_for(
+            lambda: names(12) >= {"web-1", "web-2", "web-3"},
+            timeout=START_TIMEOUT,
+            what="every web replica behind cache and balance",
+        )
+        victim = next(c for c in running.containers("web") if c["replica"] == 2)
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_for(
+            lambda: any(
+                c["replica"] == 2 and c["restarts"] == 1 and c["ready"]
+                for c in running.containers("web")
+            ),
+            timeout=START_TIMEOUT,
+            what="web-2 restarted",
+        )
+        wait_for(lambda: "web-2" in names(12), timeout=START_TIMEOUT, what="web-2 in rotation")
+
+        request(running.state_dir, {"op": "scale", "pod": "web", "replicas": 5})
+        wait_for(
+            lambda: {"web-4", "web-5"} <= names(20),
+            timeout=START_TIMEOUT,
+            what="web-4 and web-5 in rotation",
+        )
+        request(running.state_dir, {"op": "scale", "pod": "web", "replicas": 2})
+        wait_for(
+            lambda: names(12) == {"web-1", "web-2"},  # no error and no other replica
+            timeout=START_TIMEOUT,
+            what="only web-1 and web-2 in rotation",
+        )
+        pids = running.pids()
+        request(running.state_dir, {"op": "down"})
+        assert running.proc.wait(30) == 0
+    assert not group_members(pids)
