@@ -133,3 +133,22 @@ def test_every_assignment_respects_the_capacity_at_that_moment(
                 del live[node]
         assert dict(table.loads) == {n: live.get(n, 0) for n in node_names(5)}
         assert table.total == sum(live.values())
+
+
+def test_loads_measured_elsewhere_can_be_set_and_steer_new_keys() -> None:
+    ring = KetamaRing(node_names(4))
+    table = BoundedLoads(ring, balance=1.25)
+    owner = ring.pick("session:1")
+    for node in node_names(4):
+        table.set_load(node, 10)
+    table.set_load(owner, 13)
+    assert table.total == 43
+    assert table.capacity(owner) == 14  # ceil(1.25 * 44 / 4)
+    assert table.pick("session:1") == owner
+    table.set_load(owner, 15)
+    assert table.capacity(owner) == 15  # ceil(1.25 * 46 / 4): full
+    assert table.pick("session:1") == ring.pick_n("session:1", 2)[1]
+    with pytest.raises(NodeSetError, match="integer >= 0"):
+        table.set_load(owner, -1)
+    with pytest.raises(NodeSetError, match="not present"):
+        table.set_load("zz", 1)

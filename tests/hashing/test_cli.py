@@ -174,6 +174,14 @@ def test_bench_text_output_has_a_header_and_one_line_per_row() -> None:
     assert len(lines) == 5
 
 
-def test_hash_is_listed_by_podkit_help() -> None:
+def test_hash_is_listed_by_podkit_help_and_bench_names_its_own_path(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     result = podkit("--help")
     assert "hash" in result.stdout
+    with pytest.raises(SystemExit):
+        main(["hash", "bench", "--help"])
+    assert "Usage: podkit hash bench [OPTIONS]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["hash", "bench", "--keys", "0"])
+    assert capsys.readouterr().err.startswith("podkit hash bench: error:")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from podkit.hashing import encode_key, key_hash
 from tests.hashing.conftest import ALGORITHM_NAMES, build, node_names
@@ -22,13 +24,37 @@ import json, sys
 from podkit.hashing import key_hash
 sys.path.insert(0, sys.argv[1])
 from tests.hashing.conftest import build, node_names
-keys = json.loads(sys.stdin.read())
+keys = [bytes.fromhex(k[1:]) if k[0] == "b" else k[1:] for k in json.loads(sys.stdin.read())]
 out = {"hash": [key_hash(k) for k in keys]}
 for algo in %r:
     f = build(algo, node_names(7))
     out[algo] = [f.pick_n(k, 3) for k in keys]
 print(json.dumps(out))
 """
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _answers_here(keys: list[str | bytes]) -> dict[str, list[object]]:
+    ours: dict[str, list[object]] = {"hash": [key_hash(k) for k in keys]}
+    for algo in ALGORITHM_NAMES:
+        function = build(algo, node_names(7))
+        ours[algo] = [function.pick_n(k, 3) for k in keys]
+    return ours
+
+
+def _answers_in_child(keys: list[str | bytes], seed: str) -> dict[str, list[object]]:
+    wire = ["b" + k.hex() if isinstance(k, bytes) else "s" + k for k in keys]
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD % (ALGORITHM_NAMES,), ROOT],
+        input=json.dumps(wire),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": seed},
+        check=True,
+        timeout=60,
+    )
+    answers: dict[str, list[object]] = json.loads(result.stdout)
+    return answers
 
 
 def test_key_hash_matches_the_xxh3_specification_vector() -> None:
@@ -49,22 +75,25 @@ def test_a_key_that_is_neither_str_nor_bytes_is_refused() -> None:
 
 def test_every_algorithm_answers_the_same_in_processes_with_different_hash_seeds() -> None:
     """Two interpreters with different PYTHONHASHSEED agree with this one on every key."""
-    ours = {"hash": [key_hash(k) for k in KEYS]}
-    for algo in ALGORITHM_NAMES:
-        function = build(algo, node_names(7))
-        ours[algo] = [function.pick_n(k, 3) for k in KEYS]  # type: ignore[misc]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ours = _answers_here(list(KEYS))
     for seed in ("1", "987654"):
-        result = subprocess.run(
-            [sys.executable, "-c", _CHILD % (ALGORITHM_NAMES,), root],
-            input=json.dumps(KEYS),
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONHASHSEED": seed},
-            check=True,
-            timeout=60,
-        )
-        assert json.loads(result.stdout) == ours
+        assert _answers_in_child(list(KEYS), seed) == ours
+
+
+@settings(max_examples=4, deadline=None)
+@given(
+    keys=st.lists(
+        st.one_of(st.text(st.characters(blacklist_categories=["Cs"])), st.binary()),
+        min_size=1,
+        max_size=30,
+    ),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_any_keys_get_the_same_answers_in_another_process(
+    keys: list[str | bytes], seed: int
+) -> None:
+    """Property: for generated str and bytes keys, a fresh interpreter gives the same answers."""
+    assert _answers_in_child(keys, str(seed)) == _answers_here(keys)
 
 
 # Answers pinned when the algorithms were written: a change here means every deployed process

@@ -7,7 +7,7 @@ For each algorithm and node count it builds the function over nodes named
 * the fraction of keys whose node changed when one node is added (ideal ``1/(N+1)``) and
   when one is removed (ideal ``1/N``; jump removes its last shard, the others a middle node);
 * single lookups per second (``pick`` in a loop) and batch lookups per second (``pick_many``),
-  each the fastest of many runs of ``CHUNK`` keys (three passes over the timed keys);
+  each the fastest of many runs of ``CHUNK`` keys (five passes over the timed keys);
 * the memory the built function holds (tracemalloc).
 
 A bounded-loads row assigns every key through :class:`BoundedLoads` over the ring, and, when
@@ -41,8 +41,8 @@ DEFAULT_SINGLE_KEYS = 100_000  # enough for a stable per-call rate, a fraction o
 DEFAULT_BALANCES = (1.25, 1.1)  # the library default, and one tight enough to engage at N=100
 # Rates are the fastest of many short runs (CHUNK keys each, PASSES over the timed keys), as
 # timeit does: other processes share the machine, and a short run can dodge them.
-CHUNK = 10_000
-PASSES = 3
+CHUNK = 2_000
+PASSES = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,9 +105,13 @@ class NodeSet:
         raise NotImplementedError
 
     def pick_n(self, key: Key, n: int) -> list[str]:
-        """Return up to ``n`` distinct nodes for ``key``, in preference order."""
+        """Return up to ``n`` distinct nodes for ``key``, in preference order.
+
+        Raises:
+            NodeSetError: ``n`` is negative.
+        """
         if n < 0:
-            raise ValueError(f"n must be >= 0, not {n}")
+            raise NodeSetError(f"n must be >= 0, not {n}")
         return list(islice(self.iter_nodes(key), n))
 
     def with_node(self, node: str, weight: float = 1) -> Self:

@@ -169,6 +169,20 @@ class BoundedLoads:
         self._loads[node] = load - count
         self._total -= count
 
+    def set_load(self, node: str, load: int) -> None:
+        """Set ``node``'s load to a count measured elsewhere (e.g. open connections).
+
+        Raises:
+            NodeSetError: ``node`` is not present or ``load`` is negative.
+        """
+        current = self._loads.get(node)
+        if current is None:
+            raise NodeSetError(f"node {node!r} is not present")
+        if isinstance(load, bool) or not isinstance(load, int) or load < 0:
+            raise NodeSetError(f"load of {node!r} must be an integer >= 0, not {load!r}")
+        self._loads[node] = load
+        self._total += load - current
+
     def add_node(self, node: str, weight: float = 1) -> None:
         """Add ``node`` (load 0) to the underlying function.
 

@@ -46,7 +46,10 @@ class HashGroup(PodkitGroup):
             # "podkit hash bench ...": the lookup options keep their defaults and the rest of
             # the words belong to the subcommand.
             super().parse_args(ctx, [])
-            ctx._protected_args, ctx.args = [args[0]], args[1:]
+            # click >= 8.2 keeps the subcommand word in _protected_args, 8.1 in protected_args.
+            slot = "_protected_args" if hasattr(ctx, "_protected_args") else "protected_args"
+            setattr(ctx, slot, [args[0]])
+            ctx.args = args[1:]
             return ctx.args
         return super().parse_args(ctx, args)
 
@@ -54,6 +57,14 @@ class HashGroup(PodkitGroup):
         formatter.write_usage(
             ctx.command_path, "[OPTIONS] --nodes A,B,... KEY...  |  bench [OPTIONS]"
         )
+
+
+class _KeysArgument(click.Argument):
+    """The KEY... words; left out of subcommand paths ("podkit hash bench", not "... KEY...")."""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        # Only subcommand paths ask for these: the group writes its own usage line.
+        return []
 
 
 def _parse_nodes(value: str) -> list[str]:
@@ -131,7 +142,7 @@ def _keys(words: tuple[str, ...]) -> Iterator[str]:
     show_default=True,
     help="Maglev lookup-table size (a prime, at least 100 x the node count for 1% balance).",
 )
-@click.argument("words", metavar="KEY...", nargs=-1)
+@click.argument("words", metavar="KEY...", nargs=-1, cls=_KeysArgument)
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -216,7 +227,7 @@ def command(
     type=click.IntRange(1, MAX_BENCH_KEYS),
     default=DEFAULT_SINGLE_KEYS,
     show_default=True,
-    help="Keys timed for lookups/s and batch/s (fastest run of 10,000 keys, 3 passes).",
+    help="Keys timed for lookups/s and batch/s (fastest run of 2,000 keys, 5 passes).",
 )
 @click.option(
     "--peer/--no-peer",

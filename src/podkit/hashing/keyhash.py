@@ -34,6 +34,7 @@ def encode_key(key: Key) -> bytes:
 
     Raises:
         TypeError: ``key`` is neither ``str`` nor a bytes-like object.
+        UnicodeEncodeError: a ``str`` key holds a lone surrogate (it has no UTF-8 form).
     """
     if isinstance(key, str):
         return key.encode()
