@@ -14,15 +14,23 @@ import yaml
 
 from podkit.cli import COMMANDS
 from podkit.pods.supervisor import request
-from podkit.testing.net import wait_for
+from podkit.testing.net import free_port, wait_for
 from tests.pods.test_supervisor import START_TIMEOUT, alive, group_members, run_pods
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
 
 
-def runnable_pods() -> dict[str, Any]:
-    """The quick-start pods whose components this podkit has (all of them, eventually)."""
-    pods: dict[str, Any] = yaml.safe_load(QUICKSTART.read_text())["pods"]
+def runnable_pods(ports: dict[int, int] | None = None) -> dict[str, Any]:
+    """The quick-start pods whose components this podkit has (all of them, eventually).
+
+    Args:
+        ports: the file's ports to replace with free ones, so a `make up` running on the
+            same machine does not collide with the test.
+    """
+    text = QUICKSTART.read_text()
+    for old, new in (ports or {}).items():
+        text = text.replace(f":{old}", f":{new}").replace(f"port: {old}", f"port: {new}")
+    pods: dict[str, Any] = yaml.safe_load(text)["pods"]
     keep = {}
     for name, pod in pods.items():
         components = [c.get("component") for c in pod["containers"].values()]
@@ -77,9 +85,11 @@ def test_the_singleton_job_runs_once_and_the_workers_process_the_sources_items(
 )
 def test_requests_go_through_cache_and_balance_to_every_web_replica(tmp_path: Path) -> None:
     """Kill a web replica and it comes back in rotation; scale web to 5 and back to 2."""
-    pods = {n: p for n, p in runnable_pods().items() if n in ("web", "lb", "cache")}
+    ports = {8000: free_port(), 8080: free_port(), 9000: free_port()}
+    pods = {n: p for n, p in runnable_pods(ports).items() if n in ("web", "lb", "cache")}
     assert set(pods) == {"web", "lb", "cache"}
-    front = "http://127.0.3.1:8080/"
+    assert pods["cache"]["containers"]["proxy"]["options"]["listen"] == f"{{pod.ip}}:{ports[8080]}"
+    front = f"http://127.0.3.1:{ports[8080]}/"
 
     def names(n: int) -> set[str]:
         return {served_by(front) for _ in range(n)}
