@@ -19,6 +19,8 @@ from podkit.errors import EXIT_USAGE, PodkitError
 
 # name -> "module:attribute" of a click command. Keep sorted by name.
 COMMANDS: dict[str, str] = {
+    "balance": "podkit.serving.balance.command:command",
+    "cache": "podkit.serving.cache.command:command",
     "configsync": "podkit.sidecar.configsync:command",
     "down": "podkit.pods.cli:down_command",
     "elect": "podkit.serving.election.cli:command",
@@ -28,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "queue": "podkit.batch.queue.cli:group",
     "scale": "podkit.pods.cli:scale_command",
     "status": "podkit.pods.cli:status_command",
+    "tls": "podkit.sidecar.tls:command",
     "up": "podkit.pods.cli:up_command",
     "whoami": "podkit.apps.whoami:command",
 }

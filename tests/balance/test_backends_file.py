@@ -30,10 +30,25 @@ def test_ipv6_backends_keep_their_brackets() -> None:
     assert parse_backend("http://[::1]:9000").url == "http://[::1]:9000"
 
 
+def test_https_backends_default_to_port_443() -> None:
+    assert parse_backend("https://example.com").url == "https://example.com:443"
+
+
+def test_the_pod_supervisors_discovery_file_parses() -> None:
+    text = (
+        "# podkit discovery: ready replicas of pod web on port 8000, one per line\n"
+        "http://127.0.1.1:8000\nhttp://127.0.1.2:8000\n"
+    )
+    assert [s.url for s in parse_backends(text)] == [
+        "http://127.0.1.1:8000",
+        "http://127.0.1.2:8000",
+    ]
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("https://127.0.0.1:1", "expected a backend URL"),
+        ("ftp://127.0.0.1:1", "expected a backend URL"),
         ("127.0.0.1:8001", "expected a backend URL"),
         ("http://127.0.0.1:99999", "bad port"),
         ("http://127.0.0.1:1/path", "no path"),

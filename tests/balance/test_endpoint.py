@@ -30,10 +30,22 @@ def test_a_new_probed_endpoint_is_unknown_and_not_available() -> None:
     assert not endpoint.available
 
 
-def test_an_unprobed_endpoint_starts_ready_at_full_weight() -> None:
+def test_an_unprobed_endpoint_starts_ready() -> None:
     endpoint = new(HealthPolicy(slow_start=10), probed=False)
     assert endpoint.state is S.READY
-    assert endpoint.effective_weight(0.0) == 1.0
+
+
+def test_initial_endpoints_skip_the_ramp_only_on_their_first_entry() -> None:
+    policy = HealthPolicy(rise=1, fall=1, slow_start=10)
+    initial = Endpoint("http://a:1", policy=policy, now=0.0, initial=True)
+    later = Endpoint("http://b:1", policy=policy, now=0.0)
+    initial.probe_passed(0)
+    later.probe_passed(0)
+    assert initial.effective_weight(0) == 1.0
+    assert later.effective_weight(0) == pytest.approx(0.1)
+    initial.probe_failed(1)
+    initial.probe_passed(2)
+    assert initial.effective_weight(2) == pytest.approx(0.1)
 
 
 def test_rise_passing_probes_bring_an_endpoint_into_rotation() -> None:
@@ -235,3 +247,16 @@ def test_probes_that_fail_then_pass_end_an_ejection_early() -> None:
     assert endpoint.probe_passed(6)
     assert endpoint.state is S.READY
     assert endpoint.ejected_until is None
+
+
+def test_abandoned_requests_neither_count_as_errors_nor_reset_failures() -> None:
+    endpoint = new(HealthPolicy(rise=1, eject_after=2))
+    endpoint.probe_passed(0)
+    endpoint.begin_request()
+    endpoint.end_request(Outcome.FAILURE, 0)
+    for _ in range(5):
+        endpoint.begin_request()
+        assert not endpoint.end_request(Outcome.ABANDONED, 0)
+    assert (endpoint.errors, endpoint.request_failures, endpoint.in_flight) == (1, 1, 0)
+    endpoint.begin_request()
+    assert endpoint.end_request(Outcome.FAILURE, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -148,3 +149,14 @@ def test_membership_always_matches_the_last_update_when_idle(history: list[set[s
         p.update(specs(*sorted(urls)), now)
         assert {e.url for e in p.endpoints} == urls
         assert all(e.state is S.READY for e in p.endpoints)
+
+
+def test_slow_start_spares_the_first_membership_but_ramps_later_additions() -> None:
+    p = EndpointPool(RoundRobinPicker(), policy=HealthPolicy(rise=1, slow_start=10))
+    p.update(specs(*URLS[:2]), 0)
+    for url in URLS[:2]:
+        p.probe_result(url, True, 0)
+    p.update(specs(*URLS[:3]), 1)
+    p.probe_result(URLS[2], True, 1)
+    weights = {s.url: s.effective_weight for s in p.statistics(1).endpoints}
+    assert weights == {URLS[0]: 1.0, URLS[1]: 1.0, URLS[2]: pytest.approx(0.1)}

@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from podkit.backends.etcd_client import prefix_end
 from podkit.errors import ConfigError
 from podkit.sidecar._retry import Backoff
 from podkit.sidecar.configsync import (
@@ -18,7 +19,6 @@ from podkit.sidecar.configsync import (
     render,
     substitute,
 )
-from podkit.sidecar.configsync._etcd import prefix_end
 
 
 def test_without_a_template_the_body_is_written_as_it_is() -> None:
@@ -40,6 +40,12 @@ def test_a_body_that_is_not_json_fails_at_parse() -> None:
 def test_a_missing_variable_fails_at_render_instead_of_writing_an_empty_value() -> None:
     with pytest.raises(SyncFailure) as info:
         render(b'{"port": 80}', load_template("{{ hostname }}"), source="s")
+    assert info.value.stage is Stage.RENDER
+
+
+def test_a_python_error_inside_the_template_fails_at_render() -> None:
+    with pytest.raises(SyncFailure) as info:
+        render(b'{"port": "80"}', load_template("{{ port + 1 }}"), source="s")
     assert info.value.stage is Stage.RENDER
 
 

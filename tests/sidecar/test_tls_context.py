@@ -177,3 +177,17 @@ def test_sni_names_wildcards_and_subjects() -> None:
     cert = {"subject": ((("organizationName", "Shop, Inc"),), (("commonName", "client-1"),))}
     assert subject_text(cert) == "CN=client-1,O=Shop\\, Inc"
     assert subject_text(None) is None
+
+
+def test_a_client_ca_that_disappears_refuses_the_reload_and_keeps_serving(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    """A reload that cannot read the client CA any more is a refusal, not a crash."""
+    server = ca.issue("server", common_name="server.test")
+    bundle = tmp_path / "clients.pem"
+    shutil.copyfile(ca.path, bundle)
+    store = CertificateStore(CertPair(str(server.cert), str(server.key)), client_ca=str(bundle))
+    bundle.unlink()
+    result = store.reload(force=True)
+    assert result.loaded == ()
+    assert "client CA" in result.refused[0][1]

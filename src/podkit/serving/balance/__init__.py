@@ -21,6 +21,7 @@ from podkit.serving.balance._endpoint import (
     IllegalTransition,
     Outcome,
 )
+from podkit.serving.balance._hashing import HashingRank
 from podkit.serving.balance._pickers import (
     HashPicker,
     LeastRequestPicker,
@@ -39,6 +40,7 @@ __all__ = [
     "EndpointSnapshot",
     "EndpointState",
     "HashPicker",
+    "HashingRank",
     "HealthPolicy",
     "IllegalTransition",
     "LeastRequestPicker",

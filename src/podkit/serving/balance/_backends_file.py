@@ -32,17 +32,19 @@ class BackendSpec:
 
 
 def normalise_url(text: str, *, source: str | None = None, path: str | None = None) -> str:
-    """Check a backend URL and return it as ``http://host:port`` (no trailing slash).
+    """Check a backend URL and return it as ``scheme://host:port`` (no trailing slash).
+
+    ``http`` and ``https`` are accepted (the port defaults to 80 and 443).
 
     Raises:
-        ConfigError: not an ``http://host:port`` URL.
+        ConfigError: not an ``http://host:port`` or ``https://host:port`` URL.
     """
     parts = urlsplit(text.strip())
     try:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"bad port in backend URL {text!r}", source=source, path=path) from exc
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"expected a backend URL such as http://127.0.0.1:8001, got {text!r}",
             source=source,
@@ -57,7 +59,8 @@ def normalise_url(text: str, *, source: str | None = None, path: str | None = No
     host = parts.hostname
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port if port is not None else 80}"
+    default_port = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}:{port if port is not None else default_port}"
 
 
 def parse_backend(text: str, *, source: str | None = None, path: str | None = None) -> BackendSpec:

@@ -18,8 +18,9 @@ never reads a clock):
 * **Membership**: an endpoint removed from the configuration is DRAINING: it takes no new
   requests, finishes those in flight and is then forgotten.
 
-An endpoint that (re)enters READY ramps its share of traffic linearly over ``slow_start``
-seconds from ``SLOW_START_MIN_FRACTION`` to its full weight, so a cold replica is not flooded.
+An endpoint that re-enters READY, or joins after the initial membership, ramps its share of
+traffic linearly over ``slow_start`` seconds from ``SLOW_START_MIN_FRACTION`` to its full
+weight, so a cold replica is not flooded.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Outcome(enum.Enum):
     CONNECT_FAILURE = "connect_failure"  # nothing reached the backend
     FAILURE = "failure"  # reset or timeout after the request was (maybe) sent
     SERVER_ERROR = "server_error"  # the backend answered 5xx
+    ABANDONED = "abandoned"  # the client went away first: says nothing about the backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +143,20 @@ class Endpoint:
         policy: thresholds.
         now: the current time (seconds, any monotonic origin).
         probed: when False the endpoint has no active probe and starts READY.
+        initial: part of the balancer's first membership: its first entry into rotation is
+            not ramped by slow start (there are no warm peers to protect it from; every
+            endpoint would ramp together). Endpoints added later, and every re-entry, ramp.
     """
 
     def __init__(
-        self, url: str, *, weight: int = 1, policy: HealthPolicy, now: float, probed: bool = True
+        self,
+        url: str,
+        *,
+        weight: int = 1,
+        policy: HealthPolicy,
+        now: float,
+        probed: bool = True,
+        initial: bool = False,
     ) -> None:
         if not 1 <= weight <= MAX_WEIGHT:
             raise ValueError(f"weight must be 1..{MAX_WEIGHT}, got {weight}")
@@ -165,11 +177,9 @@ class Endpoint:
         self.requests = 0
         self.errors = 0
         self.probed = probed
+        self._skip_first_ramp = initial
         if not probed:
-            # Without probes there is nothing to wait for; start without a ramp: a
-            # balancer that just started has no warm peers to protect this one from.
-            self._move(EndpointState.READY, now)
-            self.ready_since = None
+            self._move(EndpointState.READY, now)  # without probes there is nothing to wait for
 
     def __repr__(self) -> str:
         return f"Endpoint({self.url!r}, {self.state.value}, weight={self.weight})"
@@ -184,7 +194,8 @@ class Endpoint:
             raise IllegalTransition(self.url, self.state, target)
         self.state = target
         if target is EndpointState.READY:
-            self.ready_since = now
+            self.ready_since = None if self._skip_first_ramp else now
+            self._skip_first_ramp = False
 
     def effective_weight(self, now: float) -> float:
         """The weight the pickers use: ``weight`` scaled by the slow-start ramp."""
@@ -247,6 +258,8 @@ class Endpoint:
             may_eject: False when the pool already has as many endpoints ejected as it allows.
         """
         self.in_flight = max(0, self.in_flight - 1)
+        if outcome is Outcome.ABANDONED:
+            return False
         if outcome is Outcome.SUCCESS:
             self.request_failures = 0
             return False

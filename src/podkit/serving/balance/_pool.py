@@ -81,6 +81,7 @@ class EndpointPool:
         self._endpoints: dict[str, Endpoint] = {}
         self._configured: set[str] = set()
         self._manual_drain: set[str] = set()
+        self._started = False  # the first update() is the initial membership
 
     def __len__(self) -> int:
         return len(self._endpoints)
@@ -115,7 +116,12 @@ class EndpointPool:
             endpoint = self._endpoints.get(url)
             if endpoint is None:
                 endpoint = Endpoint(
-                    url, weight=spec.weight, policy=self.policy, now=now, probed=self.probed
+                    url,
+                    weight=spec.weight,
+                    policy=self.policy,
+                    now=now,
+                    probed=self.probed,
+                    initial=not self._started,
                 )
                 self._endpoints[url] = endpoint
                 events.append(Transition(url, None, endpoint.state, "added"))
@@ -133,6 +139,7 @@ class EndpointPool:
             if endpoint.drain(now):
                 events.append(Transition(url, before, endpoint.state, "removed"))
         self._configured = set(wanted)
+        self._started = True
         events.extend(self._forget_drained())
         return events
 
@@ -212,7 +219,7 @@ class EndpointPool:
         """An attempt on ``endpoint`` ended with ``outcome``."""
         before = endpoint.state
         events = []
-        may_eject = outcome is not Outcome.SUCCESS and self._may_eject()
+        may_eject = outcome not in (Outcome.SUCCESS, Outcome.ABANDONED) and self._may_eject()
         if endpoint.end_request(outcome, now, may_eject=may_eject):
             events.append(
                 Transition(endpoint.url, before, endpoint.state, f"ejected ({outcome.value})")

@@ -10,7 +10,6 @@ from podkit.sidecar.configsync._core import (
     render,
     substitute,
 )
-from podkit.sidecar.configsync._etcd import EtcdGateway
 from podkit.sidecar.configsync._notify import (
     ExecNotifier,
     Notifier,
@@ -31,7 +30,6 @@ __all__ = [
     "ConfigSync",
     "ConfigSyncConfig",
     "ConfigSyncStatistics",
-    "EtcdGateway",
     "EtcdSource",
     "ExecNotifier",
     "HTTPSource",

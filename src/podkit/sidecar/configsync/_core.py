@@ -84,7 +84,16 @@ def render(body: bytes, template: jinja2.Template | None, *, source: str) -> byt
     context["source"] = source
     try:
         return template.render(context).encode()
-    except jinja2.TemplateError as exc:
+    except (
+        jinja2.TemplateError,
+        # A template's expressions run Python operations on the data (``{{ port + 1 }}``
+        # with a string port): their errors are the template's failures too.
+        TypeError,
+        ValueError,
+        ArithmeticError,
+        LookupError,
+        AttributeError,
+    ) as exc:
         raise SyncFailure(Stage.RENDER, f"{exc.__class__.__name__}: {exc}") from exc
 
 

@@ -21,13 +21,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from podkit.backends.etcd_client import EtcdClient, prefix_end
 from podkit.errors import BackendError, ConfigError
 from podkit.sidecar.configsync._core import Stage, SyncFailure
-from podkit.sidecar.configsync._etcd import DEFAULT_WATCH_WAIT, EtcdGateway
 
 DEFAULT_SOURCE_TIMEOUT: Final = 10.0  # a config endpoint slower than this counts as down
 DEFAULT_LONG_POLL: Final = 30.0  # under common proxies' 60 s idle timeouts
 MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024  # a config bigger than this is a mistake upstream
+DEFAULT_WATCH_WAIT: Final = 60.0  # an etcd watch is renewed this often, to notice a dead stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,8 @@ class HTTPSource:
 
 
 class EtcdSource:
-    """An etcd key (or every key under a prefix) read through the JSON gateway."""
+    """An etcd key (or every key under a prefix) read through the JSON gateway
+    (:class:`~podkit.backends.etcd_client.EtcdClient`)."""
 
     def __init__(
         self,
@@ -126,7 +128,8 @@ class EtcdSource:
         self.endpoint = endpoint
         self.key = key
         self.prefix = prefix
-        self._gateway = EtcdGateway(endpoint, timeout=timeout)
+        self._client = EtcdClient(endpoint, timeout=timeout)
+        self._range_end = prefix_end(key) if prefix else None
         self._revision: int | None = None  # the store's revision at the last read
         self._version: str | None = None
 
@@ -135,18 +138,27 @@ class EtcdSource:
         kind = "prefix" if self.prefix else "key"
         return f"etcd {self.endpoint} {kind} {self.key}"
 
+    async def _wait_change(self, after_revision: int, wait: float) -> bool:
+        """Whether a watch event came within ``wait`` seconds after ``after_revision``."""
+        events = self._client.watch(self.key, self._range_end, start_revision=after_revision + 1)
+        try:
+            await asyncio.wait_for(anext(events), wait)
+        except TimeoutError:
+            return False
+        except StopAsyncIteration:
+            return True  # the stream ended: read again to find out
+        finally:
+            await events.aclose()
+        return True
+
     async def fetch(self, *, wait: float | None) -> Snapshot | None:
         try:
-            if wait is not None and self._revision is not None:
-                changed = await self._gateway.wait_change(
-                    self.key.encode(),
-                    prefix=self.prefix,
-                    after_revision=self._revision,
-                    wait=min(wait, DEFAULT_WATCH_WAIT),
-                )
-                if not changed:
-                    return None
-            result = await self._gateway.get_range(self.key.encode(), prefix=self.prefix)
+            watching = wait is not None and self._revision is not None
+            if watching and not await self._wait_change(
+                self._revision or 0, min(wait or 0.0, DEFAULT_WATCH_WAIT)
+            ):
+                return None
+            result = await self._client.range(self.key, self._range_end)
         except BackendError as exc:
             raise SyncFailure(Stage.FETCH, str(exc)) from exc
         self._revision = result.revision
@@ -170,7 +182,7 @@ class EtcdSource:
         return Snapshot(body, version)
 
     async def aclose(self) -> None:
-        await self._gateway.aclose()
+        await self._client.aclose()
 
 
 def open_source(url: str, *, timeout: float = DEFAULT_SOURCE_TIMEOUT, every: float) -> Source:

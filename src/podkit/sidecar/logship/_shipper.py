@@ -208,6 +208,11 @@ class _Metrics:
             ["copy_found"],
             registry=registry,
         )
+        self.checkpoint_failures = Counter(
+            "logship_checkpoint_failures",
+            "Checkpoint writes that failed (a restart then re-sends more than one batch).",
+            registry=registry,
+        )
         self.buffered = Gauge(
             "logship_buffered_batches", "Batches waiting for the sink.", registry=registry
         )
@@ -613,7 +618,15 @@ class LogShipper:
             await self._deliver(batch)
             self.tracker.commit(batch.marks)
             if self.config.state is not None:
-                write_checkpoint(self.config.state, self.tracker.checkpoint())
+                try:
+                    write_checkpoint(self.config.state, self.tracker.checkpoint())
+                except OSError as exc:
+                    # Shipping goes on; a restart before the next good write re-sends more.
+                    self.metrics.checkpoint_failures.inc()
+                    self.log.error(
+                        "cannot write the checkpoint",
+                        extra={"state": self.config.state, "error": exc.strerror or str(exc)},
+                    )
             self.metrics.lag.set(
                 sum(s.read_offset - s.committed for s in self.tracker.streams.values())
             )

@@ -205,7 +205,10 @@ class CertificateStore:
         signature = _signature(pair)
         cert, key = self._snapshot(pair)
         try:
-            scratch = new_server_context(min_version=self.min_version, client_ca=self.client_ca)
+            try:
+                scratch = new_server_context(min_version=self.min_version, client_ca=self.client_ca)
+            except ConfigError as exc:  # e.g. the client CA file went away since the start
+                raise CertificateError(exc.reason) from exc
             try:
                 scratch.load_cert_chain(cert, key)
             except ssl.SSLError as exc:

@@ -1,0 +1,644 @@
+"""``podkit balance``: the asyncio shell around the balancing core, on the HTTP engine.
+
+Theory of operation. :class:`Balancer` is a handler for :class:`~podkit.engines.http.HTTPServer`.
+For each request it asks the :class:`~podkit.serving.balance.EndpointPool` for an endpoint
+(by policy and affinity key), forwards the request with the engine's
+:class:`~podkit.engines.http.UpstreamPool`, reports the outcome (passive health) and, when
+the attempt failed in a way that is safe to repeat, asks again excluding the endpoints already
+tried — as long as ``retries`` and the :class:`~podkit.serving.balance.RetryBudget` allow.
+An attempt is safe to repeat when its body can be sent again (none, or a small one kept whole
+for that) and either nothing reached the backend (connection refused, no connection slot) or
+the method is idempotent (RFC 9110 §9.2.2).
+
+Beside the handler, :func:`open_balancer` runs in one task group: the active probe loop
+(every ``interval`` it probes every endpoint concurrently and feeds the results to the pool),
+the backends-file watcher (re-reads the file when its inode, size or mtime changes) and a
+ticker that returns ejected endpoints to rotation on time. SIGHUP re-reads the file too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from podkit.engines.errors import UpstreamError
+from podkit.engines.http import (
+    EMPTY_BODY,
+    Forwarding,
+    Request,
+    Response,
+    Upstream,
+    UpstreamPool,
+    upstream_request_headers,
+)
+from podkit.engines.http.rules import add_via
+from podkit.errors import ConfigError, PodkitError
+from podkit.runtime import Request as AdminRequest
+from podkit.runtime import Response as AdminResponse
+from podkit.runtime import Runtime
+from podkit.runtime.logging import get_logger
+from podkit.serving.balance._affinity import AffinityKey, IPNetwork
+from podkit.serving.balance._backends_file import BackendSpec, normalise_url, read_backends_file
+from podkit.serving.balance._endpoint import Endpoint, EndpointState, HealthPolicy, Outcome
+from podkit.serving.balance._hashing import DEFAULT_HASH_ALGORITHM, HashingRank
+from podkit.serving.balance._pickers import (
+    HashPicker,
+    LeastRequestPicker,
+    Picker,
+    RoundRobinPicker,
+)
+from podkit.serving.balance._pool import EndpointPool, Transition
+from podkit.serving.balance._retry import (
+    DEFAULT_RETRY_MIN_PER_SECOND,
+    DEFAULT_RETRY_RATIO,
+    RetryBudget,
+)
+
+Policy = Literal["round-robin", "least-request", "hash"]
+POLICIES: tuple[Policy, ...] = ("round-robin", "least-request", "hash")
+
+DEFAULT_INTERVAL = 1.0  # probe period; Kubernetes' minimum periodSeconds
+DEFAULT_PROBE_TIMEOUT = 1.0  # Kubernetes' timeoutSeconds default
+DEFAULT_RETRIES = 2  # Envoy's and Linkerd's default of two retries per request
+DEFAULT_TIMEOUT = 60.0  # silence allowed from a backend while it answers (nginx 60 s)
+DEFAULT_CONNECT_TIMEOUT = 2.0  # a backend on a LAN connects in well under a millisecond
+DEFAULT_WATCH_INTERVAL = 0.5  # how often the backends file is checked for a change
+RETRY_BUFFER_BYTES = 64 * 1024  # request bodies up to this are kept so they can be re-sent
+MAX_PROBE_BODY = 64 * 1024  # a probe answer is read (and dropped) up to this size
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceOptions:
+    """Everything ``podkit balance`` is configured with (parsed and validated at the edge).
+
+    Attributes:
+        host, port: where to listen.
+        backends: backends given on the command line.
+        backends_file: a file of backends to watch (merged with ``backends``).
+        probe: the path of the active readiness probe, or None for passive checks only.
+        probe_timeout: seconds a probe may take.
+        interval: seconds between probe rounds.
+        policy: ``round-robin``, ``least-request`` or ``hash``.
+        hash_on: what the ``hash`` policy hashes.
+        hash_algorithm: the :mod:`podkit.hashing` algorithm (``ring``, ``rendezvous``, ``maglev``).
+        bounded_load: the bounded-loads factor for ``hash``, or None.
+        trusted_proxies: peers whose ``X-Forwarded-For`` is believed.
+        retries: the most retries per request.
+        retry_ratio, retry_min_per_second: the retry budget.
+        health: rise, fall, ejection and slow-start thresholds.
+        timeout: seconds of backend silence allowed while a response is awaited.
+        connect_timeout: seconds to connect to a backend.
+        reuse_port: share the port with other worker processes (SO_REUSEPORT).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    backends: tuple[BackendSpec, ...] = ()
+    backends_file: Path | None = None
+    probe: str | None = None
+    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
+    interval: float = DEFAULT_INTERVAL
+    policy: Policy = "round-robin"
+    hash_on: AffinityKey = field(default_factory=lambda: AffinityKey("client-ip"))
+    hash_algorithm: str = DEFAULT_HASH_ALGORITHM
+    bounded_load: float | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    retries: int = DEFAULT_RETRIES
+    retry_ratio: float = DEFAULT_RETRY_RATIO
+    retry_min_per_second: float = DEFAULT_RETRY_MIN_PER_SECOND
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    reuse_port: bool = False
+
+
+def make_picker(options: BalanceOptions, *, rng: random.Random | None = None) -> Picker:
+    """The picker for ``options.policy``."""
+    if options.policy == "least-request":
+        return LeastRequestPicker(rng=rng)
+    if options.policy == "hash":
+        return HashPicker(HashingRank(options.hash_algorithm), bounded_load=options.bounded_load)
+    return RoundRobinPicker()
+
+
+def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+
+
+class _PoolCollector(Collector):
+    """Per-backend gauges read from the pool at scrape time (backends come and go)."""
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.balancer = balancer
+
+    def collect(self) -> list[Metric]:
+        stats = self.balancer.pool.statistics(self.balancer.clock())
+        state = GaugeMetricFamily(
+            "podkit_balance_backend_state",
+            "State of each backend (1 for its current state).",
+            labels=["backend", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "podkit_balance_backend_in_flight",
+            "Requests in flight per backend.",
+            labels=["backend"],
+        )
+        weight = GaugeMetricFamily(
+            "podkit_balance_backend_weight",
+            "Effective weight per backend (slow start included; 0 when out of rotation).",
+            labels=["backend"],
+        )
+        ready = GaugeMetricFamily("podkit_balance_ready_backends", "Backends in rotation.")
+        for snap in stats.endpoints:
+            for s in EndpointState:
+                state.add_metric([snap.url, s.value], 1.0 if snap.state is s else 0.0)
+            in_flight.add_metric([snap.url], snap.in_flight)
+            weight.add_metric([snap.url], snap.effective_weight)
+        ready.add_metric([], stats.ready)
+        return [state, in_flight, weight, ready]
+
+
+class _BackendMetrics:
+    """One backend's metric children, looked up once instead of on every request."""
+
+    __slots__ = ("by_class", "latency", "server_errors")
+
+    def __init__(self, balancer: Balancer, url: str) -> None:
+        self.latency = balancer.m_latency.labels(url)
+        self.by_class = {n: balancer.m_requests.labels(url, f"{n}xx") for n in range(1, 6)}
+        self.server_errors = balancer.m_errors.labels(url, Outcome.SERVER_ERROR.value)
+
+
+class Balancer:
+    """The request handler and control loops of ``podkit balance``.
+
+    Args:
+        options: the configuration.
+        upstreams: the engine's connection pool for forwarding.
+        probes: a separate pool for active probes (so probes never wait behind traffic).
+        registry: where metrics are registered (None: no metrics).
+        clock: monotonic seconds (injectable for tests).
+        on_change: called after any endpoint changes state (e.g. to update readiness).
+    """
+
+    def __init__(
+        self,
+        options: BalanceOptions,
+        *,
+        upstreams: UpstreamPool,
+        probes: UpstreamPool,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[Balancer], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.upstreams = upstreams
+        self.probes = probes
+        self.clock = clock
+        self.log = get_logger("balance")
+        self.on_change = on_change
+        self.pool = EndpointPool(
+            make_picker(options), policy=options.health, probed=options.probe is not None
+        )
+        self.budget = RetryBudget(
+            ratio=options.retry_ratio, min_per_second=options.retry_min_per_second
+        )
+        self.forwarding = Forwarding(trusted_proxies=options.trusted_proxies)
+        self._upstream_cache: dict[str, Upstream] = {}
+        self._children: dict[str, _BackendMetrics] = {}
+        self._file_specs: list[BackendSpec] = []
+        self.reloads = 0
+        self.reload_errors = 0
+        registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.m_requests = Counter(
+            "podkit_balance_requests",
+            "Requests forwarded per backend, by status class (or error).",
+            ["backend", "code"],
+            registry=registry,
+        )
+        self.m_latency = Histogram(
+            "podkit_balance_request_seconds",
+            "Time from sending a request to a backend until its response head arrived.",
+            ["backend"],
+            registry=registry,
+        )
+        self.m_errors = Counter(
+            "podkit_balance_errors",
+            "Failed attempts per backend, by kind.",
+            ["backend", "kind"],
+            registry=registry,
+        )
+        self.m_probes = Counter(
+            "podkit_balance_probes",
+            "Active probe results per backend.",
+            ["backend", "result"],
+            registry=registry,
+        )
+        self.m_retries = Counter(
+            "podkit_balance_retries", "Attempts retried on another backend.", registry=registry
+        )
+        self.m_budget_refused = Counter(
+            "podkit_balance_retry_budget_exhausted",
+            "Retries refused because the retry budget was empty.",
+            registry=registry,
+        )
+        self.m_unavailable = Counter(
+            "podkit_balance_no_backend",
+            "Requests answered 503 because no backend was in rotation.",
+            registry=registry,
+        )
+        self.m_transitions = Counter(
+            "podkit_balance_transitions",
+            "Backend state changes, by target state.",
+            ["backend", "state"],
+            registry=registry,
+        )
+        registry.register(_PoolCollector(self))
+
+    # -- membership -------------------------------------------------------------------------
+
+    def configured(self) -> list[BackendSpec]:
+        """Command-line backends followed by the file's (the file wins on a duplicate URL)."""
+        merged = {spec.url: spec for spec in self.options.backends}
+        merged.update((spec.url, spec) for spec in self._file_specs)
+        return list(merged.values())
+
+    def apply(self, events: Sequence[Transition]) -> None:
+        """Log and count state changes (the act half of decide-then-act)."""
+        for event in events:
+            target = event.target.value if event.target is not None else "forgotten"
+            source = event.source.value if event.source is not None else "new"
+            self.m_transitions.labels(event.url, target).inc()
+            if event.target is None:
+                self._children.pop(event.url, None)
+            self.log.info(
+                "backend state",
+                extra={"backend": event.url, "from": source, "to": target, "reason": event.reason},
+            )
+        if events and self.on_change is not None:
+            self.on_change(self)
+
+    def reload(self) -> bool:
+        """Re-read the backends file and update membership.
+
+        Returns:
+            True when the file was read; False (and the old membership kept) on an error.
+        """
+        if self.options.backends_file is None:
+            self.apply(self.pool.update(self.configured(), self.clock()))
+            return True
+        try:
+            specs = read_backends_file(self.options.backends_file)
+        except ConfigError as exc:
+            self.reload_errors += 1
+            self.log.error(
+                "backends file rejected; keeping the previous backends", extra={"error": str(exc)}
+            )
+            return False
+        self._file_specs = specs
+        self.reloads += 1
+        self.apply(self.pool.update(self.configured(), self.clock()))
+        return True
+
+    # -- forwarding -------------------------------------------------------------------------
+
+    def _upstream(self, url: str) -> Upstream:
+        upstream = self._upstream_cache.get(url)
+        if upstream is None:
+            upstream = self._upstream_cache[url] = Upstream.parse(url)
+        return upstream
+
+    def affinity_key(self, request: Request) -> str | None:
+        """The key the ``hash`` policy hashes for this request (None for other policies)."""
+        if self.options.policy != "hash":
+            return None
+        if self.options.hash_on.source == "client-ip" and not self.options.trusted_proxies:
+            return request.client[0]
+        return self.options.hash_on.extract(
+            request.client[0], _text(request.headers), trusted=self.options.trusted_proxies
+        )
+
+    async def handle(self, request: Request) -> Response:
+        """Forward one request to a backend, retrying where it is safe."""
+        # Ejections end on the ticker (serve_ejection_timer), not per request: the hot path
+        # stays free of scans over every endpoint.
+        now = self.clock()
+        self.budget.deposit(now)
+        key = self.affinity_key(request)
+        idempotent = request.method in IDEMPOTENT_METHODS
+        if request.body is not EMPTY_BODY and not isinstance(request.body, bytes):
+            # A small body is kept whole so that a failed attempt can be sent again; a large
+            # or unsized one streams and its request is not retried once attempted.
+            length = request.header("content-length")
+            if length is not None and length.isdigit() and int(length) <= RETRY_BUFFER_BYTES:
+                request.body = await request.read(RETRY_BUFFER_BYTES)
+        replayable = request.body is EMPTY_BODY or isinstance(request.body, bytes)
+        headers = upstream_request_headers(request, self.forwarding)
+        tried: list[str] = []
+        last_error: UpstreamError | None = None
+        while True:
+            now = self.clock()
+            endpoint = self.pool.choose(now=now, key=key, exclude=tried)
+            if endpoint is None:
+                if last_error is not None:
+                    return _failed(last_error)
+                self.m_unavailable.inc()
+                return Response.text(503, "no ready backend\n", headers=[(b"Retry-After", b"1")])
+            tried.append(endpoint.url)
+            try:
+                return await self._attempt(endpoint, request, headers)
+            except UpstreamError as exc:
+                last_error = exc
+                safe = replayable and (idempotent or not exc.request_sent)
+                if not safe or len(tried) > self.options.retries:
+                    return _failed(exc)
+                if not self.budget.try_withdraw(self.clock()):
+                    self.m_budget_refused.inc()
+                    return _failed(exc)
+                self.m_retries.inc()
+
+    async def _attempt(
+        self, endpoint: Endpoint, request: Request, headers: list[tuple[bytes, bytes]]
+    ) -> Response:
+        self.pool.begin(endpoint)
+        started = self.clock()
+        try:
+            response = await self.upstreams.send(
+                self._upstream(endpoint.url), request, headers=headers, timeout=self.options.timeout
+            )
+        except UpstreamError as exc:
+            outcome = Outcome.FAILURE if exc.request_sent else Outcome.CONNECT_FAILURE
+            self.m_errors.labels(endpoint.url, outcome.value).inc()
+            self.m_requests.labels(endpoint.url, "error").inc()
+            self.apply(self.pool.end(endpoint, outcome, self.clock()))
+            raise
+        except BaseException:
+            # Cancelled (the client left, or a forced stop): the backend is not to blame.
+            self.apply(self.pool.end(endpoint, Outcome.ABANDONED, self.clock()))
+            raise
+        finished = self.clock()
+        children = self._children.get(endpoint.url)
+        if children is None:
+            children = self._children[endpoint.url] = _BackendMetrics(self, endpoint.url)
+        children.latency.observe(finished - started)
+        status = response.status
+        children.by_class[min(max(status // 100, 1), 5)].inc()
+        if status >= 500:
+            children.server_errors.inc()
+            events = self.pool.end(endpoint, Outcome.SERVER_ERROR, finished)
+        else:
+            events = self.pool.end(endpoint, Outcome.SUCCESS, finished)
+        if events:
+            self.apply(events)
+        if self.forwarding.via:
+            add_via(response.headers, http_version="1.1", via=self.forwarding.via)
+        return response
+
+    # -- active probes ----------------------------------------------------------------------
+
+    async def probe(self, endpoint: Endpoint) -> bool:
+        """Probe one endpoint: True when it answered 2xx or 3xx within the probe timeout."""
+        assert self.options.probe is not None
+        upstream = self._upstream(endpoint.url)
+        request = Request(
+            "GET",
+            self.options.probe,
+            [(b"Host", upstream.authority.encode()), (b"User-Agent", b"podkit-balance-probe")],
+        )
+        try:
+            async with asyncio.timeout(self.options.probe_timeout):
+                response = await self.probes.send(
+                    upstream, request, timeout=self.options.probe_timeout
+                )
+                await response.read(MAX_PROBE_BODY)
+        except (TimeoutError, PodkitError, OSError):
+            return False
+        return 200 <= response.status < 400
+
+    async def probe_round(self) -> None:
+        """Probe every endpoint once, concurrently, and record the results."""
+        targets = self.pool.probe_targets()
+        results: dict[str, bool] = {}
+
+        async def one(endpoint: Endpoint) -> None:
+            results[endpoint.url] = await self.probe(endpoint)
+
+        async with asyncio.TaskGroup() as group:
+            for endpoint in targets:
+                group.create_task(one(endpoint))
+        now = self.clock()
+        for url, ok in results.items():
+            self.m_probes.labels(url, "pass" if ok else "fail").inc()
+            self.apply(self.pool.probe_result(url, ok, now))
+
+    async def serve_probes(self) -> None:
+        """Probe every ``interval`` until cancelled."""
+        while True:
+            started = self.clock()
+            await self.probe_round()
+            await asyncio.sleep(max(0.0, self.options.interval - (self.clock() - started)))
+
+    async def serve_ejection_timer(self, period: float = 0.25) -> None:
+        """Return ejected endpoints to rotation on time even without traffic."""
+        while True:
+            await asyncio.sleep(period)
+            self.apply(self.pool.expire_ejections(self.clock()))
+
+    async def serve_file_watch(self, *, interval: float = DEFAULT_WATCH_INTERVAL) -> None:
+        """Re-read the backends file whenever it changes, until cancelled."""
+        path = self.options.backends_file
+        assert path is not None
+        last = _stamp(path)
+        while True:
+            await asyncio.sleep(interval)
+            current = _stamp(path)
+            if current != last:
+                last = current
+                self.reload()
+
+    # -- admin ------------------------------------------------------------------------------
+
+    def backends_view(self) -> dict[str, Any]:
+        """The admin JSON: every backend with its state, weights and counters."""
+        now = self.clock()
+        stats = self.pool.statistics(now)
+        budget = self.budget.statistics(now)
+        return {
+            "policy": self.options.policy,
+            "ready": stats.ready,
+            "total": stats.total,
+            "backends": [
+                {
+                    "url": s.url,
+                    "state": s.state.value,
+                    "weight": s.weight,
+                    "effective_weight": round(s.effective_weight, 3),
+                    "in_flight": s.in_flight,
+                    "requests": s.requests,
+                    "errors": s.errors,
+                    "ejections": s.ejections,
+                    "ejected_for": (
+                        round(max(0.0, s.ejected_until - now), 3)
+                        if s.ejected_until is not None
+                        else None
+                    ),
+                    "last_probe_ok": s.last_probe_ok,
+                    "probe_passes": s.consecutive_probe_passes,
+                    "probe_failures": s.consecutive_probe_failures,
+                }
+                for s in stats.endpoints
+            ],
+            "retry_budget": {
+                "requests": budget.requests,
+                "retries": budget.retries,
+                "available": round(budget.available, 3),
+                "refused": budget.refused,
+            },
+            "backends_file": {
+                "path": str(self.options.backends_file) if self.options.backends_file else None,
+                "reloads": self.reloads,
+                "errors": self.reload_errors,
+            },
+        }
+
+    async def admin_backends(self, request: AdminRequest) -> AdminResponse:
+        """``GET /backends``: the JSON view of every backend."""
+        return AdminResponse.json(200, json.dumps(self.backends_view(), indent=2) + "\n")
+
+    async def admin_drain(self, request: AdminRequest) -> AdminResponse:
+        """``POST /backends/drain?url=URL`` (or ``/backends/undrain``): drain by hand."""
+        if request.method != "POST":
+            return AdminResponse.text(405, "use POST\n", headers=[("Allow", "POST")])
+        urls = request.query.get("url")
+        if not urls:
+            return AdminResponse.text(400, "give the backend as ?url=http://host:port\n")
+        try:
+            url = normalise_url(urls[0])
+        except ConfigError as exc:
+            return AdminResponse.text(400, f"{exc}\n")
+        undo = request.path.endswith("/undrain")
+        if not self.drain_backend(url, undo=undo):
+            return AdminResponse.text(404, f"no backend {url}\n")
+        return AdminResponse.json(200, json.dumps(self.backends_view(), indent=2) + "\n")
+
+    def drain_backend(self, url: str, *, undo: bool = False) -> bool:
+        """Drain (or undrain) one backend by hand. Returns False when it is unknown."""
+        if url not in self.pool:
+            return False
+        now = self.clock()
+        self.apply(self.pool.undrain(url, now) if undo else self.pool.drain(url, now))
+        return True
+
+
+def _failed(exc: UpstreamError) -> Response:
+    """The answer when no attempt got a response: 502, 503 or 504 as the engine says."""
+    return Response.text(exc.status, f"backend failed: {exc}\n")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@contextlib.asynccontextmanager
+async def open_balancer(
+    options: BalanceOptions,
+    *,
+    registry: CollectorRegistry | None = None,
+    on_change: Callable[[Balancer], None] | None = None,
+) -> AsyncIterator[Balancer]:
+    """Run a :class:`Balancer` with its probe, watcher and ejection loops.
+
+    Raises:
+        ConfigError: the backends file cannot be read at start.
+    """
+    if options.backends_file is not None:
+        read_backends_file(options.backends_file)  # fail fast with a clear error at start
+    async with (
+        UpstreamPool(
+            connect_timeout=options.connect_timeout,
+            response_timeout=options.timeout,
+            registry=registry,
+            metrics_prefix="podkit_balance_upstream",
+        ) as upstreams,
+        UpstreamPool(
+            connect_timeout=options.probe_timeout,
+            response_timeout=options.probe_timeout,
+            max_idle_per_upstream=1,
+        ) as probes,
+    ):
+        balancer = Balancer(
+            options, upstreams=upstreams, probes=probes, registry=registry, on_change=on_change
+        )
+        balancer.reload()
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(balancer.serve_ejection_timer())]
+            if options.probe is not None:
+                tasks.append(group.create_task(balancer.serve_probes()))
+            if options.backends_file is not None:
+                tasks.append(group.create_task(balancer.serve_file_watch()))
+            try:
+                yield balancer
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+
+async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
+    """Serve ``podkit balance`` inside the runtime until it drains."""
+    from podkit.engines.http import HTTPServer
+
+    def readiness(balancer: Balancer) -> None:
+        if rt.draining.is_set():
+            return
+        if balancer.pool.candidates():
+            rt.set_ready()
+        else:
+            rt.set_not_ready("no ready backend")
+
+    async with open_balancer(options, registry=rt.registry, on_change=readiness) as balancer:
+
+        def reload_backends() -> None:
+            balancer.reload()
+
+        rt.on_reload(reload_backends)
+        rt.add_route("/backends", balancer.admin_backends)
+
+        rt.add_route("/backends/drain", balancer.admin_drain)
+        rt.add_route("/backends/undrain", balancer.admin_drain)
+        readiness(balancer)
+        async with HTTPServer(
+            balancer.handle,
+            host=options.host,
+            port=options.port,
+            reuse_port=options.reuse_port,
+            registry=rt.registry,
+            metrics_prefix="podkit_balance_http",
+            name="balance",
+        ) as server:
+            rt.log.info(
+                "listening",
+                extra={
+                    "listen": f"{options.host}:{server.port}",
+                    "policy": options.policy,
+                    "backends": len(balancer.pool),
+                },
+            )
+            await rt.wait_draining()
+            await server.drain(rt.drain_timeout)

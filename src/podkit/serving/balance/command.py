@@ -1,0 +1,351 @@
+"""The ``podkit balance`` command: flags in, a validated :class:`BalanceOptions` out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from podkit.errors import ConfigError
+from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
+from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
+from podkit.serving.balance._affinity import AffinityKey, parse_networks
+from podkit.serving.balance._backends_file import parse_backend
+from podkit.serving.balance._endpoint import (
+    DEFAULT_BASE_EJECTION,
+    DEFAULT_EJECT_AFTER,
+    DEFAULT_FALL,
+    DEFAULT_MAX_EJECTION,
+    DEFAULT_RISE,
+    HealthPolicy,
+)
+from podkit.serving.balance._hashing import DEFAULT_HASH_ALGORITHM, HASH_ALGORITHMS
+from podkit.serving.balance._retry import DEFAULT_RETRY_MIN_PER_SECOND, DEFAULT_RETRY_RATIO
+from podkit.serving.balance.app import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_INTERVAL,
+    DEFAULT_PROBE_TIMEOUT,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    POLICIES,
+    BalanceOptions,
+    Policy,
+    serve_balance,
+)
+
+MAX_WORKERS = 64  # more processes than this on one host is a typo
+PARENT_CHECK_INTERVAL = 1.0  # how soon an extra worker notices that the first one is gone
+_PARENT_ENV = "PODKIT_BALANCE_PARENT_PID"
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """This command's own arguments minus ``--workers`` and ``--admin`` (for worker processes)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--workers", "--admin"):
+            skip = True
+            continue
+        if arg.startswith(("--workers=", "--admin=")):
+            continue
+        out.append(arg)
+    return out
+
+
+@click.command()
+@click.option(
+    "--listen",
+    type=HOSTPORT,
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="Address to serve HTTP on.",
+)
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    metavar="URL",
+    help="A backend such as http://127.0.0.1:8001 (add ' weight=N' for a share); repeat for more.",
+)
+@click.option(
+    "--backends-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File of backends (one 'URL [weight=N]' per line, # comments), re-read when "
+    "it changes and on SIGHUP.",
+)
+@click.option(
+    "--probe",
+    default=None,
+    metavar="PATH",
+    help="Readiness probe path (e.g. /ready); without it backends start in rotation "
+    "and only passive checks apply.",
+)
+@click.option(
+    "--probe-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_PROBE_TIMEOUT),
+    show_default=True,
+    help="How long one probe may take.",
+)
+@click.option(
+    "--interval",
+    type=DURATION,
+    default=format_duration(DEFAULT_INTERVAL),
+    show_default=True,
+    help="Time between probes of a backend.",
+)
+@click.option(
+    "--rise",
+    type=click.IntRange(1, 100),
+    default=DEFAULT_RISE,
+    show_default=True,
+    help="Passing probes in a row that put a backend in rotation.",
+)
+@click.option(
+    "--fall",
+    type=click.IntRange(1, 100),
+    default=DEFAULT_FALL,
+    show_default=True,
+    help="Failing probes in a row that take a backend out of rotation.",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(POLICIES),
+    default="round-robin",
+    show_default=True,
+    help="round-robin (weighted), least-request (power of two choices) or hash (affinity).",
+)
+@click.option(
+    "--hash-on",
+    default="client-ip",
+    show_default=True,
+    help="What the hash policy hashes: client-ip, header:NAME or cookie:NAME.",
+)
+@click.option(
+    "--hash-algorithm",
+    type=click.Choice(HASH_ALGORITHMS),
+    default=DEFAULT_HASH_ALGORITHM,
+    show_default=True,
+    help="Consistent hash of the hash policy (podkit.hashing).",
+)
+@click.option(
+    "--bounded-load",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Bounded loads for the hash policy: no backend holds more than this factor "
+    "times the mean of requests in flight (e.g. 1.25). Off when not given.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted",
+    multiple=True,
+    metavar="CIDR",
+    help="Peer whose X-Forwarded-For is believed for client-ip affinity and "
+    "forwarded; repeat for more.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 10),
+    default=DEFAULT_RETRIES,
+    show_default=True,
+    help="Most retries of one request on other backends.",
+)
+@click.option(
+    "--retry-ratio",
+    type=click.FloatRange(0.0, 10.0),
+    default=DEFAULT_RETRY_RATIO,
+    show_default=True,
+    help="Retry budget: retries allowed per request, over 10 s.",
+)
+@click.option(
+    "--retry-min-per-second",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_RETRY_MIN_PER_SECOND,
+    show_default=True,
+    help="Retry budget: retries per second allowed whatever the traffic.",
+)
+@click.option(
+    "--eject-after",
+    type=click.IntRange(0, 1000),
+    default=DEFAULT_EJECT_AFTER,
+    show_default=True,
+    help="Failed requests in a row (connection errors, timeouts, 5xx) that eject a "
+    "backend; 0 turns passive ejection off.",
+)
+@click.option(
+    "--ejection-time",
+    type=DURATION,
+    default=format_duration(DEFAULT_BASE_EJECTION),
+    show_default=True,
+    help="First ejection's length; the n-th lasts n times as long.",
+)
+@click.option(
+    "--max-ejection-time",
+    type=DURATION,
+    default=format_duration(DEFAULT_MAX_EJECTION),
+    show_default=True,
+    help="Longest ejection.",
+)
+@click.option(
+    "--slow-start",
+    type=DURATION,
+    default="0s",
+    show_default=True,
+    help="Ramp a newly ready backend's share of traffic up over this time (0: off).",
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_TIMEOUT),
+    show_default=True,
+    help="Backend silence allowed while a response is awaited.",
+)
+@click.option(
+    "--connect-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_CONNECT_TIMEOUT),
+    show_default=True,
+    help="Time to connect to a backend.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, MAX_WORKERS),
+    default=1,
+    show_default=True,
+    help="Processes sharing the listening port (SO_REUSEPORT); each probes on its own.",
+)
+@click.option("--reuse-port", is_flag=True, hidden=True, help="Set SO_REUSEPORT (for workers).")
+@runtime_options
+def command(
+    listen: HostPort,
+    backends: tuple[str, ...],
+    backends_file: Path | None,
+    probe: str | None,
+    probe_timeout: float,
+    interval: float,
+    rise: int,
+    fall: int,
+    policy: Policy,
+    hash_on: str,
+    hash_algorithm: str,
+    bounded_load: float | None,
+    trusted: tuple[str, ...],
+    retries: int,
+    retry_ratio: float,
+    retry_min_per_second: float,
+    eject_after: int,
+    ejection_time: float,
+    max_ejection_time: float,
+    slow_start: float,
+    timeout: float,
+    connect_timeout: float,
+    workers: int,
+    reuse_port: bool,
+    runtime: RuntimeOptions,
+) -> int:
+    """Load-balance HTTP over replicas, with readiness probes, outlier ejection and affinity.
+
+    Backends come from --backend and --backends-file. A backend enters rotation after --rise
+    passing probes of --probe and leaves after --fall failures; connection errors and 5xx
+    answers eject it for a growing time. The admin endpoint lists backends at /backends.
+    """
+    if not backends and backends_file is None:
+        raise click.UsageError("give at least one --backend or a --backends-file")
+    if probe is not None and not probe.startswith("/"):
+        raise click.UsageError(f"--probe takes a path starting with /, got {probe!r}")
+    if max_ejection_time < ejection_time or ejection_time <= 0:
+        raise click.UsageError("need 0 < --ejection-time <= --max-ejection-time")
+    if interval <= 0 or probe_timeout <= 0:
+        raise click.UsageError("--interval and --probe-timeout must be positive")
+    specs = tuple(parse_backend(text, path="--backend") for text in backends)
+    if len({s.url for s in specs}) != len(specs):
+        raise ConfigError("a backend is given twice", path="--backend")
+    options = BalanceOptions(
+        host=listen.host,
+        port=listen.port,
+        backends=specs,
+        backends_file=backends_file,
+        probe=probe,
+        probe_timeout=probe_timeout,
+        interval=interval,
+        policy=policy,
+        hash_on=AffinityKey.parse(hash_on),
+        hash_algorithm=hash_algorithm,
+        bounded_load=bounded_load,
+        trusted_proxies=parse_networks(trusted),
+        retries=retries,
+        retry_ratio=retry_ratio,
+        retry_min_per_second=retry_min_per_second,
+        health=HealthPolicy(
+            rise=rise,
+            fall=fall,
+            eject_after=eject_after,
+            base_ejection=ejection_time,
+            max_ejection=max_ejection_time,
+            slow_start=slow_start,
+        ),
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        reuse_port=reuse_port or workers > 1,
+    )
+    extra = _worker_argv(sys.argv[sys.argv.index("balance") + 1 :]) if workers > 1 else []
+
+    async def main(rt: Runtime) -> None:
+        if workers > 1:
+            await _serve_with_workers(rt, options, workers - 1, extra)
+        elif reuse_port:
+            await _serve_as_worker(rt, options)
+        else:
+            await serve_balance(rt, options)
+
+    return run_component("balance", main, runtime)
+
+
+async def _serve_with_workers(
+    rt: Runtime, options: BalanceOptions, count: int, argv: list[str]
+) -> None:
+    """Serve here (with the admin endpoint) and in ``count`` more processes on the same port."""
+    env = dict(os.environ, **{_PARENT_ENV: str(os.getpid())})
+    async with asyncio.TaskGroup() as group:
+        children = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "podkit", "balance", *argv, "--reuse-port", env=env
+            )
+            for _ in range(count)
+        ]
+        group.create_task(serve_balance(rt, options))
+        try:
+            await rt.wait_draining()
+        finally:
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    child.terminate()
+            for child in children:
+                group.create_task(child.wait())
+
+
+async def _serve_as_worker(rt: Runtime, options: BalanceOptions) -> None:
+    """Serve as an extra worker; drain when the process that started it is gone."""
+    parent = int(os.environ.get(_PARENT_ENV, "0"))
+
+    async def watch_parent() -> None:
+        # Polling is the portable way: no event tells a process that its parent exited.
+        while True:
+            await asyncio.sleep(PARENT_CHECK_INTERVAL)
+            if os.getppid() != parent:
+                rt.begin_drain("the first worker exited")
+                return
+
+    async with asyncio.TaskGroup() as group:
+        watcher = group.create_task(watch_parent()) if parent else None
+        await serve_balance(rt, options)
+        if watcher is not None:
+            watcher.cancel()

@@ -1,0 +1,711 @@
+"""``podkit cache``: the asyncio shell around the cache core, on the HTTP engine.
+
+Theory of operation. :class:`CachingProxy` is a handler for
+:class:`~podkit.engines.http.HTTPServer`. For each request it asks
+:class:`~podkit.serving.cache.CachePolicy` what to do (decide) and carries it out (act):
+
+* a HIT is answered from the store, with ``Age`` (or a 304 when the client's validators
+  match); ``X-Cache: HIT``;
+* a MISS joins the :class:`~podkit.serving.cache.CoalescingTable`: the first request for a key
+  fetches from the origin, buffers the body (up to ``max_object``), stores it when RFC 9111
+  allows and publishes it to the requests that waited; they share it when it was storable and
+  their request selects the same variant, and otherwise (uncacheable, too large, origin error,
+  or ``coalesce_timeout`` passed) each fetches on its own. The fetch runs as a task of the
+  cache's task group, so it completes for the waiting requests even when the client that
+  started it goes away. Bodies larger than ``max_object`` stream through without being
+  stored;
+* a stale entry is revalidated with a conditional request (a 304 freshens it); within
+  ``stale-while-revalidate`` it is served at once (``X-Cache: STALE``) while one background task
+  revalidates; when the origin fails and ``stale-if-error`` allows, it is served stale too;
+* unsafe methods are forwarded and, on success, invalidate the URL (RFC 9111 §4.4); ``PURGE``
+  from an allowed address removes it.
+
+Background revalidations are tasks of the task group :func:`open_cache` owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from podkit.engines.errors import UpstreamClosed, UpstreamError
+from podkit.engines.http import (
+    Forwarding,
+    Request,
+    Response,
+    Upstream,
+    UpstreamPool,
+    strip_hop_by_hop,
+    upstream_request_headers,
+)
+from podkit.runtime import Request as AdminRequest
+from podkit.runtime import Response as AdminResponse
+from podkit.runtime import Runtime
+from podkit.runtime.logging import get_logger
+from podkit.serving.balance._affinity import IPNetwork
+from podkit.serving.cache._coalesce import DEFAULT_COALESCE_TIMEOUT, CoalescingTable, Flight
+from podkit.serving.cache._policy import (
+    CACHEABLE_METHODS,
+    ERROR_STATUSES,
+    CachePolicy,
+    LookupKind,
+    cache_key,
+)
+from podkit.serving.cache._rules import header
+from podkit.serving.cache._store import (
+    DEFAULT_MAX_OBJECT,
+    DEFAULT_MAX_SIZE,
+    ObjectStore,
+    StoredResponse,
+)
+
+DEFAULT_TIMEOUT = 60.0  # origin silence allowed while a response is awaited (nginx 60 s)
+DEFAULT_CONNECT_TIMEOUT = 5.0  # the engine's default
+DEFAULT_PURGE_ALLOW = ("127.0.0.1/32", "::1/128")  # only the local host may purge by default
+# Conditional and range fields of the client are answered by the cache itself; the origin is
+# asked for the full representation (with the cache's own validators when revalidating).
+CLIENT_CONDITIONALS = (
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-match",
+    b"if-unmodified-since",
+    b"if-range",
+    b"range",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """Everything ``podkit cache`` is configured with.
+
+    Attributes:
+        host, port: where to listen.
+        upstream: the origin's URL.
+        max_size: bytes the stored objects may use.
+        max_object: the largest object stored (larger ones stream through).
+        purge_allow: networks allowed to send ``PURGE``.
+        coalesce_timeout: how long a request waits for a concurrent fetch of the same object.
+        timeout: origin silence allowed while a response is awaited.
+        connect_timeout: time to connect to the origin.
+        trusted_proxies: peers whose ``X-Forwarded-For`` is kept and extended.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream: str = "http://127.0.0.1:8000"
+    max_size: int = DEFAULT_MAX_SIZE
+    max_object: int = DEFAULT_MAX_OBJECT
+    purge_allow: tuple[IPNetwork, ...] = field(
+        default_factory=lambda: tuple(ipaddress.ip_network(n) for n in DEFAULT_PURGE_ALLOW)
+    )
+    coalesce_timeout: float = DEFAULT_COALESCE_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+
+
+def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+
+
+def _bytes(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
+class _Fetched:
+    """An origin answer read whole (``body``) or still streaming (``response``)."""
+
+    __slots__ = ("body", "entry", "headers", "response", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        *,
+        body: bytes | None = None,
+        response: Response | None = None,
+        entry: StoredResponse | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.response = response
+        self.entry = entry  # set when the answer was storable (and so shareable)
+
+
+class _StoreCollector(Collector):
+    def __init__(self, proxy: CachingProxy) -> None:
+        self.proxy = proxy
+
+    def collect(self) -> list[Metric]:
+        store = self.proxy.store.statistics()
+        hits, lookups = self.proxy.hits_and_lookups()
+        objects = GaugeMetricFamily("podkit_cache_objects", "Objects stored.")
+        objects.add_metric([], store.objects)
+        size = GaugeMetricFamily("podkit_cache_bytes", "Bytes the stored objects use.")
+        size.add_metric([], store.bytes)
+        limit = GaugeMetricFamily("podkit_cache_max_bytes", "The store's byte limit.")
+        limit.add_metric([], store.max_bytes)
+        evictions = CounterMetricFamily("podkit_cache_evictions", "Objects evicted (LRU).")
+        evictions.add_metric([], store.evictions)
+        ratio = GaugeMetricFamily(
+            "podkit_cache_hit_ratio", "Share of cacheable requests answered from the store."
+        )
+        ratio.add_metric([], hits / lookups if lookups else 0.0)
+        return [objects, size, limit, evictions, ratio]
+
+
+class CachingProxy:
+    """The request handler of ``podkit cache``.
+
+    Args:
+        options: the configuration.
+        upstreams: the engine's connection pool.
+        group: the task group that owns background revalidations.
+        registry: where metrics are registered.
+        clock: wall-clock seconds (RFC 9111 ages are wall-clock).
+    """
+
+    def __init__(
+        self,
+        options: CacheOptions,
+        *,
+        upstreams: UpstreamPool,
+        group: asyncio.TaskGroup,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.options = options
+        self.upstreams = upstreams
+        self.group = group
+        self.clock = clock
+        self.log = get_logger("cache")
+        self.origin = Upstream.parse(options.upstream)
+        self.store = ObjectStore(max_bytes=options.max_size, max_object=options.max_object)
+        self.policy = CachePolicy(self.store)
+        self.flights: CoalescingTable[_Fetched] = CoalescingTable()
+        self.forwarding = Forwarding(trusted_proxies=options.trusted_proxies)
+        self._revalidating: set[str] = set()
+        registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.m_requests = Counter(
+            "podkit_cache_requests",
+            "Requests by result (hit, miss, stale, pass).",
+            ["result"],
+            registry=registry,
+        )
+        self.m_origin = Counter(
+            "podkit_cache_origin_requests",
+            "Requests sent to the origin, by kind (fetch, validate, background, pass).",
+            ["kind"],
+            registry=registry,
+        )
+        self.m_coalesced = Counter(
+            "podkit_cache_coalesced",
+            "Requests that waited for another request's origin fetch, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.m_purges = Counter(
+            "podkit_cache_purges", "Objects removed by PURGE or admin.", registry=registry
+        )
+        self.m_origin_errors = Counter(
+            "podkit_cache_origin_errors", "Origin requests that failed.", registry=registry
+        )
+        self.results: dict[str, int] = {"hit": 0, "miss": 0, "stale": 0, "pass": 0}
+        self._result_counters = {r: self.m_requests.labels(r) for r in self.results}
+        registry.register(_StoreCollector(self))
+
+    def hits_and_lookups(self) -> tuple[int, int]:
+        """Requests answered from the store, and all cacheable requests."""
+        r = self.results
+        return r["hit"] + r["stale"], r["hit"] + r["stale"] + r["miss"]
+
+    def _count(self, result: str) -> None:
+        self.results[result] += 1
+        self._result_counters[result].inc()
+
+    # -- the handler ------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one request from the store or the origin."""
+        if request.method == "PURGE":
+            return self._purge(request)
+        response = await self._answer_request(request)
+        # _tag appends X-Cache last on every answer.
+        result = response.headers[-1][1] if response.headers else b"MISS"
+        if request.method not in CACHEABLE_METHODS:
+            self._count("pass")
+        else:
+            self._count("hit" if result == b"HIT" else "stale" if result == b"STALE" else "miss")
+        return response
+
+    async def _answer_request(self, request: Request) -> Response:
+        host = request.header("host")
+        key = cache_key(host, request.target)
+        request_headers = _text(request.headers)
+        lookup = self.policy.lookup(request.method, key, request_headers, self.clock())
+        kind = lookup.kind
+        if kind is LookupKind.PASS:
+            return await self._pass(request, key, host)
+        if kind is LookupKind.GATEWAY_TIMEOUT:
+            return self._tag(Response.text(504, "not cached (only-if-cached)\n"), "MISS")
+        if kind is LookupKind.HIT:
+            assert lookup.entry is not None
+            return self._serve(request, request_headers, lookup.entry, "HIT")
+        if kind is LookupKind.STALE:
+            assert lookup.entry is not None
+            self._revalidate_later(request, key, lookup.entry)
+            return self._serve(request, request_headers, lookup.entry, "STALE")
+        if kind is LookupKind.VALIDATE:
+            assert lookup.entry is not None
+            return await self._validate(request, request_headers, key, lookup.entry)
+        if request.method != "GET":
+            return self._tag(await self._forward_plain(request, "pass"), "MISS")
+        return await self._miss(request, request_headers, key)
+
+    def _tag(self, response: Response, result: str) -> Response:
+        response.headers = [(n, v) for n, v in response.headers if n.lower() != b"x-cache"]
+        response.headers.append((b"X-Cache", result.encode()))
+        return response
+
+    def _serve(
+        self,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        entry: StoredResponse,
+        result: str,
+    ) -> Response:
+        age = str(int(self.policy.age(entry, self.clock())))
+        if self.policy.not_modified(request_headers, entry):
+            not_modified = [*self.policy.not_modified_headers(entry), ("Age", age)]
+            return self._tag(Response(304, _bytes(not_modified)), result)
+        wire: list[tuple[bytes, bytes]] | None = entry.derived.get("wire")
+        if wire is None:
+            wire = entry.derived["wire"] = _bytes(
+                [(n, v) for n, v in entry.headers if n.lower() not in ("age", "content-length")]
+            )
+        fields = [*wire, (b"Age", age.encode())]
+        body = entry.body
+        if request.method == "HEAD":
+            # The length the GET would have (RFC 9110 §8.6); the engine sends no body.
+            fields.append((b"Content-Length", str(len(body)).encode()))
+            body = b""
+        return self._tag(Response(entry.status, fields, body), result)
+
+    def _forward_headers(
+        self, request: Request, extra: Sequence[tuple[str, str]] = ()
+    ) -> list[tuple[bytes, bytes]]:
+        fields = upstream_request_headers(request, self.forwarding)
+        if request.method in ("GET", "HEAD"):
+            fields = [(n, v) for n, v in fields if n.lower() not in CLIENT_CONDITIONALS]
+        fields.extend(_bytes(extra))
+        return fields
+
+    async def _send(
+        self, request: Request, kind: str, extra: Sequence[tuple[str, str]] = ()
+    ) -> Response:
+        self.m_origin.labels(kind).inc()
+        try:
+            return await self.upstreams.send(
+                self.origin,
+                request,
+                headers=self._forward_headers(request, extra),
+                timeout=self.options.timeout,
+            )
+        except UpstreamError:
+            self.m_origin_errors.inc()
+            raise
+
+    async def _forward_plain(self, request: Request, kind: str) -> Response:
+        try:
+            return await self._send(request, kind)
+        except UpstreamError as exc:
+            return Response.text(exc.status, f"origin failed: {exc}\n")
+
+    async def _pass(self, request: Request, key: str, host: str | None) -> Response:
+        response = await self._forward_plain(request, "pass")
+        invalidated = self.policy.invalidate_after(
+            request.method, response.status, key, host, _text(response.headers)
+        )
+        if invalidated:
+            self.log.debug("invalidated", extra={"keys": invalidated})
+        return self._tag(response, "MISS")
+
+    async def _fetch(
+        self,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+        *,
+        kind: str,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> _Fetched:
+        """Fetch from the origin; buffer and store the answer when it is storable and fits.
+
+        Raises:
+            UpstreamError: the origin could not be reached or did not answer.
+        """
+        request_time = self.clock()
+        response = await self._send(request, kind, extra)
+        response_time = self.clock()
+        fields = _text(strip_hop_by_hop(response.headers))
+        status = response.status
+        if status == 304 and extra:
+            await response.aclose()
+            return _Fetched(status, fields, body=b"")
+        storable = self.policy.storability(request.method, request_headers, status, fields)
+        length_text = header(fields, "content-length")
+        too_big = (
+            length_text is not None
+            and length_text.isdigit()
+            and int(length_text) > self.options.max_object
+        )
+        if not storable or too_big:
+            return _Fetched(status, fields, response=response)
+        chunks: list[bytes] = []
+        size = 0
+        iterator = _aiter(response.body)
+        async for chunk in iterator:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.options.max_object:
+                # Larger than announced (or no length given): stream it through uncached.
+                return _Fetched(status, fields, response=_resume(response, chunks, iterator))
+        body = b"".join(chunks)
+        entry = self.policy.make_entry(
+            key,
+            request_headers,
+            status,
+            fields,
+            body,
+            request_time=request_time,
+            response_time=response_time,
+        )
+        evicted = self.policy.keep(entry)
+        if evicted:
+            self.log.debug("evicted", extra={"objects": len(evicted)})
+        return _Fetched(status, fields, body=body, entry=entry)
+
+    def _answer(
+        self,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        fetched: _Fetched,
+        result: str,
+    ) -> Response:
+        if fetched.entry is not None:
+            return self._serve(request, request_headers, fetched.entry, result)
+        if fetched.response is not None:
+            return self._tag(fetched.response, result)
+        return self._tag(
+            Response(fetched.status, _bytes(fetched.headers), fetched.body or b""), result
+        )
+
+    async def _miss(
+        self,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+        *,
+        rejoin: bool = True,
+    ) -> Response:
+        flight, leader = self.flights.join(key, self.clock())
+        if leader:
+            return await self._lead(flight, request, request_headers, key)
+        waiter = flight.waiter
+        assert isinstance(waiter, asyncio.Event)
+        try:
+            async with asyncio.timeout(self.options.coalesce_timeout):
+                await waiter.wait()
+        except TimeoutError:
+            self.m_coalesced.labels("timeout").inc()
+        else:
+            shared = flight.result
+            if (
+                shared is not None
+                and shared.entry is not None
+                and shared.entry.matches(request_headers)
+            ):
+                self.m_coalesced.labels("shared").inc()
+                return self._serve(request, request_headers, shared.entry, "HIT")
+            self.m_coalesced.labels("fallback").inc()
+            if rejoin and shared is not None and shared.entry is not None:
+                # Another variant (Vary) came back: requests for this variant coalesce again
+                # among themselves, unless it was stored meanwhile.
+                lookup = self.policy.lookup("GET", key, request_headers, self.clock())
+                if lookup.kind is LookupKind.HIT and lookup.entry is not None:
+                    return self._serve(request, request_headers, lookup.entry, "HIT")
+                return await self._miss(request, request_headers, key, rejoin=False)
+        try:
+            fetched = await self._fetch(request, request_headers, key, kind="fetch")
+        except UpstreamError as exc:
+            return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
+        return self._answer(request, request_headers, fetched, "MISS")
+
+    async def _lead(
+        self,
+        flight: Flight[_Fetched],
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+    ) -> Response:
+        event = asyncio.Event()
+        flight.waiter = event
+        # The fetch belongs to the cache's task group, not to this request: if the client
+        # that led it goes away, the requests waiting on it still get the answer.
+        fill = self.group.create_task(self._fill(flight, event, request, request_headers, key))
+        try:
+            outcome = await asyncio.shield(fill)
+        except asyncio.CancelledError:
+            fill.add_done_callback(self._close_unread)
+            raise
+        if isinstance(outcome, UpstreamError):
+            return self._tag(Response.text(outcome.status, f"origin failed: {outcome}\n"), "MISS")
+        return self._answer(request, request_headers, outcome, "MISS")
+
+    async def _fill(
+        self,
+        flight: Flight[_Fetched],
+        event: asyncio.Event,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+    ) -> _Fetched | UpstreamError:
+        """Fetch for a flight and publish the outcome. Never raises: it runs in the task group,
+        where an exception would stop every other task."""
+        result: _Fetched | None = None
+        try:
+            fetched = await self._fetch(request, request_headers, key, kind="fetch")
+        except UpstreamError as exc:
+            return exc
+        except Exception as exc:  # a bug must not take the task group down with it
+            self.log.exception("fetch failed", extra={"key": key})
+            return UpstreamClosed(f"fetch failed: {exc!r}", request_sent=True)
+        else:
+            if fetched.entry is not None:
+                result = fetched
+            return fetched
+        finally:
+            self.flights.finish(flight, result)
+            event.set()
+
+    def _close_unread(self, task: asyncio.Task[_Fetched | UpstreamError]) -> None:
+        """Abandon the streamed answer of a fetch whose requester went away."""
+        if task.cancelled():
+            return
+        outcome = task.result()
+        if isinstance(outcome, _Fetched) and outcome.response is not None:
+            self.group.create_task(outcome.response.aclose())
+
+    async def _validate(
+        self,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+        entry: StoredResponse,
+    ) -> Response:
+        validators = self.policy.conditional_headers(entry)
+        try:
+            fetched = await self._fetch(
+                request, request_headers, key, kind="validate", extra=validators
+            )
+        except UpstreamError as exc:
+            if self.policy.stale_if_error(entry, request_headers, self.clock()):
+                return self._serve(request, request_headers, entry, "STALE")
+            return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
+        if fetched.status == 304 and validators:
+            now = self.clock()
+            fresh = self.policy.freshen(entry, fetched.headers, request_time=now, response_time=now)
+            return self._serve(request, request_headers, fresh, "HIT")
+        if fetched.status in ERROR_STATUSES and self.policy.stale_if_error(
+            entry, request_headers, self.clock()
+        ):
+            if fetched.response is not None:
+                await fetched.response.aclose()
+            return self._serve(request, request_headers, entry, "STALE")
+        return self._answer(request, request_headers, fetched, "MISS")
+
+    def _revalidate_later(self, request: Request, key: str, entry: StoredResponse) -> None:
+        slot = f"{key}\x00{entry.variant!r}"
+        if slot in self._revalidating:
+            return
+        self._revalidating.add(slot)
+        copy = Request(
+            "GET",
+            request.target,
+            list(request.headers),
+            b"",
+            http_version=request.http_version,
+            client=request.client,
+            scheme=request.scheme,
+        )
+        self.group.create_task(self._background(copy, key, entry, slot))
+
+    async def _background(
+        self, request: Request, key: str, entry: StoredResponse, slot: str
+    ) -> None:
+        try:
+            request_headers = _text(request.headers)
+            validators = self.policy.conditional_headers(entry)
+            fetched = await self._fetch(
+                request, request_headers, key, kind="background", extra=validators
+            )
+            if fetched.status == 304 and validators:
+                now = self.clock()
+                if self.store.lookup(key, request_headers) is entry:
+                    self.policy.freshen(entry, fetched.headers, request_time=now, response_time=now)
+            elif fetched.response is not None:
+                await fetched.response.aclose()
+        except UpstreamError as exc:
+            self.log.warning(
+                "background revalidation failed", extra={"key": key, "error": str(exc)}
+            )
+        except Exception:  # a bug must not take the task group (and the cache) down
+            self.log.exception("background revalidation failed", extra={"key": key})
+        finally:
+            self._revalidating.discard(slot)
+
+    # -- purge ------------------------------------------------------------------------------
+
+    def allowed_to_purge(self, address: str) -> bool:
+        """Whether ``address`` may send PURGE."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.options.purge_allow)
+
+    def purge(self, target: str, host: str | None = None) -> int:
+        """Remove every stored variant of ``target`` (for ``host``, or for every host)."""
+        if host is not None:
+            removed = self.store.invalidate(cache_key(host, target))
+        else:
+            removed = sum(
+                self.store.invalidate(k)
+                for k in self.store.primary_keys()
+                if k.endswith(target) and k[: len(k) - len(target)].find("/") == -1
+            )
+        self.m_purges.inc(removed)
+        return removed
+
+    def _purge(self, request: Request) -> Response:
+        if not self.allowed_to_purge(request.client[0]):
+            return Response.text(403, "PURGE not allowed from this address\n")
+        removed = self.purge(request.target, request.header("host"))
+        if not removed:
+            return Response.text(404, "not cached\n")
+        return Response.text(200, f"purged {removed}\n")
+
+    # -- admin ------------------------------------------------------------------------------
+
+    def statistics_view(self) -> dict[str, Any]:
+        """The admin JSON: store size, hit ratio and coalescing counters."""
+        store = self.store.statistics()
+        flights = self.flights.statistics()
+        hits, lookups = self.hits_and_lookups()
+        return {
+            "upstream": self.options.upstream,
+            "objects": store.objects,
+            "bytes": store.bytes,
+            "max_bytes": store.max_bytes,
+            "max_object": self.options.max_object,
+            "evictions": store.evictions,
+            "requests": dict(self.results),
+            "hit_ratio": round(hits / lookups, 4) if lookups else 0.0,
+            "coalescing": {
+                "open": flights.open_flights,
+                "leaders": flights.leaders,
+                "followers": flights.followers,
+                "shared": flights.shared,
+                "fallbacks": flights.fallbacks,
+            },
+            "revalidating": len(self._revalidating),
+        }
+
+    async def admin_cache(self, request: AdminRequest) -> AdminResponse:
+        """``GET /cache``: the statistics as JSON."""
+        return AdminResponse.json(200, json.dumps(self.statistics_view(), indent=2) + "\n")
+
+    async def admin_purge(self, request: AdminRequest) -> AdminResponse:
+        """``POST /purge?target=/path[&host=H]``: remove an object (every host without host=)."""
+        if request.method not in ("POST", "PURGE"):
+            return AdminResponse.text(405, "use POST\n", headers=[("Allow", "POST")])
+        targets = request.query.get("target")
+        if not targets or not targets[0].startswith("/"):
+            return AdminResponse.text(400, "give the object as ?target=/path\n")
+        hosts = request.query.get("host")
+        removed = self.purge(targets[0], hosts[0] if hosts else None)
+        return AdminResponse.json(200, json.dumps({"purged": removed}) + "\n")
+
+
+async def _aiter(body: Any) -> AsyncIterator[bytes]:
+    if isinstance(body, bytes):
+        if body:
+            yield body
+        return
+    async for chunk in body:
+        yield chunk
+
+
+def _resume(response: Response, head: list[bytes], rest: AsyncIterator[bytes]) -> Response:
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            for chunk in head:
+                yield chunk
+            async for chunk in rest:
+                yield chunk
+        finally:
+            await response.aclose()
+
+    return Response(response.status, response.headers, stream())
+
+
+@contextlib.asynccontextmanager
+async def open_cache(
+    options: CacheOptions, *, registry: CollectorRegistry | None = None
+) -> AsyncIterator[CachingProxy]:
+    """Run a :class:`CachingProxy` with its connection pool and background task group."""
+    async with (
+        UpstreamPool(
+            connect_timeout=options.connect_timeout,
+            response_timeout=options.timeout,
+            registry=registry,
+            metrics_prefix="podkit_cache_upstream",
+        ) as upstreams,
+        asyncio.TaskGroup() as group,
+    ):
+        yield CachingProxy(options, upstreams=upstreams, group=group, registry=registry)
+
+
+async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
+    """Serve ``podkit cache`` inside the runtime until it drains."""
+    from podkit.engines.http import HTTPServer
+
+    async with open_cache(options, registry=rt.registry) as proxy:
+        rt.add_route("/cache", proxy.admin_cache)
+        rt.add_route("/purge", proxy.admin_purge)
+        async with HTTPServer(
+            proxy.handle,
+            host=options.host,
+            port=options.port,
+            registry=rt.registry,
+            metrics_prefix="podkit_cache_http",
+            name="cache",
+        ) as server:
+            rt.log.info(
+                "listening",
+                extra={"listen": f"{options.host}:{server.port}", "upstream": options.upstream},
+            )
+            rt.set_ready()
+            await rt.wait_draining()
+            await server.drain(rt.drain_timeout)

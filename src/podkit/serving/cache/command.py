@@ -1,0 +1,120 @@
+"""The ``podkit cache`` command: flags in, a validated :class:`CacheOptions` out."""
+
+from __future__ import annotations
+
+import click
+
+from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
+from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
+from podkit.serving.balance._affinity import parse_networks
+from podkit.serving.balance._backends_file import normalise_url
+from podkit.serving.cache._coalesce import DEFAULT_COALESCE_TIMEOUT
+from podkit.serving.cache.app import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_PURGE_ALLOW,
+    DEFAULT_TIMEOUT,
+    CacheOptions,
+    serve_cache,
+)
+
+
+@click.command()
+@click.option(
+    "--listen",
+    type=HOSTPORT,
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="Address to serve HTTP on.",
+)
+@click.option(
+    "--upstream", required=True, metavar="URL", help="The origin, e.g. http://127.0.0.1:8000."
+)
+@click.option(
+    "--max-size",
+    type=SIZE,
+    default="256MiB",
+    show_default=True,
+    help="Memory the stored objects may use; least recently used ones are evicted.",
+)
+@click.option(
+    "--max-object",
+    type=SIZE,
+    default="8MiB",
+    show_default=True,
+    help="Largest object stored; larger responses stream through uncached.",
+)
+@click.option(
+    "--purge-allow",
+    multiple=True,
+    metavar="CIDR",
+    default=DEFAULT_PURGE_ALLOW,
+    show_default=True,
+    help="Addresses allowed to send PURGE; repeat for more.",
+)
+@click.option(
+    "--coalesce-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_COALESCE_TIMEOUT),
+    show_default=True,
+    help="How long a request waits for a concurrent fetch of the same object before "
+    "it goes to the origin itself.",
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_TIMEOUT),
+    show_default=True,
+    help="Origin silence allowed while a response is awaited.",
+)
+@click.option(
+    "--connect-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_CONNECT_TIMEOUT),
+    show_default=True,
+    help="Time to connect to the origin.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted",
+    multiple=True,
+    metavar="CIDR",
+    help="Peer whose X-Forwarded-For is kept and extended; repeat for more.",
+)
+@runtime_options
+def command(
+    listen: HostPort,
+    upstream: str,
+    max_size: int,
+    max_object: int,
+    purge_allow: tuple[str, ...],
+    coalesce_timeout: float,
+    timeout: float,
+    connect_timeout: float,
+    trusted: tuple[str, ...],
+    runtime: RuntimeOptions,
+) -> int:
+    """An HTTP caching proxy (RFC 9111 shared cache) with request coalescing.
+
+    Fresh responses are served from memory (X-Cache: HIT); concurrent misses for one object
+    cause one origin request; stale ones are revalidated with ETag / Last-Modified. The admin
+    endpoint shows statistics at /cache and removes objects with POST /purge?target=/path.
+    """
+    if max_object > max_size:
+        raise click.UsageError("--max-object cannot be larger than --max-size")
+    options = CacheOptions(
+        host=listen.host,
+        port=listen.port,
+        upstream=normalise_url(upstream, path="--upstream"),
+        max_size=max_size,
+        max_object=max_object,
+        purge_allow=parse_networks(purge_allow, field="--purge-allow"),
+        coalesce_timeout=coalesce_timeout,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        trusted_proxies=parse_networks(trusted),
+    )
+
+    async def main(rt: Runtime) -> None:
+        await serve_cache(rt, options)
+
+    return run_component("cache", main, runtime)

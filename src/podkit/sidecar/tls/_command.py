@@ -1,0 +1,205 @@
+"""``podkit tls``: the command line of the TLS terminator."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+from collections.abc import Iterator
+
+import click
+
+from podkit.engines.http import Forwarding, ServerLimits, Upstream
+from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
+from podkit.engines.http.rules import DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from podkit.engines.workers import serve_workers
+from podkit.errors import ConfigError, PodkitError
+from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
+from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
+from podkit.sidecar.tls._context import MIN_VERSIONS, CertPair, parse_sni
+from podkit.sidecar.tls._server import (
+    DEFAULT_RELOAD_CHECK,
+    DEFAULT_SUBJECT_HEADER,
+    TLSSettings,
+    serve_tls,
+)
+
+
+@contextlib.contextmanager
+def _reserve_port(listen: HostPort) -> Iterator[int]:
+    """Bind (never listen) a SO_REUSEPORT socket so port 0 becomes one port all workers share.
+
+    Raises:
+        PodkitError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((listen.host, listen.port))
+        except OSError as exc:
+            raise PodkitError(f"tls: cannot listen on {listen}: {exc.strerror or exc}") from exc
+        yield int(sock.getsockname()[1])
+
+
+async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
+    await serve_tls(rt, settings, reuse_port=True)
+
+
+@click.command()
+@click.option(
+    "--listen",
+    type=HOSTPORT,
+    default="127.0.0.1:8443",
+    show_default=True,
+    help="Address to serve HTTPS on.",
+)
+@click.option(
+    "--cert",
+    required=True,
+    help="Certificate chain (PEM) served by default (no SNI, or no --sni match).",
+)
+@click.option("--key", required=True, help="Private key (PEM) of --cert.")
+@click.option(
+    "--sni",
+    "sni",
+    multiple=True,
+    help="NAME=CERT,KEY: serve this pair to clients asking for NAME (repeatable; "
+    "NAME may be *.example.com, several names joined by |).",
+)
+@click.option("--upstream", required=True, help="The plain-HTTP application: http://HOST:PORT.")
+@click.option(
+    "--client-ca",
+    default=None,
+    help="Require client certificates signed by this CA bundle (mutual TLS); the "
+    "subject is sent upstream in --subject-header.",
+)
+@click.option(
+    "--min-version",
+    type=click.Choice(sorted(MIN_VERSIONS)),
+    default="1.2",
+    show_default=True,
+    help="Oldest TLS version accepted.",
+)
+@click.option(
+    "--redirect-from",
+    type=HOSTPORT,
+    default=None,
+    help="Plain-HTTP address answering every request with a 308 redirect to HTTPS.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=256),
+    default=1,
+    show_default=True,
+    help="Processes sharing the port (SO_REUSEPORT); one admin endpoint.",
+)
+@click.option(
+    "--subject-header",
+    default=DEFAULT_SUBJECT_HEADER,
+    show_default=True,
+    help="Upstream header carrying the client certificate's subject (a copy sent by "
+    "the client is removed).",
+)
+@click.option(
+    "--reload-check",
+    type=DURATION,
+    default=format_duration(DEFAULT_RELOAD_CHECK),
+    show_default=True,
+    help="How often the certificate files are checked for changes (SIGHUP: now).",
+)
+@click.option(
+    "--connect-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_CONNECT_TIMEOUT),
+    show_default=True,
+    help="Time to connect to the upstream (502 after it).",
+)
+@click.option(
+    "--timeout",
+    "response_timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_RESPONSE_TIMEOUT),
+    show_default=True,
+    help="Upstream silence allowed while a response is awaited (504 after it).",
+)
+@click.option(
+    "--keepalive-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_KEEPALIVE_TIMEOUT),
+    show_default=True,
+    help="Idle time before a client keep-alive connection is closed.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="Most client connections open at once.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    help="Network whose X-Forwarded-* fields are kept and extended (repeatable).",
+)
+@runtime_options
+def command(
+    listen: HostPort,
+    cert: str,
+    key: str,
+    sni: tuple[str, ...],
+    upstream: str,
+    client_ca: str | None,
+    min_version: str,
+    redirect_from: HostPort | None,
+    workers: int,
+    subject_header: str,
+    reload_check: float,
+    connect_timeout: float,
+    response_timeout: float,
+    keepalive_timeout: float,
+    max_connections: int,
+    trusted_proxies: tuple[str, ...],
+    runtime: RuntimeOptions,
+) -> int:
+    """Terminate TLS (1.2/1.3, SNI, optional mutual TLS) in front of a plain-HTTP application.
+
+    Requests go upstream with X-Forwarded-Proto: https. Certificates are reloaded when their
+    files change or on SIGHUP; a broken new pair is refused and the old one stays in service.
+    """
+    try:
+        trusted = Forwarding.parse_trusted(trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source="<flags>", path="--trusted-proxy") from exc
+    if reload_check <= 0:
+        raise ConfigError("must be more than 0", path="--reload-check")
+    settings = TLSSettings(
+        listen=listen,
+        upstream=Upstream.parse(upstream),
+        default=CertPair(cert, key),
+        sni=tuple(parse_sni(entry) for entry in sni),
+        client_ca=client_ca,
+        min_version=min_version,
+        redirect_from=redirect_from,
+        subject_header=subject_header,
+        reload_check=reload_check,
+        limits=ServerLimits(keepalive_timeout=keepalive_timeout, max_connections=max_connections),
+        forwarding=Forwarding(trusted_proxies=trusted),
+        connect_timeout=connect_timeout,
+        response_timeout=response_timeout,
+    )
+
+    async def main(rt: Runtime) -> None:
+        if workers == 1:
+            await serve_tls(rt, settings)
+            return
+        with _reserve_port(settings.listen) as port:
+            shared = dataclasses.replace(settings, listen=HostPort(settings.listen.host, port))
+            if settings.redirect_from is not None and settings.redirect_from.port == 0:
+                raise ConfigError("give --redirect-from a fixed port with --workers")
+            rt.log.info("starting workers", extra={"workers": workers, "port": port})
+            await serve_workers(rt, count=workers, main=_worker_main, settings=shared, name="tls")
+
+    return run_component("tls", main, runtime)

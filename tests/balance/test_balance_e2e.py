@@ -1,0 +1,343 @@
+"""``podkit balance`` against real ``podkit whoami`` backends on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from podkit.testing.net import wait_for
+from tests.balance.conftest import Backend, Balancer, Load, request
+
+INTERVAL = 0.2
+FALL = 3
+PROBE_FLAGS = ("--probe", "/ready", "--interval", "200ms", "--rise", "1", "--fall", str(FALL))
+
+StartBackends = Callable[[int], list[Backend]]
+StartBalancer = Callable[..., Balancer]
+
+
+def backend_flags(group: list[Backend]) -> list[str]:
+    return [arg for b in group for arg in ("--backend", b.url)]
+
+
+def all_ready(lb: Balancer, n: int) -> None:
+    wait_for(lambda: list(lb.states().values()).count("ready") == n, what=f"{n} ready backends")
+
+
+def test_round_robin_spreads_requests_by_weight(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    b0, b1, b2 = backends(3)
+    lb = balancer(
+        "--backend", b0.url, "--backend", b1.url, "--backend", f"{b2.url} weight=2", *PROBE_FLAGS
+    )
+    all_ready(lb, 3)
+    served = Counter(lb.get().served_by for _ in range(40))
+    assert served == {"b0": 10, "b1": 10, "b2": 20}
+
+
+def test_a_killed_backend_causes_no_client_errors_leaves_rotation_and_rejoins(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    group = backends(3)
+    lb = balancer(*backend_flags(group), *PROBE_FLAGS)
+    all_ready(lb, 3)
+    victim = group[1]
+    with Load(lb.port, "/delay/5", clients=6) as load:
+        wait_for(lambda: load.total > 60, what="load to flow")
+        victim.kill()
+        killed_at = time.monotonic()
+        wait_for(lambda: lb.states()[victim.url] != "ready", what="victim out of rotation")
+        left_after = time.monotonic() - killed_at
+        before = load.total
+        wait_for(lambda: load.total > before + 100, what="more load after the kill")
+        victim.start()
+        wait_for(lambda: lb.states()[victim.url] == "ready", timeout=20, what="victim back")
+        wait_for(lambda: victim.stats()["total"] > 20, what="victim serving again")
+    assert load.errors == []
+    # fall x interval, plus one interval of phase and scheduling slack on a loaded machine
+    assert left_after <= FALL * INTERVAL + INTERVAL + 0.5
+    assert set(load.served) == {"b0", "b1", "b2"}
+
+
+def test_ready_off_takes_a_backend_out_without_errors(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    group = backends(3)
+    lb = balancer(*backend_flags(group), *PROBE_FLAGS)
+    all_ready(lb, 3)
+    target = group[2]
+    with Load(lb.port, clients=4) as load:
+        wait_for(lambda: load.total > 50, what="load to flow")
+        assert request(target.port, "/ready/off", method="POST").status == 200
+        wait_for(lambda: lb.states()[target.url] == "down", what="backend marked down")
+        served_then = target.stats()["paths"].get("/", 0)
+        before = load.total
+        wait_for(lambda: load.total > before + 100, what="more load after ready/off")
+    assert load.errors == []
+    assert target.stats()["paths"].get("/", 0) == served_then
+
+
+def test_affinity_keeps_clients_and_moves_only_those_of_a_removed_backend(
+    backends: StartBackends, balancer: StartBalancer, tmp_path: Path
+) -> None:
+    group = backends(3)
+    members = tmp_path / "backends"
+    members.write_text("".join(f"{b.url}\n" for b in group))
+    lb = balancer("--backends-file", str(members), "--policy", "hash", *PROBE_FLAGS)
+    all_ready(lb, 3)
+    clients = [f"127.0.0.{i}" for i in range(2, 42)]
+
+    def placement() -> dict[str, str | None]:
+        return {c: lb.get(source=c).served_by for c in clients}
+
+    first = placement()
+    assert placement() == first  # the same client IP always reaches the same backend
+    assert len(set(first.values())) == 3
+    removed = group[1]
+    members.write_text("".join(f"{b.url}\n" for b in group if b is not removed))
+    wait_for(lambda: removed.url not in lb.states(), what="backend removed from the pool")
+    after = placement()
+    moved = {c for c in clients if after[c] != first[c]}
+    assert moved == {c for c in clients if first[c] == removed.name}
+    assert removed.name not in after.values()
+
+
+def test_affinity_on_a_header_and_on_forwarded_for_from_a_trusted_proxy(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    group = backends(3)
+    by_header = balancer(
+        *backend_flags(group), "--policy", "hash", "--hash-on", "header:X-User", *PROBE_FLAGS
+    )
+    by_xff = balancer(
+        *backend_flags(group), "--policy", "hash", "--trusted-proxy", "127.0.0.1", *PROBE_FLAGS
+    )
+    all_ready(by_header, 3)
+    all_ready(by_xff, 3)
+    for user in ("alice", "bob", "carol", "dave"):
+        homes = {by_header.get(headers={"X-User": user}).served_by for _ in range(5)}
+        assert len(homes) == 1
+    spread = {
+        by_xff.get(headers={"X-Forwarded-For": f"198.51.100.{i}"}).served_by for i in range(30)
+    }
+    assert len(spread) == 3
+    for i in range(5):
+        xff = {"X-Forwarded-For": f"203.0.113.{i}"}
+        assert len({by_xff.get(headers=xff).served_by for _ in range(4)}) == 1
+
+
+def test_backends_file_changes_are_applied_and_a_bad_file_is_rejected(
+    backends: StartBackends, balancer: StartBalancer, tmp_path: Path
+) -> None:
+    b0, b1 = backends(2)
+    members = tmp_path / "backends"
+    members.write_text(f"# pool\n{b0.url}\n")
+    lb = balancer("--backends-file", str(members), *PROBE_FLAGS)
+    all_ready(lb, 1)
+    members.write_text(f"{b0.url}\n{b1.url} weight=3\n")
+    all_ready(lb, 2)
+    assert {b["url"]: b["weight"] for b in lb.view()["backends"]} == {b0.url: 1, b1.url: 3}
+    members.write_text("not a url\n")
+    wait_for(lambda: lb.view()["backends_file"]["errors"] >= 1, what="bad file rejected")
+    assert set(lb.states()) == {b0.url, b1.url}
+    assert "line 1" in lb.process.output()
+    members.write_text(f"{b1.url}\n")
+    lb.process.signal(signal.SIGHUP)
+    wait_for(lambda: set(lb.states()) == {b1.url}, what="membership after SIGHUP")
+
+
+def test_admin_drain_stops_new_requests_to_a_backend(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    b0, b1 = backends(2)
+    lb = balancer(*backend_flags([b0, b1]), *PROBE_FLAGS)
+    all_ready(lb, 2)
+    drained = request(lb.admin, f"/backends/drain?url={b0.url}", method="POST")
+    assert drained.status == 200
+    assert lb.states()[b0.url] == "draining"
+    assert {lb.get().served_by for _ in range(10)} == {"b1"}
+    assert request(lb.admin, f"/backends/undrain?url={b0.url}", method="POST").status == 200
+    all_ready(lb, 2)
+    assert request(lb.admin, "/backends/drain?url=http://127.0.0.1:1", method="POST").status == 404
+
+
+def test_no_ready_backend_answers_503_and_the_balancer_is_not_ready(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    (b0,) = backends(1)
+    lb = balancer("--backend", b0.url, *PROBE_FLAGS)
+    all_ready(lb, 1)
+    assert request(lb.admin, "/readyz").status == 200
+    request(b0.port, "/ready/off", method="POST")
+    wait_for(lambda: lb.get().status == 503, what="503 without ready backends")
+    reply = lb.get()
+    assert reply.body == b"no ready backend\n"
+    assert request(lb.admin, "/readyz").status == 503
+
+
+def test_a_post_whose_connection_was_refused_is_retried_on_another_backend(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    (b0,) = backends(1)
+    dead = Backend("dead")  # never started: connections are refused
+    lb = balancer("--backend", b0.url, "--backend", dead.url, "--eject-after", "0")
+    for _ in range(6):
+        reply = lb.get("/echo", method="POST", body=b"hello")
+        assert reply.status == 200
+        assert reply.body == b"hello"
+    assert b0.stats()["paths"]["/echo"] == 6
+
+
+def test_a_post_cut_off_after_reaching_a_backend_is_not_retried(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    group = backends(2)
+    lb = balancer(*backend_flags(group))
+    results: list[int] = []
+    thread = threading.Thread(
+        target=lambda: results.append(lb.get("/delay/3000", method="POST", body=b"x").status)
+    )
+    thread.start()
+
+    def owner() -> Backend | None:
+        for b in group:
+            if b.stats()["paths"].get("/delay/3000"):
+                return b
+        return None
+
+    wait_for(lambda: owner() is not None, what="the POST to reach a backend")
+    victim = owner()
+    assert victim is not None
+    victim.kill()
+    thread.join(10)
+    assert results == [502]
+    (other,) = [b for b in group if b is not victim]
+    assert other.stats()["paths"].get("/delay/3000", 0) == 0
+
+
+def test_sigterm_lets_in_flight_requests_finish(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    (b0,) = backends(1)
+    lb = balancer("--backend", b0.url, *PROBE_FLAGS)
+    all_ready(lb, 1)
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(lb.get("/delay/800").status))
+    thread.start()
+    wait_for(lambda: b0.stats()["paths"].get("/delay/800", 0) == 1, what="request in flight")
+    lb.process.signal(signal.SIGTERM)
+    thread.join(10)
+    assert results == [200]
+    assert lb.process.wait(10) == 0
+
+
+def test_metrics_count_requests_and_probes_per_backend(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    (b0,) = backends(1)
+    lb = balancer("--backend", b0.url, *PROBE_FLAGS)
+    all_ready(lb, 1)
+    for _ in range(3):
+        lb.get()
+    text = request(lb.admin, "/metrics").body.decode()
+    assert f'podkit_balance_requests_total{{backend="{b0.url}",code="2xx"}} 3.0' in text
+    assert f'podkit_balance_probes_total{{backend="{b0.url}",result="pass"}}' in text
+    assert f'podkit_balance_backend_state{{backend="{b0.url}",state="ready"}} 1.0' in text
+    assert "podkit_balance_request_seconds_bucket" in text
+
+
+def test_workers_share_the_port_and_stop_together(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    (b0,) = backends(1)
+    lb = balancer("--backend", b0.url, "--workers", "2")
+    pid = lb.process.pid
+    children_file = Path(f"/proc/{pid}/task/{pid}/children")
+    wait_for(lambda: children_file.read_text().split() != [], what="a worker process")
+    (child,) = (int(p) for p in children_file.read_text().split())
+    assert {lb.get().status for _ in range(20)} == {200}
+    lb.process.signal(signal.SIGTERM)
+    assert lb.process.wait(15) == 0
+    assert not Path(f"/proc/{child}").exists()
+
+
+def test_bounded_loads_spill_one_hot_client_over_several_backends(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    group = backends(3)
+    plain = balancer(*backend_flags(group), "--policy", "hash", *PROBE_FLAGS)
+    bounded = balancer(
+        *backend_flags(group), "--policy", "hash", "--bounded-load", "1.25", *PROBE_FLAGS
+    )
+    all_ready(plain, 3)
+    all_ready(bounded, 3)
+
+    def burst(lb: Balancer) -> set[str | None]:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            replies = list(pool.map(lambda _: lb.get("/delay/400"), range(12)))
+        assert {r.status for r in replies} == {200}
+        return {r.served_by for r in replies}
+
+    assert len(burst(plain)) == 1
+    assert len(burst(bounded)) >= 2
+
+
+def test_an_extra_worker_stops_when_the_first_one_is_killed(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    (b0,) = backends(1)
+    lb = balancer("--backend", b0.url, "--workers", "2")
+    pid = lb.process.pid
+    children_file = Path(f"/proc/{pid}/task/{pid}/children")
+    wait_for(lambda: children_file.read_text().split() != [], what="a worker process")
+    (child,) = (int(p) for p in children_file.read_text().split())
+    os.kill(pid, signal.SIGKILL)
+    lb.process.wait(5)
+
+    def gone() -> bool:
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        return stat.split(")")[-1].split()[0] == "Z"  # exited, waiting to be reaped
+
+    wait_for(gone, timeout=15, what="the orphaned worker to exit")
+
+
+def test_slow_start_gives_a_rejoining_backend_a_small_share_first(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    b0, b1 = backends(2)
+    lb = balancer(*backend_flags([b0, b1]), *PROBE_FLAGS, "--slow-start", "60s")
+    all_ready(lb, 2)
+    request(b1.port, "/ready/off", method="POST")
+    wait_for(lambda: lb.states()[b1.url] == "down", what="b1 down")
+    request(b1.port, "/ready/on", method="POST")
+    wait_for(lambda: lb.states()[b1.url] == "ready", what="b1 back")
+    weight = next(b["effective_weight"] for b in lb.view()["backends"] if b["url"] == b1.url)
+    assert weight < 0.5
+    served = Counter(lb.get().served_by for _ in range(40))
+    assert served["b1"] <= 10
+    assert served["b0"] >= 30
+
+
+def test_server_errors_eject_a_backend_but_never_more_than_half(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    group = backends(2)
+    lb = balancer(*backend_flags(group), "--eject-after", "3", "--ejection-time", "30s")
+    for _ in range(12):
+        assert lb.get("/status/503").status == 503  # passed through, not retried
+    view = lb.view()["backends"]
+    assert sorted(b["state"] for b in view) == ["ejected", "ready"]
+    ejected = next(b for b in view if b["state"] == "ejected")
+    assert 0 < ejected["ejected_for"] <= 30
+    assert ejected["ejections"] == 1
+    assert {lb.get().status for _ in range(4)} == {200}

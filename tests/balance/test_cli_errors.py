@@ -1,0 +1,48 @@
+"""Bad flags and files are one-line errors with exit status 2, never tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podkit", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["balance"], "give at least one --backend or a --backends-file"),
+        (["balance", "--backend", "ftp://x:1"], "expected a backend URL"),
+        (["balance", "--backend", "http://a:1 weight=0"], "weight must be"),
+        (["balance", "--backend", "http://a:1", "--probe", "ready"], "starting with /"),
+        (["balance", "--backend", "http://a:1", "--hash-on", "query:x"], "--hash-on"),
+        (["balance", "--backend", "http://a:1", "--trusted-proxy", "x"], "--trusted-proxy"),
+        (["cache", "--upstream", "http://a:1/path"], "no path"),
+        (
+            ["cache", "--upstream", "http://a:1", "--max-object", "2MiB", "--max-size", "1MiB"],
+            "--max-object",
+        ),
+        (["cache", "--upstream", "http://a:1", "--purge-allow", "nope"], "--purge-allow"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_backends_file_at_start_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "backends"
+    path.write_text("http://127.0.0.1:1\nhttp://127.0.0.1:2 weight=x\n")
+    result = run("balance", "--backends-file", str(path))
+    assert result.returncode == 2
+    assert f"{path}: line 2: weight must be" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,371 @@
+"""``podkit cache`` in front of real origins on loopback: ``podkit whoami`` and a scripted one."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from podkit.runtime import Request, Response, SimpleHTTPServer
+from podkit.testing import PodkitProcess, free_port, wait_port
+from podkit.testing.net import wait_for
+from tests.balance.conftest import Backend, Reply, request
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b"ok\n"
+    delay: float = 0.0
+    echo: str | None = None  # answer with this request header's value instead of body
+
+
+class ScriptedOrigin:
+    """An HTTP origin whose answers the test sets per path; it counts and records requests."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Answer] = {}
+        self.hits: Counter[str] = Counter()
+        self.seen: list[dict[str, str]] = []
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    async def _handle(self, req: Request) -> Response:
+        self.hits[req.path] += 1
+        self.seen.append({k.lower(): v for k, v in req.headers} | {":method": req.method})
+        answer = self.answers.get(req.path, Answer(404, [], b"no such path\n"))
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
+        if answer.echo is not None:
+            body = f"{answer.echo}: {req.header(answer.echo)}\n".encode()
+            return Response(answer.status, list(answer.headers), body)
+        if answer.status == 200 and req.header("if-none-match"):
+            etag = next((v for k, v in answer.headers if k.lower() == "etag"), None)
+            if etag == req.header("if-none-match"):
+                return Response(304, list(answer.headers), b"")
+        return Response(answer.status, list(answer.headers), answer.body)
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with SimpleHTTPServer(self._handle, "127.0.0.1", 0, name="origin") as server:
+            self.port = server.port
+            self._ready.set()
+            await self._stop.wait()
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._serve())
+        self._loop.close()
+
+    def __enter__(self) -> ScriptedOrigin:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Cache:
+    """A ``podkit cache`` process with its admin endpoint."""
+
+    def __init__(self, upstream: str, *args: str) -> None:
+        self.port = free_port()
+        self.admin = free_port()
+        self.process = PodkitProcess(
+            "cache",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--upstream",
+            upstream,
+            "--admin",
+            f"127.0.0.1:{self.admin}",
+            "--log-level",
+            "warning",
+            *args,
+        )
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return request(self.port, path, **kwargs)
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = request(self.admin, "/cache").json()
+        return data
+
+
+@pytest.fixture
+def origin() -> Iterator[ScriptedOrigin]:
+    with ScriptedOrigin() as server:
+        yield server
+
+
+@pytest.fixture
+def whoami() -> Iterator[Backend]:
+    backend = Backend("origin").start()
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture
+def cache() -> Iterator[Callable[..., Cache]]:
+    running: list[Cache] = []
+
+    def start(upstream: str, *args: str) -> Cache:
+        c = Cache(upstream, *args)
+        c.process.start()
+        wait_port("127.0.0.1", c.admin)
+        wait_port("127.0.0.1", c.port)
+        running.append(c)
+        return c
+
+    yield start
+    for c in running:
+        c.process.__exit__(None, None, None)
+
+
+StartCache = Callable[..., Cache]
+
+
+def test_concurrent_misses_for_one_object_cause_one_origin_request(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url)
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        replies = list(pool.map(lambda _: c.get("/delay/700"), range(100)))
+    assert [r.status for r in replies] == [200] * 100
+    assert whoami.stats()["paths"]["/delay/700"] == 1
+    assert len({r.body for r in replies}) == 1
+    coalescing = c.stats()["coalescing"]
+    assert coalescing["leaders"] == 1
+    assert coalescing["shared"] == 99
+
+
+def test_fresh_responses_are_hits_with_an_age(whoami: Backend, cache: StartCache) -> None:
+    c = cache(whoami.url)
+    first = c.get("/cache/60")
+    second = c.get("/cache/60")
+    assert first.headers["x-cache"] == "MISS"
+    assert second.headers["x-cache"] == "HIT"
+    assert second.body == first.body
+    assert int(second.headers["age"]) >= 0
+    assert whoami.stats()["paths"]["/cache/60"] == 1
+    assert c.stats()["hit_ratio"] == 0.5
+
+
+def test_no_store_responses_are_never_stored(origin: ScriptedOrigin, cache: StartCache) -> None:
+    origin.answers["/secret"] = Answer(headers=[("Cache-Control", "no-store, max-age=60")])
+    origin.answers["/private"] = Answer(headers=[("Cache-Control", "private, max-age=60")])
+    c = cache(origin.url)
+    for path in ("/secret", "/private"):
+        replies = [c.get(path) for _ in range(3)]
+        assert {r.headers["x-cache"] for r in replies} == {"MISS"}
+        assert origin.hits[path] == 3
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda _: c.get("/secret"), range(10)))
+    assert origin.hits["/secret"] == 13
+    assert c.stats()["objects"] == 0
+
+
+def test_vary_separates_variants(whoami: Backend, cache: StartCache) -> None:
+    c = cache(whoami.url)
+    path = "/cache/60?vary=Accept-Language"
+    en = c.get(path, headers={"Accept-Language": "en"})
+    fr = c.get(path, headers={"Accept-Language": "fr"})
+    assert en.json()["counter"] != fr.json()["counter"]
+    en_again = c.get(path, headers={"Accept-Language": "en"})
+    fr_again = c.get(path, headers={"Accept-Language": "fr"})
+    assert (en_again.headers["x-cache"], fr_again.headers["x-cache"]) == ("HIT", "HIT")
+    assert en_again.body == en.body
+    assert fr_again.body == fr.body
+    assert whoami.stats()["paths"]["/cache/60"] == 2
+    assert c.stats()["objects"] == 2
+
+
+def test_stale_responses_are_revalidated_with_their_etag(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/doc"] = Answer(
+        headers=[("Cache-Control", "max-age=0"), ("ETag", '"v1"')], body=b"version one\n"
+    )
+    c = cache(origin.url)
+    assert c.get("/doc").headers["x-cache"] == "MISS"
+    again = c.get("/doc")
+    assert again.body == b"version one\n"
+    assert origin.hits["/doc"] == 2
+    assert origin.seen[-1].get("if-none-match") == '"v1"'
+    assert again.headers["x-cache"] == "HIT"
+
+
+def test_clients_get_304_when_their_validator_matches(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/doc"] = Answer(headers=[("Cache-Control", "max-age=60"), ("ETag", '"v1"')])
+    c = cache(origin.url)
+    c.get("/doc")
+    reply = c.get("/doc", headers={"If-None-Match": '"v1"'})
+    assert reply.status == 304
+    assert reply.headers["etag"] == '"v1"'
+    assert c.get("/doc", headers={"If-None-Match": '"v0"'}).status == 200
+    assert origin.hits["/doc"] == 1
+
+
+def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/feed"] = Answer(
+        headers=[("Cache-Control", "max-age=0, stale-while-revalidate=60")], body=b"old\n"
+    )
+    c = cache(origin.url)
+    c.get("/feed")
+    origin.answers["/feed"] = Answer(headers=[("Cache-Control", "max-age=60")], body=b"new\n")
+    stale = c.get("/feed")
+    assert stale.headers["x-cache"] == "STALE"
+    assert stale.body == b"old\n"
+    wait_for(lambda: origin.hits["/feed"] == 2, what="background revalidation")
+    wait_for(lambda: c.get("/feed").body == b"new\n", what="refreshed object")
+    assert c.get("/feed").headers["x-cache"] == "HIT"
+
+
+def test_stale_if_error_serves_stale_when_the_origin_fails(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/page"] = Answer(
+        headers=[("Cache-Control", "max-age=0, stale-if-error=60")], body=b"saved\n"
+    )
+    origin.answers["/plain"] = Answer(headers=[("Cache-Control", "max-age=0"), ("ETag", '"p"')])
+    c = cache(origin.url)
+    c.get("/page")
+    c.get("/plain")
+    origin.answers["/page"] = Answer(503, [], b"down\n")
+    origin.answers["/plain"] = Answer(503, [], b"down\n")
+    reply = c.get("/page")
+    assert (reply.status, reply.body, reply.headers["x-cache"]) == (200, b"saved\n", "STALE")
+    assert c.get("/plain").status == 503
+
+
+def test_unsafe_methods_and_purge_invalidate(whoami: Backend, cache: StartCache) -> None:
+    c = cache(whoami.url)
+    c.get("/cache/60")
+    assert c.get("/cache/60").headers["x-cache"] == "HIT"
+    assert c.get("/cache/60", method="POST", body=b"x").status == 200
+    assert c.get("/cache/60").headers["x-cache"] == "MISS"
+    assert c.get("/cache/60").headers["x-cache"] == "HIT"
+    purged = c.get("/cache/60", method="PURGE")
+    assert (purged.status, purged.body) == (200, b"purged 1\n")
+    assert c.get("/cache/60", method="PURGE").status == 404
+    assert c.get("/cache/60").headers["x-cache"] == "MISS"
+    admin = request(c.admin, "/purge?target=/cache/60", method="POST")
+    assert admin.json() == {"purged": 1}
+
+
+def test_purge_is_refused_from_addresses_not_allowed(whoami: Backend, cache: StartCache) -> None:
+    c = cache(whoami.url, "--purge-allow", "10.0.0.0/8")
+    c.get("/cache/60")
+    assert c.get("/cache/60", method="PURGE").status == 403
+    assert c.get("/cache/60").headers["x-cache"] == "HIT"
+
+
+def test_objects_over_max_object_stream_through_uncached(
+    origin: ScriptedOrigin, whoami: Backend, cache: StartCache
+) -> None:
+    origin.answers["/big"] = Answer(headers=[("Cache-Control", "max-age=60")], body=b"b" * 100_000)
+    c = cache(origin.url, "--max-object", "64KiB")
+    for _ in range(2):
+        reply = c.get("/big")
+        assert reply.body == b"b" * 100_000
+        assert reply.headers["x-cache"] == "MISS"
+    assert origin.hits["/big"] == 2
+    chunked = cache(whoami.url, "--max-object", "64KiB")
+    assert len(chunked.get("/bytes/200000").body) == 200_000
+    assert chunked.stats()["objects"] == 0
+
+
+def test_memory_is_bounded_by_evicting_least_recently_used(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    for i in range(6):
+        origin.answers[f"/o{i}"] = Answer(
+            headers=[("Cache-Control", "max-age=60")], body=bytes([65 + i]) * 30_000
+        )
+    c = cache(origin.url, "--max-size", "100KiB", "--max-object", "40KiB")
+    for i in range(6):
+        c.get(f"/o{i}")
+    stats = c.stats()
+    assert stats["bytes"] <= 100 * 1024
+    assert stats["evictions"] == 3
+    assert c.get("/o5").headers["x-cache"] == "HIT"
+    assert c.get("/o0").headers["x-cache"] == "MISS"
+
+
+def test_waiting_requests_give_up_after_the_coalesce_timeout(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url, "--coalesce-timeout", "200ms")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        replies = list(pool.map(lambda _: c.get("/delay/1500"), range(4)))
+    assert {r.status for r in replies} == {200}
+    assert whoami.stats()["paths"]["/delay/1500"] == 4
+    assert c.stats()["coalescing"]["followers"] == 3
+
+
+def test_head_requests_are_answered_from_the_stored_get(whoami: Backend, cache: StartCache) -> None:
+    c = cache(whoami.url)
+    body = c.get("/cache/60").body
+    head = c.get("/cache/60", method="HEAD")
+    assert (head.status, head.body, head.headers["x-cache"]) == (200, b"", "HIT")
+    assert head.headers["content-length"] == str(len(body))
+    assert whoami.stats()["paths"]["/cache/60"] == 1
+
+
+def test_concurrent_misses_for_two_variants_cause_one_origin_request_each(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/slow"] = Answer(
+        headers=[("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")],
+        echo="accept-language",
+        delay=0.5,
+    )
+    c = cache(origin.url)
+    languages = ["en", "fr"] * 5
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        replies = list(
+            pool.map(lambda lang: c.get("/slow", headers={"Accept-Language": lang}), languages)
+        )
+    assert [r.body for r in replies] == [
+        f"accept-language: {lang}\n".encode() for lang in languages
+    ]
+    assert origin.hits["/slow"] == 2
+
+
+def test_waiting_requests_get_the_answer_even_if_the_first_client_leaves(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url)
+    with socket.create_connection(("127.0.0.1", c.port)) as leaver:
+        host = f"127.0.0.1:{c.port}".encode()  # the Host http.client sends: the same key
+        leaver.sendall(b"GET /delay/2500 HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        wait_for(lambda: c.stats()["coalescing"]["open"] == 1, what="the first fetch to start")
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            futures = [pool.submit(c.get, "/delay/2500") for _ in range(5)]
+            wait_for(lambda: c.stats()["coalescing"]["followers"] == 5, what="followers waiting")
+            leaver.close()
+            replies = [f.result() for f in futures]
+    assert {r.status for r in replies} == {200}
+    assert whoami.stats()["paths"]["/delay/2500"] == 1
