@@ -39,12 +39,39 @@ from pathlib import Path
 from typing import Any
 
 from podkit.runtime.config import parse_duration
-from podkit.testing import EtcdServer, PodkitProcess, RedisServer
+from podkit.testing import (
+    EtcdServer,
+    PodkitProcess,
+    RedisServer,
+    ServerProcess,
+    require_binary,
+)
 from podkit.testing.net import wait_for
 
 COMMAND = [sys.executable, "-m", "podkit.testing.leader_command"]
 REPLICAS = 3
-TARGET_SLACK = 0.5  # the issue's failover target: ttl + 0.5 s
+ETCDCTL_SESSION_TTL = 60  # etcdctl elect's session ttl (concurrency.NewSession's default)
+
+# The peer on Redis: redis-py's Lock with the same ttl, renewed (reacquire) every ttl/3 and
+# polled every ttl/10 like podkit; it records its start the way the podkit command does.
+REDIS_LOCK_PEER = """
+import json, os, sys, time
+import redis
+url, outdir, identity, ttl = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+client = redis.Redis.from_url(url)
+lock = client.lock("bench-peer", timeout=ttl, sleep=ttl / 10)
+lock.acquire(blocking=True)
+record = {"token": client.incr("bench-peer-seq"), "identity": identity,
+          "pid": os.getpid(), "at": time.monotonic()}
+path = os.path.join(outdir, f"{os.getpid()}.start")
+with open(path + ".partial", "w") as out:
+    json.dump(record, out)
+os.rename(path + ".partial", path)
+while True:
+    time.sleep(ttl / 3)
+    lock.reacquire()
+"""
+TARGET_SLACK = 0.5  # the failover target is ttl + 0.5 s
 
 
 @dataclass
@@ -55,16 +82,23 @@ class Cluster:
     url: str
     outdir: Path
     ttl: str
-    live: dict[str, PodkitProcess] = field(default_factory=dict)
-    all: list[PodkitProcess] = field(default_factory=list)
+    peer: bool = False  # run the redis-py Lock peer instead of podkit elect
+    live: dict[str, ServerProcess] = field(default_factory=dict)
+    all: list[ServerProcess] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
 
     def start(self, identity: str) -> None:
-        process = PodkitProcess(
-            "elect", "--backend", self.url, "--name", "bench", "--ttl", self.ttl,
-            "--id", identity, "--grace", "1s", "--log-level", "debug",
-            "--", *COMMAND, str(self.outdir),
-        )  # fmt: skip
+        process: ServerProcess
+        if self.peer:
+            seconds = str(parse_duration(self.ttl))
+            argv = [sys.executable, "-c", REDIS_LOCK_PEER, self.url, str(self.outdir), identity]
+            process = ServerProcess([*argv, seconds], name="redis-py-lock")
+        else:
+            process = PodkitProcess(
+                "elect", "--backend", self.url, "--name", "bench", "--ttl", self.ttl,
+                "--id", identity, "--grace", "1s", "--log-level", "debug",
+                "--", *COMMAND, str(self.outdir),
+            )  # fmt: skip
         process.start()
         self.live[identity] = process
         self.all.append(process)
@@ -117,12 +151,14 @@ def backend(kind: str, workdir: Path) -> Iterator[tuple[str, RedisServer | EtcdS
             yield etcd_server.url, etcd_server
 
 
-def measure_failover(kind: str, *, kills: int, ttl: str, rng: random.Random) -> list[float]:
+def measure_failover(
+    kind: str, *, kills: int, ttl: str, rng: random.Random, peer: bool = False
+) -> list[float]:
     seconds = parse_duration(ttl)
     with tempfile.TemporaryDirectory() as tmp, backend(kind, Path(tmp)) as (url, _):
         outdir = Path(tmp) / "out"
         outdir.mkdir()
-        cluster = Cluster(url, outdir, ttl)
+        cluster = Cluster(url, outdir, ttl, peer=peer)
         times = []
         try:
             for index in range(REPLICAS):
@@ -145,6 +181,46 @@ def measure_failover(kind: str, *, kills: int, ttl: str, rng: random.Random) -> 
                 cluster.start(leader["identity"])
         finally:
             cluster.close()
+    return times
+
+
+def measure_etcdctl_failover(*, kills: int, rng: random.Random) -> list[float]:
+    """The same kill loop with ``etcdctl elect`` (which prints its proposal once elected)."""
+    etcdctl = require_binary("etcdctl")
+    times = []
+    with EtcdServer() as server:
+        live: dict[str, ServerProcess] = {}
+        every: list[ServerProcess] = []
+
+        def start(identity: str) -> None:
+            argv = [etcdctl, "--endpoints", f"{server.host}:{server.port}", "elect", "bench"]
+            process = ServerProcess([*argv, identity], env={"ETCDCTL_API": "3"}, name="etcdctl")
+            live[identity] = process.start()
+            every.append(process)
+
+        def leader() -> str | None:
+            for identity, process in live.items():
+                if process.running() and identity in process.output().split():
+                    return identity
+            return None
+
+        limit = 3 * ETCDCTL_SESSION_TTL
+        try:
+            for index in range(REPLICAS):
+                start(f"node-{index}")
+            for _ in range(kills):
+                wait_for(lambda: leader() is not None, timeout=limit, what="a leader")
+                time.sleep(rng.uniform(0.5, 2.5))
+                victim = leader()
+                assert victim is not None
+                killed_at = time.monotonic()
+                live.pop(victim).kill()
+                wait_for(lambda: leader() is not None, timeout=limit, what="the next leader")
+                times.append(time.monotonic() - killed_at)
+                start(victim)
+        finally:
+            for process in every:
+                process.__exit__(None, None, None)
     return times
 
 
@@ -272,6 +348,13 @@ def main() -> None:
     parser.add_argument("--chaos", default="60s", help="chaos run length per backend (0 skips)")
     parser.add_argument("--ttl", default="2s")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure redis-py's Lock and etcdctl elect",
+    )
+    parser.add_argument("--etcdctl-kills", type=int, default=2, help="each takes about 60 s")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     ttl = parse_duration(args.ttl)
@@ -289,6 +372,23 @@ def main() -> None:
         print(
             f"| {kind} | {len(times)} | {statistics.median(times):.2f} s | {max(times):.2f} s "
             f"| {target:g} s | {met}/{len(times)} |",
+            flush=True,
+        )
+    if args.peers:
+        print()
+        print("| peer | kills | median failover | max failover | notes |")
+        print("|---|---|---|---|---|")
+        times = measure_failover("redis", kills=args.kills or 20, ttl=args.ttl, rng=rng, peer=True)
+        print(
+            f"| redis-py Lock, timeout {args.ttl} | {len(times)} | "
+            f"{statistics.median(times):.2f} s | {max(times):.2f} s "
+            "| no fencing token; time to acquire, no command start |",
+            flush=True,
+        )
+        times = measure_etcdctl_failover(kills=args.etcdctl_kills, rng=rng)
+        print(
+            f"| etcdctl elect | {len(times)} | {statistics.median(times):.2f} s "
+            f"| {max(times):.2f} s | session ttl fixed at {ETCDCTL_SESSION_TTL} s |",
             flush=True,
         )
     chaos_seconds = parse_duration(args.chaos)

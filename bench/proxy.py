@@ -29,11 +29,12 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 # One wrk parser for every serving benchmark (it reads p99 from the latency distribution, never
 # from the thread-stats line's "99.xx%" column).
-from serving_harness import Result, wrk
+from serving_harness import parse_wrk, wrk_argv
 
 BODY = "podkit-bench " + "x" * 86 + "\n"  # 100 bytes
 PACKAGES = {"nginx": "nginx-light", "haproxy": "haproxy", "wrk": "wrk"}
@@ -206,6 +207,43 @@ def haproxy_tcp_conf(tmp: Path, port: int, backend: int) -> Path:
     return conf
 
 
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int = 0
+    cpu_us: float | None = None  # CPU time of the target's processes per request
+
+
+def session_cpu_seconds(session: int) -> float:
+    """User plus system CPU seconds of every live process in ``session``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # fields after the name: state ppid pgrp session ...
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def wrk(name: str, port: int, seconds: int, connections: int, session: int | None = None) -> Result:
+    argv = wrk_argv(port, seconds, connections)
+    cpu_before = session_cpu_seconds(session) if session else 0.0
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    cpu_after = session_cpu_seconds(session) if session else 0.0
+    figures = parse_wrk(name, out)
+    requests = figures.requests
+    cpu = (cpu_after - cpu_before) * 1e6 / requests if session and requests else None
+    return Result(name, figures.rps, figures.p50_ms, figures.p99_ms, requests, cpu)
+
+
 def podkit_argv(port: int, upstream: str, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -231,9 +269,10 @@ def http_bench(tmp: Path, seconds: int, connections: int) -> list[Result]:
         pinned(CORE_LOAD, [nginx, "-c", str(nginx_backend_conf(tmp, backend))]),
         backend,
         tmp / "backend.log",
-    ):
+    ) as backend_proc:
         wrk("warm-up", backend, 1, connections)
-        results.append(wrk("direct (nginx backend)", backend, seconds, connections))
+        direct = wrk("direct (nginx backend)", backend, seconds, connections, backend_proc.pid)
+        results.append(direct)
         targets: list[tuple[str, list[str] | None]] = []
         port = free_port()
         targets.append(
@@ -256,9 +295,9 @@ def http_bench(tmp: Path, seconds: int, connections: int) -> list[Result]:
         for (name, argv), listen in zip(targets, ports, strict=True):
             assert argv is not None
             core = None if "2 workers" in name else CORE_PROXY
-            with process(pinned(core, argv), listen, tmp / f"{listen}.log"):
+            with process(pinned(core, argv), listen, tmp / f"{listen}.log") as proc:
                 wrk("warm-up", listen, 1, connections)
-                results.append(wrk(name, listen, seconds, connections))
+                results.append(wrk(name, listen, seconds, connections, proc.pid))
     return results
 
 
@@ -360,12 +399,14 @@ def main() -> None:
         nginx = by_name["nginx proxy (1 worker)"]
         print(f"\nHTTP: wrk -t1 -c{args.connections} -d{seconds}s --latency (keep-alive)")
         print(
-            f"{'target':28} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/HAProxy':>9} {'/nginx':>7}"
+            f"{'target':28} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/HAProxy':>9} "
+            f"{'/nginx':>7} {'CPU us/req':>11}"
         )
         for r in results:
+            cpu = f"{r.cpu_us:11.1f}" if r.cpu_us is not None else f"{'':11}"
             print(
                 f"{r.name:28} {r.rps:10.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
-                f"{r.rps / haproxy.rps:9.2f} {r.rps / nginx.rps:7.2f}"
+                f"{r.rps / haproxy.rps:9.2f} {r.rps / nginx.rps:7.2f} {cpu}"
             )
         if not args.skip_tcp:
             tcp = tcp_bench(tmp, size)

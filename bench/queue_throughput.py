@@ -8,7 +8,10 @@ redis-server:
    (podkit's batch ``put_many`` is measured too) -> enqueue rate;
 2. start 2 worker processes and time from the first item done to the last
    -> processing rate (worker start-up excluded); the time from starting the workers to the
-   last item is printed as well.
+   last item is printed as well, and the CPU time the worker processes spent per 1000
+   items (from /proc, start-up excluded), which a busy machine disturbs much less.
+
+Systems run in turn, ``--rounds`` times in a rotated order; the table shows medians.
 
 podkit on SQLite runs the same steps with a queue file in a temporary directory.
 
@@ -19,10 +22,10 @@ Run from the repository root:  .venv/bin/python bench/queue_throughput.py
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = {"rq": "rq", "celery": "celery", "dramatiq": "dramatiq[redis]", "huey": "huey"}
+# module -> package; hiredis (the C reply parser of redis-py) serves every system alike
+PEERS = {
+    "rq": "rq",
+    "celery": "celery",
+    "dramatiq": "dramatiq[redis]",
+    "huey": "huey",
+    "hiredis": "hiredis",
+}
 COUNTER = "bench:done"
 WORKER_THREADS = 8  # per worker process, for every system that has threads
 PODKIT_PREFETCH = 64  # like Celery's prefetch multiplier (set to 64 below) and Dramatiq's prefetch
@@ -52,6 +62,25 @@ class Result:
     batch_enqueue_rate: float | None
     process_rate: float
     wall: float
+    cpu_ms_per_1k: float
+
+
+def session_cpu_seconds(sessions: set[int]) -> float:
+    """User + system CPU time of every live process in these sessions (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state ppid pgrp session ... utime(12) stime(13)
+        if int(fields[3]) in sessions:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def bin_path(name: str) -> str:
@@ -60,6 +89,7 @@ def bin_path(name: str) -> str:
 
 def enqueue_podkit(url: str, n: int, *, batch: bool) -> float:
     from podkit.queue import Queue
+    from podkit.runtime import run_async
 
     async def run() -> float:
         async with Queue(url, "bench") as q:
@@ -72,7 +102,7 @@ def enqueue_podkit(url: str, n: int, *, batch: bool) -> float:
                     await q.put(b"x")
             return time.perf_counter() - start
 
-    return asyncio.run(run())
+    return float(run_async(run()))
 
 
 def run_system(
@@ -113,6 +143,7 @@ def run_system(
     ]
     started = time.perf_counter()
     first = None
+    cpu_at_first = 0.0
     try:
         deadline = started + 600
         while True:
@@ -120,12 +151,14 @@ def run_system(
             now = time.perf_counter()
             if done >= 1 and first is None:
                 first = now
+                cpu_at_first = session_cpu_seconds({p.pid for p in procs})
             if done >= n:
                 break
             if now > deadline:
                 raise RuntimeError(f"{name}: only {done} of {n} items done after 600 s")
             time.sleep(0.002)
         finished = time.perf_counter()
+        cpu = session_cpu_seconds({p.pid for p in procs}) - cpu_at_first
     finally:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -143,6 +176,7 @@ def run_system(
         batch_enqueue_rate=batch_rate,
         process_rate=(n - 1) / max(finished - first, 1e-9),
         wall=finished - started,
+        cpu_ms_per_1k=cpu * 1000 / (n - 1) * 1000,
     )
     del workers
     return result
@@ -152,6 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="medians over this many rounds")
     parser.add_argument(
         "--systems",
         default="podkit,podkit-sqlite,rq,celery,dramatiq,huey",
@@ -164,7 +199,7 @@ def main() -> None:
 
     n, w = args.items, args.workers
     chosen = args.systems.split(",")
-    results: list[Result] = []
+    results: dict[str, list[Result]] = {}
     with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
         url = server.url
         os.environ["BENCH_REDIS_URL"] = url
@@ -184,19 +219,18 @@ def main() -> None:
                 reset=reset,
             )
 
-        for system in chosen:
-            print(f"running {system} ...", flush=True)
+        def run_one(system: str) -> Result:
             if system == "podkit":
-                results.append(podkit_run("podkit (redis)", url, None))
-            elif system == "podkit-sqlite":
+                return podkit_run("podkit (redis)", url, None)
+            if system == "podkit-sqlite":
                 db = Path(tmp) / "bench.db"
 
                 def reset_sqlite(db: Path = db) -> None:
                     for suffix in ("", "-wal", "-shm"):
                         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
-                results.append(podkit_run("podkit (sqlite)", f"sqlite:///{db}", reset_sqlite))
-            elif system == "rq":
+                return podkit_run("podkit (sqlite)", f"sqlite:///{db}", reset_sqlite)
+            if system == "rq":
                 import redis
                 from rq import Queue as RQueue
 
@@ -208,10 +242,8 @@ def main() -> None:
                     return time.perf_counter() - start
 
                 argv = [bin_path("rq"), "worker", "-w", "rq.worker.SimpleWorker", "-u", url]
-                results.append(
-                    run_system("RQ", url, n, w, rq_enqueue, [[*argv, "-q", "bench"]] * w)
-                )
-            elif system == "celery":
+                return run_system("RQ", url, n, w, rq_enqueue, [[*argv, "-q", "bench"]] * w)
+            if system == "celery":
                 from bench.queue_apps.celery_app import noop as celery_noop
 
                 def celery_enqueue() -> float:
@@ -225,17 +257,15 @@ def main() -> None:
                     "-P", "threads", "-c", str(WORKER_THREADS), "-l", "warning",
                     "--without-gossip", "--without-mingle", "--without-heartbeat",
                 ]  # fmt: skip
-                results.append(
-                    run_system(
-                        "Celery",
-                        url,
-                        n,
-                        w,
-                        celery_enqueue,
-                        [[*argv, "-n", f"w{i}@%h"] for i in range(w)],
-                    )
+                return run_system(
+                    "Celery",
+                    url,
+                    n,
+                    w,
+                    celery_enqueue,
+                    [[*argv, "-n", f"w{i}@%h"] for i in range(w)],
                 )
-            elif system == "dramatiq":
+            if system == "dramatiq":
                 from bench.queue_apps.dramatiq_app import noop as dramatiq_noop
 
                 def dramatiq_enqueue() -> float:
@@ -248,8 +278,8 @@ def main() -> None:
                     bin_path("dramatiq"), "bench.queue_apps.dramatiq_app",
                     "--processes", str(w), "--threads", str(WORKER_THREADS),
                 ]  # fmt: skip
-                results.append(run_system("Dramatiq", url, n, w, dramatiq_enqueue, [argv]))
-            elif system == "huey":
+                return run_system("Dramatiq", url, n, w, dramatiq_enqueue, [argv])
+            if system == "huey":
                 from bench.queue_apps.huey_app import noop as huey_noop
 
                 def huey_enqueue() -> float:
@@ -262,31 +292,65 @@ def main() -> None:
                     bin_path("huey_consumer"), "bench.queue_apps.huey_app.huey",
                     "-k", "thread", "-w", str(WORKER_THREADS), "-q",
                 ]  # fmt: skip
-                results.append(run_system("Huey", url, n, w, huey_enqueue, [argv] * w))
-            else:
-                raise SystemExit(f"unknown system {system!r}")
-            print(f"  {format_row(results[-1])}", flush=True)
+                return run_system("Huey", url, n, w, huey_enqueue, [argv] * w)
+            raise SystemExit(f"unknown system {system!r}")
+
+        for round_no in range(args.rounds):
+            # rotate the order so no system always runs first (or last) on a busy machine
+            shift = round_no % len(chosen)
+            for system in chosen[shift:] + chosen[:shift]:
+                print(f"round {round_no + 1}: running {system} ...", flush=True)
+                result = run_one(system)
+                results.setdefault(result.system, []).append(result)
+                print(f"  {format_row(result)}", flush=True)
 
     print()
-    print(f"{n} items, {w} worker processes, {WORKER_THREADS} threads/tasks per process")
-    print("| system | enqueue/s (one at a time) | enqueue/s (batch) | processed/s | wall s |")
-    print("|---|---:|---:|---:|---:|")
-    for res in results:
+    print(
+        f"{n} items, {w} worker processes, {WORKER_THREADS} threads/tasks per process; "
+        f"median of {args.rounds} rounds"
+    )
+    print(
+        "| system | enqueue/s (one at a time) | enqueue/s (batch) | processed/s | wall s "
+        "| worker CPU ms / 1000 items |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    medians = {name: median_result(runs) for name, runs in results.items()}
+    for res in medians.values():
         print(format_row(res))
-    peers = [r for r in results if not r.system.startswith("podkit")]
-    ours = [r for r in results if r.system == "podkit (redis)"]
-    if peers and ours:
-        best = max(peers, key=lambda r: r.process_rate)
+    peer_names = [name for name in medians if not name.startswith("podkit")]
+    ours = medians.get("podkit (redis)")
+    if peer_names and ours:
+        best = max((medians[name] for name in peer_names), key=lambda r: r.process_rate)
         print(
-            f"\npodkit (redis) / best peer ({best.system}): "
-            f"{ours[0].process_rate / best.process_rate:.2f}x processed/s"
+            f"\npodkit (redis) / best peer ({best.system}), medians: "
+            f"{ours.process_rate / best.process_rate:.2f}x processed/s, "
+            f"{best.cpu_ms_per_1k / ours.cpu_ms_per_1k:.2f}x less worker CPU per item"
         )
+        for i, run in enumerate(results["podkit (redis)"]):
+            top = max((results[name][i] for name in peer_names), key=lambda r: r.process_rate)
+            print(
+                f"round {i + 1}: {run.process_rate / top.process_rate:.2f}x "
+                f"the best peer ({top.system})"
+            )
+
+
+def median_result(runs: list[Result]) -> Result:
+    batch = [r.batch_enqueue_rate for r in runs if r.batch_enqueue_rate is not None]
+    return Result(
+        system=runs[0].system,
+        enqueue_rate=statistics.median(r.enqueue_rate for r in runs),
+        batch_enqueue_rate=statistics.median(batch) if batch else None,
+        process_rate=statistics.median(r.process_rate for r in runs),
+        wall=statistics.median(r.wall for r in runs),
+        cpu_ms_per_1k=statistics.median(r.cpu_ms_per_1k for r in runs),
+    )
 
 
 def format_row(r: Result) -> str:
     batch = f"{r.batch_enqueue_rate:,.0f}" if r.batch_enqueue_rate else "-"
     return (
-        f"| {r.system} | {r.enqueue_rate:,.0f} | {batch} | {r.process_rate:,.0f} | {r.wall:.2f} |"
+        f"| {r.system} | {r.enqueue_rate:,.0f} | {batch} | {r.process_rate:,.0f} "
+        f"| {r.wall:.2f} | {r.cpu_ms_per_1k:,.0f} |"
     )
 
 

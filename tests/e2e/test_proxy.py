@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -151,3 +152,36 @@ def test_tcp_mode_forwards_bytes_to_the_upstream(whoami_port: int) -> None:
             timeout=10,
             what="tcp metrics",
         )
+
+
+def test_a_killed_worker_is_started_again(whoami_port: int) -> None:
+    port, admin = free_port(), free_port()
+    with PodkitProcess(
+        "proxy",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        f"http://127.0.0.1:{whoami_port}",
+        "--workers",
+        "2",
+        "--admin",
+        f"127.0.0.1:{admin}",
+    ) as proc:
+        wait_http("127.0.0.1", admin, "/readyz", timeout=30)
+
+        def started() -> list[int]:
+            return [
+                int(json.loads(line)["pid"])
+                for line in proc.output().splitlines()
+                if line.startswith("{") and '"worker started"' in line
+            ]
+
+        first = started()
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)
+        wait_for(lambda: len(started()) == 3, timeout=20, what="the worker to be started again")
+        assert "worker exited; starting it again" in proc.output()
+        wait_http("127.0.0.1", admin, "/readyz", timeout=30)
+        for _ in range(10):
+            status, _, _ = get(port, "/status/200")
+            assert status == 200

@@ -398,3 +398,80 @@ async def test_too_many_pipelined_requests_are_answered_503_after_the_others(
     assert statuses == [200, 200, 200, 200, 200, 503]
     assert await client.closed_by_peer()
     await client.close()
+
+
+async def test_a_client_slower_than_the_response_timeout_still_gets_the_whole_body(
+    start_proxy: StartProxy,
+) -> None:
+    """Back-pressure pauses the upstream; the pause is not upstream silence."""
+    bodies: list[Body] = []
+
+    def capture(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            response = await inner(request)
+            assert isinstance(response.body, Body)
+            bodies.append(response.body)
+            return response
+
+        return handle
+
+    proxy = await start_proxy(handler=capture, timeout=0.3, buffer_bytes=64 * 1024)
+    client = await Client.connect(proxy.port)
+    client.writer.transport.pause_reading()  # type: ignore[attr-defined]
+    size = 20_000_000
+    await client.send(f"GET /bytes/{size} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    await asyncio.to_thread(wait_for, lambda: bool(bodies) and bodies[0].producer_paused)
+    await asyncio.sleep(1.0)  # three response timeouts pass while the client reads nothing
+    client.writer.transport.resume_reading()  # type: ignore[attr-defined]
+    reply = await client.read_response()
+    assert reply.status == 200
+    assert len(reply.body) == size
+    await client.close()
+
+
+@pytest.mark.parametrize("path", ["/status/200", "/bytes/1000000"], ids=["small", "streamed"])
+async def test_a_policy_can_tee_the_response_body_while_it_streams(
+    start_proxy: StartProxy, path: str
+) -> None:
+    from collections.abc import AsyncIterator
+
+    from podkit.engines.http import BodyLike, close_body, iter_body
+
+    stored: list[bytes] = []
+
+    async def tee(body: BodyLike) -> AsyncIterator[bytes]:
+        parts: list[bytes] = []
+        try:
+            async for chunk in iter_body(body):
+                parts.append(chunk)
+                yield chunk
+        except BaseException:
+            await close_body(body)
+            raise
+        stored.append(b"".join(parts))
+
+    def caching(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            response = await inner(request)
+            response.body = tee(response.body)
+            return response
+
+        return handle
+
+    proxy = await start_proxy(handler=caching)
+    reply = await exchange(proxy.port, f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    assert reply.status == 200
+    assert stored == [reply.body]
+    assert len(reply.body) > 0
+
+
+async def test_a_client_that_leaves_mid_response_frees_the_upstream_connection(
+    proxy: Proxy,
+) -> None:
+    client = await Client.connect(proxy.port)
+    await client.send(b"GET /bytes/100000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+    await client.reader.readuntil(b"\r\n\r\n")
+    await client.reader.readexactly(100_000)
+    await asyncio.to_thread(wait_for, lambda: proxy.pool.statistics().open == 1)
+    client.writer.transport.abort()  # type: ignore[attr-defined]
+    await asyncio.to_thread(wait_for, lambda: proxy.pool.statistics().open == 0)

@@ -328,3 +328,21 @@ def test_a_worker_is_not_ready_while_redis_is_down_and_recovers_when_it_is_back(
         podkit("queue", "put", url, "jobs", "after the outage")
         wait_for(lambda: lines(out) == ["after the outage"], timeout=TIMEOUT)
         assert "queue store failing" in worker.output()
+
+
+def test_a_pool_drains_its_workers_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:
+    started, release, done = tmp_path / "started", tmp_path / "release", tmp_path / "done"
+    podkit("queue", "put", sqlite_url, "jobs", "-", stdin="first\nsecond\n")
+    script = f"echo go >> {started}; while [ ! -f {release} ]; do sleep 0.02; done; cat >> {done}"
+    with PodkitProcess(
+        "queue", "work", sqlite_url, "jobs", "--min", "1", "--max", "1",
+        "--", "sh", "-c", script,
+    ) as pool:  # fmt: skip
+        wait_for(lambda: len(lines(started)) == 1, timeout=TIMEOUT, what="the first item")
+        pool.signal(signal.SIGTERM)
+        wait_for(lambda: '"msg":"stopped taking items"' in pool.output(), timeout=TIMEOUT)
+        release.touch()
+        assert pool.wait(TIMEOUT) == 0
+    assert lines(done) == ["first"]
+    data = stats(sqlite_url, "jobs")
+    assert (data["ready"], data["leased"], data["ack_total"]) == (1, 0, 1)

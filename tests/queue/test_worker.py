@@ -75,18 +75,18 @@ async def test_a_failing_handler_is_retried_until_it_succeeds(queue_url: str) ->
 
 async def test_a_long_item_keeps_its_lease_while_it_runs(queue_url: str) -> None:
     async def handler(item: Item) -> None:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.0)
 
     async with Queue(queue_url, "jobs") as queue, Queue(queue_url, "jobs") as other:
         await queue.put(b"long")
-        worker = QueueWorker(queue, handler, visibility=0.3)
+        worker = QueueWorker(queue, handler, visibility=0.6)
         stop = asyncio.Event()
         serving = asyncio.create_task(worker.serve(stop))
         await wait_until(lambda: worker.running == 1)
         # another client polls through several visibility timeouts and never gets the item
-        for _ in range(8):
+        for _ in range(10):
             assert await other.lease(1, 30) == []
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.15)
         stop.set()
         await serving
         assert worker.processed == 1

@@ -28,6 +28,7 @@ from podkit.engines.http.rules import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_PIPELINE,
     DEFAULT_MAX_URI_BYTES,
 )
 from podkit.engines.tcp import DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT
@@ -269,6 +270,13 @@ async def serve_http_proxy(
     show_default=True,
     help="Most client connections open at once (more are answered 503 and closed).",
 )
+@click.option(
+    "--max-pipeline",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIPELINE,
+    show_default=True,
+    help="Pipelined requests queued per connection behind the one in progress (503 beyond).",
+)
 @runtime_options
 def command(
     listen: HostPort,
@@ -288,6 +296,7 @@ def command(
     body_timeout: float,
     keepalive_timeout: float,
     max_connections: int,
+    max_pipeline: int,
     runtime: RuntimeOptions,
 ) -> int:
     """A reverse proxy: forward every request (or TCP connection) to one upstream.
@@ -321,6 +330,7 @@ def command(
             body_timeout=body_timeout,
             keepalive_timeout=keepalive_timeout,
             max_connections=max_connections,
+            max_pipeline=max_pipeline,
         ),
         forwarding=Forwarding(trusted_proxies=trusted, via=via or None),
         connect_timeout=connect_timeout,

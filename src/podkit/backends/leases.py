@@ -219,12 +219,8 @@ def open_lease_backend(url: str) -> LeaseBackend:
             raise ConfigError("a Redis URL names a host: redis://host:port/db", path="backend")
         return RedisLeaseBackend(url)
     if scheme == "etcd":
-        try:
-            from podkit.backends.etcd_leases import EtcdLeaseBackend
-        except ImportError as exc:  # pragma: no cover - httpx is a dev dependency
-            raise ConfigError(
-                "the etcd backend needs httpx: pip install 'podkit[etcd]'", path="backend"
-            ) from exc
+        from podkit.backends.etcd_leases import EtcdLeaseBackend
+
         if not parts.hostname:
             raise ConfigError("an etcd URL names a host: etcd://host:port", path="backend")
         try:

@@ -20,6 +20,13 @@ from types import FrameType
 TICK = 0.02
 
 
+def _publish(path: Path, record: dict[str, object]) -> None:
+    """Write ``record`` so that readers see all of it or nothing (rename is atomic)."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record))
+    partial.rename(path)
+
+
 def main(directory: Path) -> None:
     token = int(os.environ["PODKIT_FENCING_TOKEN"])
     record = {
@@ -29,13 +36,15 @@ def main(directory: Path) -> None:
         "pid": os.getpid(),
         "at": time.monotonic(),
     }
-    (directory / f"{os.getpid()}.start").write_text(json.dumps(record))
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        (directory / f"{os.getpid()}.stop").write_text(json.dumps({"at": time.monotonic()}))
+        _publish(directory / f"{os.getpid()}.stop", {"at": time.monotonic()})
         sys.exit(0)
 
+    # The handler is in place before the start is announced: a SIGTERM right after the
+    # announcement is always recorded.
     signal.signal(signal.SIGTERM, on_term)
+    _publish(directory / f"{os.getpid()}.start", record)
     with (directory / "ticks").open("a") as ticks:
         while True:
             ticks.write(f"{token} {time.monotonic()}\n")

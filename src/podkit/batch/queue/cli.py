@@ -23,11 +23,11 @@ from podkit.batch.queue.client import (
 from podkit.batch.queue.components import (
     DEFAULT_SCALE_INTERVAL,
     WorkerSettings,
-    content_key,
     serve_pool,
     serve_source,
     serve_worker,
 )
+from podkit.batch.queue.components import content_key as make_content_key
 from podkit.batch.queue.scaling import DEFAULT_SCALE_DOWN_AFTER, ScalePolicy
 from podkit.batch.queue.states import (
     DEFAULT_BACKOFF_BASE,
@@ -138,7 +138,7 @@ def put(
     requests = [
         PutRequest(
             value,
-            key=content_key_of(body) if content_key else key,
+            key=make_content_key(body) if content_key else key,
             priority=priority,
             delay=delay,
             max_attempts=max_attempts,
@@ -152,10 +152,6 @@ def put(
                 click.echo(result.id if result.created else f"{result.id} exists")
 
     _run(act, url, name)
-
-
-def content_key_of(body: bytes) -> str:
-    return content_key(body)
 
 
 @group.command(context_settings={"ignore_unknown_options": True})

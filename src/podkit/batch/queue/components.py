@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -161,8 +162,6 @@ async def _watch_parent(rt: Runtime, parent_pid: int) -> None:
 
 def worker_argv(settings: WorkerSettings, rt: Runtime) -> list[str]:
     """The command line of one pool worker process."""
-    import sys
-
     argv = [
         sys.executable,
         "-m",

@@ -21,7 +21,8 @@ every held item (running or prefetched) has finished and been acked (the runtime
 SIGTERM). Cancelling it (the second SIGTERM, or the drain timeout) stops at once: running
 commands are killed and their leases expire, so the items are delivered again. Nothing is
 lost either way; an item finished but not yet acked when the process dies is processed
-twice (at least once).
+twice (at least once). An item counts against ``concurrency + prefetch`` until its ack is
+done, so one dead worker causes at most that many items to run again.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class QueueWorker:
         self.processed = 0
         self.failed = 0
         self.last_stats: QueueStats | None = None
-        # every item leased and not yet finished (running or waiting in the buffer)
+        # every item leased and not done: in the buffer, running, or waiting for its ack
         self._held: dict[str, Receipt] = {}
         self._buffer: asyncio.Queue[Item | None] = asyncio.Queue()
         self._active = 0
@@ -240,14 +241,16 @@ class QueueWorker:
 
     @property
     def held(self) -> int:
-        """Items leased by this worker and not finished (running or prefetched)."""
+        """Items leased by this worker and not done: prefetched, running, or awaiting ack."""
         return len(self._held)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then finish the items held and return.
 
         Raises:
-            BackendError: only when the store fails while acking at the end.
+            ExceptionGroup: with the :class:`BackendError` when the store still fails after
+                retries while the last items are acked (their leases expire and they are
+                delivered again: nothing is lost), or with a bug's exception.
         """
         async with asyncio.TaskGroup() as tasks:
             acker = tasks.create_task(self._ack_loop(), name="queue-acker")
@@ -321,15 +324,20 @@ class QueueWorker:
             await self.handler(item)
         except Exception as exc:
             await self._fail(item, exc)
+            self._release(item.id)
         else:
+            # the item stays held until its ack is done: what a crash can make run twice
+            # is bounded by concurrency + prefetch
             self._acks.append(item.receipt)
             self._ack_wakeup.set()
         finally:
             self._active -= 1
-            self._held.pop(item.id, None)
             if self.metrics is not None:
                 self.metrics.running.dec()
-            self._room.set()
+
+    def _release(self, item_id: str) -> None:
+        self._held.pop(item_id, None)
+        self._room.set()
 
     async def _fail(self, item: Item, exc: Exception) -> None:
         self.failed += 1
@@ -368,6 +376,9 @@ class QueueWorker:
                 results = await self.queue.ack_many(batch)
             except BackendError as exc:
                 if self._closing and failing >= BACKEND_RETRY_MAX:
+                    # give up: the leases expire and the items are delivered again
+                    for receipt in batch:
+                        self._release(receipt.item_id)
                     raise
                 self.log.warning("ack failed", extra={"error": str(exc), "retry_in": failing})
                 self._acks = batch + self._acks
@@ -375,6 +386,8 @@ class QueueWorker:
                 failing = min(failing * 2, BACKEND_RETRY_MAX)
                 continue
             failing = IDLE_POLL_MIN
+            for receipt in batch:
+                self._release(receipt.item_id)
             done = sum(results)
             self.processed += done
             if self.metrics is not None:

@@ -21,6 +21,7 @@ from podkit.engines.http.messages import (
     Response,
     TLSInfo,
     close_body,
+    iter_body,
     read_body,
 )
 from podkit.engines.http.proxy import Outcome, Pick, proxy_handler, upstream_request_headers
@@ -58,6 +59,7 @@ __all__ = [
     "UpstreamTimeout",
     "close_body",
     "forwarded_headers",
+    "iter_body",
     "pool_metrics",
     "proxy_handler",
     "read_body",

@@ -73,6 +73,14 @@ class Upstream:
     host: str
     port: int
     tls: bool = False
+    _hash: int = field(init=False, compare=False, repr=False, default=0)
+
+    def __post_init__(self) -> None:
+        # The pool looks an upstream up on every request: hash it once.
+        object.__setattr__(self, "_hash", hash((self.host, self.port, self.tls)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, url: str) -> Upstream:
@@ -134,7 +142,7 @@ class PoolStatistics:
     closed_early: int
 
 
-class _Stale(Exception):
+class StaleConnection(Exception):
     """A reused connection closed before any response byte (the keep-alive race)."""
 
 
@@ -168,6 +176,10 @@ class _UpstreamConnection(asyncio.Protocol):
         self.header_bytes = 0
         self.reason: bytes | None = None
         self.body: Body | None = None
+        self.pending: Response | None = None
+        self.pending_length: int | None = None
+        self.pending_chunks: list[bytes] = []
+        self.pending_size = 0
         self.got_bytes = False
         self.interim = False
         self.until_close = False
@@ -192,7 +204,7 @@ class _UpstreamConnection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             if self.uses > 1 and not self.got_bytes:
-                waiter.set_exception(_Stale())
+                waiter.set_exception(StaleConnection())
             else:
                 waiter.set_exception(
                     UpstreamClosed(
@@ -278,6 +290,8 @@ class _UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._broken(str(exc) or "malformed response")
             return
+        if self.pending is not None and not self.closed:
+            self._stream_pending()
         if self.in_head:
             # Counted on raw bytes rather than per field: cheaper, and it also bounds a field
             # that never ends.
@@ -357,14 +371,14 @@ class _UpstreamConnection(asyncio.Protocol):
             response.upgraded = _UpstreamTunnel(self)
         elif response_has_body(self.method, status):
             self.until_close = not chunked and length is None
-            body = self.body = Body(
-                length=length,
-                high_water=self.pool.buffer_bytes,
-                pause=self._pause_reading,
-                resume=self._resume_reading,
-                on_close=self._body_closed,
-            )
-            response.body = body
+            # Held back until this read is parsed: a body that completes in it is handed over
+            # as bytes (no stream machinery for the common small response); otherwise
+            # data_received turns it into a streaming Body.
+            self.pending = response
+            self.pending_length = length
+            self.pending_chunks = []
+            self.pending_size = 0
+            return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
@@ -375,6 +389,32 @@ class _UpstreamConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         if self.body is not None:
             self.body.feed(data)
+            return
+        if self.pending is not None:
+            self.pending_chunks.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > self.pool.buffer_bytes:
+                self._stream_pending()
+
+    def _stream_pending(self) -> None:
+        """Hand the held-back response over with a streaming Body holding what arrived."""
+        response = self.pending
+        assert response is not None
+        self.pending = None
+        body = self.body = Body(
+            length=self.pending_length,
+            high_water=self.pool.buffer_bytes,
+            pause=self._pause_reading,
+            resume=self._resume_reading,
+            on_close=self._body_closed,
+        )
+        for chunk in self.pending_chunks:
+            body.feed(chunk)
+        self.pending_chunks = []
+        response.body = body
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -387,6 +427,15 @@ class _UpstreamConnection(asyncio.Protocol):
     def _message_complete(self, *, keep_alive: bool) -> None:
         self.response_done = True
         self.deadline = 0.0
+        response = self.pending
+        if response is not None:
+            self.pending = None
+            chunks = self.pending_chunks
+            self.pending_chunks = []
+            response.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(response)
         body = self.body
         self.body = None
         if body is not None:
@@ -405,14 +454,21 @@ class _UpstreamConnection(asyncio.Protocol):
     def _pause_reading(self) -> None:
         if self.transport is not None and not self.response_done:
             self.transport.pause_reading()
+            self.deadline = 0.0  # our client is slow, not the upstream: no timeout meanwhile
 
     def _resume_reading(self) -> None:
         if self.transport is not None and not self.response_done and not self.closed:
             self.transport.resume_reading()
+            if self.timeout:
+                self.deadline = self.loop.time() + self.timeout
 
     def _body_closed(self, finished: bool) -> None:
         if not finished and not self.response_done:
             self.abort()  # the rest of the response will not be read: this connection is spent
+
+    def abandon_if_cancelled(self, waiter: asyncio.Future[Response]) -> None:
+        if waiter.cancelled():
+            self.abort()
 
     def abort(self) -> None:
         if not self.closed:
@@ -433,6 +489,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.request_done = False
         self.reusable = False
         self.body = None
+        self.pending = None
         self.timeout = timeout
         self.deadline = self.loop.time() + timeout if timeout else 0.0
         waiter = self.waiter = self.loop.create_future()
@@ -639,6 +696,30 @@ class UpstreamPool:
             closed_early=c["closed_early"],
         )
 
+    def send_now(
+        self, upstream: Upstream, request: Request, headers: Headers, timeout: float | None
+    ) -> asyncio.Future[Response] | None:
+        """Start a body-less request on an idle kept-alive connection, without awaiting.
+
+        The engine's fast path for plain forwarding: returns the future of the response, or
+        None when no idle connection is ready (then use :meth:`send`). The future fails with
+        the same errors as :meth:`send`, or with a private "stale connection" error when the
+        upstream had just closed the connection (send again with :meth:`send`). Cancelling
+        the future abandons the exchange and closes the connection.
+        """
+        conn = self._take_idle(upstream)
+        if conn is None:
+            return None
+        self.counters["requests"] += 1
+        head = _request_head(request, headers, upstream, None, False)
+        waiter = conn.begin(request.method, self.response_timeout if timeout is None else timeout)
+        self._busy.add(conn)
+        assert conn.transport is not None
+        conn.transport.write(head)
+        conn.request_sent()
+        waiter.add_done_callback(conn.abandon_if_cancelled)
+        return waiter
+
     async def send(
         self,
         upstream: Upstream,
@@ -707,7 +788,7 @@ class UpstreamPool:
                     await self._send_body(conn, body, chunked)
                 conn.request_sent()
                 return await waiter
-            except _Stale:
+            except StaleConnection:
                 if attempt + 1 < attempts:
                     continue
                 raise UpstreamClosed(

@@ -348,7 +348,8 @@ class Upgraded(Protocol):
 
 
 class Response:
-    """An HTTP response returned by a handler (or by :meth:`UpstreamPool.send`).
+    """An HTTP response returned by a handler (or by :meth:`UpstreamPool.send`, whose body is
+    ``bytes`` when the whole response arrived with its head, else a streaming :class:`Body`).
 
     Attributes:
         status: the status code.
@@ -430,6 +431,17 @@ async def read_body(body: BodyLike, limit: int | None = None) -> bytes:
     return b"".join(parts)
 
 
+async def iter_body(body: BodyLike) -> AsyncIterator[bytes]:
+    """The chunks of any body: ``bytes`` (one chunk, none when empty), a :class:`Body` or an
+    async iterable."""
+    if isinstance(body, bytes):
+        if body:
+            yield body
+        return
+    async for chunk in body:
+        yield chunk
+
+
 async def close_body(body: BodyLike) -> None:
     """Abandon a body: close a :class:`Body` or an async generator; bytes need nothing."""
     if isinstance(body, Body):
@@ -450,5 +462,6 @@ __all__ = [
     "TLSInfo",
     "Upgraded",
     "close_body",
+    "iter_body",
     "read_body",
 ]

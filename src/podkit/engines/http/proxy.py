@@ -9,6 +9,7 @@ when they need their own retry loop); outcomes reach them as the response or as 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -82,7 +83,7 @@ def proxy_handler(
         The handler. Upstream failures propagate as :class:`UpstreamError` (502, 503, 504).
     """
     policy = forwarding if forwarding is not None else Forwarding()
-    via = policy.via
+    via = policy.via_hop("1.1") if policy.via else None
     fixed = upstream if isinstance(upstream, Upstream) else None
     pick = None if isinstance(upstream, Upstream) else upstream
     clock = time.monotonic
@@ -119,7 +120,50 @@ def proxy_handler(
                 add_via(response.headers, http_version="1.1", via=via)
             return response
 
-    return handle
+    if fixed is None or observe is not None or retries:
+        return handle
+    return ProxyHandler(handle, pool, fixed, policy, timeout, via)
 
 
-__all__ = ["Outcome", "Pick", "proxy_handler", "upstream_request_headers"]
+class ProxyHandler:
+    """The handler :func:`proxy_handler` returns for one fixed upstream without observers.
+
+    It is an ordinary :data:`Handler`; the server also recognises it and forwards body-less
+    requests on an idle upstream connection straight from its protocol callbacks, without a
+    task per request (:meth:`start`). Wrapping it in a policy turns that path off.
+    """
+
+    __slots__ = ("_handle", "forwarding", "pool", "timeout", "upstream", "via")
+
+    def __init__(
+        self,
+        handle: Handler,
+        pool: UpstreamPool,
+        upstream: Upstream,
+        forwarding: Forwarding,
+        timeout: float | None,
+        via: bytes | None,
+    ) -> None:
+        self._handle = handle
+        self.pool = pool
+        self.upstream = upstream
+        self.forwarding = forwarding
+        self.timeout = timeout
+        self.via = via
+
+    def __call__(self, request: Request) -> Awaitable[Response]:
+        return self._handle(request)
+
+    def start(self, request: Request) -> asyncio.Future[Response] | None:
+        """Send ``request`` now if an idle connection is ready; the future of its response."""
+        headers = upstream_request_headers(request, self.forwarding)
+        return self.pool.send_now(self.upstream, request, headers, self.timeout)
+
+    def finish(self, response: Response) -> Response:
+        """What ``handle`` does to a response before returning it."""
+        if self.via:
+            add_via(response.headers, http_version="1.1", via=self.via)
+        return response
+
+
+__all__ = ["Outcome", "Pick", "ProxyHandler", "proxy_handler", "upstream_request_headers"]

@@ -278,6 +278,17 @@ class Forwarding:
     _trust_cache: dict[str, bool] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
+    _via_cache: dict[str, bytes] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+
+    def via_hop(self, http_version: str) -> bytes:
+        """This proxy's ``Via`` entry for a message of ``http_version`` (cached)."""
+        hop = self._via_cache.get(http_version)
+        if hop is None:
+            hop = f"{http_version} {self.via}".encode("latin-1")
+            self._via_cache[http_version] = hop
+        return hop
 
     @classmethod
     def parse_trusted(
@@ -374,14 +385,17 @@ def forwarded_headers(
     if forwarding.forwarded_host and (prior_host or host):
         out.append((b"X-Forwarded-Host", prior_host or host or b""))
     if forwarding.via:
-        hop = f"{http_version} {forwarding.via}".encode("latin-1")
-        out.append((b"Via", b", ".join([*prior_via, hop])))
+        hop = forwarding.via_hop(http_version)
+        out.append((b"Via", b", ".join([*prior_via, hop]) if prior_via else hop))
     return out
 
 
-def add_via(headers: Headers, *, http_version: str, via: str) -> None:
-    """Append this proxy to the ``Via`` of a response's fields, in place."""
-    hop = f"{http_version} {via}".encode("latin-1")
+def add_via(headers: Headers, *, http_version: str, via: str | bytes) -> None:
+    """Append this proxy to the ``Via`` of a response's fields, in place.
+
+    ``via`` is the pseudonym, or the whole ready-made entry as bytes.
+    """
+    hop = via if isinstance(via, bytes) else f"{http_version} {via}".encode("latin-1")
     for index, (name, value) in enumerate(headers):
         if name.lower() == b"via":
             headers[index] = (name, value + b", " + hop)

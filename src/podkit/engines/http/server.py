@@ -39,7 +39,17 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from podkit.engines.errors import UpstreamError
-from podkit.engines.http.messages import EMPTY_BODY, Body, Handler, Request, Response, TLSInfo
+from podkit.engines.http.client import StaleConnection
+from podkit.engines.http.messages import (
+    EMPTY_BODY,
+    Body,
+    Handler,
+    Request,
+    Response,
+    TLSInfo,
+    close_body,
+)
+from podkit.engines.http.proxy import ProxyHandler
 from podkit.engines.http.rules import (
     BodyMode,
     Headers,
@@ -219,7 +229,7 @@ class _Connection(asyncio.Protocol):
         self.reading: Request | None = None
         self.body_received = 0
         # dispatch
-        self.active: asyncio.Task[None] | None = None
+        self.active: asyncio.Future[Any] | None = None  # the handler task, or a direct exchange
         self.active_request: Request | None = None
         self.queue: deque[Request | _Rejection] = deque()
         self.must_close = False
@@ -448,11 +458,15 @@ class _Connection(asyncio.Protocol):
         if not self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = True
             self.transport.pause_reading()
+            if self.deadline_kind == _BODY:
+                self.deadline = 0.0  # the upstream is slow to take the body, not the client
 
     def _resume_reading(self) -> None:
         if self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = False
             self.transport.resume_reading()
+            if self.deadline_kind == _BODY and self.reading is not None:
+                self.deadline = self.loop.time() + self.limits.body_timeout
 
     def _send_continue(self) -> None:
         request = self.active_request
@@ -550,7 +564,80 @@ class _Connection(asyncio.Protocol):
     def _start(self, request: Request) -> None:
         self.handler_started = False
         self.active_request = request
+        direct = self.server.direct
+        if (
+            direct is not None
+            and request.body is EMPTY_BODY
+            and (request.framing is None or request.framing.upgrade is None)
+        ):
+            exchange = direct.start(request)
+            if exchange is not None:
+                # Plain forwarding on a kept-alive connection: no task, the response is
+                # written from the future's callback.
+                self.handler_started = True
+                self.active = exchange
+                started = self.loop.time()
+                exchange.add_done_callback(
+                    lambda future: self._direct_done(request, future, started)
+                )
+                return
         self.active = self.loop.create_task(self._respond(request))
+
+    def _direct_done(
+        self, request: Request, future: asyncio.Future[Response], started: float
+    ) -> None:
+        if future.cancelled() or self.active is not future:
+            return  # the client went away
+        exc = future.exception()
+        if isinstance(exc, StaleConnection):
+            # The upstream had closed the kept-alive connection: the ordinary path retries.
+            self.active = self.loop.create_task(self._respond(request))
+            return
+        server = self.server
+        direct = server.direct
+        assert direct is not None
+        if exc is None:
+            response = direct.finish(future.result())
+        elif isinstance(exc, ProtocolError | UpstreamError):
+            server.counters.error(_error_reason(exc, exc.status))
+            response = _error(exc.status, exc)
+        else:
+            log.error("forwarding failed", exc_info=exc, extra={"target": request.target})
+            server.counters.error("handler_failed")
+            response = _error(500, exc)
+        try:
+            if not self._write_whole(request, response):
+                self.active = self.loop.create_task(self._finish_stream(request, response, started))
+                return
+        except (ConnectionError, PodkitError, OSError):
+            if isinstance(response.body, Body):
+                response.body.close()  # an unread upstream body releases its connection
+            server.counters.error("response_aborted")
+            if self.transport is not None:
+                self.transport.abort()
+            server.counters.response(response.status, self.loop.time() - started)
+            return
+        server.counters.response(response.status, self.loop.time() - started)
+        if self.tunnel is None:
+            self._next()
+
+    async def _finish_stream(self, request: Request, response: Response, started: float) -> None:
+        try:
+            await self._stream_response(
+                request, response, self.stream_keep_alive, request.http_version == "1.0"
+            )
+            if not self.stream_keep_alive:
+                self.must_close = True
+        except asyncio.CancelledError:
+            return
+        except (ConnectionError, PodkitError, OSError):
+            self.server.counters.error("response_aborted")
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        finally:
+            self.server.counters.response(response.status, self.loop.time() - started)
+        self._next()
 
     def _next(self) -> None:
         self.active = None
@@ -591,7 +678,12 @@ class _Connection(asyncio.Protocol):
                 server.counters.error("handler_failed")
                 response = _error(500, exc)
             status = response.status
-            await self._write_response(request, response)
+            try:
+                await self._write_response(request, response)
+            except BaseException:
+                # Not written whole: an unread upstream body must release its connection.
+                await close_body(response.body)
+                raise
         except asyncio.CancelledError:
             return  # the client went away; the handler's upstream work was cancelled with it
         except (ConnectionError, PodkitError, OSError) as exc:
@@ -606,69 +698,67 @@ class _Connection(asyncio.Protocol):
         if self.tunnel is None:
             self._next()
 
-    async def _write_response(self, request: Request, response: Response) -> None:
+    def _write_whole(self, request: Request, response: Response) -> bool:
+        """Write a response whose body is all here (or switch to a tunnel after a 101).
+
+        Returns False, writing nothing, when the body must be streamed; the keep-alive
+        decision is then left in ``stream_keep_alive`` for :meth:`_stream_response`.
+
+        Raises:
+            ConnectionResetError: the client is gone.
+        """
         transport = self.transport
         assert transport is not None
         keep_alive = request.keep_alive and not self.must_close and not self.server.draining
         body = request.body
         if body is not EMPTY_BODY and isinstance(body, Body) and not body.finished:
             keep_alive = False  # unread request body: where the next request starts is unknown
-        http10 = request.http_version == "1.0"
-        upgrade = request.framing is not None and request.framing.upgrade is not None
-        if upgrade:
+        framing = request.framing
+        if framing is not None and framing.upgrade is not None:
             if response.status == 101 and response.upgraded is not None:
                 self._switch_to_tunnel(response)
-                return
+                return True
             keep_alive = False
-        out = response.body
         if self.closed:
             raise ConnectionResetError("client closed the connection")
+        out = response.body
         if isinstance(out, bytes):
-            mode, keep_alive = response_framing(
-                request.method,
-                response.status,
-                length=len(out),
-                http10=http10,
-                keep_alive=keep_alive,
-            )
-            head = response_head(
-                response.status,
-                response.headers,
-                mode=mode,
-                length=len(out),
-                keep_alive=keep_alive,
-                http10=http10,
-                reason=response.reason,
-            )
-            transport.write(head + out if mode is not BodyMode.NONE else head)
+            data = out
         elif isinstance(out, Body) and out.complete:
             chunks = out.take_all()
             data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
-            mode, keep_alive = response_framing(
-                request.method,
-                response.status,
-                length=len(data),
-                http10=http10,
-                keep_alive=keep_alive,
-            )
-            head = response_head(
-                response.status,
-                response.headers,
-                mode=mode,
-                length=len(data),
-                keep_alive=keep_alive,
-                http10=http10,
-                reason=response.reason,
-            )
-            transport.write(head + data if mode is not BodyMode.NONE else head)
-            out.close()
         else:
-            await self._stream_response(request, response, keep_alive, http10)
-            keep_alive = self._stream_keep_alive
+            self.stream_keep_alive = keep_alive
+            return False
+        http10 = request.http_version == "1.0"
+        mode, keep_alive = response_framing(
+            request.method, response.status, length=len(data), http10=http10, keep_alive=keep_alive
+        )
+        head = response_head(
+            response.status,
+            response.headers,
+            mode=mode,
+            length=len(data),
+            keep_alive=keep_alive,
+            http10=http10,
+            reason=response.reason,
+        )
+        transport.write(head + data if mode is not BodyMode.NONE and data else head)
+        if isinstance(out, Body):
+            out.close()
         if not keep_alive:
             self.must_close = True
+        return True
 
-    _stream_keep_alive = False
+    stream_keep_alive = False
+
+    async def _write_response(self, request: Request, response: Response) -> None:
+        if self._write_whole(request, response):
+            return
+        keep_alive = self.stream_keep_alive
+        await self._stream_response(request, response, keep_alive, request.http_version == "1.0")
+        if not self.stream_keep_alive:
+            self.must_close = True
 
     async def _stream_response(
         self, request: Request, response: Response, keep_alive: bool, http10: bool
@@ -681,7 +771,7 @@ class _Connection(asyncio.Protocol):
         mode, keep_alive = response_framing(
             request.method, response.status, length=length, http10=http10, keep_alive=keep_alive
         )
-        self._stream_keep_alive = keep_alive
+        self.stream_keep_alive = keep_alive
         transport.write(
             response_head(
                 response.status,
@@ -879,6 +969,8 @@ class HTTPServer:
         self._registry = registry
         self._collector: _ServerCollector | None = None
         self._all_closed: asyncio.Event | None = None
+        # Plain forwarding (proxy_handler, one upstream) gets a path without a task per request.
+        self.direct = handler if isinstance(handler, ProxyHandler) else None
         self.loop: asyncio.AbstractEventLoop  # set by start()
 
     async def __aenter__(self) -> HTTPServer:

@@ -487,20 +487,28 @@ class CachingProxy:
             return _Fetched(status, fields, body=b"")
         storable = self.policy.storability(request.method, request_headers, status, fields)
         body = response.body
-        if not storable or not isinstance(body, Body):
+        if not storable:
             return _Fetched(status, fields, response=response)
-        if body.length is not None and body.length > self.options.max_object:
-            return _Fetched(status, fields, response=response)
-        if body.complete:
-            # Arrived with the head (the common case for small objects): store it now.
-            data = b"".join(body.take_all())
+        if isinstance(body, Body) and body.complete:
+            data: bytes | None = b"".join(body.take_all())
             body.close()
+        elif isinstance(body, bytes):
+            data = body
+        elif isinstance(body, Body):
+            data = None
+            if body.length is not None and body.length > self.options.max_object:
+                return _Fetched(status, fields, response=response)
+        else:
+            return _Fetched(status, fields, response=response)
+        if data is not None:
+            # Arrived with the head (the common case for small objects): store it now.
             if len(data) > self.options.max_object:
                 return _Fetched(status, fields, response=Response(status, response.headers, data))
             entry = self._keep(
                 key, request_headers, status, fields, data, request_time, response_time
             )
             return _Fetched(status, fields, body=data, entry=entry)
+        assert isinstance(body, Body)
 
         def ended(data: bytes | None) -> None:
             entry = None

@@ -190,13 +190,15 @@ class Election:
                 yield term
             finally:
                 keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
-                if elector.role is Role.LEADER:
-                    elector.step_down("released")
-                    term._lose("released")
-                    self._emit("released", token=grant.token, now=self._clock())
-                await self._release(grant)
+                try:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await keeper  # re-raises a failure of the renewal task itself
+                finally:
+                    if elector.role is Role.LEADER:
+                        elector.step_down("released")
+                        term._lose("released")
+                        self._emit("released", token=grant.token, now=self._clock())
+                    await self._release(grant)
         finally:
             self._busy = False
             self._elector = self._grant = self._term = None
@@ -312,6 +314,16 @@ class Election:
 
     async def _keep(self, elector: LeaseElector, grant: Grant, term: Term) -> None:
         """Renew until leadership ends; set ``term.lost`` at the elector's deadline."""
+        try:
+            await self._renew_until_lost(elector, grant, term)
+        except Exception as exc:
+            # A failure here is a bug, not a backend error: stop leading, then report it.
+            if elector.role is Role.LEADER:
+                elector.step_down(f"renewal failed: {exc!r}")
+            term._lose(f"renewal failed: {exc!r}")
+            raise
+
+    async def _renew_until_lost(self, elector: LeaseElector, grant: Grant, term: Term) -> None:
         while elector.role is Role.LEADER:
             now = self._clock()
             decision = elector.next(now)
