@@ -604,11 +604,6 @@ class _CountedBody(Body):
         if on_end is not None:
             on_end(outcome)
 
-    @property
-    def ended(self) -> bool:
-        """Whether the attempt has been ended."""
-        return self._on_end is None
-
     def close(self) -> None:
         """Stop reading: the rest is dropped and the attempt ends as abandoned."""
         self._source.close()
