@@ -4,6 +4,7 @@ framing of bodies both ways, keep-alive, pipelining, 100-continue and upstream f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -475,3 +476,70 @@ async def test_a_client_that_leaves_mid_response_frees_the_upstream_connection(
     await asyncio.to_thread(wait_for, lambda: proxy.pool.statistics().open == 1)
     client.writer.transport.abort()  # type: ignore[attr-defined]
     await asyncio.to_thread(wait_for, lambda: proxy.pool.statistics().open == 0)
+
+
+_UPSTREAM_HEADS = {
+    "plain": b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n",
+    "via": b"HTTP/1.1 200 Fine\r\nVia: 1.1 origin\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n",
+    "named": (
+        b"HTTP/1.1 201 Created\r\nConnection: X-Secret\r\nX-Secret: 1\r\nX-A: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(_UPSTREAM_HEADS))
+async def test_plain_forwarding_writes_the_head_the_ordinary_path_writes(
+    start_proxy: StartProxy, variant: str
+) -> None:
+    """On a kept-alive upstream connection plain forwarding relays the upstream's fields
+    directly; the client sees the same head as through a policy-wrapped proxy."""
+    head = _UPSTREAM_HEADS[variant]
+    handlers: list[asyncio.Task[object]] = []
+
+    async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            for _ in range(10):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(head + b"ok")
+                await writer.drain()
+        writer.close()
+
+    def wrapped(inner: Handler) -> Handler:
+        async def handle(request: Request) -> Response:
+            return await inner(request)
+
+        return handle
+
+    upstream = await asyncio.start_server(keep_answering, "127.0.0.1", 0)
+    try:
+        target = Upstream("127.0.0.1", upstream.sockets[0].getsockname()[1])
+        heads = []
+        for policy in (None, wrapped):
+            proxy = await start_proxy(upstream=target, handler=policy)
+            client = await Client.connect(proxy.port)
+            try:
+                for _ in range(3):  # the first opens the upstream connection, later ones reuse it
+                    await client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                    reply = await client.read_response()
+                    assert reply.body == b"ok"
+            finally:
+                await client.close()
+            assert proxy.pool.statistics().reused >= 2
+            heads.append(reply.raw_head)
+            await proxy.pool.aclose()  # the upstream side sees EOF and its handler ends
+        assert heads[0] == heads[1]
+        assert b"X-A: 1\r\n" in heads[0]
+        assert b"Content-Length: 2\r\n" in heads[0]
+        assert b"X-Secret" not in heads[0]
+        assert b"Keep-Alive" not in heads[0]
+        expected_via = b"1.1 origin, 1.1 podkit" if variant == "via" else b"1.1 podkit"
+        assert b"Via: " + expected_via + b"\r\n" in heads[0]
+    finally:
+        upstream.close()
+        await upstream.wait_closed()
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)

@@ -356,11 +356,17 @@ class _UpstreamConnection(asyncio.Protocol):
             self.interim = True  # 100 Continue, 103 Early Hints: the final response follows
             return
         headers: Headers = []
+        lines: list[bytes] = []  # the same fields minus Content-Length, as wire lines
         lengths: list[bytes] | None = None
         chunked = False
+        relayable = status != 101
         named: set[bytes] | None = None
         for name, value in self.headers:
             lname = name.lower()
+            if lname not in _RESPONSE_SPECIAL:
+                headers.append((name, value))  # most fields: one set test
+                lines += (name, b": ", value, b"\r\n")
+                continue
             if lname in HOP_BY_HOP:
                 if lname == b"connection":
                     tokens = connection_tokens(value)
@@ -374,10 +380,13 @@ class _UpstreamConnection(asyncio.Protocol):
                     lengths = [value]
                 else:
                     lengths.append(value)
+            else:  # Via: the relay path adds its entry as a new field, so it needs none here
+                relayable = False
             headers.append((name, value))
         if named and not named <= HOP_BY_HOP:  # "Connection: keep-alive" names nothing left
             named -= {b"upgrade"} if status == 101 else set()
             headers = [(n, v) for n, v in headers if n.lower() not in named]
+            relayable = False
         length: int | None = None
         if lengths is not None and not chunked:
             first = lengths[0]
@@ -386,6 +395,8 @@ class _UpstreamConnection(asyncio.Protocol):
             else:
                 length = parse_content_length(lengths)
         response = Response(status, headers, EMPTY_BODY, reason=self.reason)
+        if relayable:
+            response.relay_fields = b"".join(lines)
         if status == 101:
             response.upgraded = _UpstreamTunnel(self)
         elif response_has_body(self.method, status):
@@ -602,6 +613,8 @@ def _request_head(
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Response fields on_headers_complete looks at; every other one is relayed as it is.
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"via"}
 
 
 class UpstreamPool:

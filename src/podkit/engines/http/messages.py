@@ -362,7 +362,7 @@ class Response:
         upgraded: for a ``101`` from an upstream, the stream the server tunnels bytes through.
     """
 
-    __slots__ = ("body", "headers", "reason", "status", "upgraded")
+    __slots__ = ("body", "headers", "reason", "relay_fields", "status", "upgraded")
 
     def __init__(
         self,
@@ -377,6 +377,10 @@ class Response:
         self.body = body
         self.reason = reason
         self.upgraded: Upgraded | None = None
+        # Set by the upstream pool: ``headers`` minus Content-Length as wire lines, for the
+        # server's plain forwarding path, which relays them without a second pass. Only that
+        # path reads it (no policy can have changed ``headers`` there).
+        self.relay_fields: bytes | None = None
 
     @classmethod
     def text(cls, status: int, text: str, *, headers: Headers | None = None) -> Response:

@@ -59,6 +59,7 @@ from podkit.engines.http.rules import (
     error_response,
     response_framing,
     response_head,
+    status_line,
 )
 from podkit.errors import PodkitError, ProtocolError, RemoteProtocolError
 from podkit.runtime.logging import get_logger
@@ -67,6 +68,14 @@ from podkit.runtime.metrics import LATENCY_BUCKETS
 log = get_logger("podkit.engines.http")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The end of a response head after its Content-Length, by (keep_alive, http10), as
+# response_head writes it.
+_CONNECTION_LINES = {
+    (True, False): b"\r\n",
+    (True, True): b"Connection: keep-alive\r\n\r\n",
+    (False, False): b"Connection: close\r\n\r\n",
+    (False, True): b"Connection: close\r\n\r\n",
+}
 _METHODS: dict[bytes, str] = {}
 _IDLE, _HEAD, _BODY, _LINGER = 1, 2, 3, 4  # what a connection's deadline is for
 # After a refusal the client may still be sending; closing at once would make the kernel
@@ -785,6 +794,26 @@ class _Connection(asyncio.Protocol):
         mode, keep_alive = response_framing(
             request.method, response.status, length=len(data), http10=http10, keep_alive=keep_alive
         )
+        fields = response.relay_fields
+        if via is not None and fields is not None and mode is BodyMode.LENGTH:
+            # Plain forwarding: the upstream's fields were sorted and serialised by the pool
+            # already; the same bytes response_head would write, without a second pass.
+            transport.write(
+                b"".join(
+                    (
+                        status_line(response.status, response.reason),
+                        fields,
+                        b"Via: %b\r\nContent-Length: %d\r\n" % (via, len(data)),
+                        _CONNECTION_LINES[keep_alive, http10],
+                        data,
+                    )
+                )
+            )
+            if isinstance(out, Body):
+                out.close()
+            if not keep_alive:
+                self.must_close = True
+            return True
         head = response_head(
             response.status,
             response.headers,
