@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ from podkit.testing import PodkitProcess, free_port, wait_http, wait_port
 from podkit.testing.net import wait_for
 
 from .pki import Issued, TestCA
+from .procnet import server_pid
 
 
 @pytest.fixture
@@ -244,3 +246,72 @@ def test_two_workers_share_the_port_and_both_answer(ca: TestCA, whoami: int) -> 
             conn = connect(port, client_context(ca))
             assert get(conn)[0] == 200
             conn.close()
+
+
+def worker_pids(proc: PodkitProcess) -> list[int]:
+    """The pids of the workers the parent started (from its ``worker started`` log lines)."""
+    return [
+        int(json.loads(line)["pid"])
+        for line in proc.output().splitlines()
+        if line.startswith("{") and '"worker started"' in line
+    ]
+
+
+def serial_by_worker(port: int, ca: TestCA, pids: list[int]) -> tuple[int, int]:
+    """One new connection: the worker that accepted it and the certificate it was served."""
+    conn = connect(port, client_context(ca))
+    try:
+        assert get(conn)[0] == 200
+        sock = conn.sock
+        assert isinstance(sock, socket.socket)
+        pid = server_pid(sock, pids)
+        assert pid is not None, "no worker holds the connection"
+        return pid, served_serial(conn)
+    finally:
+        conn.close()
+
+
+def wait_every_worker_serves(port: int, ca: TestCA, pids: list[int], serial: int) -> None:
+    """New connections until each worker has been seen serving ``serial``."""
+    seen: set[int] = set()
+
+    def every_worker_serves() -> bool:
+        pid, served = serial_by_worker(port, ca, pids)
+        if served == serial:
+            seen.add(pid)
+        return seen == set(pids)
+
+    wait_for(every_worker_serves, timeout=20, what=f"both workers serve {serial}")
+
+
+def test_sighup_and_admin_reload_reach_every_worker(ca: TestCA, whoami: int) -> None:
+    """With --workers 2 and the file check at 1h, SIGHUP to the parent (then an admin
+    POST /reload) makes both workers serve the certificate now on disk to new connections."""
+    live = ca.issue("live", common_name="localhost")
+    port, admin = free_port(), free_port()
+    with tls_process(
+        port, whoami, live, "--workers", "2", "--reload-check", "1h",
+        "--admin", f"127.0.0.1:{admin}",
+    ) as proc:  # fmt: skip
+        wait_http("127.0.0.1", admin, "/readyz", timeout=30)
+        pids = worker_pids(proc)
+        assert len(pids) == 2
+        assert proc.pid not in pids
+        wait_every_worker_serves(port, ca, pids, live.serial)
+
+        renewed = ca.issue("renewed", common_name="localhost")
+        shutil.copyfile(renewed.key, live.key)
+        shutil.copyfile(renewed.cert, live.cert)
+        proc.signal(signal.SIGHUP)
+        wait_every_worker_serves(port, ca, pids, renewed.serial)
+
+        again = ca.issue("again", common_name="localhost")
+        shutil.copyfile(again.key, live.key)
+        shutil.copyfile(again.cert, live.cert)
+        reload = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        reload.request("POST", "/reload")
+        assert reload.getresponse().status == 200
+        reload.close()
+        wait_every_worker_serves(port, ca, pids, again.serial)
+        assert worker_pids(proc) == pids  # reloaded in place: no worker was restarted
+        assert all(os.path.exists(f"/proc/{pid}") for pid in pids)
