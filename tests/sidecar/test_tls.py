@@ -195,6 +195,63 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_and_passes_the_subjec
         conn.close()
 
 
+def answered(port: int, context: ssl.SSLContext) -> bool:
+    """Whether a new connection with ``context`` gets a 200 (False: refused by the handshake)."""
+    conn = connect(port, context)
+    try:
+        return get(conn)[0] == 200
+    except (ssl.SSLError, ConnectionError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def test_a_replaced_client_ca_is_trusted_without_a_restart_and_a_broken_one_is_refused(
+    ca: TestCA, whoami: int, tmp_path: Path
+) -> None:
+    """--client-ca is reloaded like the certificate: clients of the new CA get in, those of
+    the old one no longer do, an open connection carries on; a broken bundle is refused with
+    a log line and the previous CA stays trusted."""
+    server = ca.issue("server", common_name="localhost")
+    old_ca, new_ca = TestCA(tmp_path, "old clients"), TestCA(tmp_path, "new clients")
+    old_client = old_ca.issue("old-client", common_name="old", client=True)
+    new_client = new_ca.issue("new-client", common_name="new", client=True)
+    bundle = tmp_path / "clients.pem"
+    shutil.copyfile(old_ca.path, bundle)
+    port, admin = free_port(), free_port()
+    with tls_process(
+        port, whoami, server, "--client-ca", str(bundle), "--admin", f"127.0.0.1:{admin}"
+    ) as proc:
+        wait_port("127.0.0.1", port)
+        kept = connect(port, client_context(ca, old_client))
+        assert get(kept)[0] == 200
+        assert not answered(port, client_context(ca, new_client))
+
+        shutil.copyfile(new_ca.path, bundle)
+        wait_for(lambda: answered(port, client_context(ca, new_client)), timeout=10, what="new CA")
+        assert not answered(port, client_context(ca, old_client))
+        assert "client CA loaded" in proc.output()
+        status, body = get(kept)  # verified before the change: it keeps working
+        assert status == 200
+        assert lower_keys(body["headers"])["x-client-cert-subject"] == "CN=old"
+
+        bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n")  # half written
+        wait_for(lambda: "new client CA refused" in proc.output(), timeout=10, what="refusal")
+        assert answered(port, client_context(ca, new_client))
+        assert not answered(port, client_context(ca, old_client))
+        metrics = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        metrics.request("GET", "/metrics")
+        text = metrics.getresponse().read().decode()
+        metrics.close()
+        assert 'tls_client_ca_reloads_total{result="loaded"} 1.0' in text
+        assert 'tls_client_ca_reloads_total{result="refused"} 1.0' in text
+
+        shutil.copyfile(old_ca.path, bundle)
+        proc.signal(signal.SIGHUP)
+        wait_for(lambda: answered(port, client_context(ca, old_client)), timeout=10, what="old CA")
+        kept.close()
+
+
 def test_sni_serves_each_name_its_own_certificate(ca: TestCA, whoami: int) -> None:
     """--sni pairs are chosen by the name the client asks for; others get the default."""
     default = ca.issue("default", common_name="localhost", dns=("localhost",))
