@@ -272,3 +272,53 @@ def test_an_unknown_sink_is_a_one_line_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "podkit logship: error:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+MIXED_SAMPLES = {
+    "nginx": '10.1.1.{n} - - [10/Oct/2000:13:55:36 -0700] "GET /search?q=logs&page={n} '
+    'HTTP/1.1" 200 51 "-" "curl/8.5"',
+    "apache": '10.0.0.{n} - - [01/Feb/2024:00:00:01 +0100] "POST /form HTTP/1.1" 503 -',
+    "syslog": "<34>Oct 11 22:14:15 mymachine su: attempt={n} user=bob",
+    "json": '{{"msg":"request","n":{n},"level":"info"}}',
+    "logfmt": "level=info msg=request n={n}",
+    "raw": "plain words number {n}",
+}
+
+
+def test_auto_gives_every_line_of_mixed_files_its_own_format(tmp_path: Path) -> None:
+    """--format auto over files in different formats, and over one file that mixes them
+    line by line: each record names the format its line is in."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    expected: dict[tuple[str, int], str] = {}
+
+    def append(path: Path, fmt: str, n: int) -> None:
+        with path.open("ab") as out:
+            expected[(str(path), out.tell())] = fmt
+            out.write(MIXED_SAMPLES[fmt].format(n=n).encode() + b"\n")
+
+    formats = sorted(MIXED_SAMPLES)
+    for fmt in formats:  # one file per format
+        for n in range(20):
+            append(folder / f"{fmt}.log", fmt, n)
+    for n in range(120):  # one file with the formats interleaved, logfmt before each other
+        append(folder / "mixed.log", formats[n % len(formats)] if n % 2 else "logfmt", n)
+    sink = tmp_path / "sink.jsonl"
+    with PodkitProcess(
+        "logship",
+        "--path", str(folder / "*.log"),
+        "--to", f"file://{sink}",
+        "--format", "auto",
+        "--flush", "100ms",
+        "--poll", "50ms",
+    ):  # fmt: skip
+        wait_for(
+            lambda: sink.exists() and len(sink.read_bytes().splitlines()) >= len(expected),
+            timeout=20,
+            what="every line shipped",
+        )
+    records = [json.loads(line) for line in sink.read_text(encoding="utf-8").splitlines()]
+    got = {(r["source"], r["offset"]): r["format"] for r in records}
+    assert len(records) == len(expected)
+    wrong = {key: (got.get(key), fmt) for key, fmt in expected.items() if got.get(key) != fmt}
+    assert not wrong, f"{len(wrong)} lines with the wrong format, e.g. {list(wrong.items())[:3]}"
