@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -32,6 +31,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+# One wrk parser for every serving benchmark (it reads p99 from the latency distribution, never
+# from the thread-stats line's "99.xx%" column).
+from serving_harness import parse_wrk, wrk_argv
 
 BODY = "podkit-bench " + "x" * 86 + "\n"  # 100 bytes
 PACKAGES = {"nginx": "nginx-light", "haproxy": "haproxy", "wrk": "wrk"}
@@ -230,40 +233,15 @@ def session_cpu_seconds(session: int) -> float:
     return total / ticks
 
 
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    if not match:
-        raise ValueError(text)
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
 def wrk(name: str, port: int, seconds: int, connections: int, session: int | None = None) -> Result:
-    argv = pinned(
-        CORE_LOAD,
-        [
-            find("wrk") or "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            f"http://127.0.0.1:{port}/",
-        ],
-    )
+    argv = wrk_argv(port, seconds, connections)
     cpu_before = session_cpu_seconds(session) if session else 0.0
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     cpu_after = session_cpu_seconds(session) if session else 0.0
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        print(f"warning: {name}: {errors.group(1)} non-2xx responses", file=sys.stderr)
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    figures = parse_wrk(name, out)
+    requests = figures.requests
     cpu = (cpu_after - cpu_before) * 1e6 / requests if session and requests else None
-    return Result(name, rps, p50, p99, requests, cpu)
+    return Result(name, figures.rps, figures.p50_ms, figures.p99_ms, requests, cpu)
 
 
 def podkit_argv(port: int, upstream: str, *extra: str) -> list[str]:

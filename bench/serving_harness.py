@@ -140,9 +140,39 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(name: str, port: int, seconds: int, connections: int, path: str = "/") -> Result:
-    """Run wrk (one thread, keep-alive) against ``port`` and parse its summary."""
-    argv = pinned(
+@dataclass
+class WrkFigures:
+    """What one wrk run printed."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+
+
+def parse_wrk(name: str, out: str) -> WrkFigures:
+    """Parse wrk's ``--latency`` summary.
+
+    The percentiles come from the "Latency Distribution" lines (``  99%  1.23ms``), never from
+    the thread-stats lines, whose last column is also a percentage (``99.12%``).
+    """
+    if "Requests/sec" not in out or "50%" not in out:
+        raise SystemExit(f"{name}: unexpected wrk output:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    total = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    non_2xx = int(errors.group(1)) if errors else 0
+    if non_2xx:
+        print(f"warning: {name}: {non_2xx} non-2xx responses", file=sys.stderr)
+    return WrkFigures(rps, p50, p99, int(total.group(1)) if total else 0, non_2xx)
+
+
+def wrk_argv(port: int, seconds: int, connections: int, path: str = "/") -> list[str]:
+    """wrk with one thread and keep-alive against ``port``, pinned to the load core."""
+    return pinned(
         CORE_LOAD,
         [
             find("wrk") or "wrk",
@@ -153,17 +183,14 @@ def wrk(name: str, port: int, seconds: int, connections: int, path: str = "/") -
             f"http://127.0.0.1:{port}{path}",
         ],
     )
+
+
+def wrk(name: str, port: int, seconds: int, connections: int, path: str = "/") -> Result:
+    """Run wrk (one thread, keep-alive) against ``port`` and parse its summary."""
+    argv = wrk_argv(port, seconds, connections, path)
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    if "Requests/sec" not in out or "50%" not in out:
-        raise SystemExit(f"{name}: unexpected wrk output:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    non_2xx = int(errors.group(1)) if errors else 0
-    if non_2xx:
-        print(f"warning: {name}: {non_2xx} non-2xx responses", file=sys.stderr)
-    return Result(name, rps, p50, p99, non_2xx)
+    figures = parse_wrk(name, out)
+    return Result(name, figures.rps, figures.p50_ms, figures.p99_ms, figures.non_2xx)
 
 
 def print_table(title: str, results: list[Result], peers: list[str]) -> None:

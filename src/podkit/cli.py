@@ -80,7 +80,11 @@ PodkitGroup.group_class = PodkitGroup
 @click.group(
     cls=PodkitGroup,
     lazy=COMMANDS,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+        "terminal_width": 100,
+    },
 )
 @click.version_option(__version__, prog_name="podkit")
 def cli() -> None:

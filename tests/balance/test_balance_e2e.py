@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -253,19 +254,54 @@ def test_metrics_count_requests_and_probes_per_backend(
     assert "podkit_balance_request_seconds_bucket" in text
 
 
-def test_workers_share_the_port_and_stop_together(
+def children(pid: int) -> set[int]:
+    """The live child processes of ``pid``."""
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def test_workers_share_one_admin_endpoint_and_a_killed_worker_is_started_again(
     backends: StartBackends, balancer: StartBalancer
 ) -> None:
-    (b0,) = backends(1)
-    lb = balancer("--backend", b0.url, "--workers", "2")
+    b0, b1 = backends(2)
+    lb = balancer(*backend_flags([b0, b1]), *PROBE_FLAGS, "--workers", "2")
     pid = lb.process.pid
-    children_file = Path(f"/proc/{pid}/task/{pid}/children")
-    wait_for(lambda: children_file.read_text().split() != [], what="a worker process")
-    (child,) = (int(p) for p in children_file.read_text().split())
+    wait_for(lambda: len(children(pid)) == 2, what="two worker processes")
+    first = children(pid)
+
+    def seen_by_both() -> bool:
+        view = lb.view()
+        return view["workers"] == 2 and all(
+            b["state"] == "ready" and b["states"] == {"ready": 2} for b in view["backends"]
+        )
+
+    wait_for(seen_by_both, what="both workers to see both backends ready")
     assert {lb.get().status for _ in range(20)} == {200}
+
+    def forwarded() -> int:
+        return sum(b["requests"] for b in lb.view()["backends"])
+
+    wait_for(lambda: forwarded() == 20, what="the merged request count")
+    text = request(lb.admin, "/metrics").body.decode()
+    assert f'podkit_balance_backend_state{{backend="{b0.url}",state="ready"}} 2.0' in text
+    assert request(lb.admin, f"/backends/drain?url={b0.url}", method="POST").status == 409
+
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(children(pid)) == 2 and victim not in children(pid),
+        timeout=15,
+        what="the killed worker to be started again",
+    )
+    wait_for(seen_by_both, what="the new worker to see both backends ready")
+    assert {lb.get().status for _ in range(20)} == {200}
+
+    workers = children(pid)
     lb.process.signal(signal.SIGTERM)
     assert lb.process.wait(15) == 0
-    assert not Path(f"/proc/{child}").exists()
+    assert not any(Path(f"/proc/{child}").exists() for child in workers)
 
 
 def test_bounded_loads_spill_one_hot_client_over_several_backends(
@@ -289,15 +325,14 @@ def test_bounded_loads_spill_one_hot_client_over_several_backends(
     assert len(burst(bounded)) >= 2
 
 
-def test_an_extra_worker_stops_when_the_first_one_is_killed(
+def test_workers_stop_when_their_parent_is_killed(
     backends: StartBackends, balancer: StartBalancer
 ) -> None:
     (b0,) = backends(1)
     lb = balancer("--backend", b0.url, "--workers", "2")
     pid = lb.process.pid
-    children_file = Path(f"/proc/{pid}/task/{pid}/children")
-    wait_for(lambda: children_file.read_text().split() != [], what="a worker process")
-    (child,) = (int(p) for p in children_file.read_text().split())
+    wait_for(lambda: len(children(pid)) == 2, what="two worker processes")
+    child = min(children(pid))
     os.kill(pid, signal.SIGKILL)
     lb.process.wait(5)
 
@@ -341,3 +376,29 @@ def test_server_errors_eject_a_backend_but_never_more_than_half(
     assert 0 < ejected["ejected_for"] <= 30
     assert ejected["ejections"] == 1
     assert {lb.get().status for _ in range(4)} == {200}
+
+
+def test_a_response_still_streaming_counts_against_its_backend_for_least_request(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    b0, b1 = backends(2)
+    lb = balancer(*backend_flags([b0, b1]), "--policy", "least-request")
+
+    def in_flight() -> dict[str, int]:
+        return {b["url"]: b["in_flight"] for b in lb.view()["backends"]}
+
+    with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as slow:
+        # Read the head only: the rest of the stream waits on this client (back-pressure).
+        slow.sendall(b"GET /bytes/200000000 HTTP/1.1\r\nHost: lb\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += slow.recv(1)
+        served_by = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"x-served-by:")
+        )
+        busy, idle = (b0, b1) if served_by == b0.name else (b1, b0)
+        assert in_flight() == {busy.url: 1, idle.url: 0}
+        assert {lb.get().served_by for _ in range(10)} == {idle.name}
+    wait_for(lambda: in_flight() == {busy.url: 0, idle.url: 0}, what="the stream to end")

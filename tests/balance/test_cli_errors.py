@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,4 +46,18 @@ def test_a_bad_backends_file_at_start_names_the_line(tmp_path: Path) -> None:
     result = run("balance", "--backends-file", str(path))
     assert result.returncode == 2
     assert f"{path}: line 2: weight must be" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["balance", "--backend", "http://127.0.0.1:1"], ["cache", "--upstream", "http://a:1"]]
+)
+def test_workers_on_a_taken_port_exit_1_with_one_line(args: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(*args, "--listen", f"127.0.0.1:{port}", "--workers", "2")
+    assert result.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import os
+import signal
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.client import HTTPResponse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +31,15 @@ class Answer:
     body: bytes = b"ok\n"
     delay: float = 0.0
     echo: str | None = None  # answer with this request header's value instead of body
+    # Streamed (chunked): ``body`` first, then ``rest`` once ``gate`` is set.
+    gate: threading.Event | None = None
+    rest: bytes = b""
+
+
+async def _gated(answer: Answer, gate: threading.Event) -> AsyncIterator[bytes]:
+    yield answer.body
+    await asyncio.to_thread(gate.wait, 30)
+    yield answer.rest
 
 
 class ScriptedOrigin:
@@ -47,6 +61,8 @@ class ScriptedOrigin:
         answer = self.answers.get(req.path, Answer(404, [], b"no such path\n"))
         if answer.delay:
             await asyncio.sleep(answer.delay)
+        if answer.gate is not None:
+            return Response(answer.status, list(answer.headers), _gated(answer, answer.gate))
         if answer.echo is not None:
             body = f"{answer.echo}: {req.header(answer.echo)}\n".encode()
             return Response(answer.status, list(answer.headers), body)
@@ -369,3 +385,119 @@ def test_waiting_requests_get_the_answer_even_if_the_first_client_leaves(
             replies = [f.result() for f in futures]
     assert {r.status for r in replies} == {200}
     assert whoami.stats()["paths"]["/delay/2500"] == 1
+
+
+def _read_some(port: int, path: str) -> tuple[http.client.HTTPConnection, HTTPResponse, bytes]:
+    """Send GET ``path`` and return as soon as some body bytes arrived."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return conn, response, response.read1(1 << 20)
+
+
+def test_a_miss_streams_to_the_client_while_the_origin_is_still_sending_and_is_then_stored(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    gate = threading.Event()
+    origin.answers["/slow"] = Answer(
+        headers=[("Cache-Control", "max-age=60")], body=b"a" * 1000, rest=b"b" * 300_000, gate=gate
+    )
+    c = cache(origin.url)
+    conn, response, first = _read_some(c.port, "/slow")
+    try:
+        # The origin is held at the gate: these bytes can only have come through as they passed.
+        assert first
+        assert set(first) == {ord("a")}
+        assert response.getheader("X-Cache") == "MISS"
+        assert c.stats()["objects"] == 0
+        gate.set()
+        body = first + response.read()
+    finally:
+        conn.close()
+    assert body == b"a" * 1000 + b"b" * 300_000
+    again = c.get("/slow")
+    assert (again.headers["x-cache"], again.body) == ("HIT", body)
+    assert origin.hits["/slow"] == 1
+
+
+def test_an_object_growing_past_max_object_keeps_streaming_and_is_not_stored(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    gate = threading.Event()
+    origin.answers["/grows"] = Answer(
+        headers=[("Cache-Control", "max-age=60")], body=b"a" * 1000, rest=b"b" * 100_000, gate=gate
+    )
+    c = cache(origin.url, "--max-object", "64KiB")
+    conn, response, first = _read_some(c.port, "/grows")
+    try:
+        assert first
+        gate.set()
+        body = first + response.read()
+    finally:
+        conn.close()
+    assert body == b"a" * 1000 + b"b" * 100_000
+    again = c.get("/grows")
+    assert (again.headers["x-cache"], again.body) == ("MISS", body)
+    assert origin.hits["/grows"] == 2
+    assert c.stats()["objects"] == 0
+
+
+def test_requests_waiting_on_a_streaming_miss_get_the_whole_object_even_if_its_client_leaves(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    gate = threading.Event()
+    origin.answers["/shared"] = Answer(
+        headers=[("Cache-Control", "max-age=60")], body=b"a" * 1000, rest=b"b" * 200_000, gate=gate
+    )
+    c = cache(origin.url, "--coalesce-timeout", "30s")
+    conn, _, first = _read_some(c.port, "/shared")
+    assert first
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(c.get, "/shared") for _ in range(3)]
+        wait_for(lambda: c.stats()["coalescing"]["followers"] == 3, what="requests waiting")
+        conn.close()  # the first client leaves mid-body; the others still want the object
+        gate.set()
+        replies = [f.result() for f in futures]
+    assert {(r.status, r.headers["x-cache"]) for r in replies} == {(200, "HIT")}
+    assert {r.body for r in replies} == {b"a" * 1000 + b"b" * 200_000}
+    assert origin.hits["/shared"] == 1
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def test_workers_each_have_a_store_behind_one_admin_endpoint_and_are_restarted(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url, "--workers", "2")
+    pid = c.process.pid
+    wait_for(lambda: len(_children(pid)) == 2, what="two worker processes")
+    replies = [c.get("/cache/60") for _ in range(20)]
+    assert {r.status for r in replies} == {200}
+    assert {r.headers["x-cache"] for r in replies} <= {"HIT", "MISS"}
+    wait_for(lambda: sum(c.stats()["requests"].values()) == 20, what="the merged counts")
+    stats = c.stats()
+    misses = stats["requests"]["miss"]
+    assert 1 <= misses <= 2  # one per worker store at most
+    assert whoami.stats()["paths"]["/cache/60"] == misses
+    assert stats["objects"] == misses
+    assert stats["hit_ratio"] == round((20 - misses) / 20, 4)
+    assert request(c.admin, "/purge?target=/cache/60", method="POST").status == 409
+    assert "podkit_cache_hit_ratio" not in request(c.admin, "/metrics").body.decode()
+
+    victim = min(_children(pid))
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(_children(pid)) == 2 and victim not in _children(pid),
+        timeout=15,
+        what="the killed worker to be started again",
+    )
+    wait_for(lambda: c.get("/cache/60").status == 200, what="answers after the restart")
+    workers = _children(pid)
+    c.process.signal(signal.SIGTERM)
+    assert c.process.wait(15) == 0
+    assert not any(Path(f"/proc/{child}").exists() for child in workers)

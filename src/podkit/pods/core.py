@@ -16,7 +16,8 @@ shell reports back what happened. Time is always passed in as ``now`` (monotonic
   immediate, the next ones of a quick-exit streak wait an exponential backoff
   (:class:`BackoffPolicy`), whose count resets once a container has run for ``reset_after``.
   The ``crash_loop``-th quick exit in a row is reported with its output.
-* **Stop.** SIGTERM to the container's process group, SIGKILL once ``stop_grace`` has passed.
+* **Stop.** SIGTERM to the container's first process (it stops what it started, as a
+  component drains its workers), SIGKILL to its whole group once ``stop_grace`` has passed.
 
 Container states (a transition outside ``TRANSITIONS`` raises :class:`IllegalTransition`)::
 
@@ -127,7 +128,7 @@ class Spawn:
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """Send SIGTERM (``term``) or SIGKILL (``kill``) to the container's process group."""
+    """SIGTERM (``term``) the container's first process, or SIGKILL (``kill``) its group."""
 
     key: ContainerKey
     signal: Literal["term", "kill"]

@@ -143,27 +143,23 @@ def render_discovery(podfile: PodFile, ref: Discovery, replicas: tuple[int, ...]
 def service_addresses(podfile: PodFile, pod: str, replicas: tuple[int, ...]) -> list[str]:
     """Where a pod's replicas serve, for the ``ready`` line ``podkit up`` prints.
 
-    The probe port, the declared ``ports`` and the rendered ``listen`` options, per replica.
+    Per replica: the rendered ``listen`` options, then the declared ``ports``, then the probe
+    port (often an admin endpoint), each address once.
     """
     spec = podfile.pods[pod]
     index = podfile.pod_index(pod)
     addresses: list[str] = []
     for replica in replicas:
         ip = replica_ip(index, replica)
-        ports: list[int] = []
-        if spec.ready is not None:
-            ports.append(spec.ready.port)
-        for container in spec.containers.values():
-            ports += container.ports
-        for port in ports:
-            address = f"{ip}:{port}"
-            if address not in addresses:
-                addresses.append(address)
         fields = template_fields(podfile, pod, replica, state_dir=Path())
+        found: list[str] = []
         for container in spec.containers.values():
             listen = container.options.get("listen")
             if isinstance(listen, str):
-                address = render_template(listen, fields)
-                if address not in addresses:
-                    addresses.append(address)
+                found.append(render_template(listen, fields))
+        for container in spec.containers.values():
+            found += [f"{ip}:{port}" for port in container.ports]
+        if spec.ready is not None:
+            found.append(f"{ip}:{spec.ready.port}")
+        addresses += [a for a in dict.fromkeys(found) if a not in addresses]
     return addresses

@@ -9,8 +9,10 @@ belong to the supervisor's task group.
 
 No orphans:
 
-* each container leads its own session and process group; SIGTERM and SIGKILL go to the
-  whole group, and when a container's first process exits the rest of its group is killed;
+* each container leads its own session and process group; SIGTERM goes to its first process
+  only (a component drains its own workers and children, and one SIGTERM must not reach them
+  twice), SIGKILL to the whole group, and when the first process exits the rest of its group
+  is killed;
 * each container's first process gets ``PR_SET_PDEATHSIG`` = SIGKILL (``prctl(2)``), so it
   dies with the supervisor even when the supervisor is SIGKILLed;
 * a guardian process (:mod:`podkit.pods._guardian`) holds a pipe from the supervisor and
@@ -363,9 +365,13 @@ class PodSupervisor:
         proc = self._procs.get(key)
         if proc is None or proc.returncode is not None:
             return
-        signum = signal.SIGTERM if which == "term" else signal.SIGKILL
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signum)
+            if which == "term":
+                # Only the first process: it stops its own children (a worker pool, elect's
+                # command); a second SIGTERM from us would force them.
+                os.kill(proc.pid, signal.SIGTERM)
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def _kill_everything(self) -> None:
         for pgid in list(self._groups):

@@ -113,7 +113,7 @@ def put(
     max_attempts: int,
     as_json: bool,
 ) -> None:
-    """Put ITEM into queue NAME, or one item per line of stdin with ``-``.
+    """Put ITEM into queue NAME, or one item per line of stdin with `-`.
 
     Prints the id of each item (the existing item's id when its key was known).
     """
@@ -245,7 +245,7 @@ def work(
     parent_pid: int | None,
     runtime: RuntimeOptions,
 ) -> int:
-    """Process items of queue NAME: ``--handler module:function`` or ``-- COMMAND ARGS...``.
+    """Process items of queue NAME: `--handler module:function` or `-- COMMAND ARGS...`.
 
     A command runs once per item with the item on stdin and PODKIT_ITEM_ID, PODKIT_ATTEMPT
     and PODKIT_QUEUE in its environment; exit 0 acks, anything else retries with backoff.
@@ -341,7 +341,7 @@ def source(
     key_ttl: float,
     runtime: RuntimeOptions,
 ) -> int:
-    """Run ``-- COMMAND ARGS...`` periodically; each output line becomes an item of NAME.
+    """Run `-- COMMAND ARGS...` periodically; each output line becomes an item of NAME.
 
     Lines are keyed by their content (SHA-256): a line already queued, or processed less
     than --key-ttl ago, is not queued again.

@@ -14,12 +14,20 @@ Beside the handler, :func:`open_balancer` runs in one task group: the active pro
 (every ``interval`` it probes every endpoint concurrently and feeds the results to the pool),
 the backends-file watcher (re-reads the file when its inode, size or mtime changes) and a
 ticker that returns ejected endpoints to rotation on time. SIGHUP re-reads the file too.
+
+An attempt counts against its backend (``in_flight``, which least-request and bounded loads
+read) from the moment it is sent until its response body has finished streaming to the
+client, failed, or been abandoned: :class:`_CountedBody` ends it.
+
+With several workers (:func:`serve_balance_workers`) every worker process runs all of this on
+its own; the parent's ``/backends`` is assembled from the workers' merged metric reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -36,6 +44,7 @@ from prometheus_client.registry import Collector
 from podkit.engines.errors import UpstreamError
 from podkit.engines.http import (
     EMPTY_BODY,
+    Body,
     Forwarding,
     Request,
     Response,
@@ -49,6 +58,7 @@ from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
 from podkit.runtime import Runtime
 from podkit.runtime.logging import get_logger
+from podkit.serving._workers import Sample, merged_samples, reserve_port
 from podkit.serving.balance._affinity import AffinityKey, IPNetwork
 from podkit.serving.balance._backends_file import BackendSpec, normalise_url, read_backends_file
 from podkit.serving.balance._endpoint import Endpoint, EndpointState, HealthPolicy, Outcome
@@ -396,16 +406,35 @@ class Balancer:
         children.latency.observe(finished - started)
         status = response.status
         children.by_class[min(max(status // 100, 1), 5)].inc()
+        outcome = Outcome.SUCCESS
         if status >= 500:
             children.server_errors.inc()
-            events = self.pool.end(endpoint, Outcome.SERVER_ERROR, finished)
+            outcome = Outcome.SERVER_ERROR
+        body = response.body
+        if isinstance(body, Body) and not body.complete:
+            # The attempt is in flight until its body has streamed (least-request and bounded
+            # loads count it): the body's end ends it.
+            response.body = _CountedBody(body, self._ender(endpoint, outcome))
         else:
-            events = self.pool.end(endpoint, Outcome.SUCCESS, finished)
-        if events:
-            self.apply(events)
+            events = self.pool.end(endpoint, outcome, finished)
+            if events:
+                self.apply(events)
         if self.forwarding.via:
             add_via(response.headers, http_version="1.1", via=self.forwarding.via)
         return response
+
+    def _ender(self, endpoint: Endpoint, outcome: Outcome) -> Callable[[Outcome | None], None]:
+        """What ends a streamed attempt: ``outcome`` unless the body says otherwise."""
+
+        def end(override: Outcome | None) -> None:
+            final = override or outcome
+            if final is Outcome.FAILURE:
+                self.m_errors.labels(endpoint.url, final.value).inc()
+            events = self.pool.end(endpoint, final, self.clock())
+            if events:
+                self.apply(events)
+
+        return end
 
     # -- active probes ----------------------------------------------------------------------
 
@@ -543,6 +572,54 @@ class Balancer:
         return True
 
 
+class _CountedBody(Body):
+    """A backend's response body that ends its attempt when it ends.
+
+    ``on_end`` is called exactly once: with None when the body arrived whole (the outcome
+    the head gave stands), ``FAILURE`` when the backend broke it off, ``ABANDONED`` when it
+    was closed before its end (the client went away).
+    """
+
+    __slots__ = ("_on_end", "_source")
+
+    def __init__(self, source: Body, on_end: Callable[[Outcome | None], None]) -> None:
+        super().__init__(length=source.length)
+        self._source = source
+        self._on_end: Callable[[Outcome | None], None] | None = on_end
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._source.__anext__()
+        except StopAsyncIteration:
+            self._end(None)
+            raise
+        except asyncio.CancelledError:
+            raise  # the consumer was cancelled; its close() follows
+        except BaseException:
+            self._end(Outcome.FAILURE)
+            raise
+
+    def _end(self, outcome: Outcome | None) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(outcome)
+
+    def close(self) -> None:
+        """Stop reading: the rest is dropped and the attempt ends as abandoned."""
+        self._source.close()
+        self._end(Outcome.ABANDONED)
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`."""
+        self.close()
+
+    def __del__(self) -> None:
+        # A response dropped without being sent or closed (its client was gone before the
+        # head could be written) must not hold its backend's in-flight count forever.
+        if self._on_end is not None:
+            self.close()
+
+
 def _failed(exc: UpstreamError) -> Response:
     """The answer when no attempt got a response: 502, 503 or 504 as the engine says."""
     return Response.text(exc.status, f"backend failed: {exc}\n")
@@ -642,3 +719,114 @@ async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
             )
             await rt.wait_draining()
             await server.drain(rt.drain_timeout)
+
+
+async def serve_balance_worker(rt: Runtime, options: BalanceOptions) -> None:
+    """One worker process of ``podkit balance --workers N`` (see :func:`serve_balance_workers`)."""
+    await serve_balance(rt, options)
+
+
+def workers_backends_view(
+    samples: Sequence[Sample], *, policy: str, workers: int
+) -> dict[str, Any]:
+    """The parent's ``/backends`` JSON, built from the workers' merged metrics.
+
+    Every worker probes and ejects on its own, so each backend is listed with ``states``: how
+    many workers see it in each state; ``state`` is the state they all agree on, or
+    ``"mixed"``. Counters (``requests``, ``errors``, ``in_flight``, probe results) are sums
+    over the workers; ``effective_weight`` is the workers' mean.
+    """
+    backends: dict[str, dict[str, Any]] = {}
+
+    def entry(url: str) -> dict[str, Any]:
+        found = backends.get(url)
+        if found is None:
+            found = backends[url] = {
+                "url": url,
+                "state": "unknown",
+                "states": {},
+                "effective_weight": 0.0,
+                "in_flight": 0,
+                "requests": 0,
+                "errors": 0,
+                "probes": {"pass": 0, "fail": 0},
+            }
+        return found
+
+    for sample in samples:
+        url = sample.labels.get("backend")
+        if url is None:
+            continue
+        name, value = sample.name, sample.value
+        if name == "podkit_balance_backend_state":
+            if value > 0:
+                counts = entry(url)["states"]
+                counts[sample.labels["state"]] = counts.get(sample.labels["state"], 0) + int(value)
+            else:
+                entry(url)
+        elif name == "podkit_balance_backend_weight":
+            entry(url)["effective_weight"] += value
+        elif name == "podkit_balance_backend_in_flight":
+            entry(url)["in_flight"] += int(value)
+        elif name == "podkit_balance_requests_total":
+            entry(url)["requests"] += int(value)
+        elif name == "podkit_balance_errors_total":
+            entry(url)["errors"] += int(value)
+        elif name == "podkit_balance_probes_total":
+            probes = entry(url)["probes"]
+            result = sample.labels.get("result", "")
+            probes[result] = probes.get(result, 0) + int(value)
+    listed = []
+    for data in backends.values():
+        states: dict[str, int] = data["states"]
+        seen_by = sum(states.values())
+        if len(states) == 1:
+            data["state"] = next(iter(states))
+        elif states:
+            data["state"] = "mixed"
+        data["effective_weight"] = round(data["effective_weight"] / seen_by, 3) if seen_by else 0.0
+        listed.append(data)
+    return {
+        "policy": policy,
+        "workers": workers,
+        "ready": sum(1 for b in listed if b["state"] == EndpointState.READY.value),
+        "total": len(listed),
+        "backends": listed,
+    }
+
+
+async def serve_balance_workers(rt: Runtime, options: BalanceOptions, *, workers: int) -> None:
+    """Serve ``podkit balance`` in ``workers`` processes sharing the port, until the runtime
+    drains (on :func:`podkit.engines.workers.serve_workers`: one admin endpoint, merged
+    metrics, a worker that dies is started again).
+
+    Raises:
+        PodkitError: the address cannot be bound, or a worker cannot be started.
+    """
+    from podkit.engines.workers import serve_workers
+
+    async def admin_backends(request: AdminRequest) -> AdminResponse:
+        samples = merged_samples(rt.registry, "podkit_balance_")
+        view = workers_backends_view(samples, policy=options.policy, workers=workers)
+        return AdminResponse.json(200, json.dumps(view, indent=2) + "\n")
+
+    async def admin_drain(request: AdminRequest) -> AdminResponse:
+        return AdminResponse.text(
+            409,
+            "draining by hand is not available with --workers: each worker has its own "
+            "pool; remove the backend from the backends file instead\n",
+        )
+
+    rt.add_route("/backends", admin_backends)
+    rt.add_route("/backends/drain", admin_drain)
+    rt.add_route("/backends/undrain", admin_drain)
+    # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
+    # no connections): port 0 becomes one port every worker shares.
+    with reserve_port(options.host, options.port) as port:
+        shared = dataclasses.replace(options, port=port, reuse_port=True)
+        rt.log.info(
+            "starting workers", extra={"workers": workers, "listen": f"{options.host}:{port}"}
+        )
+        await serve_workers(
+            rt, count=workers, main=serve_balance_worker, settings=shared, name="balance"
+        )

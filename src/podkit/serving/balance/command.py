@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import sys
 from pathlib import Path
 
 import click
@@ -35,28 +31,10 @@ from podkit.serving.balance.app import (
     BalanceOptions,
     Policy,
     serve_balance,
+    serve_balance_workers,
 )
 
 MAX_WORKERS = 64  # more processes than this on one host is a typo
-PARENT_CHECK_INTERVAL = 1.0  # how soon an extra worker notices that the first one is gone
-_PARENT_ENV = "PODKIT_BALANCE_PARENT_PID"
-
-
-def _worker_argv(argv: list[str]) -> list[str]:
-    """This command's own arguments minus ``--workers`` and ``--admin`` (for worker processes)."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--workers", "--admin"):
-            skip = True
-            continue
-        if arg.startswith(("--workers=", "--admin=")):
-            continue
-        out.append(arg)
-    return out
 
 
 @click.command()
@@ -220,9 +198,9 @@ def _worker_argv(argv: list[str]) -> list[str]:
     type=click.IntRange(1, MAX_WORKERS),
     default=1,
     show_default=True,
-    help="Processes sharing the listening port (SO_REUSEPORT); each probes on its own.",
+    help="Processes sharing the listening port (SO_REUSEPORT); each probes on its own. "
+    "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
-@click.option("--reuse-port", is_flag=True, hidden=True, help="Set SO_REUSEPORT (for workers).")
 @runtime_options
 def command(
     listen: HostPort,
@@ -248,7 +226,6 @@ def command(
     timeout: float,
     connect_timeout: float,
     workers: int,
-    reuse_port: bool,
     runtime: RuntimeOptions,
 ) -> int:
     """Load-balance HTTP over replicas, with readiness probes, outlier ejection and affinity.
@@ -294,58 +271,12 @@ def command(
         ),
         timeout=timeout,
         connect_timeout=connect_timeout,
-        reuse_port=reuse_port or workers > 1,
     )
-    extra = _worker_argv(sys.argv[sys.argv.index("balance") + 1 :]) if workers > 1 else []
 
     async def main(rt: Runtime) -> None:
         if workers > 1:
-            await _serve_with_workers(rt, options, workers - 1, extra)
-        elif reuse_port:
-            await _serve_as_worker(rt, options)
+            await serve_balance_workers(rt, options, workers=workers)
         else:
             await serve_balance(rt, options)
 
     return run_component("balance", main, runtime)
-
-
-async def _serve_with_workers(
-    rt: Runtime, options: BalanceOptions, count: int, argv: list[str]
-) -> None:
-    """Serve here (with the admin endpoint) and in ``count`` more processes on the same port."""
-    env = dict(os.environ, **{_PARENT_ENV: str(os.getpid())})
-    async with asyncio.TaskGroup() as group:
-        children = [
-            await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "podkit", "balance", *argv, "--reuse-port", env=env
-            )
-            for _ in range(count)
-        ]
-        group.create_task(serve_balance(rt, options))
-        try:
-            await rt.wait_draining()
-        finally:
-            for child in children:
-                with contextlib.suppress(ProcessLookupError):
-                    child.terminate()
-            for child in children:
-                group.create_task(child.wait())
-
-
-async def _serve_as_worker(rt: Runtime, options: BalanceOptions) -> None:
-    """Serve as an extra worker; drain when the process that started it is gone."""
-    parent = int(os.environ.get(_PARENT_ENV, "0"))
-
-    async def watch_parent() -> None:
-        # Polling is the portable way: no event tells a process that its parent exited.
-        while True:
-            await asyncio.sleep(PARENT_CHECK_INTERVAL)
-            if os.getppid() != parent:
-                rt.begin_drain("the first worker exited")
-                return
-
-    async with asyncio.TaskGroup() as group:
-        watcher = group.create_task(watch_parent()) if parent else None
-        await serve_balance(rt, options)
-        if watcher is not None:
-            watcher.cancel()

@@ -7,13 +7,15 @@ Theory of operation. :class:`CachingProxy` is a handler for
 * a HIT is answered from the store, with ``Age`` (or a 304 when the client's validators
   match); ``X-Cache: HIT``;
 * a MISS joins the :class:`~podkit.serving.cache.CoalescingTable`: the first request for a key
-  fetches from the origin, buffers the body (up to ``max_object``), stores it when RFC 9111
-  allows and publishes it to the requests that waited; they share it when it was storable and
-  their request selects the same variant, and otherwise (uncacheable, too large, origin error,
-  or ``coalesce_timeout`` passed) each fetches on its own. The fetch runs as a task of the
-  cache's task group, so it completes for the waiting requests even when the client that
-  started it goes away. Bodies larger than ``max_object`` stream through without being
-  stored;
+  fetches from the origin and streams the answer to its client as it arrives; when RFC 9111
+  allows storing it, a :class:`_Tee` keeps a copy of the body as it passes and stores it
+  once the body completed within ``max_object`` (an object that grows past it stops being
+  copied and keeps streaming). The outcome is published to the requests that waited when
+  the body completed: they share the stored object when their request selects the same
+  variant, and otherwise (uncacheable, too large, origin error, or ``coalesce_timeout``
+  passed) each fetches on its own. The fetch runs as a task of the cache's task group, and
+  if the client that started it goes away while others wait, the rest of the body is read
+  and stored in the background for them;
 * a stale entry is revalidated with a conditional request (a 304 freshens it); within
   ``stale-while-revalidate`` it is served at once (``X-Cache: STALE``) while one background task
   revalidates; when the origin fails and ``stale-if-error`` allows, it is served stale too;
@@ -21,12 +23,16 @@ Theory of operation. :class:`CachingProxy` is a handler for
   from an allowed address removes it.
 
 Background revalidations are tasks of the task group :func:`open_cache` owns.
+
+With several workers (:func:`serve_cache_workers`) each worker process is a whole cache with
+its own store; the parent's ``/cache`` is assembled from the workers' merged metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import time
@@ -40,6 +46,7 @@ from prometheus_client.registry import Collector
 
 from podkit.engines.errors import UpstreamClosed, UpstreamError
 from podkit.engines.http import (
+    Body,
     Forwarding,
     Request,
     Response,
@@ -52,6 +59,7 @@ from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
 from podkit.runtime import Runtime
 from podkit.runtime.logging import get_logger
+from podkit.serving._workers import Sample, merged_samples, reserve_port
 from podkit.serving.balance._affinity import IPNetwork
 from podkit.serving.cache._coalesce import DEFAULT_COALESCE_TIMEOUT, CoalescingTable, Flight
 from podkit.serving.cache._policy import (
@@ -61,7 +69,6 @@ from podkit.serving.cache._policy import (
     LookupKind,
     cache_key,
 )
-from podkit.serving.cache._rules import header
 from podkit.serving.cache._store import (
     DEFAULT_MAX_OBJECT,
     DEFAULT_MAX_SIZE,
@@ -98,6 +105,9 @@ class CacheOptions:
         timeout: origin silence allowed while a response is awaited.
         connect_timeout: time to connect to the origin.
         trusted_proxies: peers whose ``X-Forwarded-For`` is kept and extended.
+        workers: how many processes serve the cache; above 1 this process is one of them:
+            it shares the port (SO_REUSEPORT), has its own store, and leaves the hit-ratio
+            gauge out of its metrics (ratios do not add up when the workers' are merged).
     """
 
     host: str = "127.0.0.1"
@@ -112,6 +122,7 @@ class CacheOptions:
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    workers: int = 1
 
 
 def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -125,7 +136,7 @@ def _bytes(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 class _Fetched:
     """An origin answer read whole (``body``) or still streaming (``response``)."""
 
-    __slots__ = ("body", "entry", "headers", "response", "status")
+    __slots__ = ("body", "entry", "headers", "pending", "response", "status")
 
     def __init__(
         self,
@@ -135,12 +146,115 @@ class _Fetched:
         body: bytes | None = None,
         response: Response | None = None,
         entry: StoredResponse | None = None,
+        pending: bool = False,
     ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.response = response
         self.entry = entry  # set when the answer was storable (and so shareable)
+        # The body streams through a _Tee that publishes the flight's outcome when it ends.
+        self.pending = pending
+
+
+class _Tee(Body):
+    """The origin's body on its way to one client, copied for the store as it passes.
+
+    A :class:`Body` subclass, so that the server keeps the origin's ``Content-Length``. The
+    copy stops (and its memory is released) as soon as it exceeds ``limit``; the bytes keep
+    flowing to the client. ``on_end`` is called exactly once: with the whole body when it
+    completed within the limit, else with None (too large, origin broke off, or abandoned).
+    Closing the tee before its end (the client went away) calls ``on_abandon``, which either
+    reads the rest in the background or :meth:`abort` s.
+    """
+
+    __slots__ = (
+        "_abandoned",
+        "_ended",
+        "_limit",
+        "_on_abandon",
+        "_on_end",
+        "_parts",
+        "_size",
+        "_source",
+    )
+
+    def __init__(
+        self,
+        source: Body,
+        *,
+        limit: int,
+        on_end: Callable[[bytes | None], None],
+        on_abandon: Callable[[_Tee], None],
+    ) -> None:
+        super().__init__(length=source.length)
+        self._source = source
+        self._limit = limit
+        self._parts: list[bytes] | None = []
+        self._size = 0
+        self._ended = False
+        self._abandoned = False
+        self._on_end: Callable[[bytes | None], None] | None = on_end
+        self._on_abandon = on_abandon
+
+    @property
+    def copying(self) -> bool:
+        """Whether the body is still being copied for the store."""
+        return self._parts is not None
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._source.__anext__()
+        except StopAsyncIteration:
+            self._ended = True
+            parts = self._parts
+            self._report(b"".join(parts) if parts is not None else None)
+            raise
+        except asyncio.CancelledError:
+            raise  # the consumer was cancelled; close() decides what becomes of the rest
+        except BaseException:
+            self.abort()
+            raise
+        parts = self._parts
+        if parts is not None:
+            self._size += len(chunk)
+            if self._size > self._limit:
+                self._report(None)  # too large to store: stop copying, keep streaming
+            else:
+                parts.append(chunk)
+        return chunk
+
+    def _report(self, body: bytes | None) -> None:
+        self._parts = None
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(body)
+
+    def abort(self) -> None:
+        """Stop here: drop the rest of the body (the origin connection is not reused)."""
+        self._ended = True
+        self._source.close()
+        self._report(None)
+
+    def close(self) -> None:
+        """The consumer stops reading; before the end, ``on_abandon`` decides what follows."""
+        if self._ended or self._abandoned:
+            return
+        self._abandoned = True
+        self._on_abandon(self)
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`."""
+        self.close()
+
+    def __del__(self) -> None:
+        # A response dropped without being sent or closed (its client was gone before the
+        # head could be written) must still publish its flight, or requests would keep
+        # joining a flight that never ends.
+        if not self._ended and not self._abandoned:
+            self.abort()
 
 
 class _StoreCollector(Collector):
@@ -158,6 +272,8 @@ class _StoreCollector(Collector):
         limit.add_metric([], store.max_bytes)
         evictions = CounterMetricFamily("podkit_cache_evictions", "Objects evicted (LRU).")
         evictions.add_metric([], store.evictions)
+        if self.proxy.options.workers > 1:
+            return [objects, size, limit, evictions]
         ratio = GaugeMetricFamily(
             "podkit_cache_hit_ratio", "Share of cacheable requests answered from the store."
         )
@@ -349,8 +465,14 @@ class CachingProxy:
         *,
         kind: str,
         extra: Sequence[tuple[str, str]] = (),
+        flight: Flight[_Fetched] | None = None,
     ) -> _Fetched:
-        """Fetch from the origin; buffer and store the answer when it is storable and fits.
+        """Fetch from the origin; store the answer when it is storable and fits.
+
+        Returns when the response head arrived. A body already received whole is stored at
+        once; one still arriving streams on through a :class:`_Tee` that stores it when it
+        completed within ``max_object`` and then publishes ``flight``'s outcome
+        (``pending``). Anything else streams through untouched.
 
         Raises:
             UpstreamError: the origin could not be reached or did not answer.
@@ -364,24 +486,63 @@ class CachingProxy:
             await response.aclose()
             return _Fetched(status, fields, body=b"")
         storable = self.policy.storability(request.method, request_headers, status, fields)
-        length_text = header(fields, "content-length")
-        too_big = (
-            length_text is not None
-            and length_text.isdigit()
-            and int(length_text) > self.options.max_object
-        )
-        if not storable or too_big:
+        body = response.body
+        if not storable:
             return _Fetched(status, fields, response=response)
-        chunks: list[bytes] = []
-        size = 0
-        iterator = _aiter(response.body)
-        async for chunk in iterator:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self.options.max_object:
-                # Larger than announced (or no length given): stream it through uncached.
-                return _Fetched(status, fields, response=_resume(response, chunks, iterator))
-        body = b"".join(chunks)
+        if isinstance(body, Body) and body.complete:
+            data: bytes | None = b"".join(body.take_all())
+            body.close()
+        elif isinstance(body, bytes):
+            data = body
+        elif isinstance(body, Body):
+            data = None
+            if body.length is not None and body.length > self.options.max_object:
+                return _Fetched(status, fields, response=response)
+        else:
+            return _Fetched(status, fields, response=response)
+        if data is not None:
+            # Arrived with the head (the common case for small objects): store it now.
+            if len(data) > self.options.max_object:
+                return _Fetched(status, fields, response=Response(status, response.headers, data))
+            entry = self._keep(
+                key, request_headers, status, fields, data, request_time, response_time
+            )
+            return _Fetched(status, fields, body=data, entry=entry)
+        assert isinstance(body, Body)
+
+        def ended(data: bytes | None) -> None:
+            entry = None
+            if data is not None:
+                entry = self._keep(
+                    key, request_headers, status, fields, data, request_time, response_time
+                )
+            if flight is not None:
+                shared = _Fetched(status, fields, entry=entry) if entry is not None else None
+                self._publish(flight, shared)
+
+        def abandoned(tee: _Tee) -> None:
+            # The client left mid-body. Requests waiting on this flight still want the
+            # object: read the rest for them, unless it can no longer be stored.
+            if tee.copying and flight is not None and flight.followers and not flight.done:
+                self.group.create_task(self._finish_copy(tee, key))
+            else:
+                tee.abort()
+
+        response.body = _Tee(
+            body, limit=self.options.max_object, on_end=ended, on_abandon=abandoned
+        )
+        return _Fetched(status, fields, response=response, pending=flight is not None)
+
+    def _keep(
+        self,
+        key: str,
+        request_headers: list[tuple[str, str]],
+        status: int,
+        fields: list[tuple[str, str]],
+        body: bytes,
+        request_time: float,
+        response_time: float,
+    ) -> StoredResponse:
         entry = self.policy.make_entry(
             key,
             request_headers,
@@ -394,7 +555,26 @@ class CachingProxy:
         evicted = self.policy.keep(entry)
         if evicted:
             self.log.debug("evicted", extra={"objects": len(evicted)})
-        return _Fetched(status, fields, body=body, entry=entry)
+        return entry
+
+    async def _finish_copy(self, tee: _Tee, key: str) -> None:
+        """Read the rest of an abandoned body into the store. Never raises (task group)."""
+        try:
+            async for _ in tee:
+                if not tee.copying:
+                    break
+        except Exception as exc:
+            self.log.warning("origin body failed", extra={"key": key, "error": str(exc)})
+        finally:
+            tee.abort()
+
+    def _publish(self, flight: Flight[_Fetched], result: _Fetched | None) -> None:
+        """Close ``flight`` with its outcome and wake the requests waiting on it."""
+        if flight.done:
+            return
+        self.flights.finish(flight, result)
+        if isinstance(flight.waiter, asyncio.Event):
+            flight.waiter.set()
 
     def _answer(
         self,
@@ -459,11 +639,10 @@ class CachingProxy:
         request_headers: list[tuple[str, str]],
         key: str,
     ) -> Response:
-        event = asyncio.Event()
-        flight.waiter = event
+        flight.waiter = asyncio.Event()
         # The fetch belongs to the cache's task group, not to this request: if the client
         # that led it goes away, the requests waiting on it still get the answer.
-        fill = self.group.create_task(self._fill(flight, event, request, request_headers, key))
+        fill = self.group.create_task(self._fill(flight, request, request_headers, key))
         try:
             outcome = await asyncio.shield(fill)
         except asyncio.CancelledError:
@@ -476,28 +655,29 @@ class CachingProxy:
     async def _fill(
         self,
         flight: Flight[_Fetched],
-        event: asyncio.Event,
         request: Request,
         request_headers: list[tuple[str, str]],
         key: str,
     ) -> _Fetched | UpstreamError:
-        """Fetch for a flight and publish the outcome. Never raises: it runs in the task group,
-        where an exception would stop every other task."""
-        result: _Fetched | None = None
+        """Fetch for a flight and publish the outcome (now, or when a streamed body ends).
+
+        Never raises an Exception: it runs in the task group, where one would stop every
+        other task."""
         try:
-            fetched = await self._fetch(request, request_headers, key, kind="fetch")
+            fetched = await self._fetch(request, request_headers, key, kind="fetch", flight=flight)
         except UpstreamError as exc:
+            self._publish(flight, None)
             return exc
         except Exception as exc:  # a bug must not take the task group down with it
+            self._publish(flight, None)
             self.log.exception("fetch failed", extra={"key": key})
             return UpstreamClosed(f"fetch failed: {exc!r}", request_sent=True)
-        else:
-            if fetched.entry is not None:
-                result = fetched
-            return fetched
-        finally:
-            self.flights.finish(flight, result)
-            event.set()
+        except BaseException:
+            self._publish(flight, None)
+            raise
+        if not fetched.pending:
+            self._publish(flight, fetched if fetched.entry is not None else None)
+        return fetched
 
     def _close_unread(self, task: asyncio.Task[_Fetched | UpstreamError]) -> None:
         """Abandon the streamed answer of a fetch whose requester went away."""
@@ -565,6 +745,11 @@ class CachingProxy:
                 if self.store.lookup(key, request_headers) is entry:
                     self.policy.freshen(entry, fetched.headers, request_time=now, response_time=now)
             elif fetched.response is not None:
+                body = fetched.response.body
+                if isinstance(body, _Tee):
+                    async for _ in body:  # nobody reads this answer: the tee stores it
+                        if not body.copying:
+                            break
                 await fetched.response.aclose()
         except UpstreamError as exc:
             self.log.warning(
@@ -648,28 +833,6 @@ class CachingProxy:
         return AdminResponse.json(200, json.dumps({"purged": removed}) + "\n")
 
 
-async def _aiter(body: Any) -> AsyncIterator[bytes]:
-    if isinstance(body, bytes):
-        if body:
-            yield body
-        return
-    async for chunk in body:
-        yield chunk
-
-
-def _resume(response: Response, head: list[bytes], rest: AsyncIterator[bytes]) -> Response:
-    async def stream() -> AsyncIterator[bytes]:
-        try:
-            for chunk in head:
-                yield chunk
-            async for chunk in rest:
-                yield chunk
-        finally:
-            await response.aclose()
-
-    return Response(response.status, response.headers, stream())
-
-
 @contextlib.asynccontextmanager
 async def open_cache(
     options: CacheOptions, *, registry: CollectorRegistry | None = None
@@ -698,6 +861,7 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
             proxy.handle,
             host=options.host,
             port=options.port,
+            reuse_port=options.workers > 1,
             registry=rt.registry,
             metrics_prefix="podkit_cache_http",
             name="cache",
@@ -709,3 +873,78 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
             rt.set_ready()
             await rt.wait_draining()
             await server.drain(rt.drain_timeout)
+
+
+async def serve_cache_worker(rt: Runtime, options: CacheOptions) -> None:
+    """One worker process of ``podkit cache --workers N`` (see :func:`serve_cache_workers`)."""
+    await serve_cache(rt, options)
+
+
+def workers_cache_view(samples: Sequence[Sample], *, options: CacheOptions) -> dict[str, Any]:
+    """The parent's ``/cache`` JSON, built from the workers' merged metrics.
+
+    Sizes, object counts and counters are sums over the workers' stores; ``hit_ratio`` is
+    computed from the summed request counts.
+    """
+    totals: dict[str, float] = {}
+    requests = {"hit": 0, "miss": 0, "stale": 0, "pass": 0}
+    coalesced = {"shared": 0, "fallback": 0, "timeout": 0}
+    for sample in samples:
+        if sample.name == "podkit_cache_requests_total":
+            result = sample.labels.get("result", "")
+            requests[result] = requests.get(result, 0) + int(sample.value)
+        elif sample.name == "podkit_cache_coalesced_total":
+            outcome = sample.labels.get("outcome", "")
+            coalesced[outcome] = coalesced.get(outcome, 0) + int(sample.value)
+        elif not sample.labels:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    hits = requests["hit"] + requests["stale"]
+    lookups = hits + requests["miss"]
+    return {
+        "upstream": options.upstream,
+        "workers": options.workers,
+        "objects": int(totals.get("podkit_cache_objects", 0)),
+        "bytes": int(totals.get("podkit_cache_bytes", 0)),
+        "max_bytes": int(totals.get("podkit_cache_max_bytes", 0)),
+        "max_object": options.max_object,
+        "evictions": int(totals.get("podkit_cache_evictions_total", 0)),
+        "requests": requests,
+        "hit_ratio": round(hits / lookups, 4) if lookups else 0.0,
+        "coalesced": coalesced,
+    }
+
+
+async def serve_cache_workers(rt: Runtime, options: CacheOptions) -> None:
+    """Serve ``podkit cache`` in ``options.workers`` processes sharing the port, until the
+    runtime drains (on :func:`podkit.engines.workers.serve_workers`: one admin endpoint,
+    merged metrics, a worker that dies is started again). Each worker has its own store.
+
+    Raises:
+        PodkitError: the address cannot be bound, or a worker cannot be started.
+    """
+    from podkit.engines.workers import serve_workers
+
+    async def admin_cache(request: AdminRequest) -> AdminResponse:
+        view = workers_cache_view(merged_samples(rt.registry, "podkit_cache_"), options=options)
+        return AdminResponse.json(200, json.dumps(view, indent=2) + "\n")
+
+    async def admin_purge(request: AdminRequest) -> AdminResponse:
+        return AdminResponse.text(
+            409,
+            "purging is not available with --workers: each worker has its own store, and "
+            "the admin endpoint cannot reach them\n",
+        )
+
+    rt.add_route("/cache", admin_cache)
+    rt.add_route("/purge", admin_purge)
+    # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
+    # no connections): port 0 becomes one port every worker shares.
+    with reserve_port(options.host, options.port) as port:
+        shared = dataclasses.replace(options, port=port)
+        rt.log.info(
+            "starting workers",
+            extra={"workers": options.workers, "listen": f"{options.host}:{port}"},
+        )
+        await serve_workers(
+            rt, count=options.workers, main=serve_cache_worker, settings=shared, name="cache"
+        )

@@ -15,7 +15,10 @@ from podkit.serving.cache.app import (
     DEFAULT_TIMEOUT,
     CacheOptions,
     serve_cache,
+    serve_cache_workers,
 )
+
+MAX_WORKERS = 64  # more processes than this on one host is a typo
 
 
 @click.command()
@@ -80,6 +83,14 @@ from podkit.serving.cache.app import (
     metavar="CIDR",
     help="Peer whose X-Forwarded-For is kept and extended; repeat for more.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, MAX_WORKERS),
+    default=1,
+    show_default=True,
+    help="Processes sharing the listening port (SO_REUSEPORT), each with its own store. "
+    "One admin endpoint, merged metrics; a worker that dies is started again.",
+)
 @runtime_options
 def command(
     listen: HostPort,
@@ -91,6 +102,7 @@ def command(
     timeout: float,
     connect_timeout: float,
     trusted: tuple[str, ...],
+    workers: int,
     runtime: RuntimeOptions,
 ) -> int:
     """An HTTP caching proxy (RFC 9111 shared cache) with request coalescing.
@@ -112,9 +124,13 @@ def command(
         timeout=timeout,
         connect_timeout=connect_timeout,
         trusted_proxies=parse_networks(trusted),
+        workers=workers,
     )
 
     async def main(rt: Runtime) -> None:
-        await serve_cache(rt, options)
+        if workers > 1:
+            await serve_cache_workers(rt, options)
+        else:
+            await serve_cache(rt, options)
 
     return run_component("cache", main, runtime)

@@ -1,0 +1,63 @@
+"""What the serving components share when they run as several worker processes.
+
+With ``--workers N`` a component runs on :func:`podkit.engines.workers.serve_workers`: the
+parent owns the admin endpoint and merges the workers' metric reports. The parent holds the
+listening address bound (with SO_REUSEPORT, never listening) so that port 0 becomes one port
+every worker shares, and it builds its JSON admin views from the merged metrics, the only
+thing the workers tell it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from podkit.errors import PodkitError
+
+
+@contextlib.contextmanager
+def reserve_port(host: str, port: int) -> Iterator[int]:
+    """Bind (not listen) a SO_REUSEPORT socket on ``host:port``; yields the bound port.
+
+    Raises:
+        PodkitError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PodkitError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One merged sample: its name (with ``_total`` etc.), labels and value."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def merged_samples(registry: CollectorRegistry, prefix: str) -> list[Sample]:
+    """Every sample in ``registry`` whose name starts with ``prefix`` (at collection time)."""
+    return [
+        Sample(sample.name, dict(sample.labels), sample.value)
+        for family in registry.collect()
+        if family.name.startswith(prefix)
+        for sample in family.samples
+        if sample.name.startswith(prefix)
+    ]
+
+
+__all__ = ["Sample", "merged_samples", "reserve_port"]
