@@ -372,3 +372,23 @@ def test_sighup_and_admin_reload_reach_every_worker(ca: TestCA, whoami: int) -> 
         wait_every_worker_serves(port, ca, pids, again.serial)
         assert worker_pids(proc) == pids  # reloaded in place: no worker was restarted
         assert all(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+def test_a_sighup_while_the_workers_start_does_not_end_any_of_them(ca: TestCA, whoami: int) -> None:
+    """SIGHUP right after the parent starts its workers (before they can handle it) is held
+    for each worker until it runs: none is ended by the signal's default action."""
+    server = ca.issue("server", common_name="localhost")
+    port, admin = free_port(), free_port()
+    with tls_process(
+        port, whoami, server, "--workers", "2", "--admin", f"127.0.0.1:{admin}"
+    ) as proc:
+        wait_for(lambda: "starting workers" in proc.output(), timeout=20)
+        proc.signal(signal.SIGHUP)
+        wait_http("127.0.0.1", admin, "/readyz", timeout=30)
+        wait_for(
+            lambda: proc.output().count("reload sent to worker") == 2, timeout=10, what="reloads"
+        )
+        assert answered(port, client_context(ca))
+        output = proc.output()
+        assert "worker exited" not in output
+        assert len(worker_pids(proc)) == 2
