@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import ssl
+import threading
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -269,3 +272,59 @@ def test_a_broken_client_ca_at_start_is_a_config_error(ca: TestCA, tmp_path: Pat
     bundle.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match="no PEM certificate found"):
         CertificateStore(CertPair(str(server.cert), str(server.key)), client_ca=str(bundle))
+
+
+def resume(context: ssl.SSLContext, port: int, session: ssl.SSLSession | None) -> None:
+    """Connect with ``session`` and exchange one message (raises when refused)."""
+    raw = socket.create_connection(("127.0.0.1", port))
+    tls: ssl.SSLSocket | None = None
+    try:
+        tls = context.wrap_socket(raw, session=session)
+        tls.sendall(b"hi")
+        if tls.recv(10) != b"hi":
+            raise ConnectionResetError("closed without an answer")
+    finally:
+        (tls or raw).close()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_session_from_before_a_client_ca_change_is_not_resumed(
+    ca: TestCA, tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """A client of a CA taken out of the bundle cannot come back by resuming its session."""
+    server = ca.issue("server", common_name="server.test")
+    old_ca, new_ca = TestCA(tmp_path, "old clients"), TestCA(tmp_path, "new clients")
+    old_client = old_ca.issue("old-client", common_name="old", client=True)
+    bundle = tmp_path / "clients.pem"
+    shutil.copyfile(old_ca.path, bundle)
+    store = CertificateStore(CertPair(str(server.cert), str(server.key)), client_ca=str(bundle))
+    context = client_context(ca, cert=old_client.cert, key=old_client.key)
+    context.maximum_version = version
+    context.check_hostname = False
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with contextlib.suppress(ssl.SSLError, OSError), conn:
+                tls = store.context.wrap_socket(conn, server_side=True)
+                tls.sendall(tls.recv(10))
+                tls.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        first = context.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+        first.sendall(b"hi")
+        assert first.recv(10) == b"hi"
+        session = first.session
+        first.close()
+
+        shutil.copyfile(new_ca.path, bundle)
+        assert store.reload().client_ca_loaded
+        with pytest.raises((ssl.SSLError, OSError)):
+            resume(context, port, session)
+    finally:
+        thread.join(10)
+        listener.close()

@@ -23,7 +23,8 @@ when the client sent none), moves each connection onto its pair's current contex
 verification of the client's certificate then uses that context's trust store. Until the
 bundle first changes the default pair is served by the listener's own context and nothing
 is moved. A bundle that cannot be read or holds no certificate is refused and the previous
-one stays trusted.
+one stays trusted. With a client CA no session tickets are issued, so no connection resumes a
+session whose certificate was verified against a bundle no longer in force.
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ def _new_context(min_version: str, client_ca_pem: str | None) -> ssl.SSLContext:
     if client_ca_pem is not None:
         context.load_verify_locations(cadata=client_ca_pem)  # checked by read_client_ca
         context.verify_mode = ssl.CERT_REQUIRED
+        # No session resumption with client certificates: a resumed session keeps the
+        # certificate verified when it began, which would let a client whose CA has since
+        # been taken out of the bundle back in without a check. Every connection is verified.
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     return context
 
 
