@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from podkit.adapter.logs import parsers
 from podkit.adapter.logs.parsers import (
     access_time_to_iso,
     make_parser,
@@ -198,3 +199,20 @@ def test_auto_picks_the_same_format_for_a_line_whatever_came_before(lines: list[
     """auto remembers the last format only to be fast: the answer never depends on history."""
     parser = make_parser("auto", year=2026)
     assert [parse_line(line, parser).format for line in lines] == [MIXED[line] for line in lines]
+
+
+@given(
+    st.one_of(
+        st.from_regex(parsers._ACCESS, fullmatch=True),
+        st.from_regex(parsers._SYSLOG_3164, fullmatch=True),
+        st.from_regex(parsers._SYSLOG_5424, fullmatch=True),
+        st.text(max_size=80),
+    )
+)
+def test_auto_skips_a_strict_parser_only_for_lines_it_would_refuse(line: str) -> None:
+    """The cheap tests auto runs before a strict parser are necessary conditions: a line
+    that parser accepts always passes its test."""
+    if parse_line(line, make_parser("nginx", year=2026)).format != "raw":
+        assert '] "' in line
+    if parse_line(line, make_parser("syslog", year=2026)).format != "raw":
+        assert parsers._may_be_syslog(line)

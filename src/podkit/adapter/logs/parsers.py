@@ -347,23 +347,40 @@ def auto_parser(*, year: int) -> Parser:
     query string: it stays the fallback, never the parser tried first, or one logfmt line in
     a mixed file would make it claim the lines of other formats that follow.
     """
-    strict: list[Parser] = [parse_json, _access_parser("access"), syslog_parser(year=year)]
+    access, syslog = _access_parser("access"), syslog_parser(year=year)
+    # Each strict parser with a cheap test its lines always pass (a necessary condition), so
+    # that a logfmt file does not pay for three regular expressions on every line.
+    strict: list[tuple[Parser, Callable[[str], bool]]] = [
+        (parse_json, lambda line: line.startswith("{")),
+        (access, lambda line: '] "' in line),
+        (syslog, _may_be_syslog),
+    ]
     last = [strict[0]]
 
     def parse(line: str) -> LogEntry | None:
-        entry = last[0](line)
+        entry = last[0][0](line)
         if entry is not None:
             return entry
         for candidate in strict:
-            if candidate is last[0]:
+            if candidate is last[0] or not candidate[1](line):
                 continue
-            entry = candidate(line)
+            entry = candidate[0](line)
             if entry is not None:
                 last[0] = candidate
                 return entry
         return parse_logfmt(line)
 
     return parse
+
+
+def _may_be_syslog(line: str) -> bool:
+    """``<PRI>``, a BSD timestamp (``Oct 11 ...``) or an ISO date: how syslog lines begin."""
+    first = line[:1]
+    return (
+        first == "<"
+        or (first.isupper() and line[3:4] == " ")
+        or (line[:4].isdigit() and line[4:5] == "-")
+    )
 
 
 def make_parser(name: str, *, year: int) -> Parser:
