@@ -101,6 +101,9 @@ async def serve_workers(
 ) -> None:
     """Run ``main(child_rt, settings)`` in ``count`` worker processes until the parent drains.
 
+    A reload of the parent (SIGHUP, admin ``POST /reload``) reaches every worker as SIGHUP,
+    which runs the hooks ``main`` registered with ``child_rt.on_reload``.
+
     Args:
         rt: the parent's runtime (admin endpoint, signals, lifecycle).
         count: the number of worker processes.
