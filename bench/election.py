@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from podkit.runtime.config import parse_duration
 from podkit.testing import (
     EtcdServer,
@@ -245,6 +247,8 @@ class ChaosReport:
 def run_chaos(kind: str, *, duration: float, ttl: str, rng: random.Random) -> ChaosReport:
     seconds = parse_duration(ttl)
     actions = {"kill leader": 0, "freeze leader": 0, "kill follower": 0, "restart server": 0}
+    timeline: list[tuple[float, str]] = []
+    hijacks = 0
     with tempfile.TemporaryDirectory() as tmp, backend(kind, Path(tmp)) as (url, server):
         outdir = Path(tmp) / "out"
         outdir.mkdir()
@@ -265,6 +269,7 @@ def run_chaos(kind: str, *, duration: float, ttl: str, rng: random.Random) -> Ch
                 ):
                     continue
                 actions[action] += 1
+                timeline.append((time.monotonic(), action))
                 if action == "kill leader":
                     assert leader is not None
                     cluster.kill(leader["identity"])
@@ -289,13 +294,30 @@ def run_chaos(kind: str, *, duration: float, ttl: str, rng: random.Random) -> Ch
                         cluster.start(victim)
                 else:
                     assert server is not None
+                    before = server_identity(server)
                     server.restart()
+                    after = server_identity(server)
+                    if before != after:  # another server took the port while ours was down
+                        print(f"restart: the server is not ours ({after})", file=sys.stderr)
+                        hijacks += 1
         finally:
             cluster.close()
         terms = belief_intervals(cluster.logs)
         ticks = read_ticks(outdir / "ticks")
+    if hijacks:
+        print(f"{hijacks} restarts came back as another server: run invalid", file=sys.stderr)
     ordered = sorted(terms)
     overlaps = sum(1 for a, b in itertools.pairwise(ordered) if a[1] > b[0])
+    for a, b in itertools.pairwise(ordered):
+        if a[1] > b[0]:  # show what happened around it, for whoever reads the run
+            print(f"overlap: term {a} and term {b}", file=sys.stderr)
+            for at, what in timeline:
+                if a[0] - 5 <= at <= b[1] + 1:
+                    print(f"  {at:.3f} {what}", file=sys.stderr)
+            for log in cluster.logs:
+                for line in log.splitlines():
+                    if str(a[2]) in line or str(b[2]) in line:
+                        print(f"  {line}", file=sys.stderr)
     inversions = sum(1 for a, b in itertools.pairwise(ordered) if a[2] >= b[2])
     stale = fenced = 0
     highest = 0
@@ -307,6 +329,19 @@ def run_chaos(kind: str, *, duration: float, ttl: str, rng: random.Random) -> Ch
     return ChaosReport(
         duration, actions, len(terms), overlaps, inversions, len(ticks), stale, fenced
     )
+
+
+def server_identity(server: RedisServer | EtcdServer) -> str:
+    """Which etcd cluster answers on the port (its cluster id survives our restarts, not a
+    stranger taking the port meanwhile); Redis has no such id and always answers ""."""
+    if not isinstance(server, EtcdServer):
+        return ""
+    for _ in range(50):  # bounded: the server may still be electing itself
+        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+            reply = httpx.post(f"{server.endpoint}/v3/maintenance/status", json={}, timeout=2)
+            return str(reply.json()["header"]["cluster_id"])
+        time.sleep(0.1)
+    return "unreachable"
 
 
 def belief_intervals(logs: list[str]) -> list[tuple[float, float, int]]:
