@@ -61,6 +61,7 @@ class ConfigServer:
         self.posts: list[dict[str, str]] = []
         self.long_poll = False
         self.held = 0
+        self.stopping = False
         self.changed = threading.Condition()
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -93,8 +94,13 @@ class ConfigServer:
                     owner.held += 1
                     with owner.changed:
                         owner.changed.wait_for(
-                            lambda: owner.etag() != etag, timeout=float(prefer[5:])
+                            lambda: owner.etag() != etag or owner.stopping,
+                            timeout=float(prefer[5:]),
                         )
+                    if owner.stopping:
+                        # The server goes away: the held request ends without an answer.
+                        self.close_connection = True
+                        return
                     etag = owner.etag()
                 if self.headers.get("If-None-Match") == etag:
                     owner.not_modified += 1
@@ -119,11 +125,16 @@ class ConfigServer:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
+        self.stopping = False
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
+        """Stop like a server that goes away: held long-polls are cut, nothing listens."""
+        with self.changed:
+            self.stopping = True
+            self.changed.notify_all()
         if self.server is not None and self.thread is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -156,6 +167,44 @@ def admin_get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:  # not listening yet
         return 0, ""
+
+
+def metric(port: int, name: str) -> float | None:
+    """The value of an unlabelled sample on the admin endpoint's /metrics."""
+    status, text = admin_get(port, "/metrics")
+    if status != 200:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def wait_backoff_at_cap(admin: int, cap: float) -> None:
+    """Failures in a row keep coming and the retry delay has climbed to its cap."""
+    wait_for(
+        lambda: (metric(admin, "configsync_consecutive_failures") or 0) >= 4,
+        timeout=20,
+        what="four failed rounds in a row",
+    )
+    delay = metric(admin, "configsync_retry_delay_seconds")
+    assert delay is not None
+    assert 0.8 * cap <= delay <= 1.2 * cap  # the cap, ±20 % jitter
+    assert metric(admin, "configsync_source_up") == 0.0
+
+
+def wait_recovered(admin: int) -> None:
+    """Rounds succeed again: no failure in a row, no retry delay, ready."""
+    wait_for(
+        lambda: (
+            metric(admin, "configsync_consecutive_failures") == 0.0
+            and metric(admin, "configsync_retry_delay_seconds") == 0.0
+        ),
+        timeout=20,
+        what="the source to be read again",
+    )
+    assert metric(admin, "configsync_source_up") == 1.0
+    wait_http("127.0.0.1", admin, "/readyz", timeout=10)
 
 
 def legacy_app(tmp: Path) -> ServerProcess:
@@ -285,6 +334,38 @@ def test_watch_mode_long_polls_a_server_that_holds_requests(
         wait_for(lambda: "pushed" in dest.read_text(), timeout=2.0, what="the pushed change")
 
 
+def test_watch_mode_long_polls_again_after_the_server_restarts_and_backoff_shows(
+    tmp_path: Path, config_server: ConfigServer
+) -> None:
+    """The long-poll server goes away with a request held: rounds fail with a growing retry
+    delay (in metrics, up to --retry-max) and the last good file stays; once it is back the
+    requests are held again and a change arrives at once."""
+    config_server.long_poll = True
+    admin = free_port()
+    dest = tmp_path / "app.conf"
+    args = ("--watch", "--every", "1m", "--retry-max", "1s")
+    with configsync(tmp_path, config_server.url, admin, *args):
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
+        good = dest.read_text()
+        wait_for(lambda: config_server.held >= 1, timeout=10, what="a held request")
+        config_server.stop()
+        wait_backoff_at_cap(admin, cap=1.0)
+        status, reason = admin_get(admin, "/readyz")
+        assert status == 503
+        assert "keeping the last good config: fetch" in reason
+        assert dest.read_text() == good
+        state = json.loads(admin_get(admin, "/configsync")[1])
+        assert state["failures_in_a_row"] >= 4
+        assert state["retry_delay"] > 0
+
+        held = config_server.held
+        config_server.start()
+        wait_recovered(admin)
+        wait_for(lambda: config_server.held > held, timeout=10, what="a held request again")
+        config_server.set_json({"greeting": "after restart", "port": 1})
+        wait_for(lambda: "after restart" in dest.read_text(), timeout=2.0, what="the change")
+
+
 def etcd_put(etcd: EtcdServer, key: str, value: str) -> None:
     body = {
         "key": base64.b64encode(key.encode()).decode(),
@@ -324,6 +405,58 @@ def test_a_change_at_an_etcd_key_reaches_the_legacy_app_and_an_outage_keeps_the_
                 what="the change made after etcd came back",
             )
         assert "config changed" in sync.output()
+
+
+def test_an_etcd_watch_recovers_after_etcd_restarts_and_backoff_shows(
+    tmp_path: Path, etcd_server: EtcdServer
+) -> None:
+    """etcd restarted: the watch is set up again and later changes arrive. etcd down for a
+    while: the retry delay climbs to --retry-max in metrics and the file stays; back: the
+    watch resumes and a change arrives at once."""
+    etcd_put(etcd_server, "app/config", json.dumps({"greeting": "hello", "port": 1}))
+    admin = free_port()
+    dest = tmp_path / "app.conf"
+    source = f"{etcd_server.url}/app/config"
+    with configsync(tmp_path, source, admin, "--watch", "--retry-max", "1s"):
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
+        etcd_server.restart()
+        etcd_put(etcd_server, "app/config", json.dumps({"greeting": "restarted", "port": 2}))
+        wait_for(lambda: "restarted" in dest.read_text(), timeout=10, what="after a restart")
+        wait_recovered(admin)
+
+        good = dest.read_text()
+        etcd_server.stop()
+        wait_backoff_at_cap(admin, cap=1.0)
+        assert "keeping the last good config: fetch" in admin_get(admin, "/readyz")[1]
+        assert dest.read_text() == good
+        etcd_server.start()
+        wait_recovered(admin)
+        changes = json.loads(admin_get(admin, "/configsync")[1])["changes"]
+        etcd_put(etcd_server, "app/config", json.dumps({"greeting": "back", "port": 3}))
+        wait_for(lambda: "back" in dest.read_text(), timeout=2.0, what="the change after")
+        assert json.loads(admin_get(admin, "/configsync")[1])["changes"] == changes + 1
+
+
+def test_an_etcd_that_comes_back_empty_and_is_written_again_is_followed(
+    tmp_path: Path, etcd_server: EtcdServer
+) -> None:
+    """etcd replaced by an empty one (its data lost) on the same address: while the key is
+    missing the file stays; the value written anew is picked up, although its revisions
+    repeat those of the old store."""
+    etcd_put(etcd_server, "app/config", json.dumps({"greeting": "old store", "port": 1}))
+    admin = free_port()
+    dest = tmp_path / "app.conf"
+    source = f"{etcd_server.url}/app/config"
+    with configsync(tmp_path, source, admin, "--watch", "--retry-max", "500ms"):
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
+        etcd_server.stop()
+        with EtcdServer(port=etcd_server.port) as fresh:
+            wait_for(lambda: "not found" in admin_get(admin, "/readyz")[1], timeout=20)
+            assert "old store" in dest.read_text()
+            # The same number of writes as in the old store: the same revisions.
+            etcd_put(fresh, "app/config", json.dumps({"greeting": "new store", "port": 2}))
+            wait_for(lambda: "new store" in dest.read_text(), timeout=10, what="the new value")
+            wait_recovered(admin)
 
 
 def test_an_etcd_prefix_is_rendered_as_one_object_and_exec_is_run_on_change(

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from podkit.adapter.logs import parsers
 from podkit.adapter.logs.parsers import (
     access_time_to_iso,
     make_parser,
@@ -155,3 +156,63 @@ def test_logfmt_reads_back_what_was_written(pairs: dict[str, str]) -> None:
     entry = parse_line(line, make_parser("logfmt", year=2026))
     assert entry.format == "logfmt"
     assert entry.fields == pairs
+
+
+# Lines of every format, several of which logfmt would also accept (a `key=value` inside).
+MIXED = {
+    NGINX: "nginx",
+    '10.1.1.1 - - [10/Oct/2000:13:55:36 -0700] "GET /search?q=logs&page=2 HTTP/1.1" 200 51 '
+    '"-" "curl/8.5"': "nginx",
+    APACHE_COMMON: "apache",
+    "<34>Oct 11 22:14:15 mymachine su: user=bob action=login": "syslog",
+    "Oct 11 22:14:15 host app[12]: retry=3 backoff=2s": "syslog",
+    "<165>1 2003-10-11T22:14:15.003Z host app - ID47 - took=12ms": "syslog",
+    '{"msg":"x","n":1}': "json",
+    "level=info msg=started port=8080": "logfmt",
+    "ts=2024-01-01T00:00:00Z lvl=warn disk=91%": "logfmt",
+    "just some words": "raw",
+}
+
+
+def test_auto_on_mixed_lines_gives_each_its_own_format_after_logfmt_ones() -> None:
+    """A logfmt line does not make auto read the syslog or access lines after it as logfmt."""
+    parser = make_parser("auto", year=2026)
+    lines = [
+        "level=info msg=started port=8080",
+        "<34>Oct 11 22:14:15 mymachine su: user=bob action=login",
+        "level=info msg=again",
+        '10.1.1.1 - - [10/Oct/2000:13:55:36 -0700] "GET /search?q=logs&page=2 HTTP/1.1" 200 51 '
+        '"-" "curl/8.5"',
+        "Oct 11 22:14:15 host app[12]: retry=3 backoff=2s",
+    ]
+    assert [parse_line(line, parser).format for line in lines] == [
+        "logfmt",
+        "syslog",
+        "logfmt",
+        "nginx",
+        "syslog",
+    ]
+
+
+@given(st.lists(st.sampled_from(sorted(MIXED)), min_size=1, max_size=30))
+def test_auto_picks_the_same_format_for_a_line_whatever_came_before(lines: list[str]) -> None:
+    """auto remembers the last format only to be fast: the answer never depends on history."""
+    parser = make_parser("auto", year=2026)
+    assert [parse_line(line, parser).format for line in lines] == [MIXED[line] for line in lines]
+
+
+@given(
+    st.one_of(
+        st.from_regex(parsers._ACCESS, fullmatch=True),
+        st.from_regex(parsers._SYSLOG_3164, fullmatch=True),
+        st.from_regex(parsers._SYSLOG_5424, fullmatch=True),
+        st.text(max_size=80),
+    )
+)
+def test_auto_skips_a_strict_parser_only_for_lines_it_would_refuse(line: str) -> None:
+    """The cheap tests auto runs before a strict parser are necessary conditions: a line
+    that parser accepts always passes its test."""
+    if parse_line(line, make_parser("nginx", year=2026)).format != "raw":
+        assert '] "' in line
+    if parse_line(line, make_parser("syslog", year=2026)).format != "raw":
+        assert parsers._may_be_syslog(line)

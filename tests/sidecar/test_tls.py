@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ from podkit.testing import PodkitProcess, free_port, wait_http, wait_port
 from podkit.testing.net import wait_for
 
 from .pki import Issued, TestCA
+from .procnet import server_pid
 
 
 @pytest.fixture
@@ -193,6 +195,63 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_and_passes_the_subjec
         conn.close()
 
 
+def answered(port: int, context: ssl.SSLContext) -> bool:
+    """Whether a new connection with ``context`` gets a 200 (False: refused by the handshake)."""
+    conn = connect(port, context)
+    try:
+        return get(conn)[0] == 200
+    except (ssl.SSLError, ConnectionError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def test_a_replaced_client_ca_is_trusted_without_a_restart_and_a_broken_one_is_refused(
+    ca: TestCA, whoami: int, tmp_path: Path
+) -> None:
+    """--client-ca is reloaded like the certificate: clients of the new CA get in, those of
+    the old one no longer do, an open connection carries on; a broken bundle is refused with
+    a log line and the previous CA stays trusted."""
+    server = ca.issue("server", common_name="localhost")
+    old_ca, new_ca = TestCA(tmp_path, "old clients"), TestCA(tmp_path, "new clients")
+    old_client = old_ca.issue("old-client", common_name="old", client=True)
+    new_client = new_ca.issue("new-client", common_name="new", client=True)
+    bundle = tmp_path / "clients.pem"
+    shutil.copyfile(old_ca.path, bundle)
+    port, admin = free_port(), free_port()
+    with tls_process(
+        port, whoami, server, "--client-ca", str(bundle), "--admin", f"127.0.0.1:{admin}"
+    ) as proc:
+        wait_port("127.0.0.1", port)
+        kept = connect(port, client_context(ca, old_client))
+        assert get(kept)[0] == 200
+        assert not answered(port, client_context(ca, new_client))
+
+        shutil.copyfile(new_ca.path, bundle)
+        wait_for(lambda: answered(port, client_context(ca, new_client)), timeout=10, what="new CA")
+        assert not answered(port, client_context(ca, old_client))
+        assert "client CA loaded" in proc.output()
+        status, body = get(kept)  # verified before the change: it keeps working
+        assert status == 200
+        assert lower_keys(body["headers"])["x-client-cert-subject"] == "CN=old"
+
+        bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n")  # half written
+        wait_for(lambda: "new client CA refused" in proc.output(), timeout=10, what="refusal")
+        assert answered(port, client_context(ca, new_client))
+        assert not answered(port, client_context(ca, old_client))
+        metrics = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        metrics.request("GET", "/metrics")
+        text = metrics.getresponse().read().decode()
+        metrics.close()
+        assert 'tls_client_ca_reloads_total{result="loaded"} 1.0' in text
+        assert 'tls_client_ca_reloads_total{result="refused"} 1.0' in text
+
+        shutil.copyfile(old_ca.path, bundle)
+        proc.signal(signal.SIGHUP)
+        wait_for(lambda: answered(port, client_context(ca, old_client)), timeout=10, what="old CA")
+        kept.close()
+
+
 def test_sni_serves_each_name_its_own_certificate(ca: TestCA, whoami: int) -> None:
     """--sni pairs are chosen by the name the client asks for; others get the default."""
     default = ca.issue("default", common_name="localhost", dns=("localhost",))
@@ -244,3 +303,92 @@ def test_two_workers_share_the_port_and_both_answer(ca: TestCA, whoami: int) -> 
             conn = connect(port, client_context(ca))
             assert get(conn)[0] == 200
             conn.close()
+
+
+def worker_pids(proc: PodkitProcess) -> list[int]:
+    """The pids of the workers the parent started (from its ``worker started`` log lines)."""
+    return [
+        int(json.loads(line)["pid"])
+        for line in proc.output().splitlines()
+        if line.startswith("{") and '"worker started"' in line
+    ]
+
+
+def serial_by_worker(port: int, ca: TestCA, pids: list[int]) -> tuple[int, int]:
+    """One new connection: the worker that accepted it and the certificate it was served."""
+    conn = connect(port, client_context(ca))
+    try:
+        assert get(conn)[0] == 200
+        sock = conn.sock
+        assert isinstance(sock, socket.socket)
+        pid = server_pid(sock, pids)
+        assert pid is not None, "no worker holds the connection"
+        return pid, served_serial(conn)
+    finally:
+        conn.close()
+
+
+def wait_every_worker_serves(port: int, ca: TestCA, pids: list[int], serial: int) -> None:
+    """New connections until each worker has been seen serving ``serial``."""
+    seen: set[int] = set()
+
+    def every_worker_serves() -> bool:
+        pid, served = serial_by_worker(port, ca, pids)
+        if served == serial:
+            seen.add(pid)
+        return seen == set(pids)
+
+    wait_for(every_worker_serves, timeout=20, what=f"both workers serve {serial}")
+
+
+def test_sighup_and_admin_reload_reach_every_worker(ca: TestCA, whoami: int) -> None:
+    """With --workers 2 and the file check at 1h, SIGHUP to the parent (then an admin
+    POST /reload) makes both workers serve the certificate now on disk to new connections."""
+    live = ca.issue("live", common_name="localhost")
+    port, admin = free_port(), free_port()
+    with tls_process(
+        port, whoami, live, "--workers", "2", "--reload-check", "1h",
+        "--admin", f"127.0.0.1:{admin}",
+    ) as proc:  # fmt: skip
+        wait_http("127.0.0.1", admin, "/readyz", timeout=30)
+        pids = worker_pids(proc)
+        assert len(pids) == 2
+        assert proc.pid not in pids
+        wait_every_worker_serves(port, ca, pids, live.serial)
+
+        renewed = ca.issue("renewed", common_name="localhost")
+        shutil.copyfile(renewed.key, live.key)
+        shutil.copyfile(renewed.cert, live.cert)
+        proc.signal(signal.SIGHUP)
+        wait_every_worker_serves(port, ca, pids, renewed.serial)
+
+        again = ca.issue("again", common_name="localhost")
+        shutil.copyfile(again.key, live.key)
+        shutil.copyfile(again.cert, live.cert)
+        reload = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        reload.request("POST", "/reload")
+        assert reload.getresponse().status == 200
+        reload.close()
+        wait_every_worker_serves(port, ca, pids, again.serial)
+        assert worker_pids(proc) == pids  # reloaded in place: no worker was restarted
+        assert all(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+def test_a_sighup_while_the_workers_start_does_not_end_any_of_them(ca: TestCA, whoami: int) -> None:
+    """SIGHUP right after the parent starts its workers (before they can handle it) is held
+    for each worker until it runs: none is ended by the signal's default action."""
+    server = ca.issue("server", common_name="localhost")
+    port, admin = free_port(), free_port()
+    with tls_process(
+        port, whoami, server, "--workers", "2", "--admin", f"127.0.0.1:{admin}"
+    ) as proc:
+        wait_for(lambda: "starting workers" in proc.output(), timeout=20)
+        proc.signal(signal.SIGHUP)
+        wait_http("127.0.0.1", admin, "/readyz", timeout=30)
+        wait_for(
+            lambda: proc.output().count("reload sent to worker") == 2, timeout=10, what="reloads"
+        )
+        assert answered(port, client_context(ca))
+        output = proc.output()
+        assert "worker exited" not in output
+        assert len(worker_pids(proc)) == 2

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import ssl
+import threading
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -179,15 +182,149 @@ def test_sni_names_wildcards_and_subjects() -> None:
     assert subject_text(None) is None
 
 
-def test_a_client_ca_that_disappears_refuses_the_reload_and_keeps_serving(
+def test_a_client_ca_that_disappears_is_refused_and_the_pairs_still_reload(
     ca: TestCA, tmp_path: Path
 ) -> None:
-    """A reload that cannot read the client CA any more is a refusal, not a crash."""
+    """A reload that cannot read the client CA any more refuses the CA, not the pairs."""
     server = ca.issue("server", common_name="server.test")
     bundle = tmp_path / "clients.pem"
     shutil.copyfile(ca.path, bundle)
     store = CertificateStore(CertPair(str(server.cert), str(server.key)), client_ca=str(bundle))
     bundle.unlink()
+    assert store.client_ca_changed()
     result = store.reload(force=True)
-    assert result.loaded == ()
-    assert "client CA" in result.refused[0][1]
+    assert result.loaded == (store.default,)
+    assert not result.client_ca_loaded
+    assert result.client_ca_refused is not None
+    assert "cannot read client CA" in result.client_ca_refused
+    assert not store.client_ca_changed()  # not retried until the file changes again
+
+
+async def accepts(port: int, context: ssl.SSLContext, server_name: str | None = None) -> bool:
+    """Whether a client with ``context`` gets an answer (a refused client certificate shows
+    in the handshake with TLS 1.2, on the first read with TLS 1.3)."""
+    try:
+        await handshake(port, context, server_name)
+    except (ssl.SSLError, ConnectionError, AssertionError):
+        return False
+    return True
+
+
+async def test_a_changed_client_ca_is_trusted_at_once_and_a_broken_one_is_refused(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    """A new client CA bundle replaces the old one for every pair (SNI ones too); a bundle
+    that is broken is refused and the previous one stays trusted."""
+    server = ca.issue("server", common_name="server.test", dns=("server.test",))
+    api = ca.issue("api", common_name="api.test", dns=("api.test",))
+    old_ca, new_ca = TestCA(tmp_path, "old clients"), TestCA(tmp_path, "new clients")
+    old_client = old_ca.issue("old-client", common_name="old", client=True)
+    new_client = new_ca.issue("new-client", common_name="new", client=True)
+    as_old = client_context(ca, cert=old_client.cert, key=old_client.key)
+    as_new = client_context(ca, cert=new_client.cert, key=new_client.key)
+    bundle = tmp_path / "clients.pem"
+    shutil.copyfile(old_ca.path, bundle)
+    store = CertificateStore(
+        CertPair(str(server.cert), str(server.key)),
+        [parse_sni(f"api.test={api.cert},{api.key}")],
+        client_ca=str(bundle),
+    )
+    async for port in serve(store):
+        assert await accepts(port, as_old)
+        assert not await accepts(port, as_new)
+
+        shutil.copyfile(new_ca.path, bundle)
+        assert store.client_ca_changed()
+        result = store.reload()
+        assert result.client_ca_loaded
+        assert result.loaded == result.refused == ()
+        for name in (None, "api.test"):
+            assert await accepts(port, as_new, name)
+            assert not await accepts(port, as_old, name)
+        assert (await handshake(port, as_new, "api.test"))[0] == api.serial
+
+        bundle.write_text(new_ca.path.read_text()[:100])  # a half-written bundle
+        result = store.reload()
+        assert not result.client_ca_loaded
+        assert result.client_ca_refused is not None
+        assert "no PEM certificate found" in result.client_ca_refused
+        assert await accepts(port, as_new)
+        assert not await accepts(port, as_old)
+
+        # A renewed pair after the change is served with the CA trusted now.
+        renewed = ca.issue("renewed", common_name="server.test", dns=("server.test",))
+        shutil.copyfile(renewed.cert, server.cert)
+        shutil.copyfile(renewed.key, server.key)
+        assert store.reload().loaded == (store.default,)
+        assert (await handshake(port, as_new))[0] == renewed.serial
+        assert not await accepts(port, as_old)
+
+        # SIGHUP's forced reload reads the bundle again: the old CA comes back.
+        shutil.copyfile(old_ca.path, bundle)
+        assert store.reload(force=True).client_ca_loaded
+        assert await accepts(port, as_old)
+        assert not await accepts(port, as_new)
+
+
+def test_a_broken_client_ca_at_start_is_a_config_error(ca: TestCA, tmp_path: Path) -> None:
+    server = ca.issue("server", common_name="server.test")
+    bundle = tmp_path / "clients.pem"
+    bundle.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="no PEM certificate found"):
+        CertificateStore(CertPair(str(server.cert), str(server.key)), client_ca=str(bundle))
+
+
+def resume(context: ssl.SSLContext, port: int, session: ssl.SSLSession | None) -> None:
+    """Connect with ``session`` and exchange one message (raises when refused)."""
+    raw = socket.create_connection(("127.0.0.1", port))
+    tls: ssl.SSLSocket | None = None
+    try:
+        tls = context.wrap_socket(raw, session=session)
+        tls.sendall(b"hi")
+        if tls.recv(10) != b"hi":
+            raise ConnectionResetError("closed without an answer")
+    finally:
+        (tls or raw).close()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_session_from_before_a_client_ca_change_is_not_resumed(
+    ca: TestCA, tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """A client of a CA taken out of the bundle cannot come back by resuming its session."""
+    server = ca.issue("server", common_name="server.test")
+    old_ca, new_ca = TestCA(tmp_path, "old clients"), TestCA(tmp_path, "new clients")
+    old_client = old_ca.issue("old-client", common_name="old", client=True)
+    bundle = tmp_path / "clients.pem"
+    shutil.copyfile(old_ca.path, bundle)
+    store = CertificateStore(CertPair(str(server.cert), str(server.key)), client_ca=str(bundle))
+    context = client_context(ca, cert=old_client.cert, key=old_client.key)
+    context.maximum_version = version
+    context.check_hostname = False
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with contextlib.suppress(ssl.SSLError, OSError), conn:
+                tls = store.context.wrap_socket(conn, server_side=True)
+                tls.sendall(tls.recv(10))
+                tls.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        first = context.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+        first.sendall(b"hi")
+        assert first.recv(10) == b"hi"
+        session = first.session
+        first.close()
+
+        shutil.copyfile(new_ca.path, bundle)
+        assert store.reload().client_ca_loaded
+        with pytest.raises((ssl.SSLError, OSError)):
+            resume(context, port, session)
+    finally:
+        thread.join(10)
+        listener.close()

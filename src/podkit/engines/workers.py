@@ -11,6 +11,12 @@ workers' latest reports (counters and histograms add up; so do gauges such as op
 connections). The parent is ready once every worker reported once. A worker that dies while
 the parent is not draining is started again. On SIGTERM the parent forwards SIGTERM to every
 worker, waits for them to drain (``drain_timeout``), and kills what is left.
+
+A reload of the parent (SIGHUP or the admin ``POST /reload``) is forwarded as SIGHUP to every
+live worker, whose runtime runs the component's own reload hooks. A worker that has not
+reported yet may not have its signal handlers in place (SIGHUP's default action would end
+it), so its reload is held back and sent with its first report; a worker that has not
+reported yet has not loaded anything older than the reload either.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class _Worker:
     buffer: bytearray = field(default_factory=bytearray)
     report: bytes | None = None
     ready: bool = False
+    reload_pending: bool = False
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -94,6 +101,9 @@ async def serve_workers(
 ) -> None:
     """Run ``main(child_rt, settings)`` in ``count`` worker processes until the parent drains.
 
+    A reload of the parent (SIGHUP, admin ``POST /reload``) reaches every worker as SIGHUP,
+    which runs the hooks ``main`` registered with ``child_rt.on_reload``.
+
     Args:
         rt: the parent's runtime (admin endpoint, signals, lifecycle).
         count: the number of worker processes.
@@ -126,10 +136,32 @@ async def serve_workers(
                 break
             frame = bytes(worker.buffer[4 : 4 + size])
             del worker.buffer[: 4 + size]
+            first = worker.report is None
             worker.report = frame[1:]
             worker.ready = worker.ready or frame[0] == 1
+            if first and worker.reload_pending:
+                # Reports start inside the worker's runtime: its SIGHUP handler is in place.
+                send_reload(worker)
         if not ready.is_set() and all(w.ready for w in workers):
             ready.set()
+
+    def send_reload(worker: _Worker) -> None:
+        worker.reload_pending = False
+        process = worker.process
+        if process is None or process.poll() is not None:
+            return  # exited: its replacement loads everything afresh at start
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGHUP)
+        rt.log.info("reload sent to worker", extra={"worker": worker.index, "pid": process.pid})
+
+    def forward_reload() -> None:
+        for worker in workers:
+            if worker.report is None:
+                worker.reload_pending = True
+            else:
+                send_reload(worker)
+
+    rt.on_reload(forward_reload)
 
     def start(worker: _Worker) -> None:
         read_fd, write_fd = os.pipe()
@@ -152,6 +184,7 @@ async def serve_workers(
         worker.process.stdin.close()
         worker.read_fd = read_fd
         worker.buffer.clear()
+        worker.reload_pending = False  # a new process reads its configuration afresh
         worker.exited = asyncio.Event()
         os.set_blocking(read_fd, False)
         loop.add_reader(read_fd, on_readable, worker)

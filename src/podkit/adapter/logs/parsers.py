@@ -15,7 +15,8 @@ raw text, so no line is ever dropped for being unparseable. The formats:
   rsyslog's high-precision ISO form; the level follows the severity. RFC 3164 has no year,
   so the parser is given one (the caller passes the current year: parsers read no clock).
 
-``auto`` tries the parser that last matched first, then the others in a fixed order.
+``auto`` tries the strict parser (json, access, syslog) that last matched first, then the
+other strict ones, then logfmt, which accepts almost anything with a ``key=value`` in it.
 Levels are normalised to ``debug``, ``info``, ``notice``, ``warning``, ``error`` and
 ``critical`` where the source uses a known synonym; unknown levels pass through lower-cased.
 """
@@ -337,29 +338,49 @@ def syslog_parser(*, year: int) -> Parser:
 
 
 def auto_parser(*, year: int) -> Parser:
-    """Try the parser that matched last first (a file rarely changes format), then the rest."""
-    candidates: list[Parser] = [
-        parse_json,
-        _access_parser("access"),
-        syslog_parser(year=year),
-        parse_logfmt,
+    """Try the strict parser that matched last first (a file rarely changes format), then
+    the other strict ones, and logfmt only when none of them matched.
+
+    JSON, the access-log formats and syslog each have a shape of their own, so whichever
+    matches is right. logfmt accepts nearly any text holding one ``key=value`` token (bare
+    words are keys), which includes syslog messages with such a token and access lines with a
+    query string: it stays the fallback, never the parser tried first, or one logfmt line in
+    a mixed file would make it claim the lines of other formats that follow.
+    """
+    access, syslog = _access_parser("access"), syslog_parser(year=year)
+    # Each strict parser with a cheap test its lines always pass (a necessary condition), so
+    # that a logfmt file does not pay for three regular expressions on every line.
+    strict: list[tuple[Parser, Callable[[str], bool]]] = [
+        (parse_json, lambda line: line.startswith("{")),
+        (access, lambda line: '] "' in line),
+        (syslog, _may_be_syslog),
     ]
-    last = [candidates[0]]
+    last = [strict[0]]
 
     def parse(line: str) -> LogEntry | None:
-        entry = last[0](line)
+        entry = last[0][0](line)
         if entry is not None:
             return entry
-        for candidate in candidates:
-            if candidate is last[0]:
+        for candidate in strict:
+            if candidate is last[0] or not candidate[1](line):
                 continue
-            entry = candidate(line)
+            entry = candidate[0](line)
             if entry is not None:
                 last[0] = candidate
                 return entry
-        return None
+        return parse_logfmt(line)
 
     return parse
+
+
+def _may_be_syslog(line: str) -> bool:
+    """``<PRI>``, a BSD timestamp (``Oct 11 ...``) or an ISO date: how syslog lines begin."""
+    first = line[:1]
+    return (
+        first == "<"
+        or (first.isupper() and line[3:4] == " ")
+        or (line[:4].isdigit() and line[4:5] == "-")
+    )
 
 
 def make_parser(name: str, *, year: int) -> Parser:

@@ -12,6 +12,7 @@ from podkit.errors import ConfigError
 from podkit.runtime import Request, Response, Runtime, RuntimeOptions, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
 from podkit.runtime.config import format_duration
+from podkit.sidecar._retry import Backoff
 from podkit.sidecar.configsync._core import Readiness
 from podkit.sidecar.configsync._notify import (
     ExecNotifier,
@@ -21,7 +22,13 @@ from podkit.sidecar.configsync._notify import (
     parse_signal,
 )
 from podkit.sidecar.configsync._sources import DEFAULT_SOURCE_TIMEOUT, open_source
-from podkit.sidecar.configsync._sync import DEFAULT_EVERY, ConfigSync, ConfigSyncConfig
+from podkit.sidecar.configsync._sync import (
+    DEFAULT_EVERY,
+    DEFAULT_RETRY_INITIAL,
+    DEFAULT_RETRY_MAX,
+    ConfigSync,
+    ConfigSyncConfig,
+)
 
 
 async def serve_configsync(
@@ -134,6 +141,13 @@ def _split(command: str | None, flag: str) -> tuple[str, ...]:
     show_default=True,
     help="A source answering slower than this counts as down.",
 )
+@click.option(
+    "--retry-max",
+    type=DURATION,
+    default=format_duration(DEFAULT_RETRY_MAX),
+    show_default=True,
+    help="Longest wait between attempts after failures (the backoff doubles from 500ms).",
+)
 @runtime_options
 def command(
     source_url: str,
@@ -147,6 +161,7 @@ def command(
     exec_command: str | None,
     post_url: str | None,
     source_timeout: float,
+    retry_max: float,
     runtime: RuntimeOptions,
 ) -> int:
     """Keep a configuration file in sync with an HTTP endpoint or etcd, and tell the app.
@@ -187,6 +202,7 @@ def command(
         template=template_text,
         template_name=template or "template",
         validate=_split(validate, "--validate"),
+        backoff=Backoff(initial=DEFAULT_RETRY_INITIAL, maximum=retry_max),
     )
     if template_text is not None:
         from podkit.sidecar.configsync._core import SyncFailure, load_template

@@ -7,12 +7,15 @@ the request until the content changes; a server that answers at once is polled i
 
 etcd (``etcd://host:port/key``, or ``etcd://host:port/prefix/`` for every key under a prefix,
 rendered as one JSON object ``{"relative/key": value}``, values parsed as JSON when they are):
-read through the v3 JSON gateway; in watch mode the next read waits for a watch event.
+read through the v3 JSON gateway; in watch mode the next read waits for a watch event from
+the revision of the last read. After a failure the next read does not wait, and it takes the
+store's revision afresh, so a restarted etcd (or an empty one that replaced it) is followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -131,7 +134,10 @@ class EtcdSource:
         self._client = EtcdClient(endpoint, timeout=timeout)
         self._range_end = prefix_end(key) if prefix else None
         self._revision: int | None = None  # the store's revision at the last read
-        self._version: str | None = None
+        # What was last returned: the revision-based version and a digest of the keys and
+        # values. Revisions alone repeat when etcd comes back empty (its data lost) and is
+        # written again; the digest tells that content apart.
+        self._seen: tuple[str, str] | None = None
 
     @property
     def description(self) -> str:
@@ -165,9 +171,14 @@ class EtcdSource:
         if not result.kvs:
             raise SyncFailure(Stage.FETCH, f"{self.description}: not found")
         version = str(max(kv.mod_revision for kv in result.kvs)) + f"/{len(result.kvs)}"
-        if version == self._version:
+        digest = hashlib.sha256()
+        for kv in result.kvs:
+            for part in (kv.key, kv.value):
+                digest.update(len(part).to_bytes(8, "big") + part)
+        seen = (version, digest.hexdigest())
+        if seen == self._seen:
             return None
-        self._version = version
+        self._seen = seen
         if not self.prefix:
             return Snapshot(result.kvs[0].value, version)
         tree: dict[str, Any] = {}

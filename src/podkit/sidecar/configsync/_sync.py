@@ -34,6 +34,7 @@ from podkit.sidecar.configsync._sources import DEFAULT_LONG_POLL, Source
 
 DEFAULT_EVERY: Final = 10.0
 DEFAULT_VALIDATE_TIMEOUT: Final = 30.0  # an application's config test finishes in seconds
+DEFAULT_RETRY_INITIAL: Final = 0.5  # the first retry after a failure
 DEFAULT_RETRY_MAX: Final = 30.0  # a source that is back is read again within 30 s
 
 
@@ -48,6 +49,7 @@ class ConfigSyncConfig:
         watch: wait for changes (etcd watch, HTTP long-poll) instead of polling.
         template: Jinja2 template text rendering the fetched JSON; None writes it as is.
         validate: command run on the candidate file (``{}`` is its path); exit 0 accepts.
+        backoff: delays between attempts after failures (``--retry-max`` is its cap).
     """
 
     dest: str
@@ -59,12 +61,14 @@ class ConfigSyncConfig:
     validate_timeout: float = DEFAULT_VALIDATE_TIMEOUT
     mode: int | None = None
     backoff: Backoff = field(
-        default_factory=lambda: Backoff(initial=0.5, maximum=DEFAULT_RETRY_MAX)
+        default_factory=lambda: Backoff(initial=DEFAULT_RETRY_INITIAL, maximum=DEFAULT_RETRY_MAX)
     )
 
     def __post_init__(self) -> None:
         if self.every <= 0:
             raise ConfigError("must be more than 0", path="--every")
+        if self.backoff.maximum <= 0:
+            raise ConfigError("must be more than 0", path="--retry-max")
         if not Path(self.dest).parent.is_dir():
             raise ConfigError(f"the directory of {self.dest} does not exist", path="--dest")
 
@@ -77,6 +81,8 @@ class ConfigSyncStatistics:
     failures: int
     last_version: str | None
     sha256: str | None
+    failures_in_a_row: int = 0
+    retry_delay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +90,8 @@ class ConfigSyncStatistics:
             "reason": self.reason,
             "changes": self.changes,
             "failures": self.failures,
+            "failures_in_a_row": self.failures_in_a_row,
+            "retry_delay": self.retry_delay,
             "last_version": self.last_version,
             "sha256": self.sha256,
         }
@@ -118,6 +126,16 @@ class _Metrics:
         )
         self.up = Gauge(
             "configsync_source_up", "1 when the last round succeeded.", registry=registry
+        )
+        self.failures_in_a_row = Gauge(
+            "configsync_consecutive_failures",
+            "Rounds that failed since the last good one.",
+            registry=registry,
+        )
+        self.retry_delay = Gauge(
+            "configsync_retry_delay_seconds",
+            "Seconds the next attempt waits after the last failure (0 while rounds succeed).",
+            registry=registry,
         )
 
 
@@ -160,6 +178,7 @@ class ConfigSync:
         self._changes = 0
         self._failures = 0
         self._last_version: str | None = None
+        self._retry_delay = 0.0
         self._first_round = True
         self.first_good = asyncio.Event()
 
@@ -173,6 +192,8 @@ class ConfigSync:
             failures=self._failures,
             last_version=self._last_version,
             sha256=None if current is None else hashlib.sha256(current).hexdigest(),
+            failures_in_a_row=self.health.failures_in_a_row,
+            retry_delay=self._retry_delay,
         )
 
     async def serve(self, stopping: asyncio.Event) -> None:
@@ -202,6 +223,9 @@ class ConfigSync:
             except SyncFailure as failure:
                 self._failed(failure)
                 delay = self.health.failure(failure, self.clock(), rand=self._random.random())
+                self._retry_delay = delay
+                self.metrics.retry_delay.set(delay)
+                self.metrics.failures_in_a_row.set(self.health.failures_in_a_row)
                 self._report()
                 await asyncio.sleep(delay)
                 continue
@@ -297,6 +321,9 @@ class ConfigSync:
     def _succeeded(self, outcome: str) -> None:
         was_failing = self.health.last_failure is not None
         self.health.success(self.clock())
+        self._retry_delay = 0.0
+        self.metrics.retry_delay.set(0)
+        self.metrics.failures_in_a_row.set(0)
         if was_failing:
             self.log.info("source is back", extra={"source": self.source.description})
         self.metrics.rounds.labels(outcome).inc()

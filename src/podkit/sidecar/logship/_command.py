@@ -10,6 +10,7 @@ from podkit.adapter.logs.parsers import FORMATS
 from podkit.runtime import Request, Response, Runtime, RuntimeOptions, run_component
 from podkit.runtime.cli_options import DURATION, SIZE, runtime_options
 from podkit.runtime.config import format_duration
+from podkit.sidecar._retry import DEFAULT_BACKOFF_MAX, Backoff
 from podkit.sidecar.logship._batch import (
     DEFAULT_BATCH_LINES,
     DEFAULT_BUFFER_BATCHES,
@@ -128,6 +129,13 @@ async def serve_logship(rt: Runtime, config: LogshipConfig, *, to: str) -> None:
     show_default=True,
     help="A delivery that takes longer fails and is retried.",
 )
+@click.option(
+    "--retry-max",
+    type=DURATION,
+    default=format_duration(DEFAULT_BACKOFF_MAX),
+    show_default=True,
+    help="Longest wait between retries of a batch (the backoff doubles from 100ms up to it).",
+)
 @runtime_options
 def command(
     paths: tuple[str, ...],
@@ -142,6 +150,7 @@ def command(
     max_line: int,
     give_up_after: float | None,
     sink_timeout: float,
+    retry_max: float,
     runtime: RuntimeOptions,
 ) -> int:
     """Tail log files (through rotation) and ship them as structured records to a sink.
@@ -162,6 +171,7 @@ def command(
         max_line=max_line or DEFAULT_MAX_LINE_BYTES,
         give_up_after=give_up_after,
         sink_timeout=sink_timeout,
+        backoff=Backoff(maximum=retry_max),
     )
 
     async def main(rt: Runtime) -> None:

@@ -98,6 +98,7 @@ class LogshipConfig:
         close_after: seconds a file no glob matches is kept open after its end.
         give_up_after: seconds a batch is retried before it is dropped (and counted);
             None retries forever.
+        backoff: delays between retries of a batch (``--retry-max`` is its cap).
     """
 
     paths: tuple[str, ...]
@@ -127,6 +128,8 @@ class LogshipConfig:
             raise ConfigError("must be at least 1", path="--buffer-batches")
         if self.poll <= 0:
             raise ConfigError("must be more than 0", path="--poll")
+        if self.backoff.maximum <= 0:
+            raise ConfigError("must be more than 0", path="--retry-max")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,7 @@ class LogshipStatistics:
     sink_up: bool
     last_error: str | None
     streams: tuple[StreamInfo, ...]
+    retry_delay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +161,7 @@ class LogshipStatistics:
             "batches_buffered": self.batches_buffered,
             "sink_up": self.sink_up,
             "last_error": self.last_error,
+            "retry_delay": self.retry_delay,
             "streams": [
                 {
                     "path": s.path,
@@ -219,6 +224,11 @@ class _Metrics:
         self.open_files = Gauge("logship_open_files", "Files being read.", registry=registry)
         self.sink_up = Gauge(
             "logship_sink_up", "1 when the last delivery succeeded.", registry=registry
+        )
+        self.retry_delay = Gauge(
+            "logship_retry_delay_seconds",
+            "Seconds the batch being retried waits before its next attempt (0: none failing).",
+            registry=registry,
         )
         self.lag = Gauge(
             "logship_unacknowledged_bytes",
@@ -326,6 +336,7 @@ class LogShipper:
         self._lines_dropped = 0
         self._sink_up = True
         self._last_error: str | None = None
+        self._retry_delay = 0.0
         self._wakeup = asyncio.Event()
         self._random = random.Random()
         if config.state is not None:
@@ -346,6 +357,7 @@ class LogShipper:
                 StreamInfo(s.path, s.state.value, s.read_offset, s.committed)
                 for s in self.tracker.streams.values()
             ),
+            retry_delay=self._retry_delay,
         )
 
     async def serve(self, stopping: asyncio.Event) -> None:
@@ -656,11 +668,18 @@ class LogShipper:
                 self.metrics.sink_up.set(0)
                 give_up = self.config.give_up_after
                 if give_up is not None and now - first_failure >= give_up:
+                    self._retry_delay = 0.0
+                    self.metrics.retry_delay.set(0)
                     self._drop(batch, "retries_exhausted", str(exc))
                     return
-                await asyncio.sleep(self.config.backoff.delay(attempt, rand=self._random.random()))
+                delay = self.config.backoff.delay(attempt, rand=self._random.random())
+                self._retry_delay = delay
+                self.metrics.retry_delay.set(delay)
+                await asyncio.sleep(delay)
                 attempt += 1
                 continue
+            self._retry_delay = 0.0
+            self.metrics.retry_delay.set(0)
             if not self._sink_up:
                 self.log.info("sink is back", extra={"sink": self.sink.description})
             self._sink_up = True

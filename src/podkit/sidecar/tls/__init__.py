@@ -9,6 +9,7 @@ from podkit.sidecar.tls._context import (
     name_matches,
     new_server_context,
     parse_sni,
+    read_client_ca,
     subject_text,
 )
 from podkit.sidecar.tls._server import (
@@ -29,6 +30,7 @@ __all__ = [
     "new_server_context",
     "parse_sni",
     "pass_client_subject",
+    "read_client_ca",
     "redirect_to_https",
     "serve_tls",
     "subject_text",

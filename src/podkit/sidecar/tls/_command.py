@@ -107,7 +107,7 @@ async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
     type=DURATION,
     default=format_duration(DEFAULT_RELOAD_CHECK),
     show_default=True,
-    help="How often the certificate files are checked for changes (SIGHUP: now).",
+    help="How often the certificate and client CA files are checked for changes (SIGHUP: now).",
 )
 @click.option(
     "--connect-timeout",
@@ -166,8 +166,9 @@ def command(
 ) -> int:
     """Terminate TLS (1.2/1.3, SNI, optional mutual TLS) in front of a plain-HTTP application.
 
-    Requests go upstream with X-Forwarded-Proto: https. Certificates are reloaded when their
-    files change or on SIGHUP; a broken new pair is refused and the old one stays in service.
+    Requests go upstream with X-Forwarded-Proto: https. Certificates and the client CA are
+    reloaded when their files change or on SIGHUP; a broken new file is refused and the old
+    one stays in service.
     """
     try:
         trusted = Forwarding.parse_trusted(trusted_proxies)

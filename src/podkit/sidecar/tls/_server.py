@@ -6,9 +6,9 @@ through :func:`~podkit.engines.http.proxy_handler`, which adds ``X-Forwarded-For
 ``X-Forwarded-Host`` and ``X-Forwarded-Proto: https`` (the engine knows the connection is
 TLS). One policy wraps it: the client certificate's subject (mutual TLS) goes upstream in a
 header, and a copy of that header sent by the client is removed so it cannot be forged.
-A watcher polls the certificate files and reloads changed pairs (SIGHUP reloads all); new
-connections get the new certificate while open ones keep theirs. An optional plain listener
-answers every request with a permanent redirect to the HTTPS address.
+A watcher polls the certificate and client CA files and reloads what changed (SIGHUP reloads
+all); new connections get the new certificate and CA while open ones keep theirs. An optional
+plain listener answers every request with a permanent redirect to the HTTPS address.
 """
 
 from __future__ import annotations
@@ -123,6 +123,12 @@ class _Metrics:
             ["result"],
             registry=registry,
         )
+        self.client_ca_reloads = Counter(
+            "tls_client_ca_reloads",
+            "Client CA bundles loaded again, by result (loaded, refused).",
+            ["result"],
+            registry=registry,
+        )
 
 
 async def watch_certificates(
@@ -131,13 +137,22 @@ async def watch_certificates(
     """Reload changed pairs every ``every`` seconds until cancelled."""
     while True:
         await asyncio.sleep(every)
-        if store.changed():
+        if store.changed() or store.client_ca_changed():
             apply_reload(rt, store, force=False, metrics=metrics)
 
 
 def apply_reload(rt: Runtime, store: CertificateStore, *, force: bool, metrics: _Metrics) -> None:
-    """Reload and log each pair's result (a refused pair keeps the old one in service)."""
+    """Reload and log each result (a refused pair or CA keeps the old one in service)."""
     result = store.reload(force=force)
+    if result.client_ca_loaded:
+        metrics.client_ca_reloads.labels("loaded").inc()
+        rt.log.info("client CA loaded", extra={"client_ca": store.client_ca})
+    if result.client_ca_refused is not None:
+        metrics.client_ca_reloads.labels("refused").inc()
+        rt.log.error(
+            "new client CA refused; still trusting the previous one",
+            extra={"client_ca": store.client_ca, "error": result.client_ca_refused},
+        )
     for pair in result.loaded:
         metrics.reloads.labels("loaded").inc()
         rt.log.info("certificate loaded", extra={"cert": pair.cert, "names": list(pair.names)})
