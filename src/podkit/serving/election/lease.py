@@ -11,7 +11,9 @@ request that granted or renewed it (``started``), and believes it leads only unt
 from when it *received* that request, which is later; so the holder's belief always ends
 before anyone else can be granted the lease, even when replies are slow or lost. The margin
 covers clock-rate drift between machines and timer lateness. A renewal whose answer arrives
-after ``valid_until`` extends nothing: the holder has already stepped down.
+after ``valid_until`` extends nothing: the holder has already stepped down. ``ttl`` is the
+ttl the backend *granted*: when it differs from the one asked for (etcd grants whole seconds,
+shorter than the election's ttl), the term runs on :meth:`LeaseTiming.scaled` timing.
 
 Liveness: the leader renews every ``renew_interval`` (well before expiry) and retries failed
 renewals every ``retry_interval`` until ``valid_until``; a candidate tries every
