@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from podkit.runtime.config import parse_duration
 from podkit.testing import (
     EtcdServer,
@@ -51,6 +53,9 @@ from podkit.testing.net import wait_for
 COMMAND = [sys.executable, "-m", "podkit.testing.leader_command"]
 REPLICAS = 3
 ETCDCTL_SESSION_TTL = 60  # etcdctl elect's session ttl (concurrency.NewSession's default)
+# etcd's shortest lease is 1.5 x its election timeout rounded up to whole seconds: 2 s with
+# its default of 1 s, too long for ttl + 0.5 s at ttl 2 s; at 0.5 s it grants 1 s leases.
+ETCD_ELECTION_TIMEOUT = "500ms"
 
 # The peer on Redis: redis-py's Lock with the same ttl, renewed (reacquire) every ttl/3 and
 # polled every ttl/10 like podkit; it records its start the way the podkit command does.
@@ -139,6 +144,9 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+ETCD_TIMING: dict[str, float | None] = {"election_timeout": None}
+
+
 @contextlib.contextmanager
 def backend(kind: str, workdir: Path) -> Iterator[tuple[str, RedisServer | EtcdServer | None]]:
     if kind == "sqlite":
@@ -147,7 +155,7 @@ def backend(kind: str, workdir: Path) -> Iterator[tuple[str, RedisServer | EtcdS
         with RedisServer() as redis_server:
             yield redis_server.url, redis_server
     else:
-        with EtcdServer() as etcd_server:
+        with EtcdServer(election_timeout=ETCD_TIMING["election_timeout"]) as etcd_server:
             yield etcd_server.url, etcd_server
 
 
@@ -239,6 +247,8 @@ class ChaosReport:
 def run_chaos(kind: str, *, duration: float, ttl: str, rng: random.Random) -> ChaosReport:
     seconds = parse_duration(ttl)
     actions = {"kill leader": 0, "freeze leader": 0, "kill follower": 0, "restart server": 0}
+    timeline: list[tuple[float, str]] = []
+    hijacks = 0
     with tempfile.TemporaryDirectory() as tmp, backend(kind, Path(tmp)) as (url, server):
         outdir = Path(tmp) / "out"
         outdir.mkdir()
@@ -259,6 +269,7 @@ def run_chaos(kind: str, *, duration: float, ttl: str, rng: random.Random) -> Ch
                 ):
                     continue
                 actions[action] += 1
+                timeline.append((time.monotonic(), action))
                 if action == "kill leader":
                     assert leader is not None
                     cluster.kill(leader["identity"])
@@ -283,13 +294,30 @@ def run_chaos(kind: str, *, duration: float, ttl: str, rng: random.Random) -> Ch
                         cluster.start(victim)
                 else:
                     assert server is not None
+                    before = server_identity(server)
                     server.restart()
+                    after = server_identity(server)
+                    if before != after:  # another server took the port while ours was down
+                        print(f"restart: the server is not ours ({after})", file=sys.stderr)
+                        hijacks += 1
         finally:
             cluster.close()
         terms = belief_intervals(cluster.logs)
         ticks = read_ticks(outdir / "ticks")
+    if hijacks:
+        print(f"{hijacks} restarts came back as another server: run invalid", file=sys.stderr)
     ordered = sorted(terms)
     overlaps = sum(1 for a, b in itertools.pairwise(ordered) if a[1] > b[0])
+    for a, b in itertools.pairwise(ordered):
+        if a[1] > b[0]:  # show what happened around it, for whoever reads the run
+            print(f"overlap: term {a} and term {b}", file=sys.stderr)
+            for at, what in timeline:
+                if a[0] - 5 <= at <= b[1] + 1:
+                    print(f"  {at:.3f} {what}", file=sys.stderr)
+            for log in cluster.logs:
+                for line in log.splitlines():
+                    if str(a[2]) in line or str(b[2]) in line:
+                        print(f"  {line}", file=sys.stderr)
     inversions = sum(1 for a, b in itertools.pairwise(ordered) if a[2] >= b[2])
     stale = fenced = 0
     highest = 0
@@ -301,6 +329,19 @@ def run_chaos(kind: str, *, duration: float, ttl: str, rng: random.Random) -> Ch
     return ChaosReport(
         duration, actions, len(terms), overlaps, inversions, len(ticks), stale, fenced
     )
+
+
+def server_identity(server: RedisServer | EtcdServer) -> str:
+    """Which etcd cluster answers on the port (its cluster id survives our restarts, not a
+    stranger taking the port meanwhile); Redis has no such id and always answers ""."""
+    if not isinstance(server, EtcdServer):
+        return ""
+    for _ in range(50):  # bounded: the server may still be electing itself
+        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+            reply = httpx.post(f"{server.endpoint}/v3/maintenance/status", json={}, timeout=2)
+            return str(reply.json()["header"]["cluster_id"])
+        time.sleep(0.1)
+    return "unreachable"
 
 
 def belief_intervals(logs: list[str]) -> list[tuple[float, float, int]]:
@@ -355,12 +396,22 @@ def main() -> None:
         help="also measure redis-py's Lock and etcdctl elect",
     )
     parser.add_argument("--etcdctl-kills", type=int, default=2, help="each takes about 60 s")
+    parser.add_argument(
+        "--etcd-election-timeout",
+        default=ETCD_ELECTION_TIMEOUT,
+        help="etcd's --election-timeout (sets its shortest lease); 'default' keeps etcd's 1 s",
+    )
     args = parser.parse_args()
+    if args.etcd_election_timeout != "default":
+        ETCD_TIMING["election_timeout"] = parse_duration(args.etcd_election_timeout)
     rng = random.Random(args.seed)
     ttl = parse_duration(args.ttl)
     target = ttl + TARGET_SLACK
     load = os.getloadavg()
-    print(f"# podkit elect, ttl {args.ttl}, {REPLICAS} replicas, load {load[0]:.1f} (1 min)")
+    print(
+        f"# podkit elect, ttl {args.ttl}, {REPLICAS} replicas, load {load[0]:.1f} (1 min), "
+        f"etcd election timeout {args.etcd_election_timeout}"
+    )
     print()
     print(f"| backend | kills | median failover | max failover | target ≤ {target:g} s | met |")
     print("|---|---|---|---|---|---|")

@@ -202,3 +202,24 @@ def test_a_term_past_its_deadline_is_lost_even_before_its_timer_fires() -> None:
     assert term.lost.is_set()
     with pytest.raises(LeaseLost, match="deadline"):
         term.check()
+
+
+def test_a_lease_granted_for_another_ttl_sets_the_deadline_and_renewals_from_that_ttl() -> None:
+    """A backend granting 1 s for a 2 s election (etcd) gets a 0.9 s deadline, renewals
+    every third of a second, and the requested timing back once the term ends."""
+    elector = LeaseElector(TIMING)
+    elector.campaign(0.0)
+    assert elector.acquired(token=3, started=10.0, now=10.1, ttl=1.0)
+    assert elector.valid_until == pytest.approx(10.0 + 1.0 - 0.1)
+    assert elector.next(10.2).at == pytest.approx(10.0 + 1.0 / 3)
+    assert elector.renewed(started=10.4, now=10.45)
+    assert elector.valid_until == pytest.approx(10.4 + 0.9)
+    elector.step_down("done")
+    assert elector.term_timing is TIMING
+
+
+def test_a_grant_for_a_shorter_ttl_that_arrives_after_its_own_window_is_refused() -> None:
+    elector = LeaseElector(TIMING)
+    elector.campaign(0.0)
+    assert not elector.acquired(token=1, started=0.0, now=0.95, ttl=1.0)
+    assert elector.role is Role.CANDIDATE

@@ -15,8 +15,16 @@ one election:
 
 Renewal is a lease keep-alive followed by a check that our key still exists with its
 revision (someone may have deleted it). etcd counts the lease's ttl from when it received the
-keep-alive, in whole seconds rounded up from ours, so it keeps the key at least as long as
-the holder believes it leads.
+keep-alive, so it keeps the key at least as long as the holder believes it leads.
+
+The etcd lease is shorter than the election's ttl (:func:`etcd_lease_ttl`). etcd leases are
+whole seconds, and etcd deletes an expired lease's keys only at its next expiry sweep (every
+500 ms), after which the next candidate still has to take over. So a lease of the full ttl
+would free the lease up to ttl + 0.5 s after the holder died, and failover would take longer
+than the ttl promises. podkit asks for ``floor(ttl - sweep - takeover allowance)`` seconds
+(at least 1) and reports what etcd granted in :attr:`Grant.ttl` (etcd may raise it to its
+minimum, 1.5 times its election timeout rounded up: 2 s with etcd's defaults); the holder's
+deadline and renew interval follow the granted ttl, never the ttl asked for.
 """
 
 from __future__ import annotations
@@ -30,6 +38,17 @@ from podkit.backends.etcd_client import request_put as _put
 from podkit.backends.etcd_client import request_range as _range
 from podkit.backends.leases import AcquireResult, Grant, Holder, LeaseBackend, check_name
 from podkit.errors import BackendError
+
+ETCD_EXPIRY_SWEEP = 0.5  # etcd revokes expired leases every 500 ms (its lessor's loop)
+TAKEOVER_ALLOWANCE = 0.2  # the next candidate sees the delete, takes over, starts its work
+MIN_ETCD_LEASE_TTL = 1  # etcd lease ttls are whole seconds
+
+
+def etcd_lease_ttl(ttl: float) -> int:
+    """The etcd lease ttl (whole seconds) to ask for an election whose ttl is ``ttl``: short
+    enough that an expired lease is swept and taken over within ``ttl`` when it can be
+    (``floor(ttl - ETCD_EXPIRY_SWEEP - TAKEOVER_ALLOWANCE)``), and at least 1 second."""
+    return max(MIN_ETCD_LEASE_TTL, math.floor(ttl - ETCD_EXPIRY_SWEEP - TAKEOVER_ALLOWANCE))
 
 
 def election_prefix(name: str) -> str:
@@ -53,10 +72,12 @@ class EtcdLeaseBackend(LeaseBackend):
         check_name(name)
         prefix = election_prefix(name)
         lease_id = claim
-        if lease_id and await self.client.lease_keepalive(lease_id) <= 0:
-            lease_id = 0  # our place in line expired: join at the end again
-        if not lease_id:
-            lease_id, _ = await self.client.lease_grant(max(1, math.ceil(ttl)))
+        granted = await self.client.lease_keepalive(lease_id) if lease_id else 0
+        if granted <= 0:
+            # No place in line yet, or it expired: join at the end (again).
+            lease_id, granted = await self.client.lease_grant(etcd_lease_ttl(ttl))
+        if granted <= 0:
+            raise BackendError(f"etcd granted lease {lease_id:x} a ttl of {granted}")
         key = f"{prefix}{lease_id:x}"
         await self.client.txn(
             [compare_create_revision(key, 0)],
@@ -71,13 +92,17 @@ class EtcdLeaseBackend(LeaseBackend):
             return AcquireResult(None, None, claim=lease_id)
         kv = first.kvs[0]
         if kv.key == key.encode():
-            grant = Grant(name, identity, kv.create_revision, lease_id)
+            # The keep-alive or grant above was sent after the caller's clock started, so
+            # etcd keeps the key at least ``granted`` seconds from then.
+            grant = Grant(name, identity, kv.create_revision, lease_id, ttl=float(granted))
             return AcquireResult(grant, claim=lease_id)
         holder = Holder(kv.value.decode(errors="replace"), kv.create_revision)
         return AcquireResult(None, holder, claim=lease_id)
 
     async def renew(self, grant: Grant, *, ttl: float) -> bool:
-        if await self.client.lease_keepalive(grant.lease_id) <= 0:
+        left = await self.client.lease_keepalive(grant.lease_id)
+        if left <= 0 or (grant.ttl is not None and left < grant.ttl):
+            # Expired, or (never seen) refreshed for less than the deadline assumes.
             return False
         kv = await self.client.get(f"{election_prefix(grant.name)}{grant.lease_id:x}")
         return kv is not None and kv.create_revision == grant.token

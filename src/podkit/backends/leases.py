@@ -10,7 +10,9 @@ granted before under that name.
 The backend never decides *when* a holder must stop acting: the election core does that on
 the holder's own monotonic clock (see :mod:`podkit.serving.election`). The contract that
 makes this safe is that a backend keeps a lease for **at least** ``ttl`` seconds after it
-received the request, which is never earlier than the moment the holder sent it.
+received the request, which is never earlier than the moment the holder sent it. A backend
+may grant another ttl than asked (etcd does, see :mod:`podkit.backends.etcd_leases`); it then
+says so in :attr:`Grant.ttl`, and that is the ttl the holder's deadline is computed from.
 
 URLs (:func:`open_lease_backend`):
 
@@ -59,12 +61,16 @@ class Grant:
         identity: our identity.
         token: the fencing token of this term.
         lease_id: the backend's own lease handle (etcd lease id); 0 where there is none.
+        ttl: seconds the backend keeps this lease after each grant or renewal when that
+            differs from the ttl asked for (etcd grants whole seconds of its own choosing);
+            None when it is the ttl asked for. The holder's deadline follows it.
     """
 
     name: str
     identity: str
     token: int
     lease_id: int = 0
+    ttl: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,7 +298,12 @@ class Election:
                     self._last_seen = result.holder
                     elector.rejected(now=self._clock())
                     continue
-                if elector.acquired(token=result.grant.token, started=started, now=self._clock()):
+                if elector.acquired(
+                    token=result.grant.token,
+                    started=started,
+                    now=self._clock(),
+                    ttl=result.grant.ttl,
+                ):
                     return elector, result.grant
                 # Granted, but the answer came too late to leave any safe time: give it back.
                 await self._release(result.grant)
@@ -344,7 +349,7 @@ class Election:
             started = self._clock()
             try:
                 async with asyncio.timeout(decision.timeout):
-                    renewed = await self.backend.renew(grant, ttl=self.timing.ttl)
+                    renewed = await self.backend.renew(grant, ttl=elector.term_timing.ttl)
             except (BackendError, TimeoutError) as exc:
                 self._renew_failures += 1
                 self._backend_errors += 1

@@ -11,7 +11,9 @@ request that granted or renewed it (``started``), and believes it leads only unt
 from when it *received* that request, which is later; so the holder's belief always ends
 before anyone else can be granted the lease, even when replies are slow or lost. The margin
 covers clock-rate drift between machines and timer lateness. A renewal whose answer arrives
-after ``valid_until`` extends nothing: the holder has already stepped down.
+after ``valid_until`` extends nothing: the holder has already stepped down. ``ttl`` is the
+ttl the backend *granted*: when it differs from the one asked for (etcd grants whole seconds,
+shorter than the election's ttl), the term runs on :meth:`LeaseTiming.scaled` timing.
 
 Liveness: the leader renews every ``renew_interval`` (well before expiry) and retries failed
 renewals every ``retry_interval`` until ``valid_until``; a candidate tries every
@@ -122,12 +124,36 @@ class LeaseTiming:
             safety_margin=safety_margin or min(MAX_SAFETY_MARGIN, ttl * SAFETY_FRACTION),
         )
 
+    def scaled(self, ttl: float) -> LeaseTiming:
+        """This timing for a lease the backend granted for ``ttl`` seconds instead of
+        ``self.ttl``: every interval and the margin scale in proportion, so the holder renews
+        as many times per lease and steps down at the same fraction of it.
+
+        Raises:
+            ConfigError: ``ttl`` is below :data:`MIN_TTL`.
+        """
+        if ttl == self.ttl:
+            return self
+        if not math.isfinite(ttl) or ttl < MIN_TTL:
+            raise ConfigError(f"the ttl must be at least {MIN_TTL}s", path="ttl")
+        factor = ttl / self.ttl
+        return LeaseTiming(
+            ttl=ttl,
+            renew_interval=self.renew_interval * factor,
+            retry_interval=self.retry_interval * factor,
+            safety_margin=self.safety_margin * factor,
+        )
+
 
 class LeaseElector:
     """The state of one elector in one election (see the module's theory of operation)."""
 
     def __init__(self, timing: LeaseTiming) -> None:
         self.timing = timing
+        # The timing of the lease actually held: the backend may grant another ttl than
+        # asked (etcd: whole seconds, chosen for its expiry sweep), and the deadline must
+        # come from what was granted.
+        self.term_timing = timing
         self.role = Role.FOLLOWER
         self.token: int | None = None
         self.valid_until = -math.inf
@@ -159,6 +185,7 @@ class LeaseElector:
         self.valid_until = -math.inf
         self._next_renew = math.inf
         self.lost_reason = reason
+        self.term_timing = self.timing
         return token
 
     # -- decisions -----------------------------------------------------------------------
@@ -185,8 +212,15 @@ class LeaseElector:
 
     # -- outcomes ------------------------------------------------------------------------
 
-    def acquired(self, *, token: int, started: float, now: float) -> bool:
+    def acquired(self, *, token: int, started: float, now: float, ttl: float | None = None) -> bool:
         """The attempt sent at ``started`` was granted ``token``.
+
+        Args:
+            token: the fencing token of the grant.
+            started: when the attempt was sent (before sending).
+            now: when its answer arrived.
+            ttl: the ttl the backend granted when it differs from ``timing.ttl``; the
+                deadline and the renew interval of this term follow it.
 
         Returns:
             True if we now lead; False if the answer came too late to be safe (the caller
@@ -194,14 +228,16 @@ class LeaseElector:
         """
         if self.role is not Role.CANDIDATE:
             raise IllegalTransition(f"acquired while {self.role.value}")
-        valid_until = started + self.timing.ttl - self.timing.safety_margin
+        timing = self.timing if ttl is None else self.timing.scaled(ttl)
+        valid_until = started + timing.ttl - timing.safety_margin
         if now >= valid_until:
             self._next_attempt = now + self.timing.retry_interval
             return False
         self._move(Role.LEADER)
+        self.term_timing = timing
         self.token = token
         self.valid_until = valid_until
-        self._next_renew = started + self.timing.renew_interval
+        self._next_renew = started + timing.renew_interval
         return True
 
     def rejected(self, *, now: float, soon: bool = False) -> None:
@@ -218,10 +254,9 @@ class LeaseElector:
         """
         if self.role is not Role.LEADER or now >= self.valid_until:
             return False
-        self.valid_until = max(
-            self.valid_until, started + self.timing.ttl - self.timing.safety_margin
-        )
-        self._next_renew = started + self.timing.renew_interval
+        timing = self.term_timing
+        self.valid_until = max(self.valid_until, started + timing.ttl - timing.safety_margin)
+        self._next_renew = started + timing.renew_interval
         return True
 
     def renew_failed(self, *, now: float, definite: bool) -> None:
@@ -233,4 +268,4 @@ class LeaseElector:
             self.valid_until = now  # next() answers STEP_DOWN
             self.lost_reason = "the lease is held by someone else"
         else:
-            self._next_renew = now + self.timing.retry_interval
+            self._next_renew = now + self.term_timing.retry_interval
