@@ -39,7 +39,7 @@ from podkit.engines.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from podkit.engines.http.messages import EMPTY_BODY, Body, Request, Response
+from podkit.engines.http.messages import EMPTY_BODY, Body, Handler, Request, Response
 from podkit.engines.http.rules import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
@@ -143,7 +143,17 @@ class PoolStatistics:
 
 
 class StaleConnection(Exception):
-    """A reused connection closed before any response byte (the keep-alive race)."""
+    """A reused connection closed before any response byte (the keep-alive race).
+
+    A direct handler (:class:`~podkit.engines.http.proxy.ProxyHandler`) may also hand its
+    sink one to send the request down the ordinary path; ``resume``, when given, is the
+    handler that path calls instead of the server's own (a policy continuing what it began,
+    e.g. with the backend it already picked).
+    """
+
+    def __init__(self, *args: object, resume: Handler | None = None) -> None:
+        super().__init__(*args)
+        self.resume = resume
 
 
 class ResponseSink(Protocol):

@@ -641,8 +641,9 @@ class _Connection(asyncio.Protocol):
         request = exchange.request
         started = exchange.started
         if isinstance(exc, StaleConnection):
-            # The upstream had closed the kept-alive connection: the ordinary path retries.
-            self.active = self.loop.create_task(self._respond(request))
+            # The upstream had closed the kept-alive connection (or the direct handler chose
+            # the ordinary path): the ordinary path sends it.
+            self.active = self.loop.create_task(self._respond(request, exc.resume))
             return
         server = self.server
         direct = server.direct
@@ -714,14 +715,14 @@ class _Connection(asyncio.Protocol):
             self.deadline_kind = _IDLE
         self._resume_reading()
 
-    async def _respond(self, request: Request) -> None:
+    async def _respond(self, request: Request, handler: Handler | None = None) -> None:
         self.handler_started = True
         server = self.server
         started = self.loop.time()
         status = 500
         try:
             try:
-                response = await server.handler(request)
+                response = await (handler or server.handler)(request)
             except asyncio.CancelledError:
                 raise
             except (ProtocolError, UpstreamError) as exc:

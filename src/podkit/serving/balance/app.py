@@ -32,7 +32,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +52,10 @@ from podkit.engines.http import (
     UpstreamPool,
     upstream_request_headers,
 )
-from podkit.engines.http.rules import add_via
+from podkit.engines.http.client import ResponseSink, StaleConnection
+from podkit.engines.http.client import _request_head as request_head
+from podkit.engines.http.proxy import ProxyHandler
+from podkit.engines.http.rules import add_via, forwarded_request_head
 from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
@@ -345,9 +348,18 @@ class Balancer:
         """Forward one request to a backend, retrying where it is safe."""
         # Ejections end on the ticker (serve_ejection_timer), not per request: the hot path
         # stays free of scans over every endpoint.
-        now = self.clock()
-        self.budget.deposit(now)
-        key = self.affinity_key(request)
+        self.budget.deposit(self.clock())
+        return await self._forward(request)
+
+    async def _forward(
+        self,
+        request: Request,
+        *,
+        picked: tuple[Endpoint | None] | None = None,
+        failed: tuple[Endpoint, UpstreamError] | None = None,
+    ) -> Response:
+        """The retry loop of :meth:`handle`; ``picked`` is the first attempt's backend when
+        the direct path chose it already, ``failed`` the direct path's failed attempt."""
         idempotent = request.method in IDEMPOTENT_METHODS
         if request.body is not EMPTY_BODY and not isinstance(request.body, bytes):
             # A small body is kept whole so that a failed attempt can be sent again; a large
@@ -356,12 +368,20 @@ class Balancer:
             if length is not None and length.isdigit() and int(length) <= RETRY_BUFFER_BYTES:
                 request.body = await request.read(RETRY_BUFFER_BYTES)
         replayable = request.body is EMPTY_BODY or isinstance(request.body, bytes)
-        headers = upstream_request_headers(request, self.forwarding)
         tried: list[str] = []
         last_error: UpstreamError | None = None
+        if failed is not None:
+            tried.append(failed[0].url)
+            last_error = failed[1]
+            if not self._may_retry(last_error, replayable, idempotent, len(tried)):
+                return _failed(last_error)
+        key = self.affinity_key(request) if picked is None else None
+        headers = upstream_request_headers(request, self.forwarding)
         while True:
-            now = self.clock()
-            endpoint = self.pool.choose(now=now, key=key, exclude=tried)
+            if picked is not None:
+                endpoint, picked = picked[0], None
+            else:
+                endpoint = self.pool.choose(now=self.clock(), key=key, exclude=tried)
             if endpoint is None:
                 if last_error is not None:
                     return _failed(last_error)
@@ -372,13 +392,23 @@ class Balancer:
                 return await self._attempt(endpoint, request, headers)
             except UpstreamError as exc:
                 last_error = exc
-                safe = replayable and (idempotent or not exc.request_sent)
-                if not safe or len(tried) > self.options.retries:
+                if not self._may_retry(exc, replayable, idempotent, len(tried)):
                     return _failed(exc)
-                if not self.budget.try_withdraw(self.clock()):
-                    self.m_budget_refused.inc()
-                    return _failed(exc)
-                self.m_retries.inc()
+                if key is None:
+                    key = self.affinity_key(request)
+
+    def _may_retry(
+        self, exc: UpstreamError, replayable: bool, idempotent: bool, attempts: int
+    ) -> bool:
+        """Whether a failed attempt is sent again (counting the retry when it is)."""
+        safe = replayable and (idempotent or not exc.request_sent)
+        if not safe or attempts > self.options.retries:
+            return False
+        if not self.budget.try_withdraw(self.clock()):
+            self.m_budget_refused.inc()
+            return False
+        self.m_retries.inc()
+        return True
 
     async def _attempt(
         self, endpoint: Endpoint, request: Request, headers: list[tuple[bytes, bytes]]
@@ -390,15 +420,26 @@ class Balancer:
                 self._upstream(endpoint.url), request, headers=headers, timeout=self.options.timeout
             )
         except UpstreamError as exc:
-            outcome = Outcome.FAILURE if exc.request_sent else Outcome.CONNECT_FAILURE
-            self.m_errors.labels(endpoint.url, outcome.value).inc()
-            self.m_requests.labels(endpoint.url, "error").inc()
-            self.apply(self.pool.end(endpoint, outcome, self.clock()))
+            self._attempt_failed(endpoint, exc)
             raise
         except BaseException:
             # Cancelled (the client left, or a forced stop): the backend is not to blame.
             self.apply(self.pool.end(endpoint, Outcome.ABANDONED, self.clock()))
             raise
+        response = self._attempt_answered(endpoint, response, started)
+        if self.forwarding.via:
+            add_via(response.headers, http_version="1.1", via=self.forwarding.via)
+        return response
+
+    def _attempt_failed(self, endpoint: Endpoint, exc: UpstreamError) -> None:
+        """Report an attempt that got no response."""
+        outcome = Outcome.FAILURE if exc.request_sent else Outcome.CONNECT_FAILURE
+        self.m_errors.labels(endpoint.url, outcome.value).inc()
+        self.m_requests.labels(endpoint.url, "error").inc()
+        self.apply(self.pool.end(endpoint, outcome, self.clock()))
+
+    def _attempt_answered(self, endpoint: Endpoint, response: Response, started: float) -> Response:
+        """Report an attempt whose response head arrived; a streaming body ends it later."""
         finished = self.clock()
         children = self._children.get(endpoint.url)
         if children is None:
@@ -419,9 +460,11 @@ class Balancer:
             events = self.pool.end(endpoint, outcome, finished)
             if events:
                 self.apply(events)
-        if self.forwarding.via:
-            add_via(response.headers, http_version="1.1", via=self.forwarding.via)
         return response
+
+    def direct_handler(self) -> ProxyHandler:
+        """:meth:`handle` as the server's direct path drives it (see :class:`_DirectBalance`)."""
+        return _DirectBalance(self)
 
     def _ender(self, endpoint: Endpoint, outcome: Outcome) -> Callable[[Outcome | None], None]:
         """What ends a streamed attempt: ``outcome`` unless the body says otherwise."""
@@ -620,6 +663,151 @@ class _CountedBody(Body):
             self.close()
 
 
+class _DirectBalance(ProxyHandler):
+    """:meth:`Balancer.handle` with the engine's direct path for the common case.
+
+    The server calls :meth:`start` from its protocol callbacks for a body-less request. The
+    backend is picked once; when the pool has an idle kept-alive connection to it, the
+    request is written at once and the outcome comes back through an :class:`_DirectAttempt`
+    (no task per request). Anything else (no ready backend, no idle connection, a stale
+    connection, a failure to retry) goes down the ordinary path, which continues with the
+    backend already picked (the engine's ``StaleConnection(resume=...)``), so the picker is
+    still called exactly once per attempt.
+    """
+
+    __slots__ = ("_authorities", "balancer")
+
+    def __init__(self, balancer: Balancer) -> None:
+        # Not ProxyHandler.__init__: there is no one fixed upstream; only what the server's
+        # direct path reads (start, via) and the ordinary call are provided.
+        self._handle = balancer.handle
+        self.balancer = balancer
+        self.pool = balancer.upstreams
+        self.forwarding = balancer.forwarding
+        self.timeout = balancer.options.timeout
+        via = balancer.forwarding.via
+        self.via = balancer.forwarding.via_hop("1.1") if via else None
+        self._authorities: dict[Upstream, bytes] = {}
+
+    def start(self, request: Request, sink: ResponseSink) -> Callable[[], None] | None:
+        """Pick a backend for ``request`` and send it on an idle connection when one is
+        ready (see :meth:`ProxyHandler.start`); otherwise hand it to the ordinary path."""
+        balancer = self.balancer
+        now = balancer.clock()
+        balancer.budget.deposit(now)
+        endpoint = balancer.pool.choose(now=now, key=balancer.affinity_key(request), exclude=())
+        if endpoint is None:
+            sink.set_exception(StaleConnection(resume=_resume(balancer, (None,))))
+            return _nothing
+        upstream = balancer._upstream(endpoint.url)
+        authority = self._authorities.get(upstream)
+        if authority is None:
+            authority = self._authorities[upstream] = upstream.authority.encode("idna")
+        head = forwarded_request_head(
+            request.method,
+            request.target,
+            request.headers,
+            client_ip=request.client[0],
+            scheme=request.scheme,
+            host=request.framing.host if request.framing is not None else None,
+            http_version=request.http_version,
+            forwarding=self.forwarding,
+            authority=authority,
+        )
+        if head is None:  # Connection names end-to-end fields: the general rules
+            headers = upstream_request_headers(request, self.forwarding)
+            head = request_head(request, headers, upstream, None, False)
+        attempt = _DirectAttempt(balancer, endpoint, request, sink, now)
+        abort = self.pool.send_to(upstream, request, head, self.timeout, attempt)
+        if abort is None:
+            # No idle connection to this backend: the ordinary path connects, with it.
+            sink.set_exception(StaleConnection(resume=_resume(balancer, (endpoint,))))
+            return _nothing
+        # Counted once sent: the outcome never arrives synchronously (the connection's
+        # callbacks run from the event loop), and a request that was not sent here is
+        # counted by the ordinary path instead.
+        balancer.pool.begin(endpoint)
+        attempt.abort = abort
+        return attempt.abandon
+
+
+def _nothing() -> None:
+    """Abandoning an exchange already handed to the ordinary path: nothing to do."""
+
+
+def _resume(
+    balancer: Balancer,
+    picked: tuple[Endpoint | None] | None = None,
+    failed: tuple[Endpoint, UpstreamError] | None = None,
+) -> Callable[[Request], Awaitable[Response]]:
+    def resume(request: Request) -> Awaitable[Response]:
+        return balancer._forward(request, picked=picked, failed=failed)
+
+    return resume
+
+
+class _DirectAttempt:
+    """The sink of one directly sent attempt: reports its outcome, then passes it on."""
+
+    __slots__ = ("abort", "balancer", "ended", "endpoint", "request", "sink", "started")
+
+    def __init__(
+        self,
+        balancer: Balancer,
+        endpoint: Endpoint,
+        request: Request,
+        sink: ResponseSink,
+        started: float,
+    ) -> None:
+        self.balancer = balancer
+        self.endpoint = endpoint
+        self.request = request
+        self.sink = sink
+        self.started = started
+        self.ended = False
+        self.abort: Callable[[], None] | None = None
+
+    def done(self) -> bool:
+        return self.ended
+
+    def set_result(self, response: Response, /) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        response = self.balancer._attempt_answered(self.endpoint, response, self.started)
+        self.sink.set_result(response)  # the server adds Via as it writes the head
+
+    def set_exception(self, exc: BaseException, /) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        balancer = self.balancer
+        endpoint = self.endpoint
+        if isinstance(exc, StaleConnection):
+            # The kept-alive connection had closed: the backend is not to blame, and the
+            # ordinary path sends the request to it again (as UpstreamPool.send does).
+            balancer.apply(balancer.pool.end(endpoint, Outcome.ABANDONED, balancer.clock()))
+            resume = _resume(balancer, (endpoint,))
+        elif isinstance(exc, UpstreamError):
+            balancer._attempt_failed(endpoint, exc)
+            resume = _resume(balancer, failed=(endpoint, exc))
+        else:
+            balancer.apply(balancer.pool.end(endpoint, Outcome.ABANDONED, balancer.clock()))
+            self.sink.set_exception(exc)
+            return
+        # The retry decision (and the answer when there is none) is the ordinary path's.
+        self.sink.set_exception(StaleConnection(resume=resume))
+
+    def abandon(self) -> None:
+        """The client went away: the backend is not to blame; its connection is closed."""
+        if not self.ended:
+            self.ended = True
+            balancer = self.balancer
+            balancer.apply(balancer.pool.end(self.endpoint, Outcome.ABANDONED, balancer.clock()))
+        if self.abort is not None:
+            self.abort()
+
+
 def _failed(exc: UpstreamError) -> Response:
     """The answer when no attempt got a response: 502, 503 or 504 as the engine says."""
     return Response.text(exc.status, f"backend failed: {exc}\n")
@@ -701,7 +889,7 @@ async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
         rt.add_route("/backends/undrain", balancer.admin_drain)
         readiness(balancer)
         async with HTTPServer(
-            balancer.handle,
+            balancer.direct_handler(),
             host=options.host,
             port=options.port,
             reuse_port=options.reuse_port,

@@ -1,0 +1,188 @@
+"""The balancer's direct path (a body-less request written straight onto an idle kept-alive
+backend connection from the server's callbacks): the picker runs once per attempt, outcomes
+and in-flight counts stay right, and anything not simple falls back to the ordinary path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from podkit.engines.http import HTTPServer, Request, Response, Upstream, UpstreamPool
+from podkit.serving.balance import BackendSpec
+from podkit.serving.balance.app import BalanceOptions, Balancer, open_balancer
+
+
+class Origin:
+    """An in-process backend; ``slow`` makes it answer after ``delay`` seconds, and
+    ``/stream`` sends one chunk and holds the rest until ``release`` is set."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.slow = False
+        self.delay = 1.0
+        self.release = asyncio.Event()
+        self.hits = 0
+
+    async def handle(self, request: Request) -> Response:
+        self.hits += 1
+        if self.slow:
+            await asyncio.sleep(self.delay)
+        if request.target == "/stream":
+            release = self.release
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield b"first "
+                await release.wait()
+                yield b"last"
+
+            return Response(200, [(b"X-Served-By", self.name.encode())], chunks())
+        return Response(200, [(b"X-Served-By", self.name.encode())], self.name.encode())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (without blocking the loop) until ``condition()`` holds, failing at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def counting_picks(balancer: Balancer) -> list[str]:
+    """Record every backend the balancer's pool picks (the real picker still decides)."""
+    picked: list[str] = []
+    choose = balancer.pool.choose
+
+    def spy(**kwargs: Any) -> Any:
+        endpoint = choose(**kwargs)
+        picked.append(endpoint.url if endpoint is not None else "-")
+        return endpoint
+
+    balancer.pool.choose = spy  # type: ignore[method-assign]
+    return picked
+
+
+def direct_sends(balancer: Balancer) -> list[bool]:
+    """Record, per direct attempt, whether an idle connection took it (True) or not."""
+    sent: list[bool] = []
+    send_to = balancer.upstreams.send_to
+
+    def spy(*args: Any) -> Any:
+        abort = send_to(*args)
+        sent.append(abort is not None)
+        return abort
+
+    balancer.upstreams.send_to = spy  # type: ignore[method-assign]
+    return sent
+
+
+async def run(
+    names: list[str], body: Callable[[Balancer, list[Origin], Upstream], Any], **options: Any
+) -> None:
+    origins = [Origin(n) for n in names]
+    async with contextlib_stack(origins) as ports:
+        specs = tuple(BackendSpec(f"http://127.0.0.1:{p}") for p in ports)
+        opts = BalanceOptions(backends=specs, **options)
+        async with (
+            open_balancer(opts) as balancer,
+            HTTPServer(balancer.direct_handler(), host="127.0.0.1", port=0) as front,
+        ):
+            await body(balancer, origins, Upstream.parse(f"http://127.0.0.1:{front.port}"))
+
+
+class contextlib_stack:  # noqa: N801 - used as a context manager like contextlib's helpers
+    """Serve each origin on its own free port."""
+
+    def __init__(self, origins: list[Origin]) -> None:
+        self.origins = origins
+        self.servers: list[HTTPServer] = []
+
+    async def __aenter__(self) -> list[int]:
+        for origin in self.origins:
+            server = HTTPServer(origin.handle, host="127.0.0.1", port=0)
+            await server.__aenter__()
+            self.servers.append(server)
+        return [s.port for s in self.servers]
+
+    async def __aexit__(self, *exc: object) -> None:
+        for server in self.servers:
+            await server.__aexit__(None, None, None)
+
+
+async def test_each_request_picks_a_backend_exactly_once_on_both_paths() -> None:
+    async def body(balancer: Balancer, origins: list[Origin], front: Upstream) -> None:
+        picked = counting_picks(balancer)
+        sent = direct_sends(balancer)
+        async with UpstreamPool() as client:
+            served = []
+            for _ in range(12):
+                response = await client.send(front, Request("GET", "/"))
+                assert response.status == 200
+                served.append(await response.read())
+        assert len(picked) == 12
+        # round-robin alternates, whichever path (first ones connect, later ones reuse)
+        assert served == [b"a", b"b"] * 6 or served == [b"b", b"a"] * 6
+        assert sent[:2] == [False, False]  # no idle connection yet: the ordinary path
+        assert sent[2:] == [True] * 10  # then each is written from the server's callbacks
+        assert sum(o.hits for o in origins) == 12
+        assert all(e.in_flight == 0 for e in balancer.pool.endpoints)
+        assert sum(e.requests for e in balancer.pool.endpoints) == 12
+
+    await run(["a", "b"], body)
+
+
+async def test_a_streamed_body_keeps_its_backend_in_flight_until_it_ends() -> None:
+    async def body(balancer: Balancer, origins: list[Origin], front: Upstream) -> None:
+        endpoint = balancer.pool.endpoints[0]
+        async with UpstreamPool() as client:
+            warm = await client.send(front, Request("GET", "/"))
+            assert await warm.read() == b"a"
+            response = await client.send(front, Request("GET", "/stream"))
+            assert response.status == 200
+            await until(lambda: endpoint.in_flight == 1)
+            origins[0].release.set()
+            assert await response.read() == b"first last"
+            await until(lambda: endpoint.in_flight == 0)
+        assert balancer.upstreams.statistics().reused > 0
+
+    await run(["a"], body)
+
+
+async def test_a_failed_direct_attempt_is_reported_and_retried_on_another_backend() -> None:
+    async def body(balancer: Balancer, origins: list[Origin], front: Upstream) -> None:
+        a, b = balancer.pool.endpoints
+        async with UpstreamPool() as client:
+            for _ in range(2):  # an idle kept-alive connection to each backend
+                warm = await client.send(front, Request("GET", "/"))
+                await warm.read()
+            picked = counting_picks(balancer)
+            sent = direct_sends(balancer)
+            origins[0].slow = True  # "a" answers after the balancer's timeout
+            for _ in range(2):  # round-robin sends one of these to "a" first
+                response = await client.send(front, Request("GET", "/"))
+                assert response.status == 200
+                assert await response.read() == b"b"
+        assert len(picked) == 3
+        assert picked.count(a.url) == 1
+        assert a.errors == 1
+        assert b.errors == 0
+        assert a.in_flight == 0
+        assert b.in_flight == 0
+        assert sent == [True, True]  # both first attempts went direct; the retry did not
+
+    await run(["a", "b"], body, timeout=0.3)
+
+
+async def test_without_a_ready_backend_the_answer_is_503_after_one_pick() -> None:
+    async def body(balancer: Balancer, origins: list[Origin], front: Upstream) -> None:
+        for endpoint in balancer.pool.endpoints:
+            balancer.drain_backend(endpoint.url)
+        picked = counting_picks(balancer)
+        async with UpstreamPool() as client:
+            response = await client.send(front, Request("GET", "/"))
+            assert response.status == 503
+            await response.read()
+        assert picked == ["-"]
+
+    await run(["a"], body)
