@@ -18,90 +18,30 @@ and through HAProxy in ``mode tcp`` with splice (each proxy on core 0).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 # One wrk parser for every serving benchmark (it reads p99 from the latency distribution, never
 # from the thread-stats line's "99.xx%" column).
-from serving_harness import parse_wrk, wrk_argv
+from serving_harness import (
+    ensure_tools,
+    find,
+    free_port,
+    parse_wrk,
+    pinned,
+    process,
+    wrk_argv,
+)
 
 BODY = "podkit-bench " + "x" * 86 + "\n"  # 100 bytes
 PACKAGES = {"nginx": "nginx-light", "haproxy": "haproxy", "wrk": "wrk"}
 CORE_PROXY = "0"
 CORE_LOAD = "1"
-
-
-def find(binary: str) -> str | None:
-    return shutil.which(binary) or next(
-        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None
-    )
-
-
-def ensure_tools() -> None:
-    missing = [pkg for binary, pkg in PACKAGES.items() if find(binary) is None]
-    if not missing:
-        return
-    print(f"installing {' '.join(missing)} with apt-get", file=sys.stderr)
-    prefix = [] if os.geteuid() == 0 else ["sudo"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run([*prefix, "apt-get", "update", "-qq"], check=False, env=env)
-    subprocess.run(
-        [*prefix, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-        check=True,
-        env=env,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"port {port} did not open")
-
-
-def pinned(core: str | None, argv: list[str]) -> list[str]:
-    if core is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
-        return argv
-    return ["taskset", "-c", core, *argv]
-
-
-@contextlib.contextmanager
-def process(argv: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        try:
-            wait_port(port)
-        except SystemExit:
-            raise SystemExit(f"{argv}: port {port} did not open:\n{log.read_text()}") from None
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def nginx_backend_conf(tmp: Path, port: int) -> Path:
@@ -389,7 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     seconds = args.seconds or (3 if args.quick else 10)
     size = (256 << 20) if args.quick else (1 << 30)
-    ensure_tools()
+    ensure_tools(PACKAGES)
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
     with tempfile.TemporaryDirectory(prefix="podkit-bench-") as tmpdir:
         tmp = Path(tmpdir)
