@@ -26,57 +26,19 @@ import contextlib
 import http.client
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
+
+from serving_harness import ensure_tools, find, free_port, pinned, process
 
 BODY = "podkit-bench " + "x" * 86  # 100 bytes with the newline
 PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "openssl": "openssl"}
 CORE_UNDER_TEST = "0"
 CORE_LOAD = "1"
-
-
-def find(binary: str) -> str | None:
-    return shutil.which(binary) or next(
-        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.path.exists(p)), None
-    )
-
-
-def ensure_tools() -> None:
-    missing = [pkg for binary, pkg in PACKAGES.items() if find(binary) is None]
-    if not missing:
-        return
-    print(f"installing {' '.join(missing)} with apt-get", file=sys.stderr)
-    prefix = [] if os.geteuid() == 0 else ["sudo"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run([*prefix, "apt-get", "update", "-qq"], check=False, env=env)
-    subprocess.run(
-        [*prefix, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-        check=True,
-        env=env,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"port {port} did not open")
 
 
 def wait_ready(admin: int, timeout: float = 20.0) -> None:
@@ -89,32 +51,6 @@ def wait_ready(admin: int, timeout: float = 20.0) -> None:
                 return
         time.sleep(0.1)
     raise SystemExit("the workers did not become ready")
-
-
-def pinned(core: str, argv: list[str]) -> list[str]:
-    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
-        return argv
-    return ["taskset", "-c", core, *argv]
-
-
-@contextlib.contextmanager
-def process(argv: list[str], port: int, log: Path) -> Iterator[None]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        try:
-            wait_port(port)
-        except SystemExit:
-            raise SystemExit(f"{argv}: port {port} did not open:\n{log.read_text()}") from None
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def make_certificate(tmp: Path) -> tuple[Path, Path]:
@@ -183,7 +119,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 s per measurement")
     args = parser.parse_args()
     seconds = 3 if args.quick else 10
-    ensure_tools()
+    ensure_tools(PACKAGES)
     nginx = find("nginx") or "nginx"
     results: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="podkit-bench-tls-") as name:
