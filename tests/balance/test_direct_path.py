@@ -50,16 +50,17 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def counting_picks(balancer: Balancer) -> list[str]:
-    """Record every backend the balancer's pool picks (the real picker still decides)."""
+    """Record every backend the balancer's picker picks (the real picker still decides)."""
     picked: list[str] = []
-    choose = balancer.pool.choose
+    picker = balancer.pool.picker
+    pick = picker.pick
 
-    def spy(**kwargs: Any) -> Any:
-        endpoint = choose(**kwargs)
-        picked.append(endpoint.url if endpoint is not None else "-")
+    def spy(candidates: Any, **kwargs: Any) -> Any:
+        endpoint = pick(candidates, **kwargs)
+        picked.append(endpoint.url)
         return endpoint
 
-    balancer.pool.choose = spy  # type: ignore[method-assign]
+    picker.pick = spy  # type: ignore[method-assign]
     return picked
 
 
@@ -174,7 +175,7 @@ async def test_a_failed_direct_attempt_is_reported_and_retried_on_another_backen
     await run(["a", "b"], body, timeout=0.3)
 
 
-async def test_without_a_ready_backend_the_answer_is_503_after_one_pick() -> None:
+async def test_without_a_ready_backend_the_answer_is_503_without_a_pick() -> None:
     async def body(balancer: Balancer, origins: list[Origin], front: Upstream) -> None:
         for endpoint in balancer.pool.endpoints:
             balancer.drain_backend(endpoint.url)
@@ -182,7 +183,37 @@ async def test_without_a_ready_backend_the_answer_is_503_after_one_pick() -> Non
         async with UpstreamPool() as client:
             response = await client.send(front, Request("GET", "/"))
             assert response.status == 503
-            await response.read()
-        assert picked == ["-"]
+            assert await response.read() == b"no ready backend\n"
+        assert picked == []  # nothing to pick from: no picker call, no retry loop
+        assert balancer.m_unavailable._value.get() == 1
+
+    await run(["a"], body)
+
+
+async def test_a_direct_exchange_leaves_no_reference_cycle_behind() -> None:
+    """Each exchange is freed by reference counting: a cycle per request would make the
+    garbage collector run every few hundred requests under load."""
+    import gc
+
+    from podkit.engines.http.server import _DirectExchange
+    from podkit.serving.balance.app import _DirectAttempt
+
+    async def body(balancer: Balancer, origins: list[Origin], front: Upstream) -> None:
+        sent = direct_sends(balancer)
+        async with UpstreamPool() as client:
+            for _ in range(3):  # connect, then reuse
+                await (await client.send(front, Request("GET", "/"))).read()
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(20):
+                    await (await client.send(front, Request("GET", "/"))).read()
+                gc.collect()
+                cyclic = [o for o in gc.garbage if isinstance(o, _DirectExchange | _DirectAttempt)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+        assert sent.count(True) >= 20  # the direct path was taken
+        assert cyclic == []
 
     await run(["a"], body)

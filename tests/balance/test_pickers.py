@@ -152,3 +152,39 @@ def test_hash_without_a_key_falls_back_to_round_robin() -> None:
     endpoints = [ready("a"), ready("b")]
     picker = HashPicker(rendezvous)
     assert [picker.pick(endpoints, now=0, key=None).url for _ in range(4)] == ["a", "b", "a", "b"]
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=20), min_size=1, max_size=8),
+    st.integers(min_value=1, max_value=100),
+)
+def test_round_robin_schedule_on_a_tuple_matches_scoring(weights: list[int], picks: int) -> None:
+    """A candidate tuple takes the precomputed schedule; it yields exactly what scoring does."""
+    endpoints = [ready(f"e{i}", w) for i, w in enumerate(weights)]
+    scored, scheduled = RoundRobinPicker(), RoundRobinPicker()
+    as_tuple = tuple(endpoints)
+    expected = [scored.pick(list(endpoints), now=0, key=None).url for _ in range(picks)]
+    assert [scheduled.pick(as_tuple, now=0, key=None).url for _ in range(picks)] == expected
+
+
+def test_round_robin_schedule_waits_for_slow_start_to_end() -> None:
+    policy = HealthPolicy(rise=1, slow_start=10)
+    old = ready("old", 1)
+    new = Endpoint("new", policy=policy, now=0.0)
+    new.probe_passed(0.0)
+    picker = RoundRobinPicker()
+    both = (old, new)
+    ramping = Counter(picker.pick(both, now=0.0, key=None).url for _ in range(110))
+    assert ramping["new"] == 10  # still ramping: scored with the effective weights
+    steady = Counter(picker.pick(both, now=10.0, key=None).url for _ in range(100))
+    assert steady == {"old": 50, "new": 50}  # ramp over: the full-weight schedule
+
+
+def test_least_request_draws_two_distinct_candidates_uniformly() -> None:
+    endpoints = [ready(f"e{i}") for i in range(3)]
+    endpoints[0].in_flight = 100  # loses every comparison it takes part in
+    picker = LeastRequestPicker(rng=random.Random(5))
+    counts = Counter(picker.pick(endpoints, now=0, key=None).url for _ in range(6000))
+    # e0 never wins: a draw is never (e0, e0); e1 and e2 split evenly by symmetry
+    assert "e0" not in counts
+    assert abs(counts["e1"] - counts["e2"]) < 400

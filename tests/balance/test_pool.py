@@ -160,3 +160,45 @@ def test_slow_start_spares_the_first_membership_but_ramps_later_additions() -> N
     p.probe_result(URLS[2], True, 1)
     weights = {s.url: s.effective_weight for s in p.statistics(1).endpoints}
     assert weights == {URLS[0]: 1.0, URLS[1]: 1.0, URLS[2]: pytest.approx(0.1)}
+
+
+OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["update", "probe", "outcome", "drain", "undrain", "expire", "weight"]),
+        st.sampled_from(URLS),
+        st.booleans(),
+    ),
+    max_size=40,
+)
+
+
+@given(OPERATIONS)
+def test_the_kept_candidate_tuple_always_equals_the_ready_endpoints(
+    operations: list[tuple[str, str, bool]],
+) -> None:
+    """candidates() hands out one tuple until something changes; it is never stale."""
+    p = pool(probed=True, rise=1, fall=1, eject_after=1)
+    p.update(specs(*URLS), 0)
+    weights = dict.fromkeys(URLS, 1)
+    for now, (operation, url, flag) in enumerate(operations, start=1):
+        if operation == "update":
+            members = [u for u in URLS if u != url] if flag else URLS
+            p.update([BackendSpec(u, weights[u]) for u in members], now)
+        elif operation == "probe":
+            p.probe_result(url, flag, now)
+        elif operation == "outcome" and (endpoint := p.get(url)) is not None:
+            p.begin(endpoint)
+            p.end(endpoint, Outcome.SUCCESS if flag else Outcome.FAILURE, now)
+        elif operation == "drain" and url in p:
+            p.drain(url, now)
+        elif operation == "undrain" and url in p:
+            p.undrain(url, now)
+        elif operation == "expire":
+            p.expire_ejections(now + 1000)
+        elif operation == "weight":
+            weights[url] = 3 if flag else 1
+            p.update([BackendSpec(u, weights[u]) for u in URLS], now)
+        kept = p.candidates()
+        assert kept is p.candidates()
+        assert [e.url for e in kept] == [e.url for e in p.endpoints if e.available]
+        assert [e.weight for e in kept] == [weights[e.url] for e in kept]

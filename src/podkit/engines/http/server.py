@@ -174,11 +174,16 @@ class _DirectExchange:
     def set_result(self, response: Response, /) -> None:
         if not self.finished:
             self.finished = True
+            # The abandoner usually refers back to this exchange (it is the direct
+            # handler's sink): dropping it keeps one exchange from becoming a reference
+            # cycle that only the garbage collector would free.
+            self.abandon = None
             self.conn._direct_done(self, response, None)
 
     def set_exception(self, exc: BaseException, /) -> None:
         if not self.finished:
             self.finished = True
+            self.abandon = None
             self.conn._direct_done(self, None, exc)
 
     def cancel(self) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from podkit.errors import PodkitError
@@ -178,6 +179,7 @@ class Endpoint:
         self.errors = 0
         self.probed = probed
         self._skip_first_ramp = initial
+        self.on_move: Callable[[], None] | None = None  # told after every state change
         if not probed:
             self._move(EndpointState.READY, now)  # without probes there is nothing to wait for
 
@@ -196,6 +198,8 @@ class Endpoint:
         if target is EndpointState.READY:
             self.ready_since = None if self._skip_first_ramp else now
             self._skip_first_ramp = False
+        if self.on_move is not None:
+            self.on_move()
 
     def effective_weight(self, now: float) -> float:
         """The weight the pickers use: ``weight`` scaled by the slow-start ramp."""
@@ -207,6 +211,11 @@ class Endpoint:
             return float(self.weight)
         fraction = max(SLOW_START_MIN_FRACTION, elapsed / ramp)
         return self.weight * fraction
+
+    def ramped(self, now: float) -> bool:
+        """Whether slow start is over (or never applied): the effective weight is the weight."""
+        ramp = self.policy.slow_start
+        return ramp <= 0 or self.ready_since is None or now - self.ready_since >= ramp
 
     # -- active probes --------------------------------------------------------------------
 

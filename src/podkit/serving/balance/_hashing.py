@@ -31,9 +31,17 @@ class HashingRank:
         self._functions: OrderedDict[tuple[tuple[str, float], ...], ShardingFunction] = (
             OrderedDict()
         )
+        self._last: tuple[Mapping[str, float], ShardingFunction] | None = None
 
     def function(self, weights: Mapping[str, float]) -> ShardingFunction:
-        """The sharding function over exactly these nodes and weights (cached)."""
+        """The sharding function over exactly these nodes and weights (cached).
+
+        The same mapping object handed again is taken as unchanged (the picker hands one
+        per candidate set), which saves sorting it on every request.
+        """
+        last = self._last
+        if last is not None and last[0] is weights:
+            return last[1]
         signature = tuple(sorted(weights.items()))
         function = self._functions.get(signature)
         if function is None:
@@ -45,6 +53,7 @@ class HashingRank:
                 self._functions.popitem(last=False)
         else:
             self._functions.move_to_end(signature)
+        self._last = (weights, function)
         return function
 
     def __call__(self, key: str, weights: Mapping[str, float]) -> Iterator[str]:

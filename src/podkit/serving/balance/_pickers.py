@@ -27,6 +27,7 @@ from typing import Protocol
 from podkit.serving.balance._endpoint import Endpoint
 
 DEFAULT_BOUNDED_LOAD = 1.25  # the paper's and HAProxy's hash-balance-factor 125
+MAX_CYCLE = 4096  # longest precomputed round-robin schedule (the sum of the weights)
 
 
 class Picker(Protocol):
@@ -38,12 +39,39 @@ class Picker(Protocol):
 
 
 class RoundRobinPicker:
-    """nginx's smooth weighted round-robin over the candidates' effective weights."""
+    """nginx's smooth weighted round-robin over the candidates' effective weights.
+
+    The schedule repeats every ``sum(weights)`` picks once no candidate is in slow start, so
+    for a candidate *tuple* (the pool's READY set, the same object until something changes)
+    it is computed once and then walked with an index; lists (a retry's candidates) and
+    ramping weights take the scoring path.
+    """
 
     def __init__(self) -> None:
         self._score: dict[str, float] = {}
+        self._cycle_for: Sequence[Endpoint] | None = None
+        self._cycle: list[Endpoint] = []
+        self._next = 0
 
     def pick(self, candidates: Sequence[Endpoint], *, now: float, key: str | None) -> Endpoint:
+        if candidates is self._cycle_for:
+            index = self._next
+            self._next = index + 1 if index + 1 < len(self._cycle) else 0
+            return self._cycle[index]
+        if type(candidates) is tuple and self._steady(candidates, now):
+            self._cycle = _smooth_schedule(candidates)
+            self._cycle_for = candidates
+            self._next = 1 % len(self._cycle)
+            return self._cycle[0]
+        return self._scored(candidates, now)
+
+    @staticmethod
+    def _steady(candidates: Sequence[Endpoint], now: float) -> bool:
+        return sum(e.weight for e in candidates) <= MAX_CYCLE and all(
+            e.ramped(now) for e in candidates
+        )
+
+    def _scored(self, candidates: Sequence[Endpoint], now: float) -> Endpoint:
         total = 0.0
         best: Endpoint | None = None
         best_score = 0.0
@@ -63,6 +91,23 @@ class RoundRobinPicker:
         self._score.pop(url, None)
 
 
+def _smooth_schedule(candidates: Sequence[Endpoint]) -> list[Endpoint]:
+    """One period of smooth weighted round-robin over full weights (from zero scores)."""
+    scores = [0] * len(candidates)
+    weights = [e.weight for e in candidates]
+    total = sum(weights)
+    schedule = []
+    for _ in range(total):
+        best = 0
+        for i, weight in enumerate(weights):
+            scores[i] += weight
+            if scores[i] > scores[best]:
+                best = i
+        scores[best] -= total
+        schedule.append(candidates[best])
+    return schedule
+
+
 class LeastRequestPicker:
     """Power of two choices on in-flight requests per unit of effective weight.
 
@@ -74,9 +119,14 @@ class LeastRequestPicker:
         self._rng = rng if rng is not None else random.Random()
 
     def pick(self, candidates: Sequence[Endpoint], *, now: float, key: str | None) -> Endpoint:
-        if len(candidates) == 1:
+        count = len(candidates)
+        if count == 1:
             return candidates[0]
-        first, second = self._rng.sample(range(len(candidates)), 2)
+        draw = self._rng.random
+        first = int(draw() * count)
+        second = int(draw() * (count - 1))
+        if second >= first:
+            second += 1  # two distinct candidates, each pair equally likely
         a, b = candidates[first], candidates[second]
         # +1 so that idle endpoints still compare by weight (0/w ties for every w).
         load_a = (a.in_flight + 1) / a.effective_weight(now)
@@ -113,6 +163,10 @@ class HashPicker:
         self._rank = rank
         self.bounded_load = bounded_load
         self._fallback: Picker = fallback if fallback is not None else RoundRobinPicker()
+        # What pick() derives from a candidate tuple, kept while the pool hands the same one.
+        self._derived_for: Sequence[Endpoint] | None = None
+        self._by_url: dict[str, Endpoint] = {}
+        self._weights: dict[str, float] = {}
 
     def capacity(self, endpoint: Endpoint, candidates: Sequence[Endpoint]) -> int | None:
         """How many requests ``endpoint`` may hold before keys spill over (None: unbounded)."""
@@ -125,9 +179,15 @@ class HashPicker:
     def pick(self, candidates: Sequence[Endpoint], *, now: float, key: str | None) -> Endpoint:
         if key is None:
             return self._fallback.pick(candidates, now=now, key=None)
-        by_url = {e.url: e for e in candidates}
+        if candidates is self._derived_for:
+            by_url, weights = self._by_url, self._weights
+        else:
+            by_url = {e.url: e for e in candidates}
+            weights = {e.url: float(e.weight) for e in candidates}
+            if type(candidates) is tuple:
+                self._derived_for, self._by_url, self._weights = candidates, by_url, weights
         first: Endpoint | None = None
-        for url in self._rank(key, {e.url: float(e.weight) for e in candidates}):
+        for url in self._rank(key, weights):
             endpoint = by_url[url]
             first = first or endpoint
             capacity = self.capacity(endpoint, candidates)

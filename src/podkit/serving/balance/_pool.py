@@ -82,6 +82,12 @@ class EndpointPool:
         self._configured: set[str] = set()
         self._manual_drain: set[str] = set()
         self._started = False  # the first update() is the initial membership
+        # READY endpoints, kept until any endpoint changes state or weight: pickers are
+        # handed the same tuple while it holds, and may cache what they derive from it.
+        self._ready: tuple[Endpoint, ...] | None = None
+
+    def _changed(self) -> None:
+        self._ready = None
 
     def __len__(self) -> int:
         return len(self._endpoints)
@@ -123,6 +129,7 @@ class EndpointPool:
                     probed=self.probed,
                     initial=not self._started,
                 )
+                endpoint.on_move = self._changed
                 self._endpoints[url] = endpoint
                 events.append(Transition(url, None, endpoint.state, "added"))
                 continue
@@ -140,6 +147,7 @@ class EndpointPool:
                 events.append(Transition(url, before, endpoint.state, "removed"))
         self._configured = set(wanted)
         self._started = True
+        self._ready = None  # weights may have changed
         events.extend(self._forget_drained())
         return events
 
@@ -176,6 +184,7 @@ class EndpointPool:
         for url, endpoint in list(self._endpoints.items()):
             if endpoint.drained and url not in self._configured:
                 del self._endpoints[url]
+                self._ready = None
                 self._manual_drain.discard(url)
                 forget = getattr(self.picker, "forget", None)
                 if forget is not None:
@@ -193,8 +202,17 @@ class EndpointPool:
             if endpoint.ejection_expired(now)
         ]
 
-    def candidates(self, *, exclude: Sequence[str] = ()) -> list[Endpoint]:
-        """READY endpoints not in ``exclude``."""
+    def candidates(self, *, exclude: Sequence[str] = ()) -> Sequence[Endpoint]:
+        """READY endpoints not in ``exclude``.
+
+        Without ``exclude`` this is one tuple that stays the same object until an endpoint
+        changes state or weight (pickers may cache what they compute from it).
+        """
+        if not exclude:
+            ready = self._ready
+            if ready is None:
+                ready = self._ready = tuple(e for e in self._endpoints.values() if e.available)
+            return ready
         return [e for e in self._endpoints.values() if e.available and e.url not in exclude]
 
     def choose(
@@ -217,6 +235,13 @@ class EndpointPool:
 
     def end(self, endpoint: Endpoint, outcome: Outcome, now: float) -> list[Transition]:
         """An attempt on ``endpoint`` ended with ``outcome``."""
+        if outcome is Outcome.SUCCESS:  # the common case, without the general bookkeeping
+            if endpoint.in_flight > 0:
+                endpoint.in_flight -= 1
+            endpoint.request_failures = 0
+            if endpoint.state is EndpointState.DRAINING and endpoint.in_flight == 0:
+                return self._forget_drained()
+            return []
         before = endpoint.state
         events = []
         may_eject = outcome not in (Outcome.SUCCESS, Outcome.ABANDONED) and self._may_eject()

@@ -55,6 +55,10 @@ class RetryBudget:
         self._retries = [0] * self._slots
         self._stamp = [-1] * self._slots  # which absolute second each slot holds
         self.refused = 0
+        # The slot of the current second and where that second ends: a deposit within it
+        # is one comparison and one increment.
+        self._current = 0
+        self._current_end = -math.inf
 
     def _slot(self, now: float) -> int:
         second = math.floor(now)
@@ -81,7 +85,10 @@ class RetryBudget:
 
     def deposit(self, now: float) -> None:
         """Count one original request."""
-        self._requests[self._slot(now)] += 1
+        if not self._current_end - 1.0 <= now < self._current_end:
+            self._current = self._slot(now)
+            self._current_end = math.floor(now) + 1.0
+        self._requests[self._current] += 1
 
     def try_withdraw(self, now: float) -> bool:
         """Take one retry from the budget. Returns False (and counts a refusal) when empty."""

@@ -32,13 +32,19 @@ import json
 import os
 import random
 import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from podkit.engines.errors import UpstreamError
@@ -61,6 +67,7 @@ from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
 from podkit.runtime import Runtime
 from podkit.runtime.logging import get_logger
+from podkit.runtime.metrics import LATENCY_BUCKETS
 from podkit.serving._workers import Sample, merged_samples, reserve_port
 from podkit.serving.balance._affinity import AffinityKey, IPNetwork
 from podkit.serving.balance._backends_file import BackendSpec, normalise_url, read_backends_file
@@ -181,18 +188,35 @@ class _PoolCollector(Collector):
             in_flight.add_metric([snap.url], snap.in_flight)
             weight.add_metric([snap.url], snap.effective_weight)
         ready.add_metric([], stats.ready)
-        return [state, in_flight, weight, ready]
+        return [state, in_flight, weight, ready, *self.balancer.traffic_metrics()]
 
 
-class _BackendMetrics:
-    """One backend's metric children, looked up once instead of on every request."""
+class _BackendTraffic:
+    """One backend's request counters and latency histogram, as plain numbers.
 
-    __slots__ = ("by_class", "latency", "server_errors")
+    Updated on every attempt, so they are plain integers rather than Prometheus children (a
+    labelled child takes a lock and several calls per update); the pool's collector turns
+    them into metric families when /metrics is scraped.
+    """
 
-    def __init__(self, balancer: Balancer, url: str) -> None:
-        self.latency = balancer.m_latency.labels(url)
-        self.by_class = {n: balancer.m_requests.labels(url, f"{n}xx") for n in range(1, 6)}
-        self.server_errors = balancer.m_errors.labels(url, Outcome.SERVER_ERROR.value)
+    __slots__ = ("by_class", "errors", "latency_counts", "latency_sum")
+
+    def __init__(self) -> None:
+        self.by_class = [0] * 7  # index 1..5: status class; 6: no response ("error")
+        self.errors: dict[str, int] = {}
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def answered(self, status: int, seconds: float) -> None:
+        self.by_class[min(max(status // 100, 1), 5)] += 1
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def failed(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+_CODE_LABELS = ("", "1xx", "2xx", "3xx", "4xx", "5xx", "error")
 
 
 class Balancer:
@@ -231,29 +255,11 @@ class Balancer:
         )
         self.forwarding = Forwarding(trusted_proxies=options.trusted_proxies)
         self._upstream_cache: dict[str, Upstream] = {}
-        self._children: dict[str, _BackendMetrics] = {}
+        self._traffic: dict[str, _BackendTraffic] = {}
         self._file_specs: list[BackendSpec] = []
         self.reloads = 0
         self.reload_errors = 0
         registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self.m_requests = Counter(
-            "podkit_balance_requests",
-            "Requests forwarded per backend, by status class (or error).",
-            ["backend", "code"],
-            registry=registry,
-        )
-        self.m_latency = Histogram(
-            "podkit_balance_request_seconds",
-            "Time from sending a request to a backend until its response head arrived.",
-            ["backend"],
-            registry=registry,
-        )
-        self.m_errors = Counter(
-            "podkit_balance_errors",
-            "Failed attempts per backend, by kind.",
-            ["backend", "kind"],
-            registry=registry,
-        )
         self.m_probes = Counter(
             "podkit_balance_probes",
             "Active probe results per backend.",
@@ -296,7 +302,7 @@ class Balancer:
             source = event.source.value if event.source is not None else "new"
             self.m_transitions.labels(event.url, target).inc()
             if event.target is None:
-                self._children.pop(event.url, None)
+                self._traffic.pop(event.url, None)
             self.log.info(
                 "backend state",
                 extra={"backend": event.url, "from": source, "to": target, "reason": event.reason},
@@ -431,25 +437,66 @@ class Balancer:
             add_via(response.headers, http_version="1.1", via=self.forwarding.via)
         return response
 
+    def traffic(self, url: str) -> _BackendTraffic:
+        """The request counters of the backend ``url`` (made on first use)."""
+        traffic = self._traffic.get(url)
+        if traffic is None:
+            traffic = self._traffic[url] = _BackendTraffic()
+        return traffic
+
+    def traffic_metrics(self) -> list[Metric]:
+        """The per-backend request counters and latency histograms as metric families."""
+        requests = CounterMetricFamily(
+            "podkit_balance_requests",
+            "Requests forwarded per backend, by status class (or error).",
+            labels=["backend", "code"],
+        )
+        errors = CounterMetricFamily(
+            "podkit_balance_errors",
+            "Failed attempts per backend, by kind.",
+            labels=["backend", "kind"],
+        )
+        latency = HistogramMetricFamily(
+            "podkit_balance_request_seconds",
+            "Time from sending a request to a backend until its response head arrived.",
+            labels=["backend"],
+        )
+        for url, traffic in sorted(self._traffic.items()):
+            for index in range(1, 7):
+                requests.add_metric([url, _CODE_LABELS[index]], traffic.by_class[index])
+            for kind, count in sorted(traffic.errors.items()):
+                errors.add_metric([url, kind], count)
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip(
+                (*LATENCY_BUCKETS, float("inf")), traffic.latency_counts, strict=True
+            ):
+                cumulative += count
+                buckets.append(
+                    ("+Inf" if bound == float("inf") else repr(float(bound)), cumulative)
+                )
+            latency.add_metric([url], buckets, traffic.latency_sum)
+        return [requests, errors, latency]
+
     def _attempt_failed(self, endpoint: Endpoint, exc: UpstreamError) -> None:
         """Report an attempt that got no response."""
         outcome = Outcome.FAILURE if exc.request_sent else Outcome.CONNECT_FAILURE
-        self.m_errors.labels(endpoint.url, outcome.value).inc()
-        self.m_requests.labels(endpoint.url, "error").inc()
+        traffic = self.traffic(endpoint.url)
+        traffic.failed(outcome.value)
+        traffic.by_class[6] += 1
         self.apply(self.pool.end(endpoint, outcome, self.clock()))
 
     def _attempt_answered(self, endpoint: Endpoint, response: Response, started: float) -> Response:
         """Report an attempt whose response head arrived; a streaming body ends it later."""
         finished = self.clock()
-        children = self._children.get(endpoint.url)
-        if children is None:
-            children = self._children[endpoint.url] = _BackendMetrics(self, endpoint.url)
-        children.latency.observe(finished - started)
         status = response.status
-        children.by_class[min(max(status // 100, 1), 5)].inc()
+        traffic = self._traffic.get(endpoint.url)
+        if traffic is None:
+            traffic = self.traffic(endpoint.url)
+        traffic.answered(status, finished - started)
         outcome = Outcome.SUCCESS
         if status >= 500:
-            children.server_errors.inc()
+            traffic.failed(Outcome.SERVER_ERROR.value)
             outcome = Outcome.SERVER_ERROR
         body = response.body
         if isinstance(body, Body) and not body.complete:
@@ -472,7 +519,7 @@ class Balancer:
         def end(override: Outcome | None) -> None:
             final = override or outcome
             if final is Outcome.FAILURE:
-                self.m_errors.labels(endpoint.url, final.value).inc()
+                self.traffic(endpoint.url).failed(final.value)
             events = self.pool.end(endpoint, final, self.clock())
             if events:
                 self.apply(events)
@@ -675,7 +722,7 @@ class _DirectBalance(ProxyHandler):
     still called exactly once per attempt.
     """
 
-    __slots__ = ("_authorities", "balancer")
+    __slots__ = ("_keyed", "_targets", "balancer")
 
     def __init__(self, balancer: Balancer) -> None:
         # Not ProxyHandler.__init__: there is no one fixed upstream; only what the server's
@@ -687,7 +734,18 @@ class _DirectBalance(ProxyHandler):
         self.timeout = balancer.options.timeout
         via = balancer.forwarding.via
         self.via = balancer.forwarding.via_hop("1.1") if via else None
-        self._authorities: dict[Upstream, bytes] = {}
+        # Per endpoint: its upstream and the Host value sent to it (endpoints are kept by
+        # identity; one that left the pool and came back is a new object).
+        self._targets: dict[Endpoint, tuple[Upstream, bytes]] = {}
+        self._keyed = balancer.options.policy == "hash"
+
+    def _target(self, endpoint: Endpoint) -> tuple[Upstream, bytes]:
+        upstream = self.balancer._upstream(endpoint.url)
+        targets = self._targets
+        if len(targets) > 4 * len(self.balancer.pool) + 16:
+            targets.clear()  # forget endpoints that have left the pool
+        target = targets[endpoint] = (upstream, upstream.authority.encode("idna"))
+        return target
 
     def start(self, request: Request, sink: ResponseSink) -> Callable[[], None] | None:
         """Pick a backend for ``request`` and send it on an idle connection when one is
@@ -695,14 +753,17 @@ class _DirectBalance(ProxyHandler):
         balancer = self.balancer
         now = balancer.clock()
         balancer.budget.deposit(now)
-        endpoint = balancer.pool.choose(now=now, key=balancer.affinity_key(request), exclude=())
-        if endpoint is None:
+        pool = balancer.pool
+        candidates = pool.candidates()
+        if not candidates:
             sink.set_exception(StaleConnection(resume=_resume(balancer, (None,))))
             return _nothing
-        upstream = balancer._upstream(endpoint.url)
-        authority = self._authorities.get(upstream)
-        if authority is None:
-            authority = self._authorities[upstream] = upstream.authority.encode("idna")
+        key = balancer.affinity_key(request) if self._keyed else None
+        endpoint = pool.picker.pick(candidates, now=now, key=key)
+        target = self._targets.get(endpoint)
+        if target is None:
+            target = self._target(endpoint)
+        upstream, authority = target
         head = forwarded_request_head(
             request.method,
             request.target,
@@ -726,7 +787,7 @@ class _DirectBalance(ProxyHandler):
         # Counted once sent: the outcome never arrives synchronously (the connection's
         # callbacks run from the event loop), and a request that was not sent here is
         # counted by the ordinary path instead.
-        balancer.pool.begin(endpoint)
+        pool.begin(endpoint)
         attempt.abort = abort
         return attempt.abandon
 
