@@ -1,13 +1,13 @@
 # podkit: two commands on a fresh machine.
 #   make up    set up if needed, then run the quick-start pod
 #   make test  set up if needed, then lint, type-check and run the test suite
-.PHONY: up test setup system venv lint typecheck pytest bench clean
+.PHONY: up test setup system venv native lint typecheck pytest bench clean
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-setup: system venv
+setup: system venv native
 
 # Servers the tests and examples use, from the system's packages (idempotent).
 system:
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -m pip install --quiet --upgrade pip
 	@$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
+
+# The data plane compiled to C with mypyc (skipped when current; PODKIT_NATIVE=0: pure Python).
+native: venv
+	@PY=$(PY) bash scripts/build-native.sh
 
 up: setup
 	@bash scripts/up.sh
@@ -37,4 +41,5 @@ pytest: setup
 test: setup lint typecheck pytest
 
 clean:
+	@bash scripts/build-native.sh --clean
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .podkit

@@ -49,33 +49,52 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def counting_picks(balancer: Balancer) -> list[str]:
-    """Record every backend the balancer's picker picks (the real picker still decides)."""
-    picked: list[str] = []
-    picker = balancer.pool.picker
-    pick = picker.pick
+class _PickSpy:
+    """Stands in for the pool's picker, recording each pick (the real picker decides)."""
 
-    def spy(candidates: Any, **kwargs: Any) -> Any:
-        endpoint = pick(candidates, **kwargs)
-        picked.append(endpoint.url)
+    def __init__(self, picker: Any) -> None:
+        self.picker = picker
+        self.picked: list[str] = []
+
+    def pick(self, candidates: Any, **kwargs: Any) -> Any:
+        endpoint = self.picker.pick(candidates, **kwargs)
+        self.picked.append(endpoint.url)
         return endpoint
 
-    picker.pick = spy  # type: ignore[method-assign]
-    return picked
+    def forget(self, url: str) -> None:
+        self.picker.forget(url)
+
+
+def counting_picks(balancer: Balancer) -> list[str]:
+    """Record every backend the balancer's picker picks (the real picker still decides)."""
+    spy = _PickSpy(balancer.pool.picker)
+    balancer.pool.picker = spy
+    return spy.picked
+
+
+class _SendSpy:
+    """Stands in for the balancer's upstream pool, recording per direct attempt whether an
+    idle connection took it (True) or not; everything else goes to the real pool."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.sent: list[bool] = []
+
+    def send_to(self, *args: Any) -> Any:
+        abort = self.pool.send_to(*args)
+        self.sent.append(abort is not None)
+        return abort
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
 
 
 def direct_sends(balancer: Balancer) -> list[bool]:
     """Record, per direct attempt, whether an idle connection took it (True) or not."""
-    sent: list[bool] = []
-    send_to = balancer.upstreams.send_to
-
-    def spy(*args: Any) -> Any:
-        abort = send_to(*args)
-        sent.append(abort is not None)
-        return abort
-
-    balancer.upstreams.send_to = spy  # type: ignore[method-assign]
-    return sent
+    spy = balancer.upstreams
+    assert isinstance(spy, _SendSpy), "run() installs the spy before the handler exists"
+    spy.sent.clear()
+    return spy.sent
 
 
 async def run(
@@ -85,11 +104,10 @@ async def run(
     async with contextlib_stack(origins) as ports:
         specs = tuple(BackendSpec(f"http://127.0.0.1:{p}") for p in ports)
         opts = BalanceOptions(backends=specs, **options)
-        async with (
-            open_balancer(opts) as balancer,
-            HTTPServer(balancer.direct_handler(), host="127.0.0.1", port=0) as front,
-        ):
-            await body(balancer, origins, Upstream.parse(f"http://127.0.0.1:{front.port}"))
+        async with open_balancer(opts) as balancer:
+            balancer.upstreams = _SendSpy(balancer.upstreams)  # type: ignore[assignment]
+            async with HTTPServer(balancer.direct_handler(), host="127.0.0.1", port=0) as front:
+                await body(balancer, origins, Upstream.parse(f"http://127.0.0.1:{front.port}"))
 
 
 class contextlib_stack:  # noqa: N801 - used as a context manager like contextlib's helpers

@@ -23,19 +23,18 @@ import asyncio
 import contextlib
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from podkit._pickling import reduce_dataclass
 from podkit.engines.errors import (
-    NoUpstreamAvailable,
     UpstreamClosed,
-    UpstreamConnectError,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -49,7 +48,6 @@ from podkit.engines.http.rules import (
     connection_tokens,
     parse_content_length,
     response_has_body,
-    strip_hop_by_hop,
 )
 from podkit.errors import ConfigError, RemoteProtocolError
 
@@ -74,6 +72,9 @@ class Upstream:
     port: int
     tls: bool = False
     _hash: int = field(init=False, compare=False, repr=False, default=0)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_dataclass(self)  # picklable when compiled (see podkit._pickling)
 
     def __post_init__(self) -> None:
         # The pool looks an upstream up on every request: hash it once.
@@ -280,13 +281,8 @@ class _UpstreamConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def drain(self) -> None:
-        while self.write_paused and not self.closed and not self.response_done:
-            self.drain_waiter = self.loop.create_future()
-            try:
-                await self.drain_waiter
-            finally:
-                self.drain_waiter = None
+    def drain(self) -> Coroutine[Any, Any, None]:
+        return _aio.connection_drain(self)
 
     def eof_received(self) -> bool | None:
         if self.tunnel and self.client is not None:
@@ -687,40 +683,19 @@ class UpstreamPool:
         self._collector: _PoolCollector | None = None
         self.loop: asyncio.AbstractEventLoop  # set by start()
 
-    async def __aenter__(self) -> UpstreamPool:
-        await self.start()
-        return self
+    def __aenter__(self) -> Coroutine[Any, Any, UpstreamPool]:
+        return _aio.pool_aenter(self)
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    def __aexit__(self, *exc_info: object) -> Coroutine[Any, Any, None]:
+        return _aio.pool_aexit(self, *exc_info)
 
-    async def start(self) -> None:
+    def start(self) -> Coroutine[Any, Any, None]:
         """Start the ticker (``async with`` does this)."""
-        self.loop = asyncio.get_running_loop()
-        self._ticker = self.loop.create_task(self._tick(), name="upstream-pool-timeouts")
-        if self._registry is not None:
-            self._collector = _PoolCollector(self)
-            self._registry.register(self._collector)
+        return _aio.pool_start(self)
 
-    async def aclose(self) -> None:
+    def aclose(self) -> Coroutine[Any, Any, None]:
         """Close every connection and stop the ticker."""
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
-        for slot in self._slots.values():
-            for conn in list(slot.idle):
-                conn.abort()
-            for waiter in slot.waiters:
-                if not waiter.done():
-                    waiter.cancel()
-        for conn in list(self._busy):
-            conn.abort()
-        if self._collector is not None and self._registry is not None:
-            with contextlib.suppress(KeyError):
-                self._registry.unregister(self._collector)
-            self._collector = None
+        return _aio.pool_aclose(self)
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the counters."""
@@ -790,14 +765,14 @@ class UpstreamPool:
         conn.request_sent()
         return conn.abort
 
-    async def send(
+    def send(
         self,
         upstream: Upstream,
         request: Request,
         *,
         headers: Headers | None = None,
         timeout: float | None = None,
-    ) -> Response:
+    ) -> Coroutine[Any, Any, Response]:
         """Send ``request`` to ``upstream``; return when the response head arrived.
 
         The body of the returned response streams from the upstream: read it, iterate it, hand
@@ -823,80 +798,12 @@ class UpstreamPool:
             UpstreamTimeout: no response (or part of it) within the timeout.
             UpstreamClosed: the upstream closed or sent an invalid response.
         """
-        fields = headers if headers is not None else strip_hop_by_hop(request.headers)
-        body = request.body
-        chunked = False
-        length: int | None = None
-        if body is EMPTY_BODY:
-            body = b""
-        elif isinstance(body, Body) and body.complete:
-            # Arrived whole already (the common small upload): send it sized, in one write.
-            body = b"".join(body.take_all())
-            length = len(body)
-        elif isinstance(body, bytes):
-            length = len(body) if body or request.method in _BODY_METHODS else None
-        elif isinstance(body, Body):
-            length = body.length
-            chunked = length is None
-        else:
-            chunked = True
-        head = _request_head(request, fields, upstream, length, chunked)
-        replayable = isinstance(body, bytes)
-        wait = self.response_timeout if timeout is None else timeout
-        attempts = 2 if replayable else 1
-        for attempt in range(attempts):
-            self.counters["requests"] += 1
-            conn = self._take_idle(upstream) or await self._acquire(upstream)
-            waiter: asyncio.Future[Response] = self.loop.create_future()
-            conn.begin(request.method, wait, waiter)
-            self._busy.add(conn)
-            try:
-                assert conn.transport is not None
-                if isinstance(body, bytes):
-                    conn.transport.write(head + body if body else head)
-                else:
-                    conn.transport.write(head)
-                    await self._send_body(conn, body, chunked)
-                conn.request_sent()
-                return await waiter
-            except StaleConnection:
-                if attempt + 1 < attempts:
-                    continue
-                raise UpstreamClosed(
-                    "upstream closed a kept-alive connection",
-                    upstream=upstream.authority,
-                    request_sent=True,
-                ) from None
-            except BaseException:
-                if not waiter.done():
-                    waiter.cancel()
-                conn.abort()
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return _aio.pool_send(self, upstream, request, headers=headers, timeout=timeout)
 
-    async def _send_body(
+    def _send_body(
         self, conn: _UpstreamConnection, body: AsyncIterable[bytes], chunked: bool
-    ) -> None:
-        transport = conn.transport
-        assert transport is not None
-        async for chunk in body:
-            if conn.closed or conn.response_done:
-                # The upstream answered (or failed) before taking the whole body: stop sending,
-                # and never reuse the connection.
-                conn.reusable = False
-                if isinstance(body, Body):
-                    body.close()
-                return
-            if not chunk:
-                continue
-            if chunked:
-                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                transport.write(chunk)
-            if conn.write_paused:
-                await conn.drain()
-        if chunked and not conn.closed:
-            transport.write(b"0\r\n\r\n")
+    ) -> Coroutine[Any, Any, None]:
+        return _aio.pool_send_body(self, conn, body, chunked)
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -914,63 +821,11 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def _acquire(self, upstream: Upstream) -> _UpstreamConnection:
-        slot = self._slots.get(upstream)
-        if slot is None:
-            slot = self._slots[upstream] = _Slot()
-        conn = self._take_idle(upstream)
-        if conn is not None:
-            return conn
-        if slot.busy >= self.max_connections:
-            waiter = self.loop.create_future()
-            slot.waiters.append(waiter)
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    await waiter
-            except TimeoutError:
-                raise NoUpstreamAvailable(
-                    f"all {self.max_connections} connections busy", upstream=upstream.authority
-                ) from None
-            finally:
-                with contextlib.suppress(ValueError):
-                    slot.waiters.remove(waiter)
-            return await self._acquire(upstream)
-        slot.busy += 1
-        try:
-            return await self._connect(upstream)
-        except BaseException:
-            slot.busy -= 1
-            self._wake(slot)
-            raise
+    def _acquire(self, upstream: Upstream) -> Coroutine[Any, Any, _UpstreamConnection]:
+        return _aio.pool_acquire(self, upstream)
 
-    async def _connect(self, upstream: Upstream) -> _UpstreamConnection:
-        self.counters["connects"] += 1
-        context: ssl_module.SSLContext | None = None
-        if upstream.tls:
-            if self.ssl is None:
-                self.ssl = ssl_module.create_default_context()
-            context = self.ssl
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: _UpstreamConnection(self, upstream),
-                    upstream.host,
-                    upstream.port,
-                    ssl=context,
-                    server_hostname=upstream.host if context is not None else None,
-                )
-        except TimeoutError as exc:
-            self.counters["connect_errors"] += 1
-            raise UpstreamConnectError(
-                f"connect timed out after {self.connect_timeout:g}s", upstream=upstream.authority
-            ) from exc
-        except (OSError, ssl_module.SSLError) as exc:
-            self.counters["connect_errors"] += 1
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise UpstreamConnectError(
-                f"connect failed: {reason}", upstream=upstream.authority
-            ) from exc
-        return conn
+    def _connect(self, upstream: Upstream) -> Coroutine[Any, Any, _UpstreamConnection]:
+        return _aio.pool_connect(self, upstream)
 
     def _release(self, conn: _UpstreamConnection) -> None:
         self._busy.discard(conn)
@@ -1013,11 +868,8 @@ class UpstreamPool:
                 waiter.set_result(None)
                 return
 
-    async def _tick(self) -> None:
-        interval = max(0.02, min(self.response_timeout / 4, self.idle_timeout / 4, 0.5))
-        while True:
-            await asyncio.sleep(interval)
-            self.check_deadlines(self.loop.time())
+    def _tick(self) -> Coroutine[Any, Any, None]:
+        return _aio.pool_tick(self)
 
     def check_deadlines(self, now: float) -> None:
         """Expire timed-out exchanges and idle connections (the ticker calls this)."""
@@ -1075,3 +927,7 @@ __all__ = [
     "UpstreamPool",
     "pool_metrics",
 ]
+
+# The coroutines, kept in a module that always runs as Python (see its docstring); imported
+# last because it imports this module's names.
+from podkit.engines.http import _client_aio as _aio  # noqa: E402

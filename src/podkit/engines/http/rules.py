@@ -25,7 +25,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
+from typing import Any
 
+from podkit._pickling import reduce_dataclass
 from podkit.errors import RemoteProtocolError
 
 Headers = list[tuple[bytes, bytes]]
@@ -72,6 +74,9 @@ class ServerLimits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     max_pipeline: int = DEFAULT_MAX_PIPELINE
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_dataclass(self)  # picklable when compiled (see podkit._pickling)
 
 
 # --- request framing ----------------------------------------------------------------------------
@@ -298,6 +303,9 @@ class Forwarding:
     _via_cache: dict[str, bytes] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_dataclass(self)  # picklable when compiled (see podkit._pickling)
 
     def via_hop(self, http_version: str) -> bytes:
         """This proxy's ``Via`` entry for a message of ``http_version`` (cached)."""

@@ -17,15 +17,13 @@ connection is closed. Errors a handler raises that carry a ``status`` (``Protoco
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import socket
 import ssl as ssl_module
 import time
 import weakref
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -47,7 +45,6 @@ from podkit.engines.http.messages import (
     Request,
     Response,
     TLSInfo,
-    close_body,
 )
 from podkit.engines.http.proxy import ProxyHandler
 from podkit.engines.http.rules import (
@@ -354,15 +351,8 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _drain(self) -> None:
-        while self.write_paused and not self.closed:
-            self.drain_waiter = self.loop.create_future()
-            try:
-                await self.drain_waiter
-            finally:
-                self.drain_waiter = None
-        if self.closed:
-            raise ConnectionResetError("client closed the connection")
+    def _drain(self) -> Coroutine[Any, Any, None]:
+        return _aio.connection_drain(self)
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -682,23 +672,10 @@ class _Connection(asyncio.Protocol):
         if self.tunnel is None:
             self._next()
 
-    async def _finish_stream(self, request: Request, response: Response, started: float) -> None:
-        try:
-            await self._stream_response(
-                request, response, self.stream_keep_alive, request.http_version == "1.0"
-            )
-            if not self.stream_keep_alive:
-                self.must_close = True
-        except asyncio.CancelledError:
-            return
-        except (ConnectionError, PodkitError, OSError):
-            self.server.counters.error("response_aborted")
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        finally:
-            self.server.counters.response(response.status, self.loop.time() - started)
-        self._next()
+    def _finish_stream(
+        self, request: Request, response: Response, started: float
+    ) -> Coroutine[Any, Any, None]:
+        return _aio.connection_finish_stream(self, request, response, started)
 
     def _next(self) -> None:
         self.active = None
@@ -720,44 +697,10 @@ class _Connection(asyncio.Protocol):
             self.deadline_kind = _IDLE
         self._resume_reading()
 
-    async def _respond(self, request: Request, handler: Handler | None = None) -> None:
-        self.handler_started = True
-        server = self.server
-        started = self.loop.time()
-        status = 500
-        try:
-            try:
-                response = await (handler or server.handler)(request)
-            except asyncio.CancelledError:
-                raise
-            except (ProtocolError, UpstreamError) as exc:
-                status = exc.status
-                server.counters.error(_error_reason(exc, status))
-                response = _error(status, exc)
-            except Exception as exc:
-                log.exception("handler failed", extra={"target": request.target})
-                server.counters.error("handler_failed")
-                response = _error(500, exc)
-            status = response.status
-            try:
-                await self._write_response(request, response)
-            except BaseException:
-                # Not written whole: an unread upstream body must release its connection.
-                await close_body(response.body)
-                raise
-        except asyncio.CancelledError:
-            return  # the client went away; the handler's upstream work was cancelled with it
-        except (ConnectionError, PodkitError, OSError) as exc:
-            # the body stream broke after the head was sent: the client must see a truncation
-            server.counters.error("response_aborted")
-            log.debug("response aborted", extra={"target": request.target, "error": str(exc)})
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        finally:
-            server.counters.response(status, self.loop.time() - started)
-        if self.tunnel is None:
-            self._next()
+    def _respond(
+        self, request: Request, handler: Handler | None = None
+    ) -> Coroutine[Any, Any, None]:
+        return _aio.connection_respond(self, request, handler)
 
     def _write_whole(self, request: Request, response: Response, via: bytes | None = None) -> bool:
         """Write a response whose body is all here (or switch to a tunnel after a 101).
@@ -839,60 +782,13 @@ class _Connection(asyncio.Protocol):
 
     stream_keep_alive = False
 
-    async def _write_response(self, request: Request, response: Response) -> None:
-        if self._write_whole(request, response):
-            return
-        keep_alive = self.stream_keep_alive
-        await self._stream_response(request, response, keep_alive, request.http_version == "1.0")
-        if not self.stream_keep_alive:
-            self.must_close = True
+    def _write_response(self, request: Request, response: Response) -> Coroutine[Any, Any, None]:
+        return _aio.connection_write_response(self, request, response)
 
-    async def _stream_response(
+    def _stream_response(
         self, request: Request, response: Response, keep_alive: bool, http10: bool
-    ) -> None:
-        transport = self.transport
-        assert transport is not None
-        out = response.body
-        assert not isinstance(out, bytes)
-        length = out.length if isinstance(out, Body) else None
-        mode, keep_alive = response_framing(
-            request.method, response.status, length=length, http10=http10, keep_alive=keep_alive
-        )
-        self.stream_keep_alive = keep_alive
-        transport.write(
-            response_head(
-                response.status,
-                response.headers,
-                mode=mode,
-                length=length,
-                keep_alive=keep_alive,
-                http10=http10,
-                reason=response.reason,
-            )
-        )
-        sent = 0
-        try:
-            async for chunk in out:
-                if not chunk or mode is BodyMode.NONE:
-                    continue
-                if mode is BodyMode.CHUNKED:
-                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                else:
-                    sent += len(chunk)
-                    transport.write(chunk)
-                if self.write_paused or self.closed:
-                    await self._drain()
-        finally:
-            if isinstance(out, Body):
-                out.close()
-            else:
-                aclose = getattr(out, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-        if mode is BodyMode.CHUNKED:
-            transport.write(b"0\r\n\r\n")
-        elif mode is BodyMode.LENGTH and length is not None and sent != length:
-            raise RemoteProtocolError("response body shorter or longer than its Content-Length")
+    ) -> Coroutine[Any, Any, None]:
+        return _aio.connection_stream_response(self, request, response, keep_alive, http10)
 
     def _switch_to_tunnel(self, response: Response) -> None:
         transport = self.transport
@@ -1060,60 +956,22 @@ class HTTPServer:
         self.direct = handler if isinstance(handler, ProxyHandler) else None
         self.loop: asyncio.AbstractEventLoop  # set by start()
 
-    async def __aenter__(self) -> HTTPServer:
-        await self.start()
-        return self
+    def __aenter__(self) -> Coroutine[Any, Any, HTTPServer]:
+        return _aio.server_aenter(self)
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    def __aexit__(self, *exc_info: object) -> Coroutine[Any, Any, None]:
+        return _aio.server_aexit(self, *exc_info)
 
-    async def start(self) -> None:
+    def start(self) -> Coroutine[Any, Any, None]:
         """Bind and start accepting.
 
         Raises:
             PodkitError: the address cannot be bound (in use, not local, no permission).
         """
-        self.loop = asyncio.get_running_loop()
-        if self.ssl is not None:
-            _record_sni(self.ssl)
-        try:
-            if self.sock is not None:
-                self._server = await self.loop.create_server(
-                    lambda: _Connection(self), sock=self.sock, ssl=self.ssl, backlog=1024
-                )
-            else:
-                self._server = await self.loop.create_server(
-                    lambda: _Connection(self),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    reuse_port=self.reuse_port or None,
-                    backlog=1024,
-                )
-        except OSError as exc:
-            reason = (
-                "address already in use"
-                if exc.errno == errno.EADDRINUSE
-                else exc.strerror or str(exc)
-            )
-            raise PodkitError(
-                f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}"
-            ) from exc
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        self._ticker = self.loop.create_task(self._tick(), name=f"{self.name}-timeouts")
-        if self._registry is not None:
-            self._collector = _ServerCollector(self)
-            self._registry.register(self._collector)
+        return _aio.server_start(self)
 
-    async def _tick(self) -> None:
-        limits = self.limits
-        interval = min(limits.header_timeout, limits.body_timeout, limits.keepalive_timeout) / 4
-        interval = max(0.02, min(interval, 1.0))
-        while True:
-            await asyncio.sleep(interval)
-            now = self.loop.time()
-            for conn in list(self.connections):
-                conn.check_deadline(now)
+    def _tick(self) -> Coroutine[Any, Any, None]:
+        return _aio.server_tick(self)
 
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters."""
@@ -1129,47 +987,21 @@ class HTTPServer:
             latency_sum=counters.latency_sum,
         )
 
-    async def drain(self, timeout: float) -> None:
+    def drain(self, timeout: float) -> Coroutine[Any, Any, None]:
         """Stop accepting, let requests in progress finish (up to ``timeout``), then close.
 
         Idle keep-alive connections are closed at once; busy ones get ``Connection: close`` on
         their current response.
         """
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            idle = conn.active is None and not conn.queue and conn.reading is None
-            if idle and conn.tunnel is None and conn.transport is not None:
-                conn.transport.close()
-        if self.connections:
-            self._all_closed = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._all_closed.wait()
-        await self.aclose()
+        return _aio.server_drain(self, timeout)
 
-    async def aclose(self) -> None:
+    def aclose(self) -> Coroutine[Any, Any, None]:
         """Close the listener and every connection now."""
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
-        if self._collector is not None and self._registry is not None:
-            with contextlib.suppress(KeyError):
-                self._registry.unregister(self._collector)
-            self._collector = None
+        return _aio.server_aclose(self)
 
 
 __all__ = ["HTTPServer", "ServerStatistics", "statistics_metrics"]
+
+# The coroutines, kept in a module that always runs as Python (see its docstring); imported
+# last because it imports this module's names.
+from podkit.engines.http import _server_aio as _aio  # noqa: E402

@@ -29,7 +29,9 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from podkit._pickling import reduce_dataclass
 from podkit.errors import PodkitError
 
 DEFAULT_RISE = 2  # HAProxy's default: two passing checks to come up
@@ -104,6 +106,9 @@ class HealthPolicy:
     max_ejection: float = DEFAULT_MAX_EJECTION
     ejection_decay: float = DEFAULT_EJECTION_DECAY
     slow_start: float = DEFAULT_SLOW_START
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_dataclass(self)  # picklable when compiled (see podkit._pickling)
 
     def __post_init__(self) -> None:
         if self.rise < 1 or self.fall < 1:
