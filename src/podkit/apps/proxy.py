@@ -19,24 +19,14 @@ from podkit.engines.http import (
     UpstreamPool,
     proxy_handler,
 )
+from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
 from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
-from podkit.engines.http.rules import (
-    DEFAULT_BODY_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_HEADER_COUNT,
-    DEFAULT_MAX_PIPELINE,
-    DEFAULT_MAX_URI_BYTES,
-)
 from podkit.engines.tcp import DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT
 from podkit.engines.tcp import TCPProxy
 from podkit.engines.workers import serve_workers
 from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
-from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
+from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
 
 
 @contextlib.contextmanager
@@ -58,13 +48,6 @@ def reserve_port(listen: HostPort) -> Iterator[int]:
         yield int(sock.getsockname()[1])
     finally:
         sock.close()
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,20 +163,8 @@ async def serve_http_proxy(
     show_default=True,
     help="Processes sharing the port (SO_REUSEPORT); one admin endpoint, merged metrics.",
 )
-@click.option(
-    "--connect-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_CONNECT_TIMEOUT),
-    show_default=True,
-    help="Time to connect to the upstream (502 after it).",
-)
-@click.option(
-    "--timeout",
-    "response_timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_RESPONSE_TIMEOUT),
-    show_default=True,
-    help="Upstream silence allowed while a response is awaited or streams (504 after it).",
+@upstream_timeout_options(
+    connect_timeout=DEFAULT_CONNECT_TIMEOUT, response_timeout=DEFAULT_RESPONSE_TIMEOUT
 )
 @click.option(
     "--idle-timeout",
@@ -214,69 +185,7 @@ async def serve_http_proxy(
     show_default=True,
     help="Pseudonym added to Via on requests and responses; empty for none.",
 )
-@click.option(
-    "--max-header-bytes",
-    type=SIZE,
-    default=_size(DEFAULT_MAX_HEADER_BYTES),
-    show_default=True,
-    help="Largest request head (431 above it).",
-)
-@click.option(
-    "--max-header-count",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_HEADER_COUNT,
-    show_default=True,
-    help="Most request header fields (431 above it).",
-)
-@click.option(
-    "--max-uri-bytes",
-    type=SIZE,
-    default=_size(DEFAULT_MAX_URI_BYTES),
-    show_default=True,
-    help="Longest request target (414 above it).",
-)
-@click.option(
-    "--max-body-bytes",
-    type=SIZE,
-    default=_size(DEFAULT_MAX_BODY_BYTES),
-    show_default=True,
-    help="Largest request body (413 above it).",
-)
-@click.option(
-    "--header-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_HEADER_TIMEOUT),
-    show_default=True,
-    help="Time for a client to send a request head (408 after it).",
-)
-@click.option(
-    "--body-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_BODY_TIMEOUT),
-    show_default=True,
-    help="Silence allowed while a request body is received (408 after it).",
-)
-@click.option(
-    "--keepalive-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_KEEPALIVE_TIMEOUT),
-    show_default=True,
-    help="Idle time before a client keep-alive connection is closed.",
-)
-@click.option(
-    "--max-connections",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_CONNECTIONS,
-    show_default=True,
-    help="Most client connections open at once (more are answered 503 and closed).",
-)
-@click.option(
-    "--max-pipeline",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PIPELINE,
-    show_default=True,
-    help="Pipelined requests queued per connection behind the one in progress (503 beyond).",
-)
+@server_limit_options
 @runtime_options
 def command(
     listen: HostPort,
@@ -288,15 +197,7 @@ def command(
     response_timeout: float,
     trusted_proxies: tuple[str, ...],
     via: str,
-    max_header_bytes: int,
-    max_header_count: int,
-    max_uri_bytes: int,
-    max_body_bytes: int,
-    header_timeout: float,
-    body_timeout: float,
-    keepalive_timeout: float,
-    max_connections: int,
-    max_pipeline: int,
+    limits: ServerLimits,
     runtime: RuntimeOptions,
 ) -> int:
     """A reverse proxy: forward every request (or TCP connection) to one upstream.
@@ -321,17 +222,7 @@ def command(
         listen=listen,
         upstream=parsed,
         mode=mode,
-        limits=ServerLimits(
-            max_header_bytes=max_header_bytes,
-            max_header_count=max_header_count,
-            max_uri_bytes=max_uri_bytes,
-            max_body_bytes=max_body_bytes,
-            header_timeout=header_timeout,
-            body_timeout=body_timeout,
-            keepalive_timeout=keepalive_timeout,
-            max_connections=max_connections,
-            max_pipeline=max_pipeline,
-        ),
+        limits=limits,
         forwarding=Forwarding(trusted_proxies=trusted, via=via or None),
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,

@@ -54,6 +54,7 @@ from podkit.engines.http import (
     Forwarding,
     Request,
     Response,
+    ServerLimits,
     Upstream,
     UpstreamPool,
     upstream_request_headers,
@@ -121,6 +122,7 @@ class BalanceOptions:
         health: rise, fall, ejection and slow-start thresholds.
         timeout: seconds of backend silence allowed while a response is awaited.
         connect_timeout: seconds to connect to a backend.
+        limits: the client-facing limits of the HTTP server (sizes, timeouts, connections).
         reuse_port: share the port with other worker processes (SO_REUSEPORT).
     """
 
@@ -142,6 +144,7 @@ class BalanceOptions:
     health: HealthPolicy = field(default_factory=HealthPolicy)
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    limits: ServerLimits = field(default_factory=ServerLimits)
     reuse_port: bool = False
 
 
@@ -953,6 +956,7 @@ async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
             balancer.direct_handler(),
             host=options.host,
             port=options.port,
+            limits=options.limits,
             reuse_port=options.reuse_port,
             registry=rt.registry,
             metrics_prefix="podkit_balance_http",

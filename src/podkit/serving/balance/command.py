@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.engines.http.rules import ServerLimits
 from podkit.errors import ConfigError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
@@ -179,19 +181,8 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     show_default=True,
     help="Ramp a newly ready backend's share of traffic up over this time (0: off).",
 )
-@click.option(
-    "--timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_TIMEOUT),
-    show_default=True,
-    help="Backend silence allowed while a response is awaited.",
-)
-@click.option(
-    "--connect-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_CONNECT_TIMEOUT),
-    show_default=True,
-    help="Time to connect to a backend.",
+@upstream_timeout_options(
+    connect_timeout=DEFAULT_CONNECT_TIMEOUT, response_timeout=DEFAULT_TIMEOUT, peer="backend"
 )
 @click.option(
     "--workers",
@@ -201,6 +192,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Processes sharing the listening port (SO_REUSEPORT); each probes on its own. "
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
+@server_limit_options
 @runtime_options
 def command(
     listen: HostPort,
@@ -223,9 +215,10 @@ def command(
     ejection_time: float,
     max_ejection_time: float,
     slow_start: float,
-    timeout: float,
     connect_timeout: float,
+    response_timeout: float,
     workers: int,
+    limits: ServerLimits,
     runtime: RuntimeOptions,
 ) -> int:
     """Load-balance HTTP over replicas, with readiness probes, outlier ejection and affinity.
@@ -269,8 +262,9 @@ def command(
             max_ejection=max_ejection_time,
             slow_start=slow_start,
         ),
-        timeout=timeout,
+        timeout=response_timeout,
         connect_timeout=connect_timeout,
+        limits=limits,
     )
 
     async def main(rt: Runtime) -> None:

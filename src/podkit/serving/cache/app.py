@@ -50,6 +50,7 @@ from podkit.engines.http import (
     Forwarding,
     Request,
     Response,
+    ServerLimits,
     Upstream,
     UpstreamPool,
     strip_hop_by_hop,
@@ -105,6 +106,7 @@ class CacheOptions:
         timeout: origin silence allowed while a response is awaited.
         connect_timeout: time to connect to the origin.
         trusted_proxies: peers whose ``X-Forwarded-For`` is kept and extended.
+        limits: the client-facing limits of the HTTP server (sizes, timeouts, connections).
         workers: how many processes serve the cache; above 1 this process is one of them:
             it shares the port (SO_REUSEPORT), has its own store, and leaves the hit-ratio
             gauge out of its metrics (ratios do not add up when the workers' are merged).
@@ -122,6 +124,7 @@ class CacheOptions:
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    limits: ServerLimits = field(default_factory=ServerLimits)
     workers: int = 1
 
 
@@ -861,6 +864,7 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
             proxy.handle,
             host=options.host,
             port=options.port,
+            limits=options.limits,
             reuse_port=options.workers > 1,
             registry=rt.registry,
             metrics_prefix="podkit_cache_http",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.engines.http.rules import ServerLimits
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
 from podkit.serving.balance._affinity import parse_networks
@@ -62,19 +64,8 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="How long a request waits for a concurrent fetch of the same object before "
     "it goes to the origin itself.",
 )
-@click.option(
-    "--timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_TIMEOUT),
-    show_default=True,
-    help="Origin silence allowed while a response is awaited.",
-)
-@click.option(
-    "--connect-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_CONNECT_TIMEOUT),
-    show_default=True,
-    help="Time to connect to the origin.",
+@upstream_timeout_options(
+    connect_timeout=DEFAULT_CONNECT_TIMEOUT, response_timeout=DEFAULT_TIMEOUT, peer="origin"
 )
 @click.option(
     "--trusted-proxy",
@@ -91,6 +82,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Processes sharing the listening port (SO_REUSEPORT), each with its own store. "
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
+@server_limit_options
 @runtime_options
 def command(
     listen: HostPort,
@@ -99,10 +91,11 @@ def command(
     max_object: int,
     purge_allow: tuple[str, ...],
     coalesce_timeout: float,
-    timeout: float,
     connect_timeout: float,
+    response_timeout: float,
     trusted: tuple[str, ...],
     workers: int,
+    limits: ServerLimits,
     runtime: RuntimeOptions,
 ) -> int:
     """An HTTP caching proxy (RFC 9111 shared cache) with request coalescing.
@@ -121,10 +114,11 @@ def command(
         max_object=max_object,
         purge_allow=parse_networks(purge_allow, field="--purge-allow"),
         coalesce_timeout=coalesce_timeout,
-        timeout=timeout,
+        timeout=response_timeout,
         connect_timeout=connect_timeout,
         trusted_proxies=parse_networks(trusted),
         workers=workers,
+        limits=limits,
     )
 
     async def main(rt: Runtime) -> None:

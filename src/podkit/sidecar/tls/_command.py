@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import click
 
 from podkit.engines.http import Forwarding, ServerLimits, Upstream
+from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
 from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
-from podkit.engines.http.rules import DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from podkit.engines.workers import serve_workers
 from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
@@ -109,34 +109,8 @@ async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
     show_default=True,
     help="How often the certificate and client CA files are checked for changes (SIGHUP: now).",
 )
-@click.option(
-    "--connect-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_CONNECT_TIMEOUT),
-    show_default=True,
-    help="Time to connect to the upstream (502 after it).",
-)
-@click.option(
-    "--timeout",
-    "response_timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_RESPONSE_TIMEOUT),
-    show_default=True,
-    help="Upstream silence allowed while a response is awaited (504 after it).",
-)
-@click.option(
-    "--keepalive-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_KEEPALIVE_TIMEOUT),
-    show_default=True,
-    help="Idle time before a client keep-alive connection is closed.",
-)
-@click.option(
-    "--max-connections",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_CONNECTIONS,
-    show_default=True,
-    help="Most client connections open at once.",
+@upstream_timeout_options(
+    connect_timeout=DEFAULT_CONNECT_TIMEOUT, response_timeout=DEFAULT_RESPONSE_TIMEOUT
 )
 @click.option(
     "--trusted-proxy",
@@ -144,6 +118,7 @@ async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
     multiple=True,
     help="Network whose X-Forwarded-* fields are kept and extended (repeatable).",
 )
+@server_limit_options
 @runtime_options
 def command(
     listen: HostPort,
@@ -159,9 +134,8 @@ def command(
     reload_check: float,
     connect_timeout: float,
     response_timeout: float,
-    keepalive_timeout: float,
-    max_connections: int,
     trusted_proxies: tuple[str, ...],
+    limits: ServerLimits,
     runtime: RuntimeOptions,
 ) -> int:
     """Terminate TLS (1.2/1.3, SNI, optional mutual TLS) in front of a plain-HTTP application.
@@ -186,7 +160,7 @@ def command(
         redirect_from=redirect_from,
         subject_header=subject_header,
         reload_check=reload_check,
-        limits=ServerLimits(keepalive_timeout=keepalive_timeout, max_connections=max_connections),
+        limits=limits,
         forwarding=Forwarding(trusted_proxies=trusted),
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,

@@ -53,6 +53,9 @@ class TLSSettings:
         redirect_from: a plain-HTTP address answering with redirects to HTTPS.
         subject_header: the upstream header carrying the client certificate's subject.
         reload_check: seconds between looks at the certificate files.
+        limits: the client-facing limits of the HTTPS (and redirect) listener.
+        forwarding: which peers' ``X-Forwarded-*`` fields are trusted.
+        connect_timeout, response_timeout: seconds allowed to the upstream.
     """
 
     listen: HostPort
@@ -208,6 +211,7 @@ async def serve_tls(rt: Runtime, settings: TLSSettings, *, reuse_port: bool = Fa
                         redirect_to_https(https_port=server.port),
                         host=settings.redirect_from.host,
                         port=settings.redirect_from.port,
+                        limits=settings.limits,
                         reuse_port=reuse_port,
                         metrics_prefix="podkit_tls_redirect",
                         registry=rt.registry,

@@ -1,0 +1,264 @@
+"""The command-line options of every command that serves HTTP on the engine.
+
+``podkit proxy``, ``podkit tls``, ``podkit balance`` and ``podkit cache`` accept the same
+client-facing limits (:func:`server_limit_options`, folded into one
+:class:`~podkit.engines.http.ServerLimits`) and the same two upstream timeouts
+(:func:`upstream_timeout_options`), so a flag means the same thing, with the same default,
+whichever of them runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import click
+
+from podkit.engines.http.rules import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_PIPELINE,
+    DEFAULT_MAX_URI_BYTES,
+    ServerLimits,
+)
+from podkit.errors import ConfigError
+from podkit.runtime.cli_options import DURATION, SIZE
+from podkit.runtime.config import format_duration
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The keyword argument of each limit option, in the order the options are listed.
+LIMIT_PARAMS: tuple[str, ...] = (
+    "max_header_bytes",
+    "max_header_count",
+    "max_uri_bytes",
+    "max_body_bytes",
+    "header_timeout",
+    "body_timeout",
+    "keepalive_timeout",
+    "max_connections",
+    "max_pipeline",
+)
+
+
+def format_size(n: int) -> str:
+    """The shortest exact way to write ``n`` bytes in podkit's size syntax (``32KiB``)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def server_limits(
+    *,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+    max_uri_bytes: int = DEFAULT_MAX_URI_BYTES,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_pipeline: int = DEFAULT_MAX_PIPELINE,
+) -> ServerLimits:
+    """Validated :class:`ServerLimits` from the values of :func:`server_limit_options`.
+
+    Every size, count and timeout must be more than 0; only ``max_body_bytes`` may be 0
+    (every request with a body is then answered 413).
+
+    Raises:
+        ConfigError: a value is out of range; its path is the flag, e.g. ``--max-header-bytes``.
+    """
+    positive: dict[str, float] = {
+        "max_header_bytes": max_header_bytes,
+        "max_header_count": max_header_count,
+        "max_uri_bytes": max_uri_bytes,
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
+        "keepalive_timeout": keepalive_timeout,
+        "max_connections": max_connections,
+        "max_pipeline": max_pipeline,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"must be more than 0, got {value:g}", path=_flag(name))
+    if max_body_bytes < 0:
+        raise ConfigError(f"must be 0 or more, got {max_body_bytes}", path=_flag("max_body_bytes"))
+    return ServerLimits(
+        max_header_bytes=max_header_bytes,
+        max_header_count=max_header_count,
+        max_uri_bytes=max_uri_bytes,
+        max_body_bytes=max_body_bytes,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        keepalive_timeout=keepalive_timeout,
+        max_connections=max_connections,
+        max_pipeline=max_pipeline,
+    )
+
+
+def server_limit_options(func: F) -> F:
+    """Add the engine's client-facing limits to a command (see :class:`ServerLimits`).
+
+    ``--max-header-bytes``, ``--max-header-count``, ``--max-uri-bytes``, ``--max-body-bytes``,
+    ``--header-timeout``, ``--body-timeout``, ``--keepalive-timeout``, ``--max-connections``
+    and ``--max-pipeline`` reach the command folded into one ``limits: ServerLimits`` keyword
+    argument, validated by :func:`server_limits` (a value out of range exits 2 with one line).
+    """
+    options = [
+        click.option(
+            "--max-header-bytes",
+            type=SIZE,
+            default=format_size(DEFAULT_MAX_HEADER_BYTES),
+            show_default=True,
+            help="Largest request head: request line and header fields (431 above it).",
+        ),
+        click.option(
+            "--max-header-count",
+            type=click.IntRange(min=1),
+            default=DEFAULT_MAX_HEADER_COUNT,
+            show_default=True,
+            help="Most request header fields (431 above it).",
+        ),
+        click.option(
+            "--max-uri-bytes",
+            type=SIZE,
+            default=format_size(DEFAULT_MAX_URI_BYTES),
+            show_default=True,
+            help="Longest request target (414 above it).",
+        ),
+        click.option(
+            "--max-body-bytes",
+            type=SIZE,
+            default=format_size(DEFAULT_MAX_BODY_BYTES),
+            show_default=True,
+            help="Largest request body (413 above it; 0 refuses every body).",
+        ),
+        click.option(
+            "--header-timeout",
+            type=DURATION,
+            default=format_duration(DEFAULT_HEADER_TIMEOUT),
+            show_default=True,
+            help="Time for a client to send a request head (408 after it).",
+        ),
+        click.option(
+            "--body-timeout",
+            type=DURATION,
+            default=format_duration(DEFAULT_BODY_TIMEOUT),
+            show_default=True,
+            help="Silence allowed while a request body is received (408 after it).",
+        ),
+        click.option(
+            "--keepalive-timeout",
+            type=DURATION,
+            default=format_duration(DEFAULT_KEEPALIVE_TIMEOUT),
+            show_default=True,
+            help="Idle time before a client keep-alive connection is closed.",
+        ),
+        click.option(
+            "--max-connections",
+            type=click.IntRange(min=1),
+            default=DEFAULT_MAX_CONNECTIONS,
+            show_default=True,
+            help="Most client connections open at once (more are answered 503 and closed).",
+        ),
+        click.option(
+            "--max-pipeline",
+            type=click.IntRange(min=1),
+            default=DEFAULT_MAX_PIPELINE,
+            show_default=True,
+            help="Pipelined requests queued per connection behind the one in progress "
+            "(503 beyond).",
+        ),
+    ]
+
+    def fold(kwargs: dict[str, Any]) -> None:
+        values = {name: kwargs.pop(name) for name in LIMIT_PARAMS}
+        kwargs["limits"] = server_limits(**values)
+
+    return _folding(func, options, fold)
+
+
+def upstream_timeout_options(
+    *, connect_timeout: float, response_timeout: float, peer: str = "upstream"
+) -> Callable[[F], F]:
+    """Add ``--connect-timeout`` and ``--timeout`` (the time allowed to the upstream).
+
+    Each command keeps its own defaults (``connect_timeout``, ``response_timeout`` in
+    seconds) and names what it forwards to (``peer``: upstream, backend, origin). The command
+    receives ``connect_timeout`` and ``response_timeout`` in seconds, both more than 0.
+    """
+    options = [
+        click.option(
+            "--connect-timeout",
+            type=DURATION,
+            default=format_duration(connect_timeout),
+            show_default=True,
+            help=f"Time to connect to the {peer} (502 after it).",
+        ),
+        click.option(
+            "--timeout",
+            "response_timeout",
+            type=DURATION,
+            default=format_duration(response_timeout),
+            show_default=True,
+            help=f"Silence allowed from the {peer} while a response is awaited or "
+            "streams (504 after it).",
+        ),
+    ]
+
+    def fold(kwargs: dict[str, Any]) -> None:
+        for name, flag in (
+            ("connect_timeout", "--connect-timeout"),
+            ("response_timeout", "--timeout"),
+        ):
+            value = kwargs[name]
+            if not value > 0:
+                raise ConfigError(f"must be more than 0, got {value:g}", path=flag)
+
+    def decorate(func: F) -> F:
+        return _folding(func, options, fold)
+
+    return decorate
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _folding(
+    func: F,
+    options: Sequence[Callable[[Any], Any]],
+    fold: Callable[[dict[str, Any]], None],
+) -> F:
+    """``func`` behind ``options``; ``fold`` rewrites the parsed keyword arguments first.
+
+    Options already attached to ``func`` (by decorators below this one) are kept, so these
+    decorators stack with each other and with :func:`podkit.runtime.cli_options.runtime_options`.
+    """
+
+    def call(ctx: click.Context, /, **kwargs: Any) -> Any:
+        fold(kwargs)
+        return ctx.invoke(func, **kwargs)
+
+    wrapped: Any = click.pass_context(call)
+    wrapped.__doc__ = func.__doc__
+    wrapped.__name__ = func.__name__
+    wrapped.__click_params__ = list(getattr(func, "__click_params__", []))
+    for option in reversed(options):
+        wrapped = option(wrapped)
+    return cast(F, wrapped)
+
+
+__all__ = [
+    "LIMIT_PARAMS",
+    "format_size",
+    "server_limit_options",
+    "server_limits",
+    "upstream_timeout_options",
+]
