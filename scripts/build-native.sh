@@ -23,6 +23,7 @@ MODULES=(
     podkit/serving/balance/_pool.py
     podkit/serving/balance/_pickers.py
     podkit/serving/balance/_retry.py
+    podkit/serving/balance/_direct.py
 )
 
 clean() {

@@ -72,29 +72,11 @@ def counting_picks(balancer: Balancer) -> list[str]:
     return spy.picked
 
 
-class _SendSpy:
-    """Stands in for the balancer's upstream pool, recording per direct attempt whether an
-    idle connection took it (True) or not; everything else goes to the real pool."""
-
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
-        self.sent: list[bool] = []
-
-    def send_to(self, *args: Any) -> Any:
-        abort = self.pool.send_to(*args)
-        self.sent.append(abort is not None)
-        return abort
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.pool, name)
-
-
-def direct_sends(balancer: Balancer) -> list[bool]:
-    """Record, per direct attempt, whether an idle connection took it (True) or not."""
-    spy = balancer.upstreams
-    assert isinstance(spy, _SendSpy), "run() installs the spy before the handler exists"
-    spy.sent.clear()
-    return spy.sent
+def paths(balancer: Balancer) -> tuple[int, int]:
+    """(requests the direct path wrote on an idle connection, requests it handed over)."""
+    direct = balancer.direct
+    assert direct is not None
+    return direct.sent, direct.handed_over
 
 
 async def run(
@@ -104,10 +86,11 @@ async def run(
     async with contextlib_stack(origins) as ports:
         specs = tuple(BackendSpec(f"http://127.0.0.1:{p}") for p in ports)
         opts = BalanceOptions(backends=specs, **options)
-        async with open_balancer(opts) as balancer:
-            balancer.upstreams = _SendSpy(balancer.upstreams)  # type: ignore[assignment]
-            async with HTTPServer(balancer.direct_handler(), host="127.0.0.1", port=0) as front:
-                await body(balancer, origins, Upstream.parse(f"http://127.0.0.1:{front.port}"))
+        async with (
+            open_balancer(opts) as balancer,
+            HTTPServer(balancer.direct_handler(), host="127.0.0.1", port=0) as front,
+        ):
+            await body(balancer, origins, Upstream.parse(f"http://127.0.0.1:{front.port}"))
 
 
 class contextlib_stack:  # noqa: N801 - used as a context manager like contextlib's helpers
@@ -132,7 +115,6 @@ class contextlib_stack:  # noqa: N801 - used as a context manager like contextli
 async def test_each_request_picks_a_backend_exactly_once_on_both_paths() -> None:
     async def body(balancer: Balancer, origins: list[Origin], front: Upstream) -> None:
         picked = counting_picks(balancer)
-        sent = direct_sends(balancer)
         async with UpstreamPool() as client:
             served = []
             for _ in range(12):
@@ -142,8 +124,9 @@ async def test_each_request_picks_a_backend_exactly_once_on_both_paths() -> None
         assert len(picked) == 12
         # round-robin alternates, whichever path (first ones connect, later ones reuse)
         assert served == [b"a", b"b"] * 6 or served == [b"b", b"a"] * 6
-        assert sent[:2] == [False, False]  # no idle connection yet: the ordinary path
-        assert sent[2:] == [True] * 10  # then each is written from the server's callbacks
+        # the first two find no idle connection (the ordinary path connects); the other ten
+        # are written from the server's callbacks
+        assert paths(balancer) == (10, 2)
         assert sum(o.hits for o in origins) == 12
         assert all(e.in_flight == 0 for e in balancer.pool.endpoints)
         assert sum(e.requests for e in balancer.pool.endpoints) == 12
@@ -176,7 +159,7 @@ async def test_a_failed_direct_attempt_is_reported_and_retried_on_another_backen
                 warm = await client.send(front, Request("GET", "/"))
                 await warm.read()
             picked = counting_picks(balancer)
-            sent = direct_sends(balancer)
+            before = paths(balancer)
             origins[0].slow = True  # "a" answers after the balancer's timeout
             for _ in range(2):  # round-robin sends one of these to "a" first
                 response = await client.send(front, Request("GET", "/"))
@@ -188,7 +171,9 @@ async def test_a_failed_direct_attempt_is_reported_and_retried_on_another_backen
         assert b.errors == 0
         assert a.in_flight == 0
         assert b.in_flight == 0
-        assert sent == [True, True]  # both first attempts went direct; the retry did not
+        sent, handed_over = paths(balancer)
+        # both first attempts went direct; the retry did not
+        assert (sent - before[0], handed_over - before[1]) == (2, 0)
 
     await run(["a", "b"], body, timeout=0.3)
 
@@ -217,7 +202,6 @@ async def test_a_direct_exchange_leaves_no_reference_cycle_behind() -> None:
     from podkit.serving.balance.app import _DirectAttempt
 
     async def body(balancer: Balancer, origins: list[Origin], front: Upstream) -> None:
-        sent = direct_sends(balancer)
         async with UpstreamPool() as client:
             for _ in range(3):  # connect, then reuse
                 await (await client.send(front, Request("GET", "/"))).read()
@@ -231,7 +215,7 @@ async def test_a_direct_exchange_leaves_no_reference_cycle_behind() -> None:
             finally:
                 gc.set_debug(0)
                 gc.garbage.clear()
-        assert sent.count(True) >= 20  # the direct path was taken
+        assert paths(balancer)[0] >= 20  # the direct path was taken
         assert cyclic == []
 
     await run(["a"], body)

@@ -139,8 +139,6 @@ class ProxyHandler:
     task per request (:meth:`start`). Wrapping it in a policy turns that path off.
     """
 
-    __slots__ = ("_handle", "authority", "forwarding", "pool", "timeout", "upstream", "via")
-
     def __init__(
         self,
         handle: Handler,

@@ -32,8 +32,7 @@ import json
 import os
 import random
 import time
-from bisect import bisect_left
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +49,6 @@ from prometheus_client.registry import Collector
 from podkit.engines.errors import UpstreamError
 from podkit.engines.http import (
     EMPTY_BODY,
-    Body,
     Forwarding,
     Request,
     Response,
@@ -59,10 +57,7 @@ from podkit.engines.http import (
     UpstreamPool,
     upstream_request_headers,
 )
-from podkit.engines.http.client import ResponseSink, StaleConnection
-from podkit.engines.http.client import _request_head as request_head
-from podkit.engines.http.proxy import ProxyHandler
-from podkit.engines.http.rules import add_via, forwarded_request_head
+from podkit.engines.http.rules import add_via
 from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
@@ -72,6 +67,14 @@ from podkit.runtime.metrics import LATENCY_BUCKETS
 from podkit.serving._workers import Sample, merged_samples, reserve_port
 from podkit.serving.balance._affinity import AffinityKey, IPNetwork
 from podkit.serving.balance._backends_file import BackendSpec, normalise_url, read_backends_file
+from podkit.serving.balance._counted import CountedBody
+from podkit.serving.balance._direct import (
+    CODE_LABELS,
+    BackendTraffic,
+    DirectAttempt,
+    DirectBalance,
+    attempt_answered,
+)
 from podkit.serving.balance._endpoint import Endpoint, EndpointState, HealthPolicy, Outcome
 from podkit.serving.balance._hashing import DEFAULT_HASH_ALGORITHM, HashingRank
 from podkit.serving.balance._pickers import (
@@ -194,34 +197,6 @@ class _PoolCollector(Collector):
         return [state, in_flight, weight, ready, *self.balancer.traffic_metrics()]
 
 
-class _BackendTraffic:
-    """One backend's request counters and latency histogram, as plain numbers.
-
-    Updated on every attempt, so they are plain integers rather than Prometheus children (a
-    labelled child takes a lock and several calls per update); the pool's collector turns
-    them into metric families when /metrics is scraped.
-    """
-
-    __slots__ = ("by_class", "errors", "latency_counts", "latency_sum")
-
-    def __init__(self) -> None:
-        self.by_class = [0] * 7  # index 1..5: status class; 6: no response ("error")
-        self.errors: dict[str, int] = {}
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-
-    def answered(self, status: int, seconds: float) -> None:
-        self.by_class[min(max(status // 100, 1), 5)] += 1
-        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
-
-    def failed(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-
-
-_CODE_LABELS = ("", "1xx", "2xx", "3xx", "4xx", "5xx", "error")
-
-
 class Balancer:
     """The request handler and control loops of ``podkit balance``.
 
@@ -258,7 +233,8 @@ class Balancer:
         )
         self.forwarding = Forwarding(trusted_proxies=options.trusted_proxies)
         self._upstream_cache: dict[str, Upstream] = {}
-        self._traffic: dict[str, _BackendTraffic] = {}
+        self._traffic: dict[str, BackendTraffic] = {}
+        self.direct: DirectBalance | None = None
         self._file_specs: list[BackendSpec] = []
         self.reloads = 0
         self.reload_errors = 0
@@ -440,11 +416,11 @@ class Balancer:
             add_via(response.headers, http_version="1.1", via=self.forwarding.via)
         return response
 
-    def traffic(self, url: str) -> _BackendTraffic:
+    def traffic(self, url: str) -> BackendTraffic:
         """The request counters of the backend ``url`` (made on first use)."""
         traffic = self._traffic.get(url)
         if traffic is None:
-            traffic = self._traffic[url] = _BackendTraffic()
+            traffic = self._traffic[url] = BackendTraffic()
         return traffic
 
     def traffic_metrics(self) -> list[Metric]:
@@ -466,7 +442,7 @@ class Balancer:
         )
         for url, traffic in sorted(self._traffic.items()):
             for index in range(1, 7):
-                requests.add_metric([url, _CODE_LABELS[index]], traffic.by_class[index])
+                requests.add_metric([url, CODE_LABELS[index]], traffic.by_class[index])
             for kind, count in sorted(traffic.errors.items()):
                 errors.add_metric([url, kind], count)
             cumulative = 0
@@ -491,30 +467,13 @@ class Balancer:
 
     def _attempt_answered(self, endpoint: Endpoint, response: Response, started: float) -> Response:
         """Report an attempt whose response head arrived; a streaming body ends it later."""
-        finished = self.clock()
-        status = response.status
-        traffic = self._traffic.get(endpoint.url)
-        if traffic is None:
-            traffic = self.traffic(endpoint.url)
-        traffic.answered(status, finished - started)
-        outcome = Outcome.SUCCESS
-        if status >= 500:
-            traffic.failed(Outcome.SERVER_ERROR.value)
-            outcome = Outcome.SERVER_ERROR
-        body = response.body
-        if isinstance(body, Body) and not body.complete:
-            # The attempt is in flight until its body has streamed (least-request and bounded
-            # loads count it): the body's end ends it.
-            response.body = _CountedBody(body, self._ender(endpoint, outcome))
-        else:
-            events = self.pool.end(endpoint, outcome, finished)
-            if events:
-                self.apply(events)
-        return response
+        return attempt_answered(self, endpoint, response, started)
 
-    def direct_handler(self) -> ProxyHandler:
-        """:meth:`handle` as the server's direct path drives it (see :class:`_DirectBalance`)."""
-        return _DirectBalance(self)
+    def direct_handler(self) -> DirectBalance:
+        """:meth:`handle` as the server's direct path drives it (see :class:`DirectBalance`);
+        the last one made is kept as ``self.direct`` (its counters say which path ran)."""
+        self.direct = DirectBalance(self)
+        return self.direct
 
     def _ender(self, endpoint: Endpoint, outcome: Outcome) -> Callable[[Outcome | None], None]:
         """What ends a streamed attempt: ``outcome`` unless the body says otherwise."""
@@ -663,213 +622,6 @@ class Balancer:
         now = self.clock()
         self.apply(self.pool.undrain(url, now) if undo else self.pool.drain(url, now))
         return True
-
-
-class _CountedBody(Body):
-    """A backend's response body that ends its attempt when it ends.
-
-    ``on_end`` is called exactly once: with None when the body arrived whole (the outcome
-    the head gave stands), ``FAILURE`` when the backend broke it off, ``ABANDONED`` when it
-    was closed before its end (the client went away).
-    """
-
-    __slots__ = ("_on_end", "_source")
-
-    def __init__(self, source: Body, on_end: Callable[[Outcome | None], None]) -> None:
-        super().__init__(length=source.length)
-        self._source = source
-        self._on_end: Callable[[Outcome | None], None] | None = on_end
-
-    async def __anext__(self) -> bytes:
-        try:
-            return await self._source.__anext__()
-        except StopAsyncIteration:
-            self._end(None)
-            raise
-        except asyncio.CancelledError:
-            raise  # the consumer was cancelled; its close() follows
-        except BaseException:
-            self._end(Outcome.FAILURE)
-            raise
-
-    def _end(self, outcome: Outcome | None) -> None:
-        on_end, self._on_end = self._on_end, None
-        if on_end is not None:
-            on_end(outcome)
-
-    def close(self) -> None:
-        """Stop reading: the rest is dropped and the attempt ends as abandoned."""
-        self._source.close()
-        self._end(Outcome.ABANDONED)
-
-    async def aclose(self) -> None:
-        """Same as :meth:`close`."""
-        self.close()
-
-    def __del__(self) -> None:
-        # A response dropped without being sent or closed (its client was gone before the
-        # head could be written) must not hold its backend's in-flight count forever.
-        if self._on_end is not None:
-            self.close()
-
-
-class _DirectBalance(ProxyHandler):
-    """:meth:`Balancer.handle` with the engine's direct path for the common case.
-
-    The server calls :meth:`start` from its protocol callbacks for a body-less request. The
-    backend is picked once; when the pool has an idle kept-alive connection to it, the
-    request is written at once and the outcome comes back through an :class:`_DirectAttempt`
-    (no task per request). Anything else (no ready backend, no idle connection, a stale
-    connection, a failure to retry) goes down the ordinary path, which continues with the
-    backend already picked (the engine's ``StaleConnection(resume=...)``), so the picker is
-    still called exactly once per attempt.
-    """
-
-    __slots__ = ("_keyed", "_targets", "balancer")
-
-    def __init__(self, balancer: Balancer) -> None:
-        # Not ProxyHandler.__init__: there is no one fixed upstream; only what the server's
-        # direct path reads (start, via) and the ordinary call are provided.
-        self._handle = balancer.handle
-        self.balancer = balancer
-        self.pool = balancer.upstreams
-        self.forwarding = balancer.forwarding
-        self.timeout = balancer.options.timeout
-        via = balancer.forwarding.via
-        self.via = balancer.forwarding.via_hop("1.1") if via else None
-        # Per endpoint: its upstream and the Host value sent to it (endpoints are kept by
-        # identity; one that left the pool and came back is a new object).
-        self._targets: dict[Endpoint, tuple[Upstream, bytes]] = {}
-        self._keyed = balancer.options.policy == "hash"
-
-    def _target(self, endpoint: Endpoint) -> tuple[Upstream, bytes]:
-        upstream = self.balancer._upstream(endpoint.url)
-        targets = self._targets
-        if len(targets) > 4 * len(self.balancer.pool) + 16:
-            targets.clear()  # forget endpoints that have left the pool
-        target = targets[endpoint] = (upstream, upstream.authority.encode("idna"))
-        return target
-
-    def start(self, request: Request, sink: ResponseSink) -> Callable[[], None] | None:
-        """Pick a backend for ``request`` and send it on an idle connection when one is
-        ready (see :meth:`ProxyHandler.start`); otherwise hand it to the ordinary path."""
-        balancer = self.balancer
-        now = balancer.clock()
-        balancer.budget.deposit(now)
-        pool = balancer.pool
-        candidates = pool.candidates()
-        if not candidates:
-            sink.set_exception(StaleConnection(resume=_resume(balancer, (None,))))
-            return _nothing
-        key = balancer.affinity_key(request) if self._keyed else None
-        endpoint = pool.picker.pick(candidates, now=now, key=key)
-        target = self._targets.get(endpoint)
-        if target is None:
-            target = self._target(endpoint)
-        upstream, authority = target
-        head = forwarded_request_head(
-            request.method,
-            request.target,
-            request.headers,
-            client_ip=request.client[0],
-            scheme=request.scheme,
-            host=request.framing.host if request.framing is not None else None,
-            http_version=request.http_version,
-            forwarding=self.forwarding,
-            authority=authority,
-        )
-        if head is None:  # Connection names end-to-end fields: the general rules
-            headers = upstream_request_headers(request, self.forwarding)
-            head = request_head(request, headers, upstream, None, False)
-        attempt = _DirectAttempt(balancer, endpoint, request, sink, now)
-        abort = self.pool.send_to(upstream, request, head, self.timeout, attempt)
-        if abort is None:
-            # No idle connection to this backend: the ordinary path connects, with it.
-            sink.set_exception(StaleConnection(resume=_resume(balancer, (endpoint,))))
-            return _nothing
-        # Counted once sent: the outcome never arrives synchronously (the connection's
-        # callbacks run from the event loop), and a request that was not sent here is
-        # counted by the ordinary path instead.
-        pool.begin(endpoint)
-        attempt.abort = abort
-        return attempt.abandon
-
-
-def _nothing() -> None:
-    """Abandoning an exchange already handed to the ordinary path: nothing to do."""
-
-
-def _resume(
-    balancer: Balancer,
-    picked: tuple[Endpoint | None] | None = None,
-    failed: tuple[Endpoint, UpstreamError] | None = None,
-) -> Callable[[Request], Awaitable[Response]]:
-    def resume(request: Request) -> Awaitable[Response]:
-        return balancer._forward(request, picked=picked, failed=failed)
-
-    return resume
-
-
-class _DirectAttempt:
-    """The sink of one directly sent attempt: reports its outcome, then passes it on."""
-
-    __slots__ = ("abort", "balancer", "ended", "endpoint", "request", "sink", "started")
-
-    def __init__(
-        self,
-        balancer: Balancer,
-        endpoint: Endpoint,
-        request: Request,
-        sink: ResponseSink,
-        started: float,
-    ) -> None:
-        self.balancer = balancer
-        self.endpoint = endpoint
-        self.request = request
-        self.sink = sink
-        self.started = started
-        self.ended = False
-        self.abort: Callable[[], None] | None = None
-
-    def done(self) -> bool:
-        return self.ended
-
-    def set_result(self, response: Response, /) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        response = self.balancer._attempt_answered(self.endpoint, response, self.started)
-        self.sink.set_result(response)  # the server adds Via as it writes the head
-
-    def set_exception(self, exc: BaseException, /) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        balancer = self.balancer
-        endpoint = self.endpoint
-        if isinstance(exc, StaleConnection):
-            # The kept-alive connection had closed: the backend is not to blame, and the
-            # ordinary path sends the request to it again (as UpstreamPool.send does).
-            balancer.apply(balancer.pool.end(endpoint, Outcome.ABANDONED, balancer.clock()))
-            resume = _resume(balancer, (endpoint,))
-        elif isinstance(exc, UpstreamError):
-            balancer._attempt_failed(endpoint, exc)
-            resume = _resume(balancer, failed=(endpoint, exc))
-        else:
-            balancer.apply(balancer.pool.end(endpoint, Outcome.ABANDONED, balancer.clock()))
-            self.sink.set_exception(exc)
-            return
-        # The retry decision (and the answer when there is none) is the ordinary path's.
-        self.sink.set_exception(StaleConnection(resume=resume))
-
-    def abandon(self) -> None:
-        """The client went away: the backend is not to blame; its connection is closed."""
-        if not self.ended:
-            self.ended = True
-            balancer = self.balancer
-            balancer.apply(balancer.pool.end(self.endpoint, Outcome.ABANDONED, balancer.clock()))
-        if self.abort is not None:
-            self.abort()
 
 
 def _failed(exc: UpstreamError) -> Response:
@@ -1083,3 +835,9 @@ async def serve_balance_workers(rt: Runtime, options: BalanceOptions, *, workers
         await serve_workers(
             rt, count=workers, main=serve_balance_worker, settings=shared, name="balance"
         )
+
+
+# Older private names (the tests' and the profiler's handles on the direct path).
+_CountedBody = CountedBody
+_DirectAttempt = DirectAttempt
+_DirectBalance = DirectBalance
