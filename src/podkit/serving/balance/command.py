@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from podkit.engines.workers import DEFAULT_COMMAND_TIMEOUT
 from podkit.errors import ConfigError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
@@ -201,6 +202,14 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Processes sharing the listening port (SO_REUSEPORT); each probes on its own. "
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
+@click.option(
+    "--workers-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_COMMAND_TIMEOUT),
+    show_default=True,
+    help="With --workers: how long the admin endpoint waits for each worker to confirm a "
+    "drain or undrain by hand before it answers 503.",
+)
 @runtime_options
 def command(
     listen: HostPort,
@@ -226,6 +235,7 @@ def command(
     timeout: float,
     connect_timeout: float,
     workers: int,
+    workers_timeout: float,
     runtime: RuntimeOptions,
 ) -> int:
     """Load-balance HTTP over replicas, with readiness probes, outlier ejection and affinity.
@@ -242,6 +252,8 @@ def command(
         raise click.UsageError("need 0 < --ejection-time <= --max-ejection-time")
     if interval <= 0 or probe_timeout <= 0:
         raise click.UsageError("--interval and --probe-timeout must be positive")
+    if workers_timeout <= 0:
+        raise click.UsageError("--workers-timeout must be positive")
     specs = tuple(parse_backend(text, path="--backend") for text in backends)
     if len({s.url for s in specs}) != len(specs):
         raise ConfigError("a backend is given twice", path="--backend")
@@ -275,7 +287,9 @@ def command(
 
     async def main(rt: Runtime) -> None:
         if workers > 1:
-            await serve_balance_workers(rt, options, workers=workers)
+            await serve_balance_workers(
+                rt, options, workers=workers, workers_timeout=workers_timeout
+            )
         else:
             await serve_balance(rt, options)
 
