@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from podkit.engines.workers import DEFAULT_COMMAND_TIMEOUT
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
 from podkit.serving.balance._affinity import parse_networks
@@ -91,6 +92,14 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Processes sharing the listening port (SO_REUSEPORT), each with its own store. "
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
+@click.option(
+    "--workers-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_COMMAND_TIMEOUT),
+    show_default=True,
+    help="With --workers: how long a purge waits for each worker to confirm it before "
+    "the answer is 503.",
+)
 @runtime_options
 def command(
     listen: HostPort,
@@ -103,6 +112,7 @@ def command(
     connect_timeout: float,
     trusted: tuple[str, ...],
     workers: int,
+    workers_timeout: float,
     runtime: RuntimeOptions,
 ) -> int:
     """An HTTP caching proxy (RFC 9111 shared cache) with request coalescing.
@@ -113,6 +123,8 @@ def command(
     """
     if max_object > max_size:
         raise click.UsageError("--max-object cannot be larger than --max-size")
+    if workers_timeout <= 0:
+        raise click.UsageError("--workers-timeout must be positive")
     options = CacheOptions(
         host=listen.host,
         port=listen.port,
@@ -125,6 +137,7 @@ def command(
         connect_timeout=connect_timeout,
         trusted_proxies=parse_networks(trusted),
         workers=workers,
+        workers_timeout=workers_timeout,
     )
 
     async def main(rt: Runtime) -> None:
