@@ -377,7 +377,10 @@ def test_workers_drain_names_a_worker_that_does_not_answer(
     lb = balancer(*backend_flags([b0, b1]), "--workers", "2", "--workers-timeout", "300ms")
     pid = lb.process.pid
     wait_for(lambda: len(children(pid)) == 2, what="two worker processes")
-    wait_for(lambda: lb.view()["ready"] == 2, what="both backends ready")
+    wait_for(
+        lambda: [b["states"] for b in lb.view()["backends"]] == [{"ready": 2}] * 2,
+        what="both workers to see both backends ready",
+    )
     stopped = min(children(pid))
     os.kill(stopped, signal.SIGSTOP)
     try:

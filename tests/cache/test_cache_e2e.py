@@ -476,6 +476,7 @@ def test_workers_each_have_a_store_behind_one_admin_endpoint_and_are_restarted(
     c = cache(whoami.url, "--workers", "2")
     pid = c.process.pid
     wait_for(lambda: len(_children(pid)) == 2, what="two worker processes")
+    wait_for(lambda: request(c.admin, "/readyz").status == 200, what="every worker to report")
     replies = [c.get("/cache/60") for _ in range(20)]
     assert {r.status for r in replies} == {200}
     assert {r.headers["x-cache"] for r in replies} <= {"HIT", "MISS"}
