@@ -474,12 +474,13 @@ async def serve_workers(
         assert worker.process is not None
         worker.link = _Link(writer, dispatch)
         worker.reading = asyncio.create_task(read(worker, reader, worker.link))
-        worker.reload_pending = False  # a new process reads its configuration afresh
-        worker.exited = asyncio.Event()
         rt.log.info("worker started", extra={"worker": worker.index, "pid": worker.process.pid})
 
     def spawn(worker: _Worker) -> socket.socket:
         """Start the worker's process; the parent's end of its channel."""
+        # Before any await: a reload that arrives from here on is held for the first report.
+        worker.reload_pending = False  # a new process reads its configuration afresh
+        worker.exited = asyncio.Event()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env[_WORKER_ENV] = str(theirs.fileno())
