@@ -286,7 +286,6 @@ def test_workers_share_one_admin_endpoint_and_a_killed_worker_is_started_again(
     wait_for(lambda: forwarded() == 20, what="the merged request count")
     text = request(lb.admin, "/metrics").body.decode()
     assert f'podkit_balance_backend_state{{backend="{b0.url}",state="ready"}} 2.0' in text
-    assert request(lb.admin, f"/backends/drain?url={b0.url}", method="POST").status == 409
 
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
@@ -302,6 +301,100 @@ def test_workers_share_one_admin_endpoint_and_a_killed_worker_is_started_again(
     lb.process.signal(signal.SIGTERM)
     assert lb.process.wait(15) == 0
     assert not any(Path(f"/proc/{child}").exists() for child in workers)
+
+
+def served_over_new_connections(lb: Balancer, n: int = 60) -> Counter[str | None]:
+    """Who served ``n`` requests, each on a new connection (the kernel spreads them over
+    the workers' listeners)."""
+    replies = [lb.get() for _ in range(n)]
+    assert {r.status for r in replies} == {200}
+    return Counter(r.served_by for r in replies)
+
+
+def test_workers_drain_by_hand_reaches_every_worker_and_a_restarted_one(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    b0, b1 = backends(2)
+    lb = balancer(*backend_flags([b0, b1]), *PROBE_FLAGS, "--workers", "2")
+    pid = lb.process.pid
+    wait_for(lambda: len(children(pid)) == 2, what="two worker processes")
+
+    def agreed(url: str, state: str) -> Callable[[], bool]:
+        def check() -> bool:
+            found = {b["url"]: b for b in lb.view()["backends"]}[url]
+            return bool(found["state"] == state and found["states"] == {state: 2})
+
+        return check
+
+    wait_for(agreed(b0.url, "ready"), what="both workers to see b0 ready")
+    wait_for(agreed(b1.url, "ready"), what="both workers to see b1 ready")
+    assert set(served_over_new_connections(lb)) == {"b0", "b1"}
+
+    drained = request(lb.admin, f"/backends/drain?url={b0.url}", method="POST")
+    assert drained.status == 200
+    entry = {b["url"]: b for b in drained.json()["backends"]}[b0.url]
+    assert (entry["state"], entry["states"]) == ("draining", {"draining": 2})
+    assert agreed(b0.url, "draining")()
+    assert served_over_new_connections(lb) == {"b1": 60}
+
+    # A worker started again after a crash applies the drain before it takes a request.
+    victim = min(children(pid))
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(children(pid)) == 2 and victim not in children(pid),
+        timeout=15,
+        what="the killed worker to be started again",
+    )
+    wait_for(agreed(b1.url, "ready"), what="the new worker to see b1 ready")
+    assert agreed(b0.url, "draining")()
+    assert served_over_new_connections(lb) == {"b1": 60}
+
+    undrained = request(lb.admin, f"/backends/undrain?url={b0.url}", method="POST")
+    assert undrained.status == 200
+    wait_for(agreed(b0.url, "ready"), what="both workers to take b0 back")
+    assert set(served_over_new_connections(lb)) == {"b0", "b1"}
+
+    missing = request(lb.admin, "/backends/drain?url=http://127.0.0.1:1", method="POST")
+    assert (missing.status, missing.body) == (404, b"no backend http://127.0.0.1:1\n")
+    assert request(lb.admin, "/backends/drain", method="POST").status == 400
+    assert request(lb.admin, f"/backends/drain?url={b0.url}").status == 405
+
+    # Killed again after the undrain: the new worker does not drain b0 from an old replay.
+    victim = min(children(pid))
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(children(pid)) == 2 and victim not in children(pid),
+        timeout=15,
+        what="the killed worker to be started again",
+    )
+    wait_for(agreed(b0.url, "ready"), what="the new worker to see b0 ready")
+
+
+def test_workers_drain_names_a_worker_that_does_not_answer(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    b0, b1 = backends(2)
+    lb = balancer(*backend_flags([b0, b1]), "--workers", "2", "--workers-timeout", "300ms")
+    pid = lb.process.pid
+    wait_for(lambda: len(children(pid)) == 2, what="two worker processes")
+    wait_for(
+        lambda: [b["states"] for b in lb.view()["backends"]] == [{"ready": 2}] * 2,
+        what="both workers to see both backends ready",
+    )
+    stopped = min(children(pid))
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        reply = request(lb.admin, f"/backends/drain?url={b0.url}", method="POST")
+        assert reply.status == 503
+        assert f"(pid {stopped}): no answer within 300ms" in reply.body.decode()
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    # The late worker applies it when it gets to the command: all agree in the end.
+    wait_for(
+        lambda: {b["url"]: b["states"] for b in lb.view()["backends"]}[b0.url] == {"draining": 2},
+        what="the late worker to drain too",
+    )
+    assert served_over_new_connections(lb) == {"b1": 60}
 
 
 def test_bounded_loads_spill_one_hot_client_over_several_backends(

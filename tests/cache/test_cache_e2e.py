@@ -476,6 +476,7 @@ def test_workers_each_have_a_store_behind_one_admin_endpoint_and_are_restarted(
     c = cache(whoami.url, "--workers", "2")
     pid = c.process.pid
     wait_for(lambda: len(_children(pid)) == 2, what="two worker processes")
+    wait_for(lambda: request(c.admin, "/readyz").status == 200, what="every worker to report")
     replies = [c.get("/cache/60") for _ in range(20)]
     assert {r.status for r in replies} == {200}
     assert {r.headers["x-cache"] for r in replies} <= {"HIT", "MISS"}
@@ -486,7 +487,8 @@ def test_workers_each_have_a_store_behind_one_admin_endpoint_and_are_restarted(
     assert whoami.stats()["paths"]["/cache/60"] == misses
     assert stats["objects"] == misses
     assert stats["hit_ratio"] == round((20 - misses) / 20, 4)
-    assert request(c.admin, "/purge?target=/cache/60", method="POST").status == 409
+    purged = request(c.admin, "/purge?target=/cache/60", method="POST")
+    assert purged.json() == {"purged": misses, "workers": 2}
     assert "podkit_cache_hit_ratio" not in request(c.admin, "/metrics").body.decode()
 
     victim = min(_children(pid))
@@ -501,3 +503,74 @@ def test_workers_each_have_a_store_behind_one_admin_endpoint_and_are_restarted(
     c.process.signal(signal.SIGTERM)
     assert c.process.wait(15) == 0
     assert not any(Path(f"/proc/{child}").exists() for child in workers)
+
+
+def _fill_every_worker(c: Cache, path: str) -> None:
+    """GET ``path`` over new connections until both workers' stores hold it."""
+    wait_for(
+        lambda: c.get(path).status == 200 and c.stats()["objects"] == 2,
+        what="both worker stores to hold the object",
+    )
+
+
+def _misses_over_new_connections(c: Cache, path: str, n: int = 40) -> int:
+    replies = [c.get(path) for _ in range(n)]  # each on a new connection: both workers serve
+    assert {r.status for r in replies} == {200}
+    return sum(1 for r in replies if r.headers["x-cache"] == "MISS")
+
+
+def test_workers_purge_removes_the_object_from_every_worker(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url, "--workers", "2")
+    _fill_every_worker(c, "/cache/60")
+    fetched = whoami.stats()["paths"]["/cache/60"]
+
+    # A client's PURGE, taken by one worker, reaches the other through the parent.
+    purged = c.get("/cache/60", method="PURGE")
+    assert (purged.status, purged.body) == (200, b"purged 2\n")
+    assert c.stats()["objects"] == 0  # every worker reported before it answered
+    assert c.get("/cache/60", method="PURGE").status == 404
+    # Each worker misses once and stores the object again; none has the old one to HIT.
+    assert _misses_over_new_connections(c, "/cache/60") == 2
+    assert whoami.stats()["paths"]["/cache/60"] == fetched + 2
+    wait_for(lambda: c.stats()["objects"] == 2, what="both stores to hold it again")
+
+    # The admin purge: one call, every worker, the total removed.
+    admin = request(c.admin, "/purge?target=/cache/60", method="POST")
+    assert (admin.status, admin.json()) == (200, {"purged": 2, "workers": 2})
+    assert c.stats()["objects"] == 0
+    assert _misses_over_new_connections(c, "/cache/60") == 2
+    assert whoami.stats()["paths"]["/cache/60"] == fetched + 4
+    assert request(c.admin, "/purge?target=/cache/60&host=elsewhere", method="POST").json() == {
+        "purged": 0,
+        "workers": 2,
+    }
+    assert request(c.admin, "/purge", method="POST").status == 400
+    assert request(c.admin, "/purge?target=/cache/60").status == 405
+
+
+def test_workers_purge_is_refused_from_addresses_not_allowed(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url, "--workers", "2", "--purge-allow", "10.0.0.0/8")
+    _fill_every_worker(c, "/cache/60")
+    assert c.get("/cache/60", method="PURGE").status == 403
+    assert _misses_over_new_connections(c, "/cache/60") == 0
+
+
+def test_workers_purge_names_a_worker_that_does_not_answer(
+    whoami: Backend, cache: StartCache
+) -> None:
+    c = cache(whoami.url, "--workers", "2", "--workers-timeout", "300ms")
+    _fill_every_worker(c, "/cache/60")
+    stopped = min(_children(c.process.pid))
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        reply = request(c.admin, "/purge?target=/cache/60", method="POST")
+        assert reply.status == 503
+        assert f"(pid {stopped}): no answer within 300ms" in reply.body.decode()
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    # The late worker still removes it when it gets to the command.
+    wait_for(lambda: c.stats()["objects"] == 0, what="the late worker to purge too")

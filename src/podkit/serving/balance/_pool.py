@@ -151,6 +151,11 @@ class EndpointPool:
         events.extend(self._forget_drained())
         return events
 
+    @property
+    def drained_by_hand(self) -> frozenset[str]:
+        """The endpoints drained by hand (and not taken back)."""
+        return frozenset(self._manual_drain)
+
     def drain(self, url: str, now: float) -> list[Transition]:
         """Drain one endpoint by hand: no new requests until :meth:`undrain`.
 

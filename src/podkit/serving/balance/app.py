@@ -20,7 +20,8 @@ read) from the moment it is sent until its response body has finished streaming 
 client, failed, or been abandoned: :class:`_CountedBody` ends it.
 
 With several workers (:func:`serve_balance_workers`) every worker process runs all of this on
-its own; the parent's ``/backends`` is assembled from the workers' merged metric reports.
+its own; the parent's ``/backends`` is assembled from the workers' merged metric reports, and
+its drain by hand is a command broadcast to every worker (and replayed to one started later).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ from podkit.engines.http import (
     upstream_request_headers,
 )
 from podkit.engines.http.rules import add_via
+from podkit.engines.workers import (
+    DEFAULT_COMMAND_TIMEOUT,
+    WorkerLink,
+    WorkerPool,
+    serve_workers,
+    worker_link,
+)
 from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
@@ -601,16 +609,10 @@ class Balancer:
 
     async def admin_drain(self, request: AdminRequest) -> AdminResponse:
         """``POST /backends/drain?url=URL`` (or ``/backends/undrain``): drain by hand."""
-        if request.method != "POST":
-            return AdminResponse.text(405, "use POST\n", headers=[("Allow", "POST")])
-        urls = request.query.get("url")
-        if not urls:
-            return AdminResponse.text(400, "give the backend as ?url=http://host:port\n")
-        try:
-            url = normalise_url(urls[0])
-        except ConfigError as exc:
-            return AdminResponse.text(400, f"{exc}\n")
-        undo = request.path.endswith("/undrain")
+        asked = drain_request(request)
+        if isinstance(asked, AdminResponse):
+            return asked
+        url, undo = asked
         if not self.drain_backend(url, undo=undo):
             return AdminResponse.text(404, f"no backend {url}\n")
         return AdminResponse.json(200, json.dumps(self.backends_view(), indent=2) + "\n")
@@ -622,6 +624,47 @@ class Balancer:
         now = self.clock()
         self.apply(self.pool.undrain(url, now) if undo else self.pool.drain(url, now))
         return True
+
+    def set_drained_by_hand(self, urls: Sequence[str]) -> None:
+        """Make exactly ``urls`` (those the pool knows) the backends drained by hand."""
+        wanted = set(urls)
+        for url in self.pool.drained_by_hand - wanted:
+            self.drain_backend(url, undo=True)
+        for url in wanted:
+            self.drain_backend(url)
+
+    def serve_worker_commands(self, link: WorkerLink) -> None:
+        """As one worker of :func:`serve_balance_workers`: drain by hand when the parent says.
+
+        ``drain`` (``{"url", "undo"}``) answers ``{"known": bool}``; ``drained`` (``{"urls"}``)
+        sets the whole hand-drained set (the parent's replay to a worker started later).
+        """
+
+        def drain(payload: dict[str, Any]) -> dict[str, Any]:
+            url = str(payload["url"])
+            return {"known": self.drain_backend(url, undo=bool(payload.get("undo")))}
+
+        def drained(payload: dict[str, Any]) -> dict[str, Any]:
+            self.set_drained_by_hand([str(url) for url in payload.get("urls", [])])
+            return {"drained": sorted(self.pool.drained_by_hand)}
+
+        link.handle("drain", drain)
+        link.handle("drained", drained)
+
+
+def drain_request(request: AdminRequest) -> tuple[str, bool] | AdminResponse:
+    """The backend URL and whether to undrain, from ``POST /backends/(un)drain?url=URL``; or
+    the error answer."""
+    if request.method != "POST":
+        return AdminResponse.text(405, "use POST\n", headers=[("Allow", "POST")])
+    urls = request.query.get("url")
+    if not urls:
+        return AdminResponse.text(400, "give the backend as ?url=http://host:port\n")
+    try:
+        url = normalise_url(urls[0])
+    except ConfigError as exc:
+        return AdminResponse.text(400, f"{exc}\n")
+    return url, request.path.endswith("/undrain")
 
 
 def _failed(exc: UpstreamError) -> Response:
@@ -703,6 +746,12 @@ async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
 
         rt.add_route("/backends/drain", balancer.admin_drain)
         rt.add_route("/backends/undrain", balancer.admin_drain)
+        link = worker_link()
+        if link is not None:
+            # One worker of serve_balance_workers: the parent's admin endpoint drains by hand
+            # through its command channel. Registered before listening: a worker started
+            # after a drain by hand applies it here, before it takes any request.
+            balancer.serve_worker_commands(link)
         readiness(balancer)
         async with HTTPServer(
             balancer.direct_handler(),
@@ -800,27 +849,67 @@ def workers_backends_view(
     }
 
 
-async def serve_balance_workers(rt: Runtime, options: BalanceOptions, *, workers: int) -> None:
+async def serve_balance_workers(
+    rt: Runtime,
+    options: BalanceOptions,
+    *,
+    workers: int,
+    workers_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+) -> None:
     """Serve ``podkit balance`` in ``workers`` processes sharing the port, until the runtime
     drains (on :func:`podkit.engines.workers.serve_workers`: one admin endpoint, merged
     metrics, a worker that dies is started again).
 
+    ``POST /backends/drain|undrain?url=`` is broadcast to every worker, each answering within
+    ``workers_timeout``; the parent keeps the backends drained by hand and replays them to a
+    worker started later.
+
     Raises:
         PodkitError: the address cannot be bound, or a worker cannot be started.
     """
-    from podkit.engines.workers import serve_workers
+    pool = WorkerPool(timeout=workers_timeout)
+    drained: set[str] = set()  # by hand, through this endpoint
+    pool.replay_with(lambda: [("drained", {"urls": sorted(drained)})])
+
+    def view() -> dict[str, Any]:
+        samples = merged_samples(rt.registry, "podkit_balance_")
+        return workers_backends_view(samples, policy=options.policy, workers=workers)
 
     async def admin_backends(request: AdminRequest) -> AdminResponse:
-        samples = merged_samples(rt.registry, "podkit_balance_")
-        view = workers_backends_view(samples, policy=options.policy, workers=workers)
-        return AdminResponse.json(200, json.dumps(view, indent=2) + "\n")
+        return AdminResponse.json(200, json.dumps(view(), indent=2) + "\n")
 
     async def admin_drain(request: AdminRequest) -> AdminResponse:
-        return AdminResponse.text(
-            409,
-            "draining by hand is not available with --workers: each worker has its own "
-            "pool; remove the backend from the backends file instead\n",
-        )
+        asked = drain_request(request)
+        if isinstance(asked, AdminResponse):
+            return asked
+        url, undo = asked
+        verb = "undrain" if undo else "drain"
+        had = url in drained
+        # Recorded first: a worker whose first report arrives meanwhile gets it by replay.
+        if undo:
+            drained.discard(url)
+        else:
+            drained.add(url)
+        answers = await pool.broadcast("drain", {"url": url, "undo": undo})
+        if not answers:
+            return AdminResponse.text(503, f"no worker is running to {verb} {url}; try again\n")
+        missing = [answer for answer in answers if not answer.ok]
+        known = any(answer.ok and answer.result.get("known") for answer in answers)
+        if not missing and not known:
+            if had:
+                drained.add(url)
+            else:
+                drained.discard(url)
+            return AdminResponse.text(404, f"no backend {url}\n")
+        if missing:
+            names = "; ".join(answer.describe() for answer in missing)
+            return AdminResponse.text(
+                503,
+                f"{verb} of {url} not confirmed by {names} (the others applied it, and workers "
+                "started later will); send it again\n",
+            )
+        # Every worker reported its metrics just before answering: the view is current.
+        return AdminResponse.json(200, json.dumps(view(), indent=2) + "\n")
 
     rt.add_route("/backends", admin_backends)
     rt.add_route("/backends/drain", admin_drain)
@@ -833,7 +922,12 @@ async def serve_balance_workers(rt: Runtime, options: BalanceOptions, *, workers
             "starting workers", extra={"workers": workers, "listen": f"{options.host}:{port}"}
         )
         await serve_workers(
-            rt, count=workers, main=serve_balance_worker, settings=shared, name="balance"
+            rt,
+            count=workers,
+            main=serve_balance_worker,
+            settings=shared,
+            name="balance",
+            pool=pool,
         )
 
 

@@ -8,6 +8,7 @@ import click
 
 from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
 from podkit.engines.http.rules import ServerLimits
+from podkit.engines.workers import DEFAULT_COMMAND_TIMEOUT
 from podkit.errors import ConfigError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
@@ -193,6 +194,14 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
 @server_limit_options
+@click.option(
+    "--workers-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_COMMAND_TIMEOUT),
+    show_default=True,
+    help="With --workers: how long the admin endpoint waits for each worker to confirm a "
+    "drain or undrain by hand before it answers 503.",
+)
 @runtime_options
 def command(
     listen: HostPort,
@@ -219,6 +228,7 @@ def command(
     response_timeout: float,
     workers: int,
     limits: ServerLimits,
+    workers_timeout: float,
     runtime: RuntimeOptions,
 ) -> int:
     """Load-balance HTTP over replicas, with readiness probes, outlier ejection and affinity.
@@ -235,6 +245,8 @@ def command(
         raise click.UsageError("need 0 < --ejection-time <= --max-ejection-time")
     if interval <= 0 or probe_timeout <= 0:
         raise click.UsageError("--interval and --probe-timeout must be positive")
+    if workers_timeout <= 0:
+        raise click.UsageError("--workers-timeout must be positive")
     specs = tuple(parse_backend(text, path="--backend") for text in backends)
     if len({s.url for s in specs}) != len(specs):
         raise ConfigError("a backend is given twice", path="--backend")
@@ -269,7 +281,9 @@ def command(
 
     async def main(rt: Runtime) -> None:
         if workers > 1:
-            await serve_balance_workers(rt, options, workers=workers)
+            await serve_balance_workers(
+                rt, options, workers=workers, workers_timeout=workers_timeout
+            )
         else:
             await serve_balance(rt, options)
 

@@ -25,7 +25,8 @@ Theory of operation. :class:`CachingProxy` is a handler for
 Background revalidations are tasks of the task group :func:`open_cache` owns.
 
 With several workers (:func:`serve_cache_workers`) each worker process is a whole cache with
-its own store; the parent's ``/cache`` is assembled from the workers' merged metrics.
+its own store; the parent's ``/cache`` is assembled from the workers' merged metrics. A purge
+(the parent's admin call, or ``PURGE`` taken by any worker) is broadcast to every worker.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ from podkit.engines.http import (
     UpstreamPool,
     strip_hop_by_hop,
     upstream_request_headers,
+)
+from podkit.engines.workers import (
+    DEFAULT_COMMAND_TIMEOUT,
+    CommandError,
+    WorkerLink,
+    WorkerPool,
+    serve_workers,
+    worker_link,
 )
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
@@ -110,6 +119,7 @@ class CacheOptions:
         workers: how many processes serve the cache; above 1 this process is one of them:
             it shares the port (SO_REUSEPORT), has its own store, and leaves the hit-ratio
             gauge out of its metrics (ratios do not add up when the workers' are merged).
+        workers_timeout: with several workers, how long a purge waits for each worker.
     """
 
     host: str = "127.0.0.1"
@@ -126,6 +136,7 @@ class CacheOptions:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     limits: ServerLimits = field(default_factory=ServerLimits)
     workers: int = 1
+    workers_timeout: float = DEFAULT_COMMAND_TIMEOUT
 
 
 def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -315,6 +326,8 @@ class CachingProxy:
         self.flights: CoalescingTable[_Fetched] = CoalescingTable()
         self.forwarding = Forwarding(trusted_proxies=options.trusted_proxies)
         self._revalidating: set[str] = set()
+        # The channel to the parent when this is one of several workers: PURGE goes to all.
+        self.peers: WorkerLink | None = None
         registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.m_requests = Counter(
             "podkit_cache_requests",
@@ -358,6 +371,8 @@ class CachingProxy:
     async def handle(self, request: Request) -> Response:
         """Answer one request from the store or the origin."""
         if request.method == "PURGE":
+            if self.peers is not None:
+                return await self._purge_everywhere(request, self.peers)
             return self._purge(request)
         response = await self._answer_request(request)
         # _tag appends X-Cache last on every answer.
@@ -790,9 +805,28 @@ class CachingProxy:
         if not self.allowed_to_purge(request.client[0]):
             return Response.text(403, "PURGE not allowed from this address\n")
         removed = self.purge(request.target, request.header("host"))
-        if not removed:
-            return Response.text(404, "not cached\n")
-        return Response.text(200, f"purged {removed}\n")
+        return _purged(removed)
+
+    async def _purge_everywhere(self, request: Request, peers: WorkerLink) -> Response:
+        """``PURGE`` in one worker of several: removed here, then (through the parent) from
+        every other worker's store before the answer, which counts them all."""
+        if not self.allowed_to_purge(request.client[0]):
+            return Response.text(403, "PURGE not allowed from this address\n")
+        target, host = request.target, request.header("host")
+        removed = self.purge(target, host)
+        try:
+            answer = await peers.request("purge", {"target": target, "host": host})
+        except (TimeoutError, CommandError, ConnectionError) as exc:
+            reason = str(exc) or "no answer in time"
+            return Response.text(
+                503, f"purged {removed} here; the other workers did not confirm: {reason}\n"
+            )
+        removed += int(answer["purged"])
+        if answer["missing"]:
+            return Response.text(
+                503, f"purged {removed}; not confirmed by {'; '.join(answer['missing'])}\n"
+            )
+        return _purged(removed)
 
     # -- admin ------------------------------------------------------------------------------
 
@@ -826,14 +860,40 @@ class CachingProxy:
 
     async def admin_purge(self, request: AdminRequest) -> AdminResponse:
         """``POST /purge?target=/path[&host=H]``: remove an object (every host without host=)."""
-        if request.method not in ("POST", "PURGE"):
-            return AdminResponse.text(405, "use POST\n", headers=[("Allow", "POST")])
-        targets = request.query.get("target")
-        if not targets or not targets[0].startswith("/"):
-            return AdminResponse.text(400, "give the object as ?target=/path\n")
-        hosts = request.query.get("host")
-        removed = self.purge(targets[0], hosts[0] if hosts else None)
+        asked = purge_request(request)
+        if isinstance(asked, AdminResponse):
+            return asked
+        removed = self.purge(*asked)
         return AdminResponse.json(200, json.dumps({"purged": removed}) + "\n")
+
+    def serve_worker_commands(self, link: WorkerLink) -> None:
+        """As one worker of :func:`serve_cache_workers`: purge when the parent says
+        (``purge``, ``{"target", "host"}`` answers ``{"purged": n}``), and have a client's
+        ``PURGE`` reach the other workers through the parent."""
+
+        def purge(payload: dict[str, Any]) -> dict[str, Any]:
+            host = payload.get("host")
+            return {"purged": self.purge(str(payload["target"]), str(host) if host else None)}
+
+        link.handle("purge", purge)
+        self.peers = link
+
+
+def _purged(removed: int) -> Response:
+    if not removed:
+        return Response.text(404, "not cached\n")
+    return Response.text(200, f"purged {removed}\n")
+
+
+def purge_request(request: AdminRequest) -> tuple[str, str | None] | AdminResponse:
+    """The target and host of ``POST /purge?target=/path[&host=H]``; or the error answer."""
+    if request.method not in ("POST", "PURGE"):
+        return AdminResponse.text(405, "use POST\n", headers=[("Allow", "POST")])
+    targets = request.query.get("target")
+    if not targets or not targets[0].startswith("/"):
+        return AdminResponse.text(400, "give the object as ?target=/path\n")
+    hosts = request.query.get("host")
+    return targets[0], hosts[0] if hosts else None
 
 
 @contextlib.asynccontextmanager
@@ -860,6 +920,9 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
     async with open_cache(options, registry=rt.registry) as proxy:
         rt.add_route("/cache", proxy.admin_cache)
         rt.add_route("/purge", proxy.admin_purge)
+        link = worker_link()
+        if link is not None:
+            proxy.serve_worker_commands(link)  # one worker of serve_cache_workers
         async with HTTPServer(
             proxy.handle,
             host=options.host,
@@ -926,18 +989,43 @@ async def serve_cache_workers(rt: Runtime, options: CacheOptions) -> None:
     Raises:
         PodkitError: the address cannot be bound, or a worker cannot be started.
     """
-    from podkit.engines.workers import serve_workers
+    pool = WorkerPool(timeout=options.workers_timeout)
+
+    async def purge_all(
+        target: str, host: str | None, exclude: int | None = None
+    ) -> tuple[int, list[str], int]:
+        """Purge from every worker (but ``exclude``): removed, the missing ones, answers."""
+        answers = await pool.broadcast("purge", {"target": target, "host": host}, exclude=exclude)
+        removed = sum(int(a.result["purged"]) for a in answers if a.ok)
+        return removed, [a.describe() for a in answers if not a.ok], len(answers)
+
+    async def forward_purge(index: int, payload: dict[str, Any]) -> dict[str, Any]:
+        # A client's PURGE that one worker took: the others remove the object too.
+        host = payload.get("host")
+        removed, missing, _ = await purge_all(
+            str(payload["target"]), str(host) if host else None, exclude=index
+        )
+        return {"purged": removed, "missing": missing}
+
+    pool.on_request("purge", forward_purge)
 
     async def admin_cache(request: AdminRequest) -> AdminResponse:
         view = workers_cache_view(merged_samples(rt.registry, "podkit_cache_"), options=options)
         return AdminResponse.json(200, json.dumps(view, indent=2) + "\n")
 
     async def admin_purge(request: AdminRequest) -> AdminResponse:
-        return AdminResponse.text(
-            409,
-            "purging is not available with --workers: each worker has its own store, and "
-            "the admin endpoint cannot reach them\n",
-        )
+        asked = purge_request(request)
+        if isinstance(asked, AdminResponse):
+            return asked
+        removed, missing, asked_workers = await purge_all(*asked)
+        if not asked_workers:
+            return AdminResponse.text(503, "no worker is running to purge from; try again\n")
+        if missing:
+            return AdminResponse.text(
+                503, f"purged {removed}; not confirmed by {'; '.join(missing)}\n"
+            )
+        body = {"purged": removed, "workers": asked_workers}
+        return AdminResponse.json(200, json.dumps(body) + "\n")
 
     rt.add_route("/cache", admin_cache)
     rt.add_route("/purge", admin_purge)
@@ -950,5 +1038,10 @@ async def serve_cache_workers(rt: Runtime, options: CacheOptions) -> None:
             extra={"workers": options.workers, "listen": f"{options.host}:{port}"},
         )
         await serve_workers(
-            rt, count=options.workers, main=serve_cache_worker, settings=shared, name="cache"
+            rt,
+            count=options.workers,
+            main=serve_cache_worker,
+            settings=shared,
+            name="cache",
+            pool=pool,
         )

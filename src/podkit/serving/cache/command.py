@@ -6,6 +6,7 @@ import click
 
 from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
 from podkit.engines.http.rules import ServerLimits
+from podkit.engines.workers import DEFAULT_COMMAND_TIMEOUT
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
 from podkit.serving.balance._affinity import parse_networks
@@ -83,6 +84,14 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
 @server_limit_options
+@click.option(
+    "--workers-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_COMMAND_TIMEOUT),
+    show_default=True,
+    help="With --workers: how long a purge waits for each worker to confirm it before "
+    "the answer is 503.",
+)
 @runtime_options
 def command(
     listen: HostPort,
@@ -96,6 +105,7 @@ def command(
     trusted: tuple[str, ...],
     workers: int,
     limits: ServerLimits,
+    workers_timeout: float,
     runtime: RuntimeOptions,
 ) -> int:
     """An HTTP caching proxy (RFC 9111 shared cache) with request coalescing.
@@ -106,6 +116,8 @@ def command(
     """
     if max_object > max_size:
         raise click.UsageError("--max-object cannot be larger than --max-size")
+    if workers_timeout <= 0:
+        raise click.UsageError("--workers-timeout must be positive")
     options = CacheOptions(
         host=listen.host,
         port=listen.port,
@@ -119,6 +131,7 @@ def command(
         trusted_proxies=parse_networks(trusted),
         workers=workers,
         limits=limits,
+        workers_timeout=workers_timeout,
     )
 
     async def main(rt: Runtime) -> None:
