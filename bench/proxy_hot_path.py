@@ -10,11 +10,19 @@ on uvloop: a ``GET`` like wrk's goes in, the forwarded head comes out of the ups
 nginx-like 100-byte response goes back in and the client's response comes out. What is timed
 is the CPU time of that loop (``time.process_time``): the parsing, the header rules, the
 pool and the dispatch, i.e. the user-space work per request that the socket benchmark
-(``bench/proxy.py``) cannot separate from the kernel's. Two paths are measured: plain
-forwarding (``proxy_handler`` with one upstream, the direct path) and the same with a
-``pick`` function (the ordinary path a policy takes: a task per request). The loop's own
-overhead (two event-loop turns) is printed beside them. CPU time on a shared machine still
-varies with what else runs: compare medians of several rounds.
+(``bench/proxy.py``) cannot separate from the kernel's. Three paths are measured: plain
+forwarding (``proxy_handler`` with one upstream, the direct path), the same with a ``pick``
+function (the ordinary path a policy takes: a task per request), and ``podkit balance``'s
+direct path (round-robin over one backend: picking, in-flight and retry-budget accounting,
+per-backend counters). The loop's own overhead (two event-loop turns) is printed beside them.
+CPU time on a shared machine still varies with what else runs: compare medians of several
+rounds, or count instructions, which do not vary:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python bench/proxy_hot_path.py --path balance --rounds 1 --requests 2000
+
+(subtract a run with ``--requests 0`` and divide by 2,000). The first line printed says
+whether the engine runs compiled (``scripts/build-native.sh``) or as pure Python.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Any
 
 import uvloop
 
-from podkit.engines.http import HTTPServer, Upstream, UpstreamPool, proxy_handler
+from podkit.engines.http import Handler, HTTPServer, Upstream, UpstreamPool, proxy_handler
 from podkit.engines.http import client as client_module
 from podkit.engines.http import server as server_module
 
@@ -85,12 +93,34 @@ async def written(transport: MemoryTransport) -> None:
     raise AssertionError("nothing was written")
 
 
-async def one_round(requests: int, *, pick: bool, profile: bool) -> tuple[float, float]:
+PATHS = {
+    "proxy": "proxy_handler, one upstream",
+    "pick": "proxy_handler with pick",
+    "balance": "balance, round-robin",
+}
+
+
+def make_handler(path: str, pool: UpstreamPool, probes: UpstreamPool) -> Handler:
+    upstream = Upstream("127.0.0.1", 9000)
+    if path == "proxy":
+        return proxy_handler(pool, upstream)
+    if path == "pick":
+        return proxy_handler(pool, lambda _request: upstream)
+    from podkit.serving.balance import BackendSpec
+    from podkit.serving.balance.app import BalanceOptions, Balancer
+
+    options = BalanceOptions(backends=(BackendSpec("http://127.0.0.1:9000"),))
+    balancer = Balancer(options, upstreams=pool, probes=probes, registry=None)
+    balancer.reload()
+    return balancer.direct_handler()
+
+
+async def one_round(requests: int, *, path: str, profile: bool) -> tuple[float, float]:
     """Microseconds of CPU per request, and per empty loop iteration (the harness)."""
     loop = asyncio.get_running_loop()
-    async with UpstreamPool() as pool:
+    async with UpstreamPool() as pool, UpstreamPool() as probes:
         upstream = Upstream("127.0.0.1", 9000)
-        handler = proxy_handler(pool, (lambda _request: upstream) if pick else upstream)
+        handler = make_handler(path, pool, probes)
         server = HTTPServer(handler)
         server.loop = loop
         upstream_side = client_module._UpstreamConnection(pool, upstream)
@@ -118,7 +148,7 @@ async def one_round(requests: int, *, pick: bool, profile: bool) -> tuple[float,
         started = time.process_time()
         for _ in range(requests):
             await exchange()
-        per_request = (time.process_time() - started) / requests * 1e6
+        per_request = (time.process_time() - started) / max(1, requests) * 1e6
         if profiler is not None:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
@@ -126,7 +156,7 @@ async def one_round(requests: int, *, pick: bool, profile: bool) -> tuple[float,
         for _ in range(requests):
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-        harness = (time.process_time() - started) / requests * 1e6
+        harness = (time.process_time() - started) / max(1, requests) * 1e6
         server.connections.clear()
         return per_request, harness
 
@@ -136,14 +166,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="rounds per path")
     parser.add_argument("--requests", type=int, default=30_000, help="requests per round")
     parser.add_argument("--profile", action="store_true", help="one round under cProfile")
+    parser.add_argument("--path", choices=sorted(PATHS), action="append", help="paths to run")
     args = parser.parse_args()
+    paths = args.path or list(PATHS)
+    compiled = server_module.__file__ is not None and server_module.__file__.endswith(".so")
+    print(f"engine: {'compiled' if compiled else 'pure Python'} ({server_module.__file__})")
     if args.profile:
-        uvloop.run(one_round(args.requests, pick=False, profile=True))
+        uvloop.run(one_round(args.requests, path=paths[0], profile=True))
         return
     print(f"{'path':32} {'median us/req':>14} {'min us/req':>11} {'harness us':>11}")
-    for name, pick in (("proxy_handler, one upstream", False), ("proxy_handler with pick", True)):
+    for path in paths:
+        name = PATHS[path]
         rounds = [
-            uvloop.run(one_round(args.requests, pick=pick, profile=False))
+            uvloop.run(one_round(args.requests, path=path, profile=False))
             for _ in range(args.rounds)
         ]
         costs = [cost for cost, _ in rounds]

@@ -51,3 +51,13 @@ def test_sharding_functions_are_cached_per_node_set() -> None:
 def test_unknown_algorithms_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown hash algorithm"):
         HashingRank("jump")
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "rendezvous", "maglev"])
+def test_first_is_the_head_of_the_preference_order(algorithm: str) -> None:
+    """HashPicker's one-lookup path (first) agrees with the full order it stands for."""
+    rank = HashingRank(algorithm)
+    weights = {f"http://10.0.0.{i}:80": float(1 + i % 3) for i in range(7)}
+    for n in range(2000):
+        key = f"client-{n}"
+        assert rank.first(key, weights) == next(iter(rank(key, weights)))

@@ -58,3 +58,7 @@ class HashingRank:
 
     def __call__(self, key: str, weights: Mapping[str, float]) -> Iterator[str]:
         return self.function(weights).iter_nodes(key)
+
+    def first(self, key: str, weights: Mapping[str, float]) -> str:
+        """The key's home among these nodes: the first node ``self(key, weights)`` yields."""
+        return self.function(weights).pick(key)

@@ -161,6 +161,9 @@ class HashPicker:
         if bounded_load is not None and bounded_load < 1.0:
             raise ValueError("bounded_load must be at least 1.0")
         self._rank = rank
+        # A rank that can name a key's home without ordering every node (HashingRank.first)
+        # serves plain hashing with one lookup.
+        self._first: Callable[[str, Mapping[str, float]], str] | None = getattr(rank, "first", None)
         self.bounded_load = bounded_load
         self._fallback: Picker = fallback if fallback is not None else RoundRobinPicker()
         # What pick() derives from a candidate tuple, kept while the pool hands the same one.
@@ -186,6 +189,8 @@ class HashPicker:
             weights = {e.url: float(e.weight) for e in candidates}
             if type(candidates) is tuple:
                 self._derived_for, self._by_url, self._weights = candidates, by_url, weights
+        if self.bounded_load is None and self._first is not None:
+            return by_url[self._first(key, weights)]
         first: Endpoint | None = None
         for url in self._rank(key, weights):
             endpoint = by_url[url]
