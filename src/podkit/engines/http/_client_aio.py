@@ -49,7 +49,7 @@ async def pool_aexit(self: UpstreamPool, *exc_info: object) -> None:
 
 
 async def pool_start(self: UpstreamPool) -> None:
-    """Start the ticker (``async with`` does this)."""
+    """Documented on the UpstreamPool method that calls it."""
     self.loop = asyncio.get_running_loop()
     self._ticker = self.loop.create_task(self._tick(), name="upstream-pool-timeouts")
     if self._registry is not None:
@@ -58,7 +58,7 @@ async def pool_start(self: UpstreamPool) -> None:
 
 
 async def pool_aclose(self: UpstreamPool) -> None:
-    """Close every connection and stop the ticker."""
+    """Documented on the UpstreamPool method that calls it."""
     if self._ticker is not None:
         self._ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -86,31 +86,7 @@ async def pool_send(
     headers: Headers | None = None,
     timeout: float | None = None,
 ) -> Response:
-    """Send ``request`` to ``upstream``; return when the response head arrived.
-
-    The body of the returned response streams from the upstream: read it, iterate it, hand
-    it to the server, or ``await response.aclose()`` to abandon it (the connection is then
-    closed instead of reused).
-
-    Args:
-        upstream: where to send it.
-        request: method, target, fields and body (bytes, a :class:`Body` or any async
-            iterable of bytes; streamed with chunked coding when its length is unknown).
-        headers: the fields to send instead of ``request.headers``; they are sent as given
-            (build them with :func:`~podkit.engines.http.rules.forwarded_headers` or
-            :func:`~podkit.engines.http.rules.strip_hop_by_hop`). Without it, the request's
-            own fields are sent minus hop-by-hop ones. Framing fields are always the pool's.
-        timeout: seconds of upstream silence allowed (default: the pool's).
-
-    Returns:
-        The response; for a ``101`` its ``upgraded`` tunnel.
-
-    Raises:
-        UpstreamConnectError: the connection could not be opened (nothing was sent).
-        NoUpstreamAvailable: the upstream's connection limit stayed full (nothing sent).
-        UpstreamTimeout: no response (or part of it) within the timeout.
-        UpstreamClosed: the upstream closed or sent an invalid response.
-    """
+    """Documented on the UpstreamPool method that calls it."""
     fields = headers if headers is not None else strip_hop_by_hop(request.headers)
     body = request.body
     chunked = False

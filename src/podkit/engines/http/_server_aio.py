@@ -173,11 +173,7 @@ async def server_aexit(self: HTTPServer, *exc_info: object) -> None:
 
 
 async def server_start(self: HTTPServer) -> None:
-    """Bind and start accepting.
-
-    Raises:
-        PodkitError: the address cannot be bound (in use, not local, no permission).
-    """
+    """Documented on the HTTPServer method that calls it."""
     self.loop = asyncio.get_running_loop()
     if self.ssl is not None:
         _record_sni(self.ssl)
@@ -223,11 +219,7 @@ async def server_tick(self: HTTPServer) -> None:
 
 
 async def server_drain(self: HTTPServer, timeout: float) -> None:
-    """Stop accepting, let requests in progress finish (up to ``timeout``), then close.
-
-    Idle keep-alive connections are closed at once; busy ones get ``Connection: close`` on
-    their current response.
-    """
+    """Documented on the HTTPServer method that calls it."""
     self.draining = True
     if self._server is not None:
         self._server.close()
@@ -244,7 +236,7 @@ async def server_drain(self: HTTPServer, timeout: float) -> None:
 
 
 async def server_aclose(self: HTTPServer) -> None:
-    """Close the listener and every connection now."""
+    """Documented on the HTTPServer method that calls it."""
     self.draining = True
     if self._server is not None:
         self._server.close()

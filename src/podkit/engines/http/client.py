@@ -44,8 +44,11 @@ from podkit.engines.http.rules import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADER_COUNT,
     HOP_BY_HOP,
+    Forwarding,
     Headers,
     connection_tokens,
+    forwarded_headers,
+    forwarded_request_head,
     parse_content_length,
     response_has_body,
 )
@@ -588,6 +591,38 @@ class _UpstreamTunnel:
         self.conn.client = None
         if self.conn.transport is not None:
             self.conn.transport.close()
+
+
+def forwarded_head(
+    request: Request, forwarding: Forwarding, upstream: Upstream, authority: bytes
+) -> bytes:
+    """The head of body-less ``request`` as it goes to ``upstream`` under ``forwarding``
+    (``authority``: the Host value, ``upstream.authority`` IDNA-encoded): one pass over the
+    fields in the common case, the general rules when ``Connection`` names end-to-end fields.
+    What a direct path writes with :meth:`UpstreamPool.send_to`."""
+    host = request.framing.host if request.framing is not None else None
+    head = forwarded_request_head(
+        request.method,
+        request.target,
+        request.headers,
+        client_ip=request.client[0],
+        scheme=request.scheme,
+        host=host,
+        http_version=request.http_version,
+        forwarding=forwarding,
+        authority=authority,
+    )
+    if head is None:
+        headers = forwarded_headers(
+            request.headers,
+            client_ip=request.client[0],
+            scheme=request.scheme,
+            host=host,
+            http_version=request.http_version,
+            forwarding=forwarding,
+        )
+        head = _request_head(request, headers, upstream, None, False)
+    return head
 
 
 def _request_head(

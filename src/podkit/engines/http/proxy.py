@@ -15,15 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from podkit.engines.errors import NoUpstreamAvailable, UpstreamError
-from podkit.engines.http.client import ResponseSink, Upstream, UpstreamPool
-from podkit.engines.http.client import _request_head as request_head
+from podkit.engines.http.client import ResponseSink, Upstream, UpstreamPool, forwarded_head
 from podkit.engines.http.messages import Handler, Request, Response
 from podkit.engines.http.rules import (
     Forwarding,
     Headers,
     add_via,
     forwarded_headers,
-    forwarded_request_head,
 )
 
 UpstreamChoice = Upstream | None
@@ -163,20 +161,7 @@ class ProxyHandler:
         """Send body-less ``request`` now if an idle connection is ready, its outcome going to
         ``sink`` (see :meth:`UpstreamPool.send_to`); returns the function that abandons it,
         or None."""
-        head = forwarded_request_head(
-            request.method,
-            request.target,
-            request.headers,
-            client_ip=request.client[0],
-            scheme=request.scheme,
-            host=request.framing.host if request.framing is not None else None,
-            http_version=request.http_version,
-            forwarding=self.forwarding,
-            authority=self.authority,
-        )
-        if head is None:  # Connection names end-to-end fields: the general rules
-            headers = upstream_request_headers(request, self.forwarding)
-            head = request_head(request, headers, self.upstream, None, False)
+        head = forwarded_head(request, self.forwarding, self.upstream, self.authority)
         return self.pool.send_to(self.upstream, request, head, self.timeout, sink)
 
     def finish(self, response: Response) -> Response:

@@ -10,11 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from podkit.engines.errors import UpstreamError
-from podkit.engines.http import Body, Request, Response, Upstream, upstream_request_headers
-from podkit.engines.http.client import ResponseSink, StaleConnection
-from podkit.engines.http.client import _request_head as request_head
+from podkit.engines.http import Body, Request, Response, Upstream
+from podkit.engines.http.client import ResponseSink, StaleConnection, forwarded_head
 from podkit.engines.http.proxy import ProxyHandler
-from podkit.engines.http.rules import forwarded_request_head
 from podkit.runtime.metrics import LATENCY_BUCKETS
 from podkit.serving.balance._counted import CountedBody
 from podkit.serving.balance._endpoint import Endpoint, Outcome
@@ -130,20 +128,7 @@ class DirectBalance(ProxyHandler):
         if target is None:
             target = self._target(endpoint)
         upstream, authority = target
-        head = forwarded_request_head(
-            request.method,
-            request.target,
-            request.headers,
-            client_ip=request.client[0],
-            scheme=request.scheme,
-            host=request.framing.host if request.framing is not None else None,
-            http_version=request.http_version,
-            forwarding=self.forwarding,
-            authority=authority,
-        )
-        if head is None:  # Connection names end-to-end fields: the general rules
-            headers = upstream_request_headers(request, self.forwarding)
-            head = request_head(request, headers, upstream, None, False)
+        head = forwarded_head(request, self.forwarding, upstream, authority)
         attempt = DirectAttempt(balancer, endpoint, request, sink, now)
         abort = self.pool.send_to(upstream, request, head, self.timeout, attempt)
         if abort is None:
