@@ -129,8 +129,12 @@ class Balancer:
 
     def __enter__(self) -> Balancer:
         self.process.start()
-        wait_port("127.0.0.1", self.admin)
-        wait_port("127.0.0.1", self.port)
+        try:
+            wait_port("127.0.0.1", self.admin)
+            wait_port("127.0.0.1", self.port)
+        except BaseException:
+            self.process.__exit__(None, None, None)  # a balancer that never came up is stopped
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
