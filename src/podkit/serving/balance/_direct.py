@@ -99,6 +99,13 @@ class DirectBalance(ProxyHandler):
         # identity; one that left the pool and came back is a new object).
         self._targets: dict[Endpoint, tuple[Upstream, bytes]] = {}
         self._keyed = balancer.options.policy == "hash"
+        # The common affinity key, the peer's address, read here rather than through the
+        # balancer (which also handles X-Forwarded-For from trusted proxies, headers, cookies).
+        self._by_peer = (
+            self._keyed
+            and balancer.options.hash_on.source == "client-ip"
+            and not balancer.options.trusted_proxies
+        )
         self.sent = 0  # requests written on an idle connection from the server's callbacks
         self.handed_over = 0  # requests this path handed to the ordinary path at once
 
@@ -122,7 +129,11 @@ class DirectBalance(ProxyHandler):
             sink.set_exception(StaleConnection(resume=_resume(balancer, (None,))))
             self.handed_over += 1
             return _nothing
-        key = balancer.affinity_key(request) if self._keyed else None
+        key: str | None = None
+        if self._by_peer:
+            key = request.client[0]
+        elif self._keyed:
+            key = balancer.affinity_key(request)
         endpoint = pool.picker.pick(candidates, now=now, key=key)
         target = self._targets.get(endpoint)
         if target is None:
