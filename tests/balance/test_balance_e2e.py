@@ -196,6 +196,22 @@ def test_a_post_whose_connection_was_refused_is_retried_on_another_backend(
     assert b0.stats()["paths"]["/echo"] == 6
 
 
+def test_a_body_over_the_retry_buffer_is_not_sent_twice(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    """--retry-buffer bounds the bodies kept for a retry; a larger one streams, so when its
+    attempt fails it is answered 502 rather than sent again."""
+    (b0,) = backends(1)
+    dead = Backend("dead")  # never started: connections are refused
+    flags = ("--backend", b0.url, "--backend", dead.url, "--eject-after", "0")
+    lb = balancer(*flags, "--retry-buffer", "1KiB")
+    small = [lb.get("/echo", method="POST", body=b"s" * 512).status for _ in range(6)]
+    assert small == [200] * 6  # kept whole: the refused attempt was retried on b0
+    large = [lb.get("/echo", method="POST", body=b"l" * 2048).status for _ in range(6)]
+    assert sorted(set(large)) == [200, 502]  # round-robin: the dead backend's share failed
+    assert large.count(502) == 3
+
+
 def test_a_post_cut_off_after_reaching_a_backend_is_not_retried(
     backends: StartBackends, balancer: StartBalancer
 ) -> None:

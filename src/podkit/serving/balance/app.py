@@ -130,6 +130,8 @@ class BalanceOptions:
         trusted_proxies: peers whose ``X-Forwarded-For`` is believed.
         retries: the most retries per request.
         retry_ratio, retry_min_per_second: the retry budget.
+        retry_buffer_bytes: request bodies up to this size are kept whole so that a failed
+            attempt can be sent again; larger ones stream and are not retried once attempted.
         health: rise, fall, ejection and slow-start thresholds.
         timeout: seconds of backend silence allowed while a response is awaited.
         connect_timeout: seconds to connect to a backend.
@@ -152,6 +154,7 @@ class BalanceOptions:
     retries: int = DEFAULT_RETRIES
     retry_ratio: float = DEFAULT_RETRY_RATIO
     retry_min_per_second: float = DEFAULT_RETRY_MIN_PER_SECOND
+    retry_buffer_bytes: int = RETRY_BUFFER_BYTES
     health: HealthPolicy = field(default_factory=HealthPolicy)
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -358,8 +361,9 @@ class Balancer:
             # A small body is kept whole so that a failed attempt can be sent again; a large
             # or unsized one streams and its request is not retried once attempted.
             length = request.header("content-length")
-            if length is not None and length.isdigit() and int(length) <= RETRY_BUFFER_BYTES:
-                request.body = await request.read(RETRY_BUFFER_BYTES)
+            limit = self.options.retry_buffer_bytes
+            if length is not None and length.isdigit() and int(length) <= limit:
+                request.body = await request.read(limit)
         replayable = request.body is EMPTY_BODY or isinstance(request.body, bytes)
         tried: list[str] = []
         last_error: UpstreamError | None = None

@@ -6,12 +6,16 @@ from pathlib import Path
 
 import click
 
-from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.engines.http.cli_options import (
+    format_size,
+    server_limit_options,
+    upstream_timeout_options,
+)
 from podkit.engines.http.rules import ServerLimits
 from podkit.engines.workers import DEFAULT_COMMAND_TIMEOUT
 from podkit.errors import ConfigError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
-from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
+from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
 from podkit.serving.balance._affinity import AffinityKey, parse_networks
 from podkit.serving.balance._backends_file import parse_backend
 from podkit.serving.balance._endpoint import (
@@ -31,6 +35,7 @@ from podkit.serving.balance.app import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     POLICIES,
+    RETRY_BUFFER_BYTES,
     BalanceOptions,
     Policy,
     serve_balance,
@@ -154,6 +159,14 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Retry budget: retries per second allowed whatever the traffic.",
 )
 @click.option(
+    "--retry-buffer",
+    type=SIZE,
+    default=format_size(RETRY_BUFFER_BYTES),
+    show_default=True,
+    help="Request bodies up to this size are kept so that a failed attempt can be sent "
+    "again; larger ones stream to the backend and are not retried once attempted.",
+)
+@click.option(
     "--eject-after",
     type=click.IntRange(0, 1000),
     default=DEFAULT_EJECT_AFTER,
@@ -220,6 +233,7 @@ def command(
     retries: int,
     retry_ratio: float,
     retry_min_per_second: float,
+    retry_buffer: int,
     eject_after: int,
     ejection_time: float,
     max_ejection_time: float,
@@ -266,6 +280,7 @@ def command(
         retries=retries,
         retry_ratio=retry_ratio,
         retry_min_per_second=retry_min_per_second,
+        retry_buffer_bytes=retry_buffer,
         health=HealthPolicy(
             rise=rise,
             fall=fall,
