@@ -31,7 +31,7 @@ clean() {
         rm -f "src/${module%.py}".cpython-*.so
     done
     rm -f src/*__mypyc.cpython-*.so "$STAMP"
-    rm -rf src/build
+    rm -rf src/build src/.mypy_cache
 }
 
 if [[ "${1:-}" == "--clean" || "${PODKIT_NATIVE:-1}" == "0" ]]; then
@@ -55,7 +55,7 @@ clean
 echo "compiling the data plane with mypyc (${#MODULES[@]} modules)..."
 if (cd src && "$PY" -m mypyc "${MODULES[@]}" >build-native.log 2>&1); then
     echo "$digest" >"$STAMP"
-    rm -rf src/build src/build-native.log
+    rm -rf src/build src/build-native.log src/.mypy_cache
 else
     echo "warning: mypyc could not compile the data plane (see src/build-native.log);" \
         "podkit runs as pure Python" >&2

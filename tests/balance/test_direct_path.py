@@ -199,7 +199,7 @@ async def test_a_direct_exchange_leaves_no_reference_cycle_behind() -> None:
     import gc
 
     from podkit.engines.http.server import _DirectExchange
-    from podkit.serving.balance.app import _DirectAttempt
+    from podkit.serving.balance._direct import DirectAttempt
 
     async def body(balancer: Balancer, origins: list[Origin], front: Upstream) -> None:
         async with UpstreamPool() as client:
@@ -211,7 +211,7 @@ async def test_a_direct_exchange_leaves_no_reference_cycle_behind() -> None:
                 for _ in range(20):
                     await (await client.send(front, Request("GET", "/"))).read()
                 gc.collect()
-                cyclic = [o for o in gc.garbage if isinstance(o, _DirectExchange | _DirectAttempt)]
+                cyclic = [o for o in gc.garbage if isinstance(o, _DirectExchange | DirectAttempt)]
             finally:
                 gc.set_debug(0)
                 gc.garbage.clear()

@@ -17,7 +17,7 @@ from podkit.serving.balance import (
     LeastRequestPicker,
     Outcome,
 )
-from podkit.serving.balance.app import _CountedBody
+from podkit.serving.balance._counted import CountedBody
 
 
 def two_backends() -> EndpointPool:
@@ -26,7 +26,7 @@ def two_backends() -> EndpointPool:
     return pool
 
 
-def streamed(pool: EndpointPool, url: str) -> tuple[Body, _CountedBody]:
+def streamed(pool: EndpointPool, url: str) -> tuple[Body, CountedBody]:
     """Begin an attempt on ``url`` whose head arrived and whose body is still streaming."""
     endpoint = pool.get(url)
     assert endpoint is not None
@@ -37,7 +37,7 @@ def streamed(pool: EndpointPool, url: str) -> tuple[Body, _CountedBody]:
         assert endpoint is not None
         pool.end(endpoint, override or Outcome.SUCCESS, 1.0)
 
-    return source, _CountedBody(source, end)
+    return source, CountedBody(source, end)
 
 
 def picks(pool: EndpointPool, n: int) -> set[str]:

@@ -17,7 +17,8 @@ ticker that returns ejected endpoints to rotation on time. SIGHUP re-reads the f
 
 An attempt counts against its backend (``in_flight``, which least-request and bounded loads
 read) from the moment it is sent until its response body has finished streaming to the
-client, failed, or been abandoned: :class:`_CountedBody` ends it.
+client, failed, or been abandoned: :class:`~podkit.serving.balance._counted.CountedBody`
+ends it.
 
 With several workers (:func:`serve_balance_workers`) every worker process runs all of this on
 its own; the parent's ``/backends`` is assembled from the workers' merged metric reports, and
@@ -75,11 +76,9 @@ from podkit.runtime.metrics import LATENCY_BUCKETS
 from podkit.serving._workers import Sample, merged_samples, reserve_port
 from podkit.serving.balance._affinity import AffinityKey, IPNetwork
 from podkit.serving.balance._backends_file import BackendSpec, normalise_url, read_backends_file
-from podkit.serving.balance._counted import CountedBody
 from podkit.serving.balance._direct import (
     CODE_LABELS,
     BackendTraffic,
-    DirectAttempt,
     DirectBalance,
     attempt_answered,
 )
@@ -933,9 +932,3 @@ async def serve_balance_workers(
             name="balance",
             pool=pool,
         )
-
-
-# Older private names (the tests' and the profiler's handles on the direct path).
-_CountedBody = CountedBody
-_DirectAttempt = DirectAttempt
-_DirectBalance = DirectBalance
