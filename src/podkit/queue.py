@@ -1,6 +1,7 @@
 """Work queues: a source lists work, a queue holds it, workers process it (at least once).
 
-The public API of the work queue pattern; the implementation lives in
+The public API of the work queue pattern (:class:`Queue` for asyncio code,
+:class:`SyncQueue` for code without an event loop); the implementation lives in
 :mod:`podkit.batch.queue` and the stores in :mod:`podkit.backends`.
 """
 
@@ -23,8 +24,10 @@ from podkit.batch.queue.states import (
     ItemState,
     RetryPolicy,
 )
+from podkit.batch.queue.sync import DEFAULT_CALL_TIMEOUT, SyncQueue, open_sync_queue
 
 __all__ = [
+    "DEFAULT_CALL_TIMEOUT",
     "DEFAULT_KEY_TTL",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_ITEM_BYTES",
@@ -40,5 +43,7 @@ __all__ = [
     "QueueStats",
     "Receipt",
     "RetryPolicy",
+    "SyncQueue",
     "open_queue",
+    "open_sync_queue",
 ]
