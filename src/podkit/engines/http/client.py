@@ -613,16 +613,24 @@ def forwarded_head(
         authority=authority,
     )
     if head is None:
-        headers = forwarded_headers(
-            request.headers,
-            client_ip=request.client[0],
-            scheme=request.scheme,
-            host=host,
-            http_version=request.http_version,
-            forwarding=forwarding,
+        head = _request_head(
+            request, upstream_request_headers(request, forwarding), upstream, None, False
         )
-        head = _request_head(request, headers, upstream, None, False)
     return head
+
+
+def upstream_request_headers(request: Request, forwarding: Forwarding) -> Headers:
+    """The fields to send upstream for ``request`` under ``forwarding`` (see
+    :func:`~podkit.engines.http.rules.forwarded_headers`)."""
+    host = request.framing.host if request.framing is not None else None
+    return forwarded_headers(
+        request.headers,
+        client_ip=request.client[0],
+        scheme=request.scheme,
+        host=host,
+        http_version=request.http_version,
+        forwarding=forwarding,
+    )
 
 
 def _request_head(

@@ -15,13 +15,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from podkit.engines.errors import NoUpstreamAvailable, UpstreamError
-from podkit.engines.http.client import ResponseSink, Upstream, UpstreamPool, forwarded_head
+from podkit.engines.http.client import (
+    ResponseSink,
+    Upstream,
+    UpstreamPool,
+    forwarded_head,
+    upstream_request_headers,
+)
 from podkit.engines.http.messages import Handler, Request, Response
 from podkit.engines.http.rules import (
     Forwarding,
-    Headers,
     add_via,
-    forwarded_headers,
 )
 
 UpstreamChoice = Upstream | None
@@ -45,20 +49,6 @@ class Outcome:
     error: UpstreamError | None
     seconds: float
     request_sent: bool
-
-
-def upstream_request_headers(request: Request, forwarding: Forwarding) -> Headers:
-    """The fields to send upstream for ``request`` under ``forwarding`` (see
-    :func:`~podkit.engines.http.rules.forwarded_headers`)."""
-    host = request.framing.host if request.framing is not None else None
-    return forwarded_headers(
-        request.headers,
-        client_ip=request.client[0],
-        scheme=request.scheme,
-        host=host,
-        http_version=request.http_version,
-        forwarding=forwarding,
-    )
 
 
 def proxy_handler(
