@@ -31,6 +31,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
             "--max-object",
         ),
         (["cache", "--upstream", "http://a:1", "--purge-allow", "nope"], "--purge-allow"),
+        (["balance", "--backend", "http://a:1", "--workers-timeout", "0s"], "--workers-timeout"),
+        (["cache", "--upstream", "http://a:1", "--workers-timeout", "0s"], "--workers-timeout"),
+        (["balance", "--backend", "http://a:1", "--retry-buffer", "lots"], "--retry-buffer"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args: list[str], message: str) -> None:

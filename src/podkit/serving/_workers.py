@@ -11,12 +11,39 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import click
 from prometheus_client import CollectorRegistry
 
+from podkit.engines.workers import DEFAULT_COMMAND_TIMEOUT
 from podkit.errors import PodkitError
+from podkit.runtime import format_duration
+from podkit.runtime.cli_options import DURATION
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def workers_timeout_option(waits_for: str) -> Callable[[F], F]:
+    """``--workers-timeout D``: how long the parent's admin endpoint waits for every worker to
+    confirm a command (``waits_for`` names it in the help) before it answers 503."""
+
+    def positive(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        if value <= 0:
+            raise click.BadParameter("must be more than 0", ctx=ctx, param=param)
+        return value
+
+    return click.option(
+        "--workers-timeout",
+        type=DURATION,
+        default=format_duration(DEFAULT_COMMAND_TIMEOUT),
+        show_default=True,
+        callback=positive,
+        help=f"With --workers: how long {waits_for} waits for each worker to confirm before "
+        "the answer is 503.",
+    )
 
 
 @contextlib.contextmanager

@@ -12,10 +12,10 @@ from podkit.engines.http.cli_options import (
     upstream_timeout_options,
 )
 from podkit.engines.http.rules import ServerLimits
-from podkit.engines.workers import DEFAULT_COMMAND_TIMEOUT
 from podkit.errors import ConfigError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
+from podkit.serving._workers import workers_timeout_option
 from podkit.serving.balance._affinity import AffinityKey, parse_networks
 from podkit.serving.balance._backends_file import parse_backend
 from podkit.serving.balance._endpoint import (
@@ -207,14 +207,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
 @server_limit_options
-@click.option(
-    "--workers-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_COMMAND_TIMEOUT),
-    show_default=True,
-    help="With --workers: how long the admin endpoint waits for each worker to confirm a "
-    "drain or undrain by hand before it answers 503.",
-)
+@workers_timeout_option("a drain or undrain by hand")
 @runtime_options
 def command(
     listen: HostPort,
@@ -259,8 +252,6 @@ def command(
         raise click.UsageError("need 0 < --ejection-time <= --max-ejection-time")
     if interval <= 0 or probe_timeout <= 0:
         raise click.UsageError("--interval and --probe-timeout must be positive")
-    if workers_timeout <= 0:
-        raise click.UsageError("--workers-timeout must be positive")
     specs = tuple(parse_backend(text, path="--backend") for text in backends)
     if len({s.url for s in specs}) != len(specs):
         raise ConfigError("a backend is given twice", path="--backend")

@@ -6,9 +6,9 @@ import click
 
 from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
 from podkit.engines.http.rules import ServerLimits
-from podkit.engines.workers import DEFAULT_COMMAND_TIMEOUT
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
+from podkit.serving._workers import workers_timeout_option
 from podkit.serving.balance._affinity import parse_networks
 from podkit.serving.balance._backends_file import normalise_url
 from podkit.serving.cache._coalesce import DEFAULT_COALESCE_TIMEOUT
@@ -84,14 +84,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
 @server_limit_options
-@click.option(
-    "--workers-timeout",
-    type=DURATION,
-    default=format_duration(DEFAULT_COMMAND_TIMEOUT),
-    show_default=True,
-    help="With --workers: how long a purge waits for each worker to confirm it before "
-    "the answer is 503.",
-)
+@workers_timeout_option("a purge")
 @runtime_options
 def command(
     listen: HostPort,
@@ -116,8 +109,6 @@ def command(
     """
     if max_object > max_size:
         raise click.UsageError("--max-object cannot be larger than --max-size")
-    if workers_timeout <= 0:
-        raise click.UsageError("--workers-timeout must be positive")
     options = CacheOptions(
         host=listen.host,
         port=listen.port,
