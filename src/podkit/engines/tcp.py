@@ -34,6 +34,7 @@ from typing import cast
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from podkit.engines._closing import finish_closing
 from podkit.engines.http.client import Upstream
 from podkit.errors import PodkitError
 
@@ -618,19 +619,9 @@ class TCPProxy:
         connections: list[_ClientSide | _SplicedPair] = [*self.clients, *self.spliced]
         for client in connections:
             client.abort()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
-        if self._collector is not None and self._registry is not None:
-            with contextlib.suppress(KeyError):
-                self._registry.unregister(self._collector)
-            self._collector = None
+        ticker, server, collector = self._ticker, self._server, self._collector
+        self._ticker = self._server = self._collector = None
+        await finish_closing(ticker, server, self._registry, collector)
 
 
 class _TCPCollector(Collector):

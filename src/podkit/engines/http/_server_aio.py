@@ -15,6 +15,7 @@ import contextlib
 import errno
 from typing import Any, cast
 
+from podkit.engines._closing import finish_closing
 from podkit.engines.errors import UpstreamError
 from podkit.engines.http.messages import Body, Handler, Request, Response, close_body
 from podkit.engines.http.rules import BodyMode, response_framing, response_head
@@ -243,16 +244,6 @@ async def server_aclose(self: HTTPServer) -> None:
     for conn in list(self.connections):
         if conn.transport is not None:
             conn.transport.abort()
-    if self._ticker is not None:
-        self._ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._ticker
-        self._ticker = None
-    if self._server is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        self._server = None
-    if self._collector is not None and self._registry is not None:
-        with contextlib.suppress(KeyError):
-            self._registry.unregister(self._collector)
-        self._collector = None
+    ticker, server, collector = self._ticker, self._server, self._collector
+    self._ticker = self._server = self._collector = None
+    await finish_closing(ticker, server, self._registry, collector)
