@@ -12,6 +12,7 @@ from podkit.runtime.component import (
 from podkit.runtime.config import (
     HostPort,
     format_duration,
+    format_size,
     load_model,
     load_yaml,
     parse_duration,
@@ -36,6 +37,7 @@ __all__ = [
     "SimpleHTTPServer",
     "configure_logging",
     "format_duration",
+    "format_size",
     "get_logger",
     "load_model",
     "load_yaml",

@@ -73,6 +73,14 @@ def parse_size(text: str | int, *, field: str = "size") -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
+def format_size(n: int) -> str:
+    """The shortest exact way to write ``n`` bytes in podkit's size syntax (``32KiB``)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
 def format_duration(seconds: float) -> str:
     """The shortest exact way to write ``seconds`` in podkit's duration syntax."""
     if seconds and seconds < 1:

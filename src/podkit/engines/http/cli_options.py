@@ -28,7 +28,7 @@ from podkit.engines.http.rules import (
 )
 from podkit.errors import ConfigError
 from podkit.runtime.cli_options import DURATION, SIZE
-from podkit.runtime.config import format_duration
+from podkit.runtime.config import format_duration, format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,14 +44,6 @@ LIMIT_PARAMS: tuple[str, ...] = (
     "max_connections",
     "max_pipeline",
 )
-
-
-def format_size(n: int) -> str:
-    """The shortest exact way to write ``n`` bytes in podkit's size syntax (``32KiB``)."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
 
 
 def server_limits(
@@ -257,7 +249,6 @@ def _folding(
 
 __all__ = [
     "LIMIT_PARAMS",
-    "format_size",
     "server_limit_options",
     "server_limits",
     "upstream_timeout_options",

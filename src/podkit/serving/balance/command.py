@@ -7,13 +7,19 @@ from pathlib import Path
 import click
 
 from podkit.engines.http.cli_options import (
-    format_size,
     server_limit_options,
     upstream_timeout_options,
 )
 from podkit.engines.http.rules import ServerLimits
 from podkit.errors import ConfigError
-from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
+from podkit.runtime import (
+    HostPort,
+    Runtime,
+    RuntimeOptions,
+    format_duration,
+    format_size,
+    run_component,
+)
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
 from podkit.serving._workers import workers_timeout_option
 from podkit.serving.balance._affinity import AffinityKey, parse_networks
