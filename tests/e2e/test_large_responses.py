@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import pytest
 
 from podkit.testing import PodkitProcess, free_port, wait_http, wait_port
-
 from tests.sidecar.pki import TestCA
 
 BIG = 2_000_000
