@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+from collections.abc import Callable
 from typing import Any, cast
 
 from podkit.engines._closing import finish_closing
@@ -27,6 +28,7 @@ from podkit.engines.http.server import (
     _error_reason,
     _record_sni,
     _ServerCollector,
+    _TLSAccept,
     log,
 )
 from podkit.errors import PodkitError, ProtocolError, RemoteProtocolError
@@ -181,17 +183,19 @@ async def server_start(self: HTTPServer) -> None:
     self.loop = asyncio.get_running_loop()
     if self.ssl is not None:
         _record_sni(self.ssl)
+    # HTTPS: accepted as plain TCP and upgraded by _TLSAccept, so that a client counts from
+    # accept and its handshake has a deadline of our own.
+    factory: Callable[[], asyncio.Protocol] = (
+        (lambda: _Connection(self)) if self.ssl is None else (lambda: _TLSAccept(self))
+    )
     try:
         if self.sock is not None:
-            self._server = await self.loop.create_server(
-                lambda: _Connection(self), sock=self.sock, ssl=self.ssl, backlog=1024
-            )
+            self._server = await self.loop.create_server(factory, sock=self.sock, backlog=1024)
         else:
             self._server = await self.loop.create_server(
-                lambda: _Connection(self),
+                factory,
                 self.host,
                 self.port,
-                ssl=self.ssl,
                 reuse_port=self.reuse_port or None,
                 backlog=1024,
             )
@@ -227,6 +231,8 @@ async def server_drain(self: HTTPServer, timeout: float) -> None:
     self.draining = True
     if self._server is not None:
         self._server.close()
+    for accept in list(self.handshaking):
+        accept.abort()  # no request yet: nothing to finish
     for conn in list(self.connections):
         idle = conn.active is None and not conn.queue and conn.reading is None
         if idle and conn.tunnel is None and conn.transport is not None:
@@ -247,6 +253,9 @@ async def server_aclose(self: HTTPServer) -> None:
     for conn in list(self.connections):
         if conn.transport is not None:
             conn.transport.abort()
+    for accept in list(self.handshaking):
+        accept.abort()
+    self.handshaking.clear()
     ticker, server, collector = self._ticker, self._server, self._collector
     self._ticker = self._server = self._collector = None
     await finish_closing(ticker, server, self._registry, collector)

@@ -44,6 +44,7 @@ DEFAULT_KEEPALIVE_TIMEOUT = 60.0  # idle time between requests; nginx 75 s, HAPr
 DEFAULT_MAX_CONNECTIONS = 10_000  # below a default 'ulimit -n' of a server host
 DEFAULT_BUFFER_BYTES = 256 * 1024  # per-stream buffer before reading pauses (back-pressure)
 DEFAULT_MAX_PIPELINE = 64  # requests queued behind the one being answered (503 beyond it)
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # a TLS handshake on a live client takes milliseconds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +63,9 @@ class ServerLimits:
         buffer_bytes: bytes buffered per body stream before the sender is paused.
         max_pipeline: pipelined requests queued behind the one in progress; reading pauses
             at a quarter of it, and a client that still sends more is answered 503.
+        handshake_timeout: seconds from accept to a completed TLS handshake (HTTPS only);
+            a client still handshaking then is closed. Handshaking clients count against
+            ``max_connections``.
         underscores_in_headers: keep request fields whose names contain ``_``. Off by default
             (nginx's ``underscores_in_headers off``): CGI and WSGI apps read ``X_Client_Cert``
             as ``X-Client-Cert``, so a client could forge a field that a proxy sets.
@@ -78,6 +82,7 @@ class ServerLimits:
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     max_pipeline: int = DEFAULT_MAX_PIPELINE
     underscores_in_headers: bool = False
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_dataclass(self)  # picklable when compiled (see podkit._pickling)

@@ -258,6 +258,88 @@ def _record_sni(context: ssl_module.SSLContext) -> None:
     context.sni_callback = record
 
 
+class _TLSAccept(asyncio.Protocol):
+    """A client of an HTTPS server from accept until its TLS handshake completes.
+
+    The listener accepts plain TCP; this protocol's ``connection_made`` counts the client
+    against ``max_connections`` at once (one that never finishes its handshake still holds a
+    socket), then puts the loop's own SSL protocol in front of a :class:`_Connection`, as
+    ``create_server(ssl=...)`` would, with ``handshake_timeout`` as its deadline. The
+    handshake's outcome ends the count here; the connection counts itself from then on.
+    """
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        raw = cast(asyncio.Transport, transport)
+        server.counters.connections_total += 1
+        if server.open_connections() >= server.limits.max_connections or server.draining:
+            server.counters.error("max_connections")
+            raw.abort()  # nothing can be answered before the handshake
+            return
+        assert server.ssl is not None
+        peer = raw.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
+        self.transport = raw
+        server.handshaking.add(self)
+        loop = server.loop
+        handshake: asyncio.Future[None] = loop.create_future()
+        handshake.add_done_callback(self._handshake_done)
+        tls = _ssl_protocol_class(loop)(
+            loop,
+            _Connection(server),
+            server.ssl,
+            handshake,
+            server_side=True,
+            ssl_handshake_timeout=server.limits.handshake_timeout,
+        )
+        raw.set_protocol(tls)
+        tls.connection_made(raw)
+
+    def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
+        server = self.server
+        server.handshaking.discard(self)
+        if handshake.cancelled():
+            return
+        exc = handshake.exception()
+        if exc is None:
+            return
+        if self.transport is not None:
+            self.transport.abort()
+        timed_out = "longer than" in str(exc) or isinstance(exc, TimeoutError)
+        server.counters.error("tls_handshake_timeout" if timed_out else "tls_handshake")
+        log.warning(
+            "TLS handshake failed",
+            extra={
+                "client": self.client,
+                "reason": "no handshake within the timeout"
+                if timed_out
+                else str(exc) or type(exc).__name__,
+            },
+        )
+
+    def abort(self) -> None:
+        """Close a client still in its handshake (the server stops)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The SSL protocol of ``loop``'s own kind (uvloop's compiled one under uvloop)."""
+    module = type(loop).__module__
+    if module.startswith("uvloop"):
+        import uvloop.loop
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    import asyncio.sslproto
+
+    return asyncio.sslproto.SSLProtocol
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parse, dispatch in order, write responses, tunnel after 101."""
 
@@ -304,8 +386,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         server = self.server
-        server.counters.connections_total += 1
-        if len(server.connections) >= self.limits.max_connections or server.draining:
+        if server.ssl is None:
+            server.counters.connections_total += 1  # HTTPS: counted at accept (_TLSAccept)
+        if server.open_connections() >= self.limits.max_connections or server.draining:
             server.counters.error("max_connections")
             self.transport.write(error_response(503, "too many connections"))
             self.transport.close()
@@ -991,6 +1074,7 @@ class HTTPServer:
         self.metrics_prefix = metrics_prefix
         self.counters = _Counters()
         self.connections: set[_Connection] = set()
+        self.handshaking: set[_TLSAccept] = set()  # HTTPS clients before their handshake
         self.draining = False
         self.started_at = time.time()
         self._server: asyncio.Server | None = None
@@ -1019,11 +1103,15 @@ class HTTPServer:
     def _tick(self) -> Coroutine[Any, Any, None]:
         return _aio.server_tick(self)
 
+    def open_connections(self) -> int:
+        """Client connections open now, counting HTTPS clients still in their handshake."""
+        return len(self.connections) + len(self.handshaking)
+
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters."""
         counters = self.counters
         return ServerStatistics(
-            connections_open=len(self.connections),
+            connections_open=self.open_connections(),
             connections_total=counters.connections_total,
             requests_total=counters.requests_total,
             responses=dict(counters.responses),
