@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from podkit.errors import PodkitTimeout, UsageError
+from podkit.errors import PodkitError, PodkitTimeout
 from podkit.pods.model import json_schema, load_podfile
 from podkit.pods.supervisor import (
     DEFAULT_STATE_DIR,
@@ -23,8 +23,11 @@ from podkit.pods.supervisor import (
     read_state,
     request,
 )
+from podkit.runtime.cli_options import DURATION
+from podkit.runtime.config import format_duration
 
 DEFAULT_PODFILE = "examples/quickstart.yaml"
+EXIT_NOT_RUNNING = 3  # `podkit status` with nothing running: LSB's "program is not running"
 DEFAULT_DOWN_TIMEOUT = 60.0  # above the default stop grace (15 s) of a few pods in sequence
 _POLL = 0.05
 
@@ -80,17 +83,21 @@ def up_command(file: str, state_dir: Path, check: bool, schema: bool) -> int:
     "--json", "as_json", is_flag=True, default=False, show_default=True, help="Print JSON."
 )
 def status_command(state_dir: Path, as_json: bool) -> int:
-    """Show every container of the running pods: state, pid, restarts, ready, address."""
+    """Show every container of the running pods: state, pid, restarts, ready, address.
+
+    Exits 3 when no pods run from the state directory.
+    """
     try:
         status = request(state_dir.absolute(), {"op": "status"})
     except NotRunning as exc:
         stale = read_state(state_dir)
+        message = str(exc)
         if stale is not None:
-            raise UsageError(
-                f"{exc}; the last supervisor (pid {stale.get('pid')}) is gone: "
+            message += (
+                f"; the last supervisor (pid {stale.get('pid')}) is gone: "
                 "`podkit down` cleans up what it left"
-            ) from exc
-        raise
+            )
+        raise NothingRunning(message) from exc
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return 0
@@ -129,10 +136,10 @@ def scale_command(pod: str, replicas: int, state_dir: Path) -> int:
 @_state_dir_option
 @click.option(
     "--timeout",
-    type=float,
-    default=DEFAULT_DOWN_TIMEOUT,
+    type=DURATION,
+    default=format_duration(DEFAULT_DOWN_TIMEOUT),
     show_default=True,
-    help="Seconds to wait for every container to stop.",
+    help="How long to wait for every container to stop (500ms, 5s, 1m).",
 )
 def down_command(state_dir: Path, timeout: float) -> int:
     """Stop the running pods in reverse order (SIGTERM, then SIGKILL after the grace period).
@@ -160,6 +167,12 @@ def down_command(state_dir: Path, timeout: float) -> int:
         time.sleep(_POLL)
     click.echo("stopped")
     return 0
+
+
+class NothingRunning(PodkitError):
+    """``podkit status`` found no supervisor (exit code 3)."""
+
+    exit_code = EXIT_NOT_RUNNING
 
 
 def _alive(pid: int) -> bool:

@@ -83,6 +83,14 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Scalar = str | int | float | bool
 
 
+# How errors describe the patterns and union members of the model (see parse_podfile).
+_WORDS = {
+    NAME_PATTERN: "a name of lowercase letters, digits and '-' that starts with a letter",
+    "^/": "a path starting with /",
+    "Discovery": "a discovery reference {pod: NAME, port: N}",
+}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -500,7 +508,7 @@ def parse_podfile(data: Any, *, source: str) -> PodFile:
     try:
         return PodFile.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        raise validation_error_to_config_error(exc, source=source) from exc
+        raise validation_error_to_config_error(exc, source=source, words=_WORDS) from exc
 
 
 def load_podfile(
