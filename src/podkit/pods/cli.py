@@ -7,28 +7,48 @@ directory (``.podkit/`` of the working directory, so run them from the same dire
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
-from podkit.errors import PodkitError, PodkitTimeout
-from podkit.pods.model import json_schema, load_podfile
+from podkit.errors import PodkitError, PodkitTimeout, UsageError
+from podkit.pods.logs import (
+    DEFAULT_LOG_MAX_BYTES,
+    LogFollower,
+    LogSource,
+    log_sources,
+    merged,
+    parse_since,
+    select_sources,
+)
+from podkit.pods.model import PodFile, json_schema, load_podfile
 from podkit.pods.supervisor import (
     DEFAULT_STATE_DIR,
     NotRunning,
     PodSupervisor,
+    check_addresses_free,
     cleanup_leftovers,
     read_state,
     request,
 )
-from podkit.runtime.cli_options import DURATION
-from podkit.runtime.config import format_duration
+from podkit.runtime.cli_options import DURATION, SIZE
+from podkit.runtime.config import format_duration, format_size
 
 DEFAULT_PODFILE = "examples/quickstart.yaml"
 EXIT_NOT_RUNNING = 3  # `podkit status` with nothing running: LSB's "program is not running"
 DEFAULT_DOWN_TIMEOUT = 60.0  # above the default stop grace (15 s) of a few pods in sequence
+DEFAULT_WAIT_TIMEOUT = 120.0  # `up -d`: Python components on a loaded machine, in `after` order
+DEFAULT_RESTART_TIMEOUT = 60.0  # `restart`: a stop grace (15 s) plus a start
+FOLLOW_POLL = 0.2  # `logs -f`: how often the files are read for new lines
+SUPERVISOR_LOG = "supervisor.log"  # the detached supervisor's own output, in the state dir
 _POLL = 0.05
 
 _state_dir_option = click.option(
@@ -40,15 +60,55 @@ _state_dir_option = click.option(
 )
 
 
+def _subnet_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from podkit.pods.model import parse_subnet
+
+    try:
+        return parse_subnet(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 @click.command("up")
 @click.argument("file", required=False, default=DEFAULT_PODFILE)
 @_state_dir_option
+@click.option(
+    "-d",
+    "--detach",
+    is_flag=True,
+    default=False,
+    show_default=True,
+    help="Run in the background: return once every pod is ready (exit 0), or stop everything "
+    "and say why (exit 1).",
+)
+@click.option(
+    "--wait-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_WAIT_TIMEOUT),
+    show_default=True,
+    help="With --detach: how long every pod has to become ready.",
+)
+@click.option(
+    "--log-max-size",
+    type=SIZE,
+    default=format_size(DEFAULT_LOG_MAX_BYTES),
+    show_default=True,
+    help="Rotate a container's log file at this size (one older file is kept).",
+)
+@click.option(
+    "--subnet",
+    default=None,
+    callback=_subnet_option,
+    help="Run the pods in this loopback block, 127.N.0.0/16 (overrides the file's `subnet`).",
+)
 @click.option(
     "--check",
     is_flag=True,
     default=False,
     show_default=True,
-    help="Validate the pod file and exit without starting anything.",
+    help="Validate the pod file and each component's options, and exit without starting.",
 )
 @click.option(
     "--schema",
@@ -57,24 +117,161 @@ _state_dir_option = click.option(
     show_default=True,
     help="Print the pod file's JSON Schema and exit.",
 )
-def up_command(file: str, state_dir: Path, check: bool, schema: bool) -> int:
+def up_command(
+    file: str,
+    state_dir: Path,
+    detach: bool,
+    wait_timeout: float,
+    log_max_size: int,
+    subnet: str | None,
+    check: bool,
+    schema: bool,
+) -> int:
     """Run the pods of FILE on this machine until Ctrl-C or `podkit down`.
 
     Pods start in dependency order (`after`), each replica on its own loopback address
     127.0.P.R; every container's output is printed with a `pod-replica/container |` prefix
-    and kept under the state directory. FILE defaults to the quick-start pod file.
+    and kept under the state directory (`podkit logs`). FILE defaults to the quick-start pod
+    file. With -d, `up` returns once every pod is ready and the pods run in the background.
     """
     if schema:
         click.echo(json.dumps(json_schema(), indent=2))
         return 0
     state_dir = state_dir.absolute()
-    podfile = load_podfile(file, state_dir=state_dir)
+    podfile = load_podfile(file, state_dir=state_dir, subnet=subnet)
     if check:
         names = ", ".join(podfile.pods)
         click.echo(f"{file}: ok ({len(podfile.pods)} pods: {names})")
         return 0
-    supervisor = PodSupervisor(podfile, source=file, state_dir=state_dir)
+    if detach:
+        return _up_detached(
+            file,
+            podfile,
+            state_dir=state_dir,
+            wait_timeout=wait_timeout,
+            log_max_size=log_max_size,
+            subnet=subnet,
+        )
+    supervisor = PodSupervisor(
+        podfile, source=file, state_dir=state_dir, log_max_bytes=log_max_size
+    )
     return asyncio.run(supervisor.run())
+
+
+def _up_detached(
+    file: str,
+    podfile: PodFile,
+    *,
+    state_dir: Path,
+    wait_timeout: float,
+    log_max_size: int,
+    subnet: str | None,
+) -> int:
+    """Start a supervisor in its own session and wait until every pod is ready."""
+    try:
+        running = request(state_dir, {"op": "status"})
+    except NotRunning:
+        pass
+    else:
+        raise UsageError(
+            f"pods from {running.get('file')} already run here (supervisor pid "
+            f"{running.get('pid')}); stop them with `podkit down`"
+        )
+    check_addresses_free(podfile, source=file, state_dir=state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "podkit", "up", file, "--state-dir", str(state_dir)]
+    argv += ["--log-max-size", str(log_max_size)]
+    if subnet is not None:
+        argv += ["--subnet", subnet]
+    log_path = state_dir / SUPERVISOR_LOG
+    with log_path.open("wb") as log:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        status = _wait_ready(child, state_dir, log_path, timeout=wait_timeout)
+    except BaseException:
+        _stop_detached(child, state_dir)
+        raise
+    for pod in status["ready_pods"]:
+        rows = [c for c in status["containers"] if c["pod"] == pod]
+        addresses = list(dict.fromkeys(a for c in rows for a in c["address"].split()))
+        where = f" at {' '.join(addresses)}" if addresses else ""
+        click.echo(f"podkit up: {pod} ready{where}")
+    click.echo(
+        f"podkit up: running in the background (supervisor pid {child.pid}); "
+        "`podkit logs -f` follows the output, `podkit down` stops them"
+    )
+    return 0
+
+
+def _wait_ready(
+    child: subprocess.Popen[bytes], state_dir: Path, log_path: Path, *, timeout: float
+) -> dict[str, Any]:
+    """Poll the new supervisor until every pod is ready; raise with the reason otherwise."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] | None = None
+    while True:
+        code = child.poll()
+        if code is not None:
+            raise PodkitError(
+                f"the supervisor exited with code {code}: {_last_error(log_path)} "
+                f"(its output: {log_path})"
+            )
+        try:
+            status = request(state_dir, {"op": "status"})
+        except NotRunning:
+            status = None
+        if status is not None:
+            failed = [p for p in status["problems"] if p["failed"]] or status["problems"]
+            if failed:
+                problem = failed[0]
+                for line in problem["output"]:
+                    click.echo(f"    {line}", err=True)
+                last = next((line for line in reversed(problem["output"]) if line.strip()), "")
+                reason = f"{problem['container']}: {problem['message']}"
+                raise PodkitError(f"{reason}: {last.strip()}" if last else reason)
+            wanted = [p for p, n in status["replicas"].items() if n > 0]
+            if all(p in status["ready_pods"] for p in wanted):
+                return status
+        if time.monotonic() > deadline:
+            waiting = "no answer from the supervisor"
+            if status is not None:
+                rows = [c for c in status["containers"] if not c["ready"]]
+                waiting = ", ".join(
+                    f"{c['pod']}-{c['replica']}/{c['container']} ({c['state']})" for c in rows
+                )
+            raise PodkitTimeout(
+                f"not every pod was ready within {format_duration(timeout)}: waiting for "
+                f"{waiting}; stopped everything (see `podkit logs`)"
+            )
+        time.sleep(_POLL)
+
+
+def _last_error(log_path: Path) -> str:
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "no output"
+    errors = [line for line in lines if ": error: " in line]
+    return (errors or [line for line in lines if line.strip()] or ["no output"])[-1]
+
+
+def _stop_detached(child: subprocess.Popen[bytes], state_dir: Path) -> None:
+    """Stop a supervisor started by ``up -d`` and everything it started."""
+    with contextlib.suppress(PodkitError):
+        request(state_dir, {"op": "down"})
+    try:
+        child.wait(DEFAULT_DOWN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    cleanup_leftovers(state_dir)
 
 
 @click.command("status")
@@ -167,6 +364,129 @@ def down_command(state_dir: Path, timeout: float) -> int:
         time.sleep(_POLL)
     click.echo("stopped")
     return 0
+
+
+@click.command("restart")
+@click.argument("pod")
+@_state_dir_option
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_RESTART_TIMEOUT),
+    show_default=True,
+    help="How long the pod has to stop and be ready again.",
+)
+def restart_command(pod: str, state_dir: Path, timeout: float) -> int:
+    """Stop every container of POD and start it again; return once POD is ready.
+
+    Containers that gave up (exited, failed) start again too.
+    """
+    state_dir = state_dir.absolute()
+    request(state_dir, {"op": "restart", "pod": pod})
+    deadline = time.monotonic() + timeout
+    while True:
+        status = request(state_dir, {"op": "status"})
+        rows = [c for c in status["containers"] if c["pod"] == pod]
+        if pod in status["failed_pods"]:
+            failed = [p for p in status["problems"] if p["container"].startswith(f"{pod}-")]
+            reason = f": {failed[-1]['message']}" if failed else ""
+            raise PodkitError(f"{pod} failed after the restart{reason} (see `podkit logs {pod}`)")
+        if all(c["ready"] and c["state"] in ("running", "exited") for c in rows):
+            click.echo(f"{pod}: restarted, ready")
+            return 0
+        if time.monotonic() > deadline:
+            raise PodkitTimeout(f"{pod} was not ready within {format_duration(timeout)}")
+        time.sleep(_POLL)
+
+
+@click.command("logs")
+@click.argument("target", required=False, metavar="[POD[/CONTAINER]]")
+@_state_dir_option
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    default=False,
+    show_default=True,
+    help="Keep printing new lines.",
+)
+@click.option(
+    "--since",
+    default=None,
+    help="Only lines from this long ago (30s, 5m, 2h) or since this time (2026-12-07T03:04Z).",
+)
+@click.option(
+    "-n",
+    "--tail",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Only the last N lines of each container (then new ones with -f).",
+)
+@click.option(
+    "-t",
+    "--timestamps",
+    is_flag=True,
+    default=False,
+    show_default=True,
+    help="Show the time each line was read (UTC).",
+)
+def logs_command(
+    target: str | None,
+    state_dir: Path,
+    follow: bool,
+    since: str | None,
+    tail: int | None,
+    timestamps: bool,
+) -> int:
+    """Print the output of the pods' containers, kept under the state directory.
+
+    TARGET is a pod (`web`), a replica (`web-2`), or either with a container (`web/app`,
+    `web-2/app`); without it, every container. Lines of several containers are merged in time
+    order and prefixed `pod-replica/container |`. With -f, follows new lines until the pods
+    stop (or Ctrl-C).
+    """
+    logs_dir = state_dir.absolute() / "logs"
+    selected = select_sources(log_sources(logs_dir), target)
+    since_stamp = parse_since(since, now=time.time()) if since is not None else ""
+    several = len(selected) > 1
+
+    def show(when: str, source: LogSource, text: str) -> None:
+        prefix = f"{source.label} | " if several else ""
+        stamp_ = f"{when} " if timestamps and when else ""
+        click.echo(f"{prefix}{stamp_}{text}")
+
+    for when, source, text in merged(selected, since=since_stamp, tail=tail):
+        show(when, source, text)
+    if not follow:
+        return 0
+    followers = {s.path: LogFollower(s) for s in selected}
+    try:
+        while True:
+            alive = _supervisor_alive(state_dir.absolute())
+            for source in select_sources(log_sources(logs_dir), target):
+                if source.path not in followers:  # a replica scaled up meanwhile
+                    followers[source.path] = LogFollower(source, at_end=False)
+                    several = several or len(followers) > 1
+            batch = [
+                (when, follower.source, text)
+                for follower in followers.values()
+                for when, text in follower.read_new()
+            ]
+            batch.sort(key=lambda row: (row[0], row[1]))
+            for when, source, text in batch:
+                if when >= since_stamp:
+                    show(when, source, text)
+            if not alive:
+                return 0  # the pods stopped and every line they wrote is printed
+            time.sleep(FOLLOW_POLL)  # the follow period, not a wait for a state
+    finally:
+        for follower in followers.values():
+            follower.close()
+
+
+def _supervisor_alive(state_dir: Path) -> bool:
+    state = read_state(state_dir)
+    return state is not None and _alive(int(state.get("pid", 0)))
 
 
 class NothingRunning(PodkitError):

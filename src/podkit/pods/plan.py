@@ -16,17 +16,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from podkit.errors import ConfigError
 from podkit.pods.core import ContainerKey
 from podkit.pods.model import (
     Container,
     Discovery,
     PodFile,
+    admin_probes,
     discovery_path,
     render_template,
-    replica_ip,
     template_fields,
 )
+from podkit.runtime.config import parse_hostport
 
+READYZ_PATH = "/readyz"  # the runtime's readiness route on every component's admin endpoint
 DISCOVERY_HEADER = "# podkit discovery: ready replicas of pod {pod} on port {port}, one per line\n"
 
 
@@ -112,6 +115,45 @@ def plan_container(
     return ContainerPlan(tuple(argv), env, cwd)
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeTarget:
+    """One readiness check of a replica: a TCP connect (``path`` None) or ``GET path``.
+
+    Attributes:
+        what: where it comes from in the pod file (``pods.web.ready``,
+            ``pods.lb.containers.balance.options.admin``).
+    """
+
+    host: str
+    port: int
+    path: str | None
+    what: str
+
+
+def probe_targets(
+    podfile: PodFile, pod: str, replica: int, *, state_dir: Path
+) -> list[ProbeTarget]:
+    """What decides that one replica is ready: the pod's ``ready`` probe or, without one,
+    ``GET /readyz`` on the admin endpoint of each component container that has one."""
+    spec = podfile.pods[pod]
+    ip = podfile.address(pod, replica)
+    if spec.ready is not None:
+        path = spec.ready.http.path if spec.ready.http is not None else None
+        return [ProbeTarget(ip, spec.ready.port, path, f"pods.{pod}.ready")]
+    fields = template_fields(podfile, pod, replica, state_dir=state_dir)
+    targets = []
+    for name, admin in admin_probes(spec).items():
+        try:
+            address = parse_hostport(render_template(admin, fields), field="admin")
+        except ConfigError:
+            continue  # the component itself rejects it, and says so
+        host = ip if address.host in ("0.0.0.0", "") else address.host
+        if address.port:
+            where = f"pods.{pod}.containers.{name}.options.admin"
+            targets.append(ProbeTarget(host, address.port, READYZ_PATH, where))
+    return targets
+
+
 def discovery_refs(podfile: PodFile) -> list[Discovery]:
     """The discovery files to keep current, in file order.
 
@@ -134,9 +176,8 @@ def discovery_refs(podfile: PodFile) -> list[Discovery]:
 
 def render_discovery(podfile: PodFile, ref: Discovery, replicas: tuple[int, ...]) -> str:
     """The text of a discovery file: a comment line, then one URL per ready replica."""
-    index = podfile.pod_index(ref.pod)
     lines = [DISCOVERY_HEADER.format(pod=ref.pod, port=ref.port)]
-    lines += [f"{ref.scheme}://{replica_ip(index, r)}:{ref.port}\n" for r in replicas]
+    lines += [f"{ref.scheme}://{podfile.address(ref.pod, r)}:{ref.port}\n" for r in replicas]
     return "".join(lines)
 
 
@@ -147,10 +188,9 @@ def service_addresses(podfile: PodFile, pod: str, replicas: tuple[int, ...]) -> 
     port (often an admin endpoint), each address once.
     """
     spec = podfile.pods[pod]
-    index = podfile.pod_index(pod)
     addresses: list[str] = []
     for replica in replicas:
-        ip = replica_ip(index, replica)
+        ip = podfile.address(pod, replica)
         fields = template_fields(podfile, pod, replica, state_dir=Path())
         found: list[str] = []
         for container in spec.containers.values():
