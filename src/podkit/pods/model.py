@@ -575,6 +575,8 @@ def load_podfile(
     """Read, validate and check a pod file; nothing is started.
 
     Args:
+        components: the podkit commands that exist (default: ``podkit.cli.COMMANDS``, whose
+            parsers then also check each component container's flags).
         subnet: a loopback block that replaces the file's ``subnet``.
 
     Raises:
@@ -586,6 +588,11 @@ def load_podfile(
         data = {**data, "subnet": subnet}
     podfile = parse_podfile(data, source=source)
     check_podfile(podfile, source=source, state_dir=state_dir, components=components)
+    if components is None:
+        # The real commands: check each component's flags with its own parser too.
+        from podkit.pods._options import check_component_options
+
+        check_component_options(podfile, source=source, state_dir=state_dir)
     return podfile
 
 
