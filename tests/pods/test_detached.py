@@ -210,3 +210,71 @@ def test_restart_and_admin_readyz_decide_readiness(tmp_path: Path) -> None:
         assert bad.returncode == 2
         assert bad.stderr.startswith("podkit restart: error: no pod named 'db'")
         assert podkit_cli(tmp_path, "down").returncode == 0
+
+
+def test_status_shows_one_line_of_live_figures_per_component(tmp_path: Path) -> None:
+    web, front, admin = free_port(), free_port(), free_port()
+
+    def component(name: str, options: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        opts = {**options, "admin": f"{{pod.ip}}:{admin}", "log-format": "text"}
+        return {"containers": {"c": {"component": name, "options": opts, **extra}}}
+
+    queue = "sqlite:///{pod.dir}/../q.db"
+    pods = {
+        "web": whoami(web, replicas=2),
+        "lb": {
+            **component(
+                "balance",
+                {
+                    "listen": f"{{pod.ip}}:{front}",
+                    "backends": {"pod": "web", "port": web},
+                    "interval": "200ms",
+                },
+            ),
+            "after": ["web"],
+        },
+        "cache": {
+            **component(
+                "cache",
+                {"listen": f"{{pod.ip}}:{front}", "upstream": f"http://{{pods.lb.ip}}:{front}"},
+            ),
+            "after": ["lb"],
+        },
+        "elect": component(
+            "elect",
+            {"backend": "sqlite:///{pod.dir}/../e.db", "name": "job", "id": "one"},
+            command=["sleep", "600"],
+        ),
+        "work": component(
+            "queue work", {"min": 1, "max": 2}, args=[queue, "jobs"], command=["cat"]
+        ),
+    }
+    write_pods(tmp_path, pods, subnet="127.47.0.0/16")
+    with detached(tmp_path):
+        up = podkit_cli(tmp_path, "up", "-d", "pods.yaml")
+        assert up.returncode == 0, up.stderr
+        for _ in range(2):
+            urllib.request.urlopen(f"http://127.47.3.1:{front}/cache/30", timeout=5).close()
+
+        def figures() -> dict[str, str]:
+            result = podkit_cli(tmp_path, "status")
+            assert result.returncode == 0, result.stderr
+            lines = result.stdout.split("\n\n", 1)[1].splitlines()
+            assert lines[0].split()[:2] == ["COMPONENT", "FIGURES"]
+            return dict(line.split(None, 1) for line in lines[1:])
+
+        wait_for(
+            lambda: figures().get("elect-1/c", "").startswith("leader; leader one, token"),
+            timeout=START_TIMEOUT,
+            what="the elect figures to name the leader",
+        )
+        shown = figures()
+        assert shown["lb-1/c"] == "backends 2/2 ready"
+        assert shown["cache-1/c"] == "hit ratio 50% (1 of 2 lookups), 1 objects"
+        assert shown["work-1/c"].startswith("jobs: depth 0, 0 leased")
+        assert "1 workers" in shown["work-1/c"]
+        assert "web-1/app" not in shown  # no admin endpoint: no figures
+        as_json = json.loads(podkit_cli(tmp_path, "status", "--json").stdout)
+        lb = next(c for c in as_json["containers"] if c["pod"] == "lb")
+        assert lb["figures"]["backends_ready"] == 2
+        assert podkit_cli(tmp_path, "down").returncode == 0

@@ -14,6 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,8 @@ DEFAULT_DOWN_TIMEOUT = 60.0  # above the default stop grace (15 s) of a few pods
 DEFAULT_WAIT_TIMEOUT = 120.0  # `up -d`: Python components on a loaded machine, in `after` order
 DEFAULT_RESTART_TIMEOUT = 60.0  # `restart`: a stop grace (15 s) plus a start
 FOLLOW_POLL = 0.2  # `logs -f`: how often the files are read for new lines
+FIGURES_TIMEOUT = 1.0  # `status`: an admin endpoint slower than this is reported as silent
+FIGURES_THREADS = 16  # `status`: admin endpoints asked at once
 SUPERVISOR_LOG = "supervisor.log"  # the detached supervisor's own output, in the state dir
 _POLL = 0.05
 
@@ -280,7 +285,8 @@ def _stop_detached(child: subprocess.Popen[bytes], state_dir: Path) -> None:
     "--json", "as_json", is_flag=True, default=False, show_default=True, help="Print JSON."
 )
 def status_command(state_dir: Path, as_json: bool) -> int:
-    """Show every container of the running pods: state, pid, restarts, ready, address.
+    """Show every container of the running pods: state, pid, restarts, ready, address, then
+    one line of live figures per component with an admin endpoint (from its GET /status).
 
     Exits 3 when no pods run from the state directory.
     """
@@ -295,6 +301,9 @@ def status_command(state_dir: Path, as_json: bool) -> int:
                 "`podkit down` cleans up what it left"
             )
         raise NothingRunning(message) from exc
+    figures = _figures(status["containers"])
+    for row in status["containers"]:
+        row["figures"] = figures.get(f"{row['pod']}-{row['replica']}/{row['container']}")
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return 0
@@ -312,10 +321,56 @@ def status_command(state_dir: Path, as_json: bool) -> int:
         )
         for c in status["containers"]
     ]
+    _table(rows)
+    if figures:
+        click.echo("")
+        lines = [("COMPONENT", "FIGURES (admin /status)")]
+        for name, body in figures.items():
+            lines.append((name, _figures_line(body)))
+        _table(lines)
+    return 0
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    return 0
+
+
+def _figures(containers: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """``GET /status`` of every running container with an admin endpoint, fetched at once;
+    None for one that does not answer."""
+    targets = {
+        f"{c['pod']}-{c['replica']}/{c['container']}": c["admin"]
+        for c in containers
+        if c.get("admin") and c["state"] == "running"
+    }
+    if not targets:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(FIGURES_THREADS, len(targets))) as pool:
+        answers = pool.map(_fetch_status, targets.values())
+        return dict(zip(targets, answers, strict=True))
+
+
+def _fetch_status(address: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(
+            f"http://{address}/status", timeout=FIGURES_TIMEOUT
+        ) as response:
+            body = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _figures_line(body: dict[str, Any] | None) -> str:
+    if body is None:
+        return "admin endpoint not answering"
+    summary = body.get("summary")
+    if isinstance(summary, str) and summary:
+        return summary
+    reason = body.get("reason")
+    return f"{body.get('phase', '?')}" + (f" ({reason})" if reason else "")
 
 
 @click.command("scale")

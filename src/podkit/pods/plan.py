@@ -154,6 +154,24 @@ def probe_targets(
     return targets
 
 
+def admin_address(podfile: PodFile, key: ContainerKey, *, state_dir: Path) -> str | None:
+    """``HOST:PORT`` of a component container's admin endpoint (its ``admin`` option,
+    rendered for the replica), or None."""
+    container = podfile.pods[key.pod].containers[key.container]
+    admin = container.options.get("admin")
+    if container.component is None or not isinstance(admin, str):
+        return None
+    fields = template_fields(podfile, key.pod, key.replica, state_dir=state_dir)
+    try:
+        address = parse_hostport(render_template(admin, fields), field="admin")
+    except ConfigError:
+        return None
+    if not address.port:
+        return None
+    host = podfile.address(key.pod, key.replica) if address.host == "0.0.0.0" else address.host
+    return f"{host}:{address.port}"
+
+
 def discovery_refs(podfile: PodFile) -> list[Discovery]:
     """The discovery files to keep current, in file order.
 

@@ -71,6 +71,7 @@ from podkit.pods.model import (
     replica_dir,
 )
 from podkit.pods.plan import (
+    admin_address,
     discovery_refs,
     plan_container,
     probe_targets,
@@ -455,6 +456,8 @@ class PodSupervisor:
             item = asdict(row)
             addresses = service_addresses(self.podfile, row.pod, (row.replica,))
             item["address"] = " ".join(addresses) or row.ip
+            key = ContainerKey(row.pod, row.replica, row.container)
+            item["admin"] = admin_address(self.podfile, key, state_dir=self.state_dir)
             containers.append(item)
         return {
             "pid": os.getpid(),

@@ -34,7 +34,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -727,6 +727,16 @@ async def open_balancer(
                     task.cancel()
 
 
+def backends_status(view: Mapping[str, Any]) -> dict[str, Any]:
+    """The balancer's figures for ``GET /status``: backends ready out of all."""
+    ready, total = int(view["ready"]), int(view["total"])
+    return {
+        "backends_ready": ready,
+        "backends": total,
+        "summary": f"backends {ready}/{total} ready",
+    }
+
+
 async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
     """Serve ``podkit balance`` inside the runtime until it drains."""
     from podkit.engines.http import HTTPServer
@@ -746,6 +756,7 @@ async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
 
         rt.on_reload(reload_backends)
         rt.add_route("/backends", balancer.admin_backends)
+        rt.add_status(lambda: backends_status(balancer.backends_view()))
 
         rt.add_route("/backends/drain", balancer.admin_drain)
         rt.add_route("/backends/undrain", balancer.admin_drain)
@@ -917,6 +928,7 @@ async def serve_balance_workers(
     rt.add_route("/backends", admin_backends)
     rt.add_route("/backends/drain", admin_drain)
     rt.add_route("/backends/undrain", admin_drain)
+    rt.add_status(lambda: backends_status(view()))
     # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
     # no connections): port 0 becomes one port every worker shares.
     with reserve_port(options.host, options.port) as port:

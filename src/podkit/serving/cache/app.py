@@ -37,7 +37,7 @@ import dataclasses
 import ipaddress
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -913,6 +913,22 @@ async def open_cache(
         yield CachingProxy(options, upstreams=upstreams, group=group, registry=registry)
 
 
+def cache_status(view: Mapping[str, Any]) -> dict[str, Any]:
+    """The cache's figures for ``GET /status``: hit ratio, lookups and objects stored."""
+    requests = view["requests"]
+    hits = int(requests.get("hit", 0)) + int(requests.get("stale", 0))
+    lookups = hits + int(requests.get("miss", 0))
+    ratio = float(view["hit_ratio"])
+    return {
+        "hit_ratio": ratio,
+        "hits": hits,
+        "lookups": lookups,
+        "objects": int(view["objects"]),
+        "summary": f"hit ratio {ratio:.0%} ({hits} of {lookups} lookups), "
+        f"{int(view['objects'])} objects",
+    }
+
+
 async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
     """Serve ``podkit cache`` inside the runtime until it drains."""
     from podkit.engines.http import HTTPServer
@@ -920,6 +936,7 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
     async with open_cache(options, registry=rt.registry) as proxy:
         rt.add_route("/cache", proxy.admin_cache)
         rt.add_route("/purge", proxy.admin_purge)
+        rt.add_status(lambda: cache_status(proxy.statistics_view()))
         link = worker_link()
         if link is not None:
             proxy.serve_worker_commands(link)  # one worker of serve_cache_workers
@@ -1029,6 +1046,11 @@ async def serve_cache_workers(rt: Runtime, options: CacheOptions) -> None:
 
     rt.add_route("/cache", admin_cache)
     rt.add_route("/purge", admin_purge)
+    rt.add_status(
+        lambda: cache_status(
+            workers_cache_view(merged_samples(rt.registry, "podkit_cache_"), options=options)
+        )
+    )
     # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
     # no connections): port 0 becomes one port every worker shares.
     with reserve_port(options.host, options.port) as port:
