@@ -220,6 +220,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.request_done = False
         self.reusable = False
         # flow control and tunnel
+        self.read_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.client: asyncio.Transport | None = None
@@ -488,19 +489,24 @@ class _UpstreamConnection(asyncio.Protocol):
     def _release(self) -> None:
         self.waiter = None
         if self.reusable and not self.closed:
+            # A connection is idle only while it is read: the next response on it (and the
+            # upstream closing it) must be seen, whatever the last body's consumer did.
+            self._resume_reading()
             self.pool._release(self)
         else:
             self.abort()
 
     def _pause_reading(self) -> None:
-        if self.transport is not None and not self.response_done:
+        if self.transport is not None and not self.response_done and not self.read_paused:
+            self.read_paused = True
             self.transport.pause_reading()
             self.deadline = 0.0  # our client is slow, not the upstream: no timeout meanwhile
 
     def _resume_reading(self) -> None:
-        if self.transport is not None and not self.response_done and not self.closed:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
             self.transport.resume_reading()
-            if self.timeout:
+            if self.timeout and not self.response_done:
                 self.deadline = self.loop.time() + self.timeout
 
     def _body_closed(self, finished: bool) -> None:
