@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -277,4 +279,62 @@ def test_status_shows_one_line_of_live_figures_per_component(tmp_path: Path) -> 
         as_json = json.loads(podkit_cli(tmp_path, "status", "--json").stdout)
         lb = next(c for c in as_json["containers"] if c["pod"] == "lb")
         assert lb["figures"]["backends_ready"] == 2
+        assert podkit_cli(tmp_path, "down").returncode == 0
+
+
+def test_an_app_behind_tls_cache_and_balance_sees_the_client_and_https(tmp_path: Path) -> None:
+    """Each podkit component trusts the X-Forwarded-* of this project's pods in front of it."""
+    from tests.sidecar.pki import TestCA
+
+    ca = TestCA(tmp_path)
+    issued = ca.issue("site", common_name="site.test", dns=("site.test",))
+    app, front, admin = free_port(), free_port(), free_port()
+
+    def hop(name: str, options: dict[str, Any], after: str | None = None) -> dict[str, Any]:
+        opts = {**options, "admin": f"{{pod.ip}}:{admin}", "log-format": "text"}
+        pod: dict[str, Any] = {"containers": {"c": {"component": name, "options": opts}}}
+        if after:
+            pod["after"] = [after]
+        return pod
+
+    pods = {
+        "app": whoami(app),
+        "lb": hop(
+            "balance",
+            {"listen": f"{{pod.ip}}:{front}", "backends": {"pod": "app", "port": app}},
+            after="app",
+        ),
+        "cache": hop(
+            "cache",
+            {"listen": f"{{pod.ip}}:{front}", "upstream": f"http://{{pods.lb.ip}}:{front}"},
+            after="lb",
+        ),
+        "tls": hop(
+            "tls",
+            {
+                "listen": f"{{pod.ip}}:{front}",
+                "cert": str(issued.cert),
+                "key": str(issued.key),
+                "upstream": f"http://{{pods.cache.ip}}:{front}",
+            },
+            after="cache",
+        ),
+    }
+    write_pods(tmp_path, pods, subnet="127.48.0.0/16")
+    with detached(tmp_path):
+        up = podkit_cli(tmp_path, "up", "-d", "pods.yaml")
+        assert up.returncode == 0, up.stderr
+        context = ssl.create_default_context(cafile=str(ca.path))
+        context.check_hostname = False
+        conn = http.client.HTTPSConnection("127.48.4.1", front, context=context, timeout=5)
+        try:
+            conn.request("GET", "/", headers={"X-Forwarded-For": "6.6.6.6"})  # forged
+            body = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        headers = {k.lower(): v for k, v in body["headers"].items()}
+        assert headers["x-forwarded-proto"] == "https"
+        # The real client first, then each hop; the forged address never reaches the app.
+        assert headers["x-forwarded-for"] == "127.0.0.1, 127.48.4.1, 127.48.3.1"
+        assert body["client"].startswith("127.48.2.1:")  # the balancer connects to the app
         assert podkit_cli(tmp_path, "down").returncode == 0

@@ -52,26 +52,35 @@ def _check_all(cli: click.Command, podfile: PodFile, *, source: str, state_dir: 
             _parse(cli, container, container.component.split(), argv, source=source, base=base)
 
 
-def _parse(
-    root: click.Command,
-    container: Container,
-    words: Sequence[str],
-    argv: list[str],
-    *,
-    source: str,
-    base: str,
-) -> None:
+def accepts_option(container: Container, flag: str) -> bool:
+    """Whether the component a container runs has the option ``flag`` (``--trusted-proxy``)."""
+    if container.component is None:
+        return False
+    from podkit import cli as podkit_cli
+
+    current = podkit_cli._current_command[0]
+    try:
+        found = _resolve(podkit_cli.cli, container.component.split(), list(container.args))
+    finally:
+        podkit_cli._current_command[0] = current
+    if found is None:
+        return False
+    command = found[0]
+    return any(flag in param.opts for param in command.params if isinstance(param, click.Option))
+
+
+def _resolve(
+    root: click.Command, words: Sequence[str], argv: list[str]
+) -> tuple[click.Command, list[str], click.Context, list[str]] | None:
+    """The command ``podkit WORDS... ARGV...`` runs, its path, context and remaining argv;
+    None when a word names no command."""
     command = root
     ctx = click.Context(root, info_name="podkit", resilient_parsing=False)
     path = ["podkit"]
     for word in words:
         sub = command.get_command(ctx, word) if isinstance(command, click.Group) else None
         if sub is None:
-            raise ConfigError(
-                f"`{' '.join(path)}` has no command {word!r}",
-                source=source,
-                path=f"{base}.component",
-            )
+            return None
         command, path = sub, [*path, word]
         ctx = click.Context(command, info_name=word, parent=ctx)
     # A group given its subcommand in `args` (component: queue, args: [work, ...]).
@@ -81,6 +90,24 @@ def _parse(
         command, path = sub, [*path, argv[0]]
         ctx = click.Context(command, info_name=argv[0], parent=ctx)
         argv = argv[1:]
+    return command, path, ctx, argv
+
+
+def _parse(
+    root: click.Command,
+    container: Container,
+    words: Sequence[str],
+    argv: list[str],
+    *,
+    source: str,
+    base: str,
+) -> None:
+    found = _resolve(root, words, argv)
+    if found is None:
+        raise ConfigError(
+            f"`podkit {' '.join(words)}` is not a command", source=source, path=f"{base}.component"
+        )
+    command, path, ctx, argv = found
     where = f"`{' '.join(path)}`"
     try:
         with command.make_context(path[-1], list(argv), parent=ctx.parent):

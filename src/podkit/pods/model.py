@@ -252,6 +252,10 @@ class PodFile(_Model):
         """The second octet of every address of this pod file (N of ``127.N.P.R``)."""
         return int(self.subnet.split(".")[1])
 
+    def networks(self) -> list[str]:
+        """The address block of each pod, ``127.N.P.0/24``: every replica it can have."""
+        return [f"127.{self.block}.{self.pod_index(name)}.0/24" for name in self.pods]
+
     def address(self, pod: str, replica: int) -> str:
         """The loopback address of replica ``replica`` (from 1) of pod ``pod``."""
         return replica_ip(self.pod_index(pod), replica, block=self.block)

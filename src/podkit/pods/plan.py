@@ -12,7 +12,7 @@ is rendered with the replica's ``{pod.ip}``, ``{pod.name}``, ``{pod.replica}``, 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,9 @@ from podkit.pods.model import (
 )
 from podkit.runtime.config import parse_hostport
 
+# Trusted by each component behind another: the supervisor's own pods (see plan_container).
+TRUSTED_PROXY_OPTION = "trusted-proxy"
+SOURCE_ADDRESS_OPTION = "source-address"  # ... and connects from its own pod's address
 READYZ_PATH = "/readyz"  # the runtime's readiness route on every component's admin endpoint
 DISCOVERY_HEADER = "# podkit discovery: ready replicas of pod {pod} on port {port}, one per line\n"
 
@@ -40,6 +43,11 @@ class ContainerPlan:
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str | None
+
+
+def sets_option(container: Container, option: str) -> bool:
+    """Whether the container's options name ``option`` (as ``a-b`` or ``a_b``)."""
+    return any(flag_name(key) == flag_name(option) for key in container.options)
 
 
 def flag_name(key: str) -> str:
@@ -71,8 +79,15 @@ def plan_container(
     state_dir: Path,
     base_env: Mapping[str, str],
     python: str = sys.executable,
+    trusted_proxies: Sequence[str] = (),
+    source_address: bool = False,
 ) -> ContainerPlan:
     """The argv, environment and working directory of one container of one replica.
+
+    For a component container the options do not say otherwise (the file's choice wins,
+    ``false`` included): ``trusted_proxies`` become ``--trusted-proxy NET`` flags, and
+    ``source_address`` gives ``--source-address`` the replica's own address, so the
+    component's upstream connections leave from its pod as they would in a cluster.
 
     The environment is ``base_env``, then the pod's ``env``, then the container's (a discovery
     reference there gives the discovery file's path), then ``PODKIT_POD_NAME``,
@@ -92,6 +107,11 @@ def plan_container(
         argv = [python, "-m", "podkit", *container.component.split()]
         argv += [render(a) for a in container.args]
         argv += option_argv(container, fields, state_dir=state_dir)
+        if trusted_proxies and not sets_option(container, TRUSTED_PROXY_OPTION):
+            for network in trusted_proxies:
+                argv += [flag_name(TRUSTED_PROXY_OPTION), network]
+        if source_address and not sets_option(container, SOURCE_ADDRESS_OPTION):
+            argv += [flag_name(SOURCE_ADDRESS_OPTION), fields["ip"]]
         if container.command:
             argv += ["--", *(render(a) for a in container.command)]
     env = dict(base_env)

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from podkit.errors import PodkitError, PodkitTimeout, UsageError
+from podkit.pods._options import accepts_option
 from podkit.pods.core import (
     Action,
     Announce,
@@ -71,12 +72,15 @@ from podkit.pods.model import (
     replica_dir,
 )
 from podkit.pods.plan import (
+    SOURCE_ADDRESS_OPTION,
+    TRUSTED_PROXY_OPTION,
     admin_address,
     discovery_refs,
     plan_container,
     probe_targets,
     render_discovery,
     service_addresses,
+    sets_option,
 )
 from podkit.runtime.config import parse_hostport
 
@@ -100,6 +104,24 @@ class _Event:
     key: Any = None
     value: Any = None
     reply: asyncio.Future[dict[str, Any]] | None = None
+
+
+class _HopOptions:
+    """Which component containers take an option the supervisor fills in (looked up once)."""
+
+    def __init__(self, podfile: PodFile) -> None:
+        self.podfile = podfile
+        self._known: dict[tuple[str, str, str], bool] = {}
+
+    def accepts(self, key: ContainerKey, option: str) -> bool:
+        """Whether the container's component has ``--OPTION`` and its options leave it out."""
+        name = (key.pod, key.container, option)
+        if name not in self._known:
+            container = self.podfile.pods[key.pod].containers[key.container]
+            self._known[name] = not sets_option(container, option) and accepts_option(
+                container, "--" + option
+            )
+        return self._known[name]
 
 
 def socket_path(state_dir: Path) -> str:
@@ -186,6 +208,9 @@ class PodSupervisor:
         self._announced: set[str] = set()
         self.log_max_bytes = log_max_bytes
         self._problems: deque[dict[str, Any]] = deque(maxlen=MAX_PROBLEMS)
+        # Components that forward traffic trust the X-Forwarded-* of this project's pods
+        # (and no one else's), and connect from their own pod's address.
+        self._hops = _HopOptions(podfile)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -337,7 +362,15 @@ class PodSupervisor:
     # -- processes -------------------------------------------------------------------------
 
     async def _spawn(self, key: ContainerKey) -> None:
-        plan = plan_container(self.podfile, key, state_dir=self.state_dir, base_env=self.base_env)
+        trusted = self._hops.accepts(key, TRUSTED_PROXY_OPTION)
+        plan = plan_container(
+            self.podfile,
+            key,
+            state_dir=self.state_dir,
+            base_env=self.base_env,
+            trusted_proxies=self.podfile.networks() if trusted else (),
+            source_address=self._hops.accepts(key, SOURCE_ADDRESS_OPTION),
+        )
         replica_dir(self.state_dir, key.pod, key.replica).mkdir(parents=True, exist_ok=True)
         now = time.monotonic()
         try:

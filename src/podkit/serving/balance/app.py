@@ -134,6 +134,7 @@ class BalanceOptions:
         health: rise, fall, ejection and slow-start thresholds.
         timeout: seconds of backend silence allowed while a response is awaited.
         connect_timeout: seconds to connect to a backend.
+        source_address: the local address connections to backends (and probes) leave from.
         limits: the client-facing limits of the HTTP server (sizes, timeouts, connections).
         reuse_port: share the port with other worker processes (SO_REUSEPORT).
     """
@@ -157,6 +158,7 @@ class BalanceOptions:
     health: HealthPolicy = field(default_factory=HealthPolicy)
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    source_address: str | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
     reuse_port: bool = False
 
@@ -703,11 +705,13 @@ async def open_balancer(
             response_timeout=options.timeout,
             registry=registry,
             metrics_prefix="podkit_balance_upstream",
+            source_address=options.source_address,
         ) as upstreams,
         UpstreamPool(
             connect_timeout=options.probe_timeout,
             response_timeout=options.probe_timeout,
             max_idle_per_upstream=1,
+            source_address=options.source_address,
         ) as probes,
     ):
         balancer = Balancer(

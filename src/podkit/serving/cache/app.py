@@ -114,6 +114,7 @@ class CacheOptions:
         coalesce_timeout: how long a request waits for a concurrent fetch of the same object.
         timeout: origin silence allowed while a response is awaited.
         connect_timeout: time to connect to the origin.
+        source_address: the local address connections to the origin leave from.
         trusted_proxies: peers whose ``X-Forwarded-For`` is kept and extended.
         limits: the client-facing limits of the HTTP server (sizes, timeouts, connections).
         workers: how many processes serve the cache; above 1 this process is one of them:
@@ -133,6 +134,7 @@ class CacheOptions:
     coalesce_timeout: float = DEFAULT_COALESCE_TIMEOUT
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    source_address: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     limits: ServerLimits = field(default_factory=ServerLimits)
     workers: int = 1
@@ -907,6 +909,7 @@ async def open_cache(
             response_timeout=options.timeout,
             registry=registry,
             metrics_prefix="podkit_cache_upstream",
+            source_address=options.source_address,
         ) as upstreams,
         asyncio.TaskGroup() as group,
     ):

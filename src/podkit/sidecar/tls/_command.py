@@ -134,6 +134,7 @@ def command(
     reload_check: float,
     connect_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     trusted_proxies: tuple[str, ...],
     limits: ServerLimits,
     runtime: RuntimeOptions,
@@ -164,6 +165,7 @@ def command(
         forwarding=Forwarding(trusted_proxies=trusted),
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,
+        source_address=source_address,
     )
 
     async def main(rt: Runtime) -> None:
