@@ -338,3 +338,65 @@ def test_an_app_behind_tls_cache_and_balance_sees_the_client_and_https(tmp_path:
         assert headers["x-forwarded-for"] == "127.0.0.1, 127.48.4.1, 127.48.3.1"
         assert body["client"].startswith("127.48.2.1:")  # the balancer connects to the app
         assert podkit_cli(tmp_path, "down").returncode == 0
+
+
+def test_up_d_that_is_not_ready_in_time_stops_everything_and_says_who(tmp_path: Path) -> None:
+    port = free_port()
+    pods = {
+        "web": {
+            "containers": {"app": {"run": ["sleep", "600"]}},
+            "ready": {"tcp": {"port": port}, "interval": "200ms"},  # nothing ever listens
+        }
+    }
+    write_pods(tmp_path, pods, subnet="127.49.0.0/16")
+    with detached(tmp_path):
+        result = podkit_cli(tmp_path, "up", "-d", "pods.yaml", "--wait-timeout", "2s")
+        assert result.returncode == 1
+        assert result.stderr == (
+            "podkit up: error: not every pod was ready within 2s: waiting for web-1/app "
+            "(running); stopped everything (see `podkit logs`)\n"
+        )
+        assert read_state(tmp_path / ".podkit") is None
+        assert podkit_cli(tmp_path, "status").returncode == 3
+        assert not [
+            pid
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if _cwd(pid) == tmp_path and _cmdline(pid).startswith("sleep")
+        ]
+
+
+def _cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_log_files_rotate_at_the_size_given_to_up(tmp_path: Path) -> None:
+    script = "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done; exec sleep 600"
+    write_pods(tmp_path, {"job": {"containers": {"sh": {"run": ["sh", "-c", script]}}}})
+    logs = tmp_path / ".podkit" / "logs"
+    with detached(tmp_path):
+        up = podkit_cli(tmp_path, "up", "-d", "pods.yaml", "--log-max-size", "2KiB")
+        assert up.returncode == 0, up.stderr
+        wait_for(
+            lambda: "line 299" in podkit_cli(tmp_path, "logs", "job").stdout,
+            timeout=START_TIMEOUT,
+            what="the last line in the logs",
+        )
+        assert (logs / "job-1.sh.log").stat().st_size <= 2048
+        assert (logs / "job-1.sh.log.1").stat().st_size <= 2048
+        assert not (logs / "job-1.sh.log.2").exists()
+        shown = podkit_cli(tmp_path, "logs", "job", "--tail", "3").stdout.splitlines()
+        assert shown == ["line 297", "line 298", "line 299"]
+        kept = podkit_cli(tmp_path, "logs", "job").stdout.splitlines()
+        first = int(kept[0].split()[1])
+        assert kept == [f"line {i}" for i in range(first, 300)]  # the newest, with no gap
+        assert podkit_cli(tmp_path, "down").returncode == 0
