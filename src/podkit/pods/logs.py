@@ -27,7 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from podkit.errors import UsageError
+from podkit.errors import ConfigError, UsageError
+from podkit.runtime.config import parse_duration
 
 DEFAULT_LOG_MAX_BYTES = 10 << 20  # per container and file; Docker users set max-size 10m most
 ROTATED_SUFFIX = ".1"
@@ -236,7 +237,8 @@ class LogFollower:
             self.close()
             self._partial = b""
             self._open(at_end=False)
-            lines += self._drain()
+            if self._file is not None:
+                lines += self._drain()
         return lines
 
     def _drain(self) -> list[tuple[str, str]]:
@@ -259,9 +261,6 @@ def parse_since(text: str, *, now: float) -> str:
     Raises:
         UsageError: neither a duration nor a time.
     """
-    from podkit.errors import ConfigError
-    from podkit.runtime.config import parse_duration
-
     try:
         return stamp(now - parse_duration(text))
     except ConfigError:
