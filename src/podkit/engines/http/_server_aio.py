@@ -20,6 +20,7 @@ from podkit.engines.errors import UpstreamError
 from podkit.engines.http.messages import Body, Handler, Request, Response, close_body
 from podkit.engines.http.rules import BodyMode, response_framing, response_head
 from podkit.engines.http.server import (
+    CLIENT_CLOSED,
     HTTPServer,
     _Connection,
     _error,
@@ -69,7 +70,7 @@ async def connection_respond(
     self.handler_started = True
     server = self.server
     started = self.loop.time()
-    status = 500
+    status = CLIENT_CLOSED  # until there is a response: the client may leave before it
     try:
         try:
             response = await (handler or server.handler)(request)
@@ -78,7 +79,7 @@ async def connection_respond(
         except (ProtocolError, UpstreamError) as exc:
             status = exc.status
             server.counters.error(_error_reason(exc, status))
-            response = _error(status, exc)
+            response = _error(status, exc, request)
         except Exception as exc:
             log.exception("handler failed", extra={"target": request.target})
             server.counters.error("handler_failed")
@@ -91,7 +92,9 @@ async def connection_respond(
             await close_body(response.body)
             raise
     except asyncio.CancelledError:
-        return  # the client went away; the handler's upstream work was cancelled with it
+        # The client went away; the handler's upstream work was cancelled with it.
+        log.debug("client closed the connection", extra={"target": request.target})
+        return
     except (ConnectionError, PodkitError, OSError) as exc:
         # the body stream broke after the head was sent: the client must see a truncation
         server.counters.error("response_aborted")

@@ -44,6 +44,7 @@ LIMIT_PARAMS: tuple[str, ...] = (
     "keepalive_timeout",
     "max_connections",
     "max_pipeline",
+    "underscores_in_headers",
 )
 
 
@@ -58,6 +59,7 @@ def server_limits(
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_pipeline: int = DEFAULT_MAX_PIPELINE,
+    underscores_in_headers: bool = False,
 ) -> ServerLimits:
     """Validated :class:`ServerLimits` from the values of :func:`server_limit_options`.
 
@@ -92,6 +94,7 @@ def server_limits(
         keepalive_timeout=keepalive_timeout,
         max_connections=max_connections,
         max_pipeline=max_pipeline,
+        underscores_in_headers=underscores_in_headers,
     )
 
 
@@ -99,9 +102,10 @@ def server_limit_options(func: F) -> F:
     """Add the engine's client-facing limits to a command (see :class:`ServerLimits`).
 
     ``--max-header-bytes``, ``--max-header-count``, ``--max-uri-bytes``, ``--max-body-bytes``,
-    ``--header-timeout``, ``--body-timeout``, ``--keepalive-timeout``, ``--max-connections``
-    and ``--max-pipeline`` reach the command folded into one ``limits: ServerLimits`` keyword
-    argument, validated by :func:`server_limits` (a value out of range exits 2 with one line).
+    ``--header-timeout``, ``--body-timeout``, ``--keepalive-timeout``, ``--max-connections``,
+    ``--max-pipeline`` and ``--underscores-in-headers`` reach the command folded into one
+    ``limits: ServerLimits`` keyword argument, validated by :func:`server_limits` (a value
+    out of range exits 2 with one line).
     """
     options = [
         click.option(
@@ -167,6 +171,13 @@ def server_limit_options(func: F) -> F:
             show_default=True,
             help="Pipelined requests queued per connection behind the one in progress "
             "(503 beyond).",
+        ),
+        click.option(
+            "--underscores-in-headers/--no-underscores-in-headers",
+            default=False,
+            show_default=True,
+            help="Keep request header fields whose names contain '_' (dropped by default, "
+            "as nginx does: apps may read X_Client_Cert as X-Client-Cert).",
         ),
     ]
 

@@ -54,6 +54,7 @@ from podkit.engines.http.rules import (
     add_via,
     check_request_head,
     error_response,
+    origin_form,
     response_framing,
     response_head,
     status_line,
@@ -190,6 +191,7 @@ class _DirectExchange:
         self.finished = True
         if self.abandon is not None:
             self.abandon()
+        self.conn._client_closed(self.request, self.started)
         return True
 
 
@@ -388,7 +390,9 @@ class _Connection(asyncio.Protocol):
                 self._refuse(400, "malformed request")
             return
         except httptools.HttpParserError as exc:
-            self._refuse(400, str(exc) or "malformed request")
+            # The parser's words stay in the log; the client learns only that it was refused.
+            log.debug("malformed request", extra={"client": self.client[0], "error": str(exc)})
+            self._refuse(400, "malformed request")
             return
         if self.in_head:
             self.head_raw += len(data)
@@ -412,10 +416,17 @@ class _Connection(asyncio.Protocol):
             raise RemoteProtocolError("request target too long", status=414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.limits.max_header_bytes:
             raise RemoteProtocolError("request header fields too large", status=431)
+        if not self.in_head:
+            # A trailer field of a chunked body: never merged into the header section (a
+            # trailer could otherwise add Host or Authorization after the checks); dropped,
+            # as RFC 9110 §6.5.1 allows.
+            return
+        if b"_" in name and not self.limits.underscores_in_headers:
+            return  # X_Forwarded_For reads as X-Forwarded-For to CGI and WSGI apps
+        self.headers.append((name, value))
         if len(self.headers) > self.limits.max_header_count:
             raise RemoteProtocolError("too many request header fields", status=431)
 
@@ -429,6 +440,13 @@ class _Connection(asyncio.Protocol):
             if len(_METHODS) < 64:
                 _METHODS[raw_method] = method
         version = parser.get_http_version()
+        if self.url[:1] != b"/":
+            absolute = origin_form(self.url)
+            if absolute is not None:
+                # RFC 9112 §3.2.2: forwarded in origin-form, Host taken from the target.
+                self.url, authority = absolute
+                self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
+                self.headers.append((b"Host", authority))
         framing = check_request_head(
             method, version, self.headers, max_body_bytes=self.limits.max_body_bytes
         )
@@ -651,7 +669,7 @@ class _Connection(asyncio.Protocol):
             raise AssertionError("an exchange ends with a response or an error")
         elif isinstance(exc, ProtocolError | UpstreamError):
             server.counters.error(_error_reason(exc, exc.status))
-            response = _error(exc.status, exc)
+            response = _error(exc.status, exc, request)
         else:
             log.error("forwarding failed", exc_info=exc, extra={"target": request.target})
             server.counters.error("handler_failed")
@@ -671,6 +689,11 @@ class _Connection(asyncio.Protocol):
         server.counters.response(response.status, self.loop.time() - started)
         if self.tunnel is None:
             self._next()
+
+    def _client_closed(self, request: Request, started: float) -> None:
+        """Count a request whose client left before its response (499, as nginx logs it)."""
+        self.server.counters.response(CLIENT_CLOSED, self.loop.time() - started)
+        log.debug("client closed the connection", extra={"target": request.target})
 
     def _finish_stream(
         self, request: Request, response: Response, started: float
@@ -821,11 +844,34 @@ class _Connection(asyncio.Protocol):
         self._resume_reading()
 
 
-def _error(status: int, exc: BaseException) -> Response:
-    text = str(exc) or type(exc).__name__
-    if status >= 500 and not isinstance(exc, UpstreamError | ProtocolError):
+# What a client is told of an upstream failure: the kind, never the address or the details
+# (those go to the error log).
+_UPSTREAM_REASONS = {502: "the upstream did not answer properly", 503: "no upstream available",
+                     504: "the upstream did not answer in time"}  # fmt: skip
+
+
+def _error(status: int, exc: BaseException, request: Request | None = None) -> Response:
+    """The response for a failed exchange; an upstream failure is logged as a warning."""
+    if isinstance(exc, UpstreamError):
+        log.warning(
+            "upstream failed",
+            extra={
+                "status": status,
+                "upstream": exc.upstream,
+                "reason": str(exc),
+                "error": _error_reason(exc, status),
+                "target": request.target if request is not None else None,
+            },
+        )
+        text = _UPSTREAM_REASONS.get(status, "upstream error")
+    elif isinstance(exc, ProtocolError):
+        text = str(exc) or type(exc).__name__
+    else:
         text = "internal error"
     return Response.text(status, f"{status} {_phrase(status)}: {text}\n")
+
+
+CLIENT_CLOSED = 499  # nginx's code for a client that left before its response
 
 
 def _phrase(status: int) -> str:
