@@ -9,6 +9,7 @@ whichever of them runs.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -190,11 +191,13 @@ def server_limit_options(func: F) -> F:
 def upstream_timeout_options(
     *, connect_timeout: float, response_timeout: float, peer: str = "upstream"
 ) -> Callable[[F], F]:
-    """Add ``--connect-timeout`` and ``--timeout`` (the time allowed to the upstream).
+    """Add ``--connect-timeout`` and ``--timeout`` (the time allowed to the upstream), and
+    ``--source-address`` (the local address connections to it leave from).
 
     Each command keeps its own defaults (``connect_timeout``, ``response_timeout`` in
     seconds) and names what it forwards to (``peer``: upstream, backend, origin). The command
-    receives ``connect_timeout`` and ``response_timeout`` in seconds, both more than 0.
+    receives ``connect_timeout`` and ``response_timeout`` in seconds, both more than 0, and
+    ``source_address`` (an IP address, or None for the system's choice).
     """
     options = [
         click.option(
@@ -213,6 +216,13 @@ def upstream_timeout_options(
             help=f"Silence allowed from the {peer} while a response is awaited or "
             "streams (504 after it).",
         ),
+        click.option(
+            "--source-address",
+            default=None,
+            metavar="IP",
+            help=f"Connect to the {peer} from this local address (nginx's proxy_bind); in a "
+            "pod, the pod's own address, so the next hop can trust it.",
+        ),
     ]
 
     def fold(kwargs: dict[str, Any]) -> None:
@@ -223,6 +233,15 @@ def upstream_timeout_options(
             value = kwargs[name]
             if not value > 0:
                 raise ConfigError(f"must be more than 0, got {value:g}", path=flag)
+        source = kwargs["source_address"]
+        if source is not None:
+            try:
+                kwargs["source_address"] = str(ipaddress.ip_address(source.strip()))
+            except ValueError:
+                raise ConfigError(
+                    f"expected an IP address such as 127.0.1.1, got {source!r}",
+                    path="--source-address",
+                ) from None
 
     def decorate(func: F) -> F:
         return _folding(func, options, fold)

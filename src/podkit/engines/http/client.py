@@ -690,6 +690,8 @@ class UpstreamPool:
         buffer_bytes: response bytes buffered before the upstream is no longer read.
         ssl: the client context for ``https`` upstreams (default: system trust store).
         registry: a Prometheus registry to export the pool's metrics to.
+        source_address: the local IP address connections leave from (default: the
+            system's choice).
     """
 
     def __init__(
@@ -706,8 +708,10 @@ class UpstreamPool:
         ssl: ssl_module.SSLContext | None = None,
         registry: CollectorRegistry | None = None,
         metrics_prefix: str = "podkit_upstream",
+        source_address: str | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.source_address = source_address
         self.response_timeout = response_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections_per_upstream

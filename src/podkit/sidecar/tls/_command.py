@@ -144,6 +144,7 @@ def command(
     handshake_timeout: float,
     connect_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     trusted_proxies: tuple[str, ...],
     limits: ServerLimits,
     runtime: RuntimeOptions,
@@ -177,6 +178,7 @@ def command(
         forwarding=Forwarding(trusted_proxies=trusted),
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,
+        source_address=source_address,
     )
 
     async def main(rt: Runtime) -> None:
