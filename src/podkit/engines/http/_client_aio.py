@@ -110,6 +110,8 @@ async def pool_send(
     attempts = 2 if replayable else 1
     for attempt in range(attempts):
         self.counters["requests"] += 1
+        request.upstream = upstream.authority
+        request.upstream_start = self.loop.time()
         conn = self._take_idle(upstream) or await self._acquire(upstream)
         waiter: asyncio.Future[Response] = self.loop.create_future()
         conn.begin(request.method, wait, waiter)

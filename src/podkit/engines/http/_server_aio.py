@@ -62,7 +62,7 @@ async def connection_finish_stream(
             self.transport.abort()
         return
     finally:
-        self.server.counters.response(response.status, self.loop.time() - started)
+        self._answered(request, response.status, started, response)
     self._next()
 
 
@@ -73,9 +73,13 @@ async def connection_respond(
     server = self.server
     started = self.loop.time()
     status = CLIENT_CLOSED  # until there is a response: the client may leave before it
+    response: Response | None = None
+    self.sent = 0
     try:
         try:
             response = await (handler or server.handler)(request)
+            if request.upstream_start:
+                request.upstream_time = self.loop.time() - request.upstream_start
         except asyncio.CancelledError:
             raise
         except (ProtocolError, UpstreamError) as exc:
@@ -105,7 +109,7 @@ async def connection_respond(
             self.transport.abort()
         return
     finally:
-        server.counters.response(status, self.loop.time() - started)
+        self._answered(request, status, started, response)
     if self.tunnel is None:
         self._next()
 
@@ -145,14 +149,16 @@ async def connection_stream_response(
         )
     )
     sent = 0
+    self.sent = 0
     try:
         async for chunk in out:
             if not chunk or mode is BodyMode.NONE:
                 continue
+            sent += len(chunk)
+            self.sent = sent
             if mode is BodyMode.CHUNKED:
                 transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             else:
-                sent += len(chunk)
                 transport.write(chunk)
             if self.write_paused or self.closed:
                 await self._drain()
@@ -209,6 +215,8 @@ async def server_start(self: HTTPServer) -> None:
     # uvloop's Server.sockets is a list where typeshed says tuple: read it untyped.
     sockets: Any = cast(Any, self._server).sockets
     self.port = int(sockets[0].getsockname()[1])
+    if self._access_settings is not None and self.access_log is None:
+        self.access_log = self._access_settings.open(self.name)
     self._ticker = self.loop.create_task(self._tick(), name=f"{self.name}-timeouts")
     if self._registry is not None:
         self._collector = _ServerCollector(self)
@@ -224,6 +232,8 @@ async def server_tick(self: HTTPServer) -> None:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.check_deadline(now)
+        if self.access_log is not None:
+            self.access_log.flush()
 
 
 async def server_drain(self: HTTPServer, timeout: float) -> None:
@@ -258,4 +268,11 @@ async def server_aclose(self: HTTPServer) -> None:
     self.handshaking.clear()
     ticker, server, collector = self._ticker, self._server, self._collector
     self._ticker = self._server = self._collector = None
-    await finish_closing(ticker, server, self._registry, collector)
+    try:
+        await finish_closing(ticker, server, self._registry, collector)
+    finally:
+        if self._access_settings is not None and self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
+        elif self.access_log is not None:
+            self.access_log.flush()

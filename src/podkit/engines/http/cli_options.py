@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from podkit.engines.http.access_log import FORMATS, AccessLogSettings
 from podkit.engines.http.rules import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -188,6 +189,62 @@ def server_limit_options(func: F) -> F:
     return _folding(func, options, fold)
 
 
+def parse_fraction(text: str, *, field: str) -> float:
+    """``10%`` or ``0.1`` as 0.1.
+
+    Raises:
+        ConfigError: not a number or a percentage.
+    """
+    value = text.strip()
+    try:
+        number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise ConfigError(f"expected a percentage such as 10%, got {text!r}", path=field) from None
+    return number
+
+
+def access_log_options(func: F) -> F:
+    """Add ``--access-log``, ``--access-log-format`` and ``--access-log-sample``.
+
+    They reach the command folded into one ``access_log:``
+    :class:`~podkit.engines.http.access_log.AccessLogSettings` keyword argument.
+    """
+    options = [
+        click.option(
+            "--access-log",
+            "access_log_destination",
+            default="-",
+            show_default=True,
+            metavar="off|FILE|-",
+            help="Where to write one line per request: '-' (standard output), a file "
+            "(appended to, reopened on SIGHUP) or 'off'.",
+        ),
+        click.option(
+            "--access-log-format",
+            type=click.Choice(list(FORMATS)),
+            default="json",
+            show_default=True,
+            help="json: one object per line (time, client, method, target, status, bytes, "
+            "duration, upstream, upstream_time, cache, request_id); combined: nginx's format.",
+        ),
+        click.option(
+            "--access-log-sample",
+            default="100%",
+            show_default=True,
+            help="Fraction of 1xx-3xx answers logged at high rates (every 4xx and 5xx is).",
+        ),
+    ]
+
+    def fold(kwargs: dict[str, Any]) -> None:
+        kwargs["access_log"] = AccessLogSettings(
+            destination=kwargs.pop("access_log_destination"),
+            format=kwargs.pop("access_log_format"),
+            sample=parse_fraction(kwargs.pop("access_log_sample"), field="--access-log-sample"),
+        )
+
+    return _folding(func, options, fold)
+
+
 def upstream_timeout_options(
     *, connect_timeout: float, response_timeout: float, peer: str = "upstream"
 ) -> Callable[[F], F]:
@@ -279,6 +336,8 @@ def _folding(
 
 __all__ = [
     "LIMIT_PARAMS",
+    "access_log_options",
+    "parse_fraction",
     "server_limit_options",
     "server_limits",
     "upstream_timeout_options",

@@ -75,6 +75,7 @@ class Upstream:
     port: int
     tls: bool = False
     _hash: int = field(init=False, compare=False, repr=False, default=0)
+    _authority: str = field(init=False, compare=False, repr=False, default="")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_dataclass(self)  # picklable when compiled (see podkit._pickling)
@@ -82,6 +83,8 @@ class Upstream:
     def __post_init__(self) -> None:
         # The pool looks an upstream up on every request: hash it once.
         object.__setattr__(self, "_hash", hash((self.host, self.port, self.tls)))
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        object.__setattr__(self, "_authority", f"{host}:{self.port}")
 
     def __hash__(self) -> int:
         return self._hash
@@ -114,8 +117,7 @@ class Upstream:
     @property
     def authority(self) -> str:
         """``host:port`` (IPv6 addresses in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return self._authority
 
     def __str__(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.authority}"
@@ -780,6 +782,8 @@ class UpstreamPool:
         if conn is None:
             return None
         self.counters["requests"] += 1
+        request.upstream = upstream.authority
+        request.upstream_start = self.loop.time()
         head = _request_head(request, headers, upstream, None, False)
         waiter = self.loop.create_future()
         conn.begin(request.method, self.response_timeout if timeout is None else timeout, waiter)
@@ -810,6 +814,8 @@ class UpstreamPool:
         if conn is None:
             return None
         self.counters["requests"] += 1
+        request.upstream = upstream.authority
+        request.upstream_start = self.loop.time()
         conn.begin(request.method, self.response_timeout if timeout is None else timeout, sink)
         self._busy.add(conn)
         transport = conn.transport

@@ -37,6 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from podkit.engines.errors import UpstreamError
+from podkit.engines.http.access_log import AccessLog, AccessLogSettings, new_request_id
 from podkit.engines.http.client import StaleConnection
 from podkit.engines.http.messages import (
     EMPTY_BODY,
@@ -380,6 +381,7 @@ class _Connection(asyncio.Protocol):
         # upgrade
         self.upgrade_tail: bytes | None = None
         self.tunnel: Any = None
+        self.sent = 0  # body bytes of the last response written (for the access log)
 
     # --- transport callbacks --------------------------------------------------------------------
 
@@ -533,6 +535,16 @@ class _Connection(asyncio.Protocol):
         framing = check_request_head(
             method, version, self.headers, max_body_bytes=self.limits.max_body_bytes
         )
+        request_id = b""
+        if self.server.request_ids:
+            for name, value in self.headers:
+                if len(name) == 12 and name.lower() == b"x-request-id":
+                    request_id = value
+                    break
+            else:
+                # Generated when absent, and sent upstream with the request's own fields.
+                request_id = new_request_id()
+                self.headers.append((b"X-Request-Id", request_id))
         body: Body = EMPTY_BODY
         if framing.chunked or framing.content_length:
             body = Body(
@@ -560,6 +572,7 @@ class _Connection(asyncio.Protocol):
             framing=framing,
             keep_alive=parser.should_keep_alive(),
         )
+        request.request_id = request_id
         self.reading = request
         if self.active is None and not self.queue:
             self._start(request)
@@ -662,7 +675,8 @@ class _Connection(asyncio.Protocol):
     def _write_refusal(self, status: int, reason: str) -> None:
         counters = self.server.counters
         counters.error(_REASONS.get(status, f"status_{status}"))
-        counters.response(status, 0.0)
+        self.sent = 0
+        self._answered(None, status, self.loop.time(), None)
         if self.transport is not None and not self.closed:
             self.transport.write(error_response(status, reason))
             self._close_gracefully()
@@ -748,6 +762,8 @@ class _Connection(asyncio.Protocol):
         if result is not None:
             response = result
             via = direct.via  # added while the head is written (ProxyHandler.finish's work)
+            if request.upstream_start:
+                request.upstream_time = self.loop.time() - request.upstream_start
         elif exc is None:
             raise AssertionError("an exchange ends with a response or an error")
         elif isinstance(exc, ProtocolError | UpstreamError):
@@ -767,16 +783,35 @@ class _Connection(asyncio.Protocol):
             server.counters.error("response_aborted")
             if self.transport is not None:
                 self.transport.abort()
-            server.counters.response(response.status, self.loop.time() - started)
+            self._answered(request, response.status, started, response)
             return
-        server.counters.response(response.status, self.loop.time() - started)
+        self._answered(request, response.status, started, response)
         if self.tunnel is None:
             self._next()
 
     def _client_closed(self, request: Request, started: float) -> None:
         """Count a request whose client left before its response (499, as nginx logs it)."""
-        self.server.counters.response(CLIENT_CLOSED, self.loop.time() - started)
+        self.sent = 0
+        self._answered(request, CLIENT_CLOSED, started, None)
         log.debug("client closed the connection", extra={"target": request.target})
+
+    def _answered(
+        self, request: Request | None, status: int, started: float, response: Response | None
+    ) -> None:
+        """Count an answered request and write its access-log line."""
+        server = self.server
+        duration = self.loop.time() - started
+        server.counters.response(status, duration)
+        access_log = server.access_log
+        if access_log is not None:
+            access_log.record(
+                request,
+                status,
+                duration=duration,
+                sent=self.sent,
+                response=response,
+                client=self.client[0],
+            )
 
     def _finish_stream(
         self, request: Request, response: Response, started: float
@@ -868,6 +903,7 @@ class _Connection(asyncio.Protocol):
                 out.close()
             if not keep_alive:
                 self.must_close = True
+            self.sent = len(data)
             return True
         head = response_head(
             response.status,
@@ -880,6 +916,7 @@ class _Connection(asyncio.Protocol):
             via=via,
         )
         transport.write(head + data if mode is not BodyMode.NONE and data else head)
+        self.sent = len(data) if mode is not BodyMode.NONE else 0
         if isinstance(out, Body):
             out.close()
         if not keep_alive:
@@ -1047,6 +1084,10 @@ class HTTPServer:
         registry: a Prometheus registry to export the server's metrics to.
         metrics_prefix: the metric name prefix.
         name: used in log lines and errors.
+        access_log: where each answered request is logged: an :class:`AccessLog`, or the
+            settings of one the server opens and closes itself (None: nowhere).
+        request_ids: give each request without an ``X-Request-Id`` a new one (sent upstream
+            with the request's fields and logged).
     """
 
     def __init__(
@@ -1062,6 +1103,8 @@ class HTTPServer:
         registry: CollectorRegistry | None = None,
         metrics_prefix: str = "podkit_http",
         name: str = "http",
+        access_log: AccessLog | AccessLogSettings | None = None,
+        request_ids: bool = True,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -1075,6 +1118,11 @@ class HTTPServer:
         self.counters = _Counters()
         self.connections: set[_Connection] = set()
         self.handshaking: set[_TLSAccept] = set()  # HTTPS clients before their handshake
+        # An AccessLog given is the caller's; one made from settings is opened by start()
+        # and closed by aclose().
+        self.access_log = access_log if isinstance(access_log, AccessLog) else None
+        self._access_settings = access_log if isinstance(access_log, AccessLogSettings) else None
+        self.request_ids = request_ids
         self.draining = False
         self.started_at = time.time()
         self._server: asyncio.Server | None = None
@@ -1102,6 +1150,11 @@ class HTTPServer:
 
     def _tick(self) -> Coroutine[Any, Any, None]:
         return _aio.server_tick(self)
+
+    def reopen_access_log(self) -> None:
+        """Reopen the access log's file (after logrotate moved it; a SIGHUP hook)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def open_connections(self) -> int:
         """Client connections open now, counting HTTPS clients still in their handshake."""

@@ -59,6 +59,7 @@ from podkit.engines.http import (
     UpstreamPool,
     upstream_request_headers,
 )
+from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.http.rules import add_via
 from podkit.engines.workers import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -160,6 +161,7 @@ class BalanceOptions:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     source_address: str | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     reuse_port: bool = False
 
 
@@ -780,7 +782,9 @@ async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
             registry=rt.registry,
             metrics_prefix="podkit_balance_http",
             name="balance",
+            access_log=options.access_log,
         ) as server:
+            rt.on_reload(server.reopen_access_log)
             rt.log.info(
                 "listening",
                 extra={

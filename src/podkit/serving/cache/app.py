@@ -57,6 +57,7 @@ from podkit.engines.http import (
     strip_hop_by_hop,
     upstream_request_headers,
 )
+from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.workers import (
     DEFAULT_COMMAND_TIMEOUT,
     CommandError,
@@ -137,6 +138,7 @@ class CacheOptions:
     source_address: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     limits: ServerLimits = field(default_factory=ServerLimits)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     workers: int = 1
     workers_timeout: float = DEFAULT_COMMAND_TIMEOUT
 
@@ -952,7 +954,9 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
             registry=rt.registry,
             metrics_prefix="podkit_cache_http",
             name="cache",
+            access_log=dataclasses.replace(options.access_log, cache_header="X-Cache"),
         ) as server:
+            rt.on_reload(server.reopen_access_log)
             rt.log.info(
                 "listening",
                 extra={"listen": f"{options.host}:{server.port}", "upstream": options.upstream},

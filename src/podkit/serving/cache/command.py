@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.engines.http.access_log import AccessLogSettings
+from podkit.engines.http.cli_options import (
+    access_log_options,
+    server_limit_options,
+    upstream_timeout_options,
+)
 from podkit.engines.http.rules import ServerLimits
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
@@ -83,6 +88,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Processes sharing the listening port (SO_REUSEPORT), each with its own store. "
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
+@access_log_options
 @server_limit_options
 @workers_timeout_option("a purge")
 @runtime_options
@@ -99,6 +105,7 @@ def command(
     trusted: tuple[str, ...],
     workers: int,
     limits: ServerLimits,
+    access_log: AccessLogSettings,
     workers_timeout: float,
     runtime: RuntimeOptions,
 ) -> int:
@@ -124,6 +131,7 @@ def command(
         trusted_proxies=parse_networks(trusted),
         workers=workers,
         limits=limits,
+        access_log=access_log,
         workers_timeout=workers_timeout,
     )
 

@@ -10,7 +10,12 @@ from collections.abc import Iterator
 import click
 
 from podkit.engines.http import Forwarding, ServerLimits, Upstream
-from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.engines.http.access_log import AccessLogSettings
+from podkit.engines.http.cli_options import (
+    access_log_options,
+    server_limit_options,
+    upstream_timeout_options,
+)
 from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 from podkit.engines.http.rules import DEFAULT_HANDSHAKE_TIMEOUT
 from podkit.engines.workers import serve_workers
@@ -127,6 +132,7 @@ async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
     multiple=True,
     help="Network whose X-Forwarded-* fields are kept and extended (repeatable).",
 )
+@access_log_options
 @server_limit_options
 @runtime_options
 def command(
@@ -147,6 +153,7 @@ def command(
     source_address: str | None,
     trusted_proxies: tuple[str, ...],
     limits: ServerLimits,
+    access_log: AccessLogSettings,
     runtime: RuntimeOptions,
 ) -> int:
     """Terminate TLS (1.2/1.3, SNI, optional mutual TLS) in front of a plain-HTTP application.
@@ -175,6 +182,7 @@ def command(
         subject_header=subject_header,
         reload_check=reload_check,
         limits=limits,
+        access_log=access_log,
         forwarding=Forwarding(trusted_proxies=trusted),
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,
