@@ -30,15 +30,18 @@ from urllib.parse import urlsplit
 
 from podkit.serving.cache._rules import (
     DEFAULT_MAX_HEURISTIC,
+    DEFAULT_TARGETED,
     Headers,
     Storability,
-    cache_control,
     current_age,
     delta_seconds,
+    field_names,
     freshness_lifetime,
     header,
     parse_cache_control,
     parse_http_date,
+    qualified,
+    response_directives,
     storable,
 )
 from podkit.serving.cache._store import ObjectStore, StoredResponse, variant_for
@@ -116,11 +119,20 @@ class CachePolicy:
     Args:
         store: where responses are kept.
         max_heuristic: cap of heuristic freshness, in seconds.
+        targeted: targeted cache-control fields obeyed over ``Cache-Control``, first one
+            present wins (RFC 9213).
     """
 
-    def __init__(self, store: ObjectStore, *, max_heuristic: float = DEFAULT_MAX_HEURISTIC) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        max_heuristic: float = DEFAULT_MAX_HEURISTIC,
+        targeted: Sequence[str] = DEFAULT_TARGETED,
+    ) -> None:
         self.store = store
         self.max_heuristic = max_heuristic
+        self.targeted = tuple(targeted)
 
     def lifetime(self, entry: StoredResponse) -> float:
         """The stored response's freshness lifetime in seconds."""
@@ -131,6 +143,7 @@ class CachePolicy:
                 entry.headers,
                 response_time=entry.response_time,
                 max_heuristic=self.max_heuristic,
+                targeted=self.targeted,
             )
         return float(lifetime)
 
@@ -147,12 +160,14 @@ class CachePolicy:
             )
         return float(initial) + max(0.0, now - entry.response_time)
 
-    @staticmethod
-    def directives(entry: StoredResponse) -> dict[str, str | None]:
-        """The stored response's parsed ``Cache-Control`` (parsed once)."""
+    def directives(self, entry: StoredResponse) -> dict[str, str | None]:
+        """The stored response's cache directives: its targeted field or ``Cache-Control``
+        (parsed once)."""
         directives: dict[str, str | None] | None = entry.derived.get("directives")
         if directives is None:
-            directives = entry.derived["directives"] = cache_control(entry.headers)
+            directives = entry.derived["directives"] = response_directives(
+                entry.headers, self.targeted
+            )
         return directives
 
     def lookup(self, method: str, key: str, request_headers: Headers, now: float) -> Lookup:
@@ -168,7 +183,9 @@ class CachePolicy:
         age = self.age(entry, now)
         lifetime = self.lifetime(entry)
         response_cc = self.directives(entry)
-        if "no-cache" in response_cc or "no-cache" in request_cc:
+        # A qualified no-cache="field" only keeps those fields out of a reuse (make_entry).
+        no_cache = "no-cache" in response_cc and not qualified(response_cc, "no-cache")
+        if no_cache or "no-cache" in request_cc:
             return self._validate(key, entry, age, request_cc)
         request_max_age = delta_seconds(request_cc, "max-age")
         if request_max_age is not None and age > request_max_age:
@@ -222,7 +239,7 @@ class CachePolicy:
         self, method: str, request_headers: Headers, status: int, response_headers: Headers
     ) -> Storability:
         """Whether the origin's answer may be stored (and, if not, why)."""
-        return storable(method, request_headers, status, response_headers)
+        return storable(method, request_headers, status, response_headers, targeted=self.targeted)
 
     def make_entry(
         self,
@@ -235,16 +252,27 @@ class CachePolicy:
         request_time: float,
         response_time: float,
     ) -> StoredResponse:
-        """Build the stored form of an origin answer (its variant computed from ``Vary``)."""
+        """Build the stored form of an origin answer (its variant computed from ``Vary``).
+
+        Fields named by a qualified ``no-cache="..."`` or ``private="..."`` are recorded in
+        ``omitted``: they reach the client of this fetch, never one served from the store
+        (RFC 9111 §5.2.2.4, §5.2.2.7).
+        """
         return StoredResponse(
             key=key,
             status=status,
             headers=list(response_headers),
+            omitted=self.omitted_fields(response_headers),
             body=body,
             request_time=request_time,
             response_time=response_time,
             variant=variant_for(request_headers, response_headers),
         )
+
+    def omitted_fields(self, response_headers: Headers) -> frozenset[str]:
+        """Fields a reuse must not send: those a qualified ``no-cache`` or ``private`` names."""
+        directives = response_directives(response_headers, self.targeted)
+        return field_names(directives, "no-cache") | field_names(directives, "private")
 
     def worth_storing(self, entry: StoredResponse) -> bool:
         """Whether keeping ``entry`` could ever save an origin request.
@@ -289,6 +317,7 @@ class CachePolicy:
             request_time=request_time,
             response_time=response_time,
             variant=entry.variant,
+            omitted=self.omitted_fields(headers),
         )
         self.store.replace(entry, fresh)
         return fresh

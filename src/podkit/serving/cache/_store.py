@@ -49,6 +49,8 @@ class StoredResponse:
         request_time: when the request that produced it was sent (epoch seconds).
         response_time: when it was received (epoch seconds).
         variant: the secondary key (empty without ``Vary``).
+        omitted: lower-cased fields never sent when the response is served from the store
+            (a qualified ``no-cache`` or ``private`` names them).
     """
 
     key: str
@@ -58,6 +60,7 @@ class StoredResponse:
     request_time: float
     response_time: float
     variant: VariantKey = ()
+    omitted: frozenset[str] = frozenset()
     size: int = field(init=False)
     # Derived once from the (never mutated) headers: a hit must not re-parse dates and
     # directives. Filled in by CachePolicy on first use.

@@ -79,6 +79,7 @@ from podkit.serving.cache._policy import (
     LookupKind,
     cache_key,
 )
+from podkit.serving.cache._rules import DEFAULT_TARGETED
 from podkit.serving.cache._store import (
     DEFAULT_MAX_OBJECT,
     DEFAULT_MAX_SIZE,
@@ -120,6 +121,8 @@ class CacheOptions:
             it shares the port (SO_REUSEPORT), has its own store, and leaves the hit-ratio
             gauge out of its metrics (ratios do not add up when the workers' are merged).
         workers_timeout: with several workers, how long a purge waits for each worker.
+        targeted: targeted cache-control fields obeyed over ``Cache-Control`` (RFC 9213),
+            by precedence; ``CDN-Cache-Control`` is always last.
     """
 
     host: str = "127.0.0.1"
@@ -137,6 +140,7 @@ class CacheOptions:
     limits: ServerLimits = field(default_factory=ServerLimits)
     workers: int = 1
     workers_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    targeted: tuple[str, ...] = DEFAULT_TARGETED
 
 
 def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -322,7 +326,7 @@ class CachingProxy:
         self.log = get_logger("cache")
         self.origin = Upstream.parse(options.upstream)
         self.store = ObjectStore(max_bytes=options.max_size, max_object=options.max_object)
-        self.policy = CachePolicy(self.store)
+        self.policy = CachePolicy(self.store, targeted=options.targeted)
         self.flights: CoalescingTable[_Fetched] = CoalescingTable()
         self.forwarding = Forwarding(trusted_proxies=options.trusted_proxies)
         self._revalidating: set[str] = set()
@@ -418,15 +422,21 @@ class CachingProxy:
         request_headers: list[tuple[str, str]],
         entry: StoredResponse,
         result: str,
+        *,
+        fetched: bool = False,
     ) -> Response:
+        """Answer from ``entry``; ``fetched`` when it is the answer this request fetched (its
+        fields are then all sent, even those a reuse leaves out)."""
         age = str(int(self.policy.age(entry, self.clock())))
         if self.policy.not_modified(request_headers, entry):
             not_modified = [*self.policy.not_modified_headers(entry), ("Age", age)]
             return self._tag(Response(304, _bytes(not_modified)), result)
-        wire: list[tuple[bytes, bytes]] | None = entry.derived.get("wire")
+        slot = "wire_fetched" if fetched else "wire"
+        wire: list[tuple[bytes, bytes]] | None = entry.derived.get(slot)
         if wire is None:
-            wire = entry.derived["wire"] = _bytes(
-                [(n, v) for n, v in entry.headers if n.lower() not in ("age", "content-length")]
+            left_out = {"age", "content-length"} | (set() if fetched else entry.omitted)
+            wire = entry.derived[slot] = _bytes(
+                [(n, v) for n, v in entry.headers if n.lower() not in left_out]
             )
         fields = [*wire, (b"Age", age.encode())]
         body = entry.body
@@ -602,7 +612,7 @@ class CachingProxy:
         result: str,
     ) -> Response:
         if fetched.entry is not None:
-            return self._serve(request, request_headers, fetched.entry, result)
+            return self._serve(request, request_headers, fetched.entry, result, fetched=True)
         if fetched.response is not None:
             return self._tag(fetched.response, result)
         return self._tag(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
@@ -12,6 +14,7 @@ from podkit.serving._workers import workers_timeout_option
 from podkit.serving.balance._affinity import parse_networks
 from podkit.serving.balance._backends_file import normalise_url
 from podkit.serving.cache._coalesce import DEFAULT_COALESCE_TIMEOUT
+from podkit.serving.cache._rules import DEFAULT_TARGETED
 from podkit.serving.cache.app import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_PURGE_ALLOW,
@@ -22,6 +25,22 @@ from podkit.serving.cache.app import (
 )
 
 MAX_WORKERS = 64  # more processes than this on one host is a typo
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.1 token
+
+
+def targeted_fields(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The targeted fields by precedence: the given ones, then ``CDN-Cache-Control``.
+
+    Raises:
+        click.BadParameter: a name is not a field name, or is Cache-Control itself.
+    """
+    for name in names:
+        if not _FIELD_NAME.fullmatch(name) or name.lower() == "cache-control":
+            raise click.BadParameter(
+                f"{name!r} is not a targeted field name (e.g. Podkit-Cache-Control)",
+                param_hint="--targeted-cache-control",
+            )
+    return tuple(dict.fromkeys([*names, *DEFAULT_TARGETED], None))
 
 
 @click.command()
@@ -76,6 +95,15 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Peer whose X-Forwarded-For is kept and extended; repeat for more.",
 )
 @click.option(
+    "--targeted-cache-control",
+    "targeted",
+    multiple=True,
+    metavar="FIELD",
+    help="A targeted cache-control response field (RFC 9213) obeyed instead of "
+    "Cache-Control, e.g. Podkit-Cache-Control; repeat for more, first present wins. "
+    "CDN-Cache-Control is always honoured after these.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, MAX_WORKERS),
     default=1,
@@ -96,6 +124,7 @@ def command(
     connect_timeout: float,
     response_timeout: float,
     trusted: tuple[str, ...],
+    targeted: tuple[str, ...],
     workers: int,
     limits: ServerLimits,
     workers_timeout: float,
@@ -120,6 +149,7 @@ def command(
         timeout=response_timeout,
         connect_timeout=connect_timeout,
         trusted_proxies=parse_networks(trusted),
+        targeted=targeted_fields(targeted),
         workers=workers,
         limits=limits,
         workers_timeout=workers_timeout,
