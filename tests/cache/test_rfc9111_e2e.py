@@ -171,3 +171,134 @@ def test_a_configured_targeted_field_comes_before_cdn_cache_control(
     assert _twice(c, "/cdn") == ("MISS", "HIT")
     plain = cache(origin.url)
     assert _twice(plain, "/ours") == ("MISS", "MISS")
+
+
+def test_if_modified_since_on_a_fresh_hit_is_answered_304(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    modified = format_http_date(time.time() - 3600)
+    origin.answers["/lm"] = Answer(
+        headers=[("Cache-Control", "max-age=3600"), ("Last-Modified", modified)]
+    )
+    origin.answers["/date"] = Answer(headers=[("Cache-Control", "max-age=3600"), ("Date", _now())])
+    c = cache(origin.url)
+    c.get("/lm")
+    c.get("/date")
+    later = format_http_date(time.time() + 5)
+    reply = c.get("/lm", headers={"If-Modified-Since": later})
+    assert (reply.status, reply.headers["x-cache"], reply.body) == (304, "HIT", b"")
+    assert reply.headers["last-modified"] == modified
+    earlier = format_http_date(time.time() - 7200)
+    assert c.get("/lm", headers={"If-Modified-Since": earlier}).status == 200
+    assert c.get("/date", headers={"If-Modified-Since": later}).status == 304
+    assert c.get("/lm", headers={"If-Modified-Since": "not a date"}).status == 200
+    assert (origin.hits["/lm"], origin.hits["/date"]) == (1, 1)
+
+
+def test_a_miss_forwards_the_clients_if_none_match_quoted(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/doc"] = Answer(headers=[("Cache-Control", "max-age=3600"), ("ETag", '"v1"')])
+    c = cache(origin.url)
+    reply = c.get("/doc", headers={"If-None-Match": "v1"})
+    assert origin.seen[-1]["if-none-match"] == '"v1"'
+    assert (reply.status, reply.headers["x-cache"]) == (304, "MISS")
+    assert c.stats()["objects"] == 0  # a 304 is not a response to store
+    full = c.get("/doc", headers={"If-None-Match": '"v0"'})
+    assert (full.status, full.body) == (200, b"ok\n")
+    assert c.get("/doc").headers["x-cache"] == "HIT"  # the full answer was stored
+    assert c.get("/doc", headers={"If-None-Match": 'W/"v1"'}).status == 304  # weak comparison
+    assert origin.hits["/doc"] == 2
+
+
+def test_an_unquoted_etag_is_revalidated_with_a_quoted_if_none_match(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/doc"] = Answer(headers=[("Cache-Control", "max-age=0"), ("ETag", "abc")])
+    c = cache(origin.url)
+    c.get("/doc")
+    c.get("/doc")
+    assert origin.seen[-1]["if-none-match"] == '"abc"'
+
+
+def test_a_304_updates_the_stored_fields_but_not_the_content_ones(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/doc"] = Answer(
+        headers=[
+            ("Cache-Control", "max-age=0"),
+            ("ETag", '"v1"'),
+            ("Content-Type", "text/plain"),
+            ("Content-Encoding", "identity"),
+            ("X-Test", "A"),
+        ],
+        body=b"stored body\n",
+    )
+    c = cache(origin.url)
+    c.get("/doc")
+    origin.answers["/doc"] = Answer(
+        304,
+        [
+            ("Cache-Control", "max-age=3600"),
+            ("ETag", '"v1"'),
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+            ("X-Test", "B"),
+        ],
+        b"",
+    )
+    revalidated = c.get("/doc")
+    assert (revalidated.status, revalidated.body) == (200, b"stored body\n")
+    for reply in (revalidated, c.get("/doc")):
+        assert reply.headers["x-test"] == "B"
+        assert reply.headers["content-type"] == "text/plain"
+        assert reply.headers["content-encoding"] == "identity"
+    assert origin.hits["/doc"] == 2  # the second GET was a fresh hit after the update
+
+
+def test_a_head_after_a_stale_get_updates_the_stored_fields(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    modified = ("Last-Modified", format_http_date(time.time() - 3600))
+    origin.answers["/doc"] = Answer(
+        headers=[("Cache-Control", "max-age=0"), modified, ("Template-A", "1")], body=b"body\n"
+    )
+    c = cache(origin.url)
+    c.get("/doc")
+    # The origin ignores If-Modified-Since: the HEAD is answered with a full 200 head.
+    origin.answers["/doc"] = Answer(
+        headers=[("Cache-Control", "max-age=3600"), modified, ("Template-A", "2")], body=b"body\n"
+    )
+    head = c.get("/doc", method="HEAD")
+    assert origin.seen[-1][":method"] == "HEAD"
+    assert (head.status, head.body, head.headers["template-a"]) == (200, b"", "2")
+    again = c.get("/doc")
+    assert (again.headers["x-cache"], again.headers["template-a"], again.body) == (
+        "HIT",
+        "2",
+        b"body\n",
+    )
+    assert origin.hits["/doc"] == 2
+
+
+def test_a_fresh_stored_get_answers_head(origin: ScriptedOrigin, cache: StartCache) -> None:
+    origin.answers["/doc"] = Answer(headers=[("Cache-Control", "max-age=3600")], body=b"12345")
+    c = cache(origin.url)
+    c.get("/doc")
+    head = c.get("/doc", method="HEAD")
+    assert (head.status, head.body, head.headers["content-length"]) == (200, b"", "5")
+    assert head.headers["x-cache"] == "HIT"
+    assert origin.hits["/doc"] == 1
+
+
+def test_accept_language_variants_ignore_case_and_order(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/page"] = Answer(
+        headers=[("Cache-Control", "max-age=3600"), ("Vary", "Accept-Language")]
+    )
+    c = cache(origin.url)
+    c.get("/page", headers={"Accept-Language": "en, de"})
+    again = c.get("/page", headers={"Accept-Language": "DE,en"})
+    assert again.headers["x-cache"] == "HIT"
+    assert c.get("/page", headers={"Accept-Language": "fr"}).headers["x-cache"] == "MISS"

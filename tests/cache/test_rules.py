@@ -7,16 +7,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from podkit.serving.cache import (
+    EntityTag,
     age_value,
     current_age,
     format_http_date,
     freshness_lifetime,
     parse_cache_control,
+    parse_entity_tag,
+    parse_entity_tags,
     parse_http_date,
     parse_targeted_cache_control,
     response_directives,
     storable,
+    strong_match,
     vary_names,
+    weak_match,
 )
 
 NOW = 1_700_000_000.0
@@ -279,3 +284,53 @@ def test_a_targeted_field_replaces_cache_control() -> None:
     assert lifetime(invalid) == 5  # an invalid targeted field is ignored
     private = [("Cache-Control", "max-age=60"), ("CDN-Cache-Control", "private")]
     assert not storable("GET", [], 200, private)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('"abc"', EntityTag("abc")),
+        ('W/"abc"', EntityTag("abc", weak=True)),
+        ('w/"abc"', EntityTag("abc", weak=True)),
+        ("abc", EntityTag("abc")),
+        ('"abcdefü"', EntityTag("abcdefü")),
+        ('""', None),
+        ('"a"b"', None),
+        (None, None),
+    ],
+)
+def test_entity_tags_parse_quoted_unquoted_and_weak(
+    text: str | None, expected: EntityTag | None
+) -> None:
+    assert parse_entity_tag(text) == expected
+
+
+def test_entity_tag_lists_keep_commas_inside_quotes_and_star_is_any() -> None:
+    assert parse_entity_tags(['"a,b", W/"c"', '"d"']) == [
+        EntityTag("a,b"),
+        EntityTag("c", weak=True),
+        EntityTag("d"),
+    ]
+    assert parse_entity_tags(["*"]) is None
+    assert strong_match(EntityTag("a"), EntityTag("a"))
+    assert not strong_match(EntityTag("a", weak=True), EntityTag("a"))
+    assert weak_match(EntityTag("a", weak=True), EntityTag("a"))
+
+
+_OPAQUE = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters='",'),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(st.lists(st.tuples(_OPAQUE, st.booleans()), min_size=1, max_size=5))
+def test_entity_tag_lists_round_trip(tags: list[tuple[str, bool]]) -> None:
+    expected = [EntityTag(opaque, weak) for opaque, weak in tags]
+    assert parse_entity_tags([", ".join(map(str, expected))]) == expected
+
+
+@given(st.text(max_size=30))
+def test_entity_tag_parsing_never_raises(text: str) -> None:
+    tags = parse_entity_tags([text])
+    assert tags is None or all(isinstance(tag, EntityTag) for tag in tags)

@@ -38,11 +38,15 @@ from podkit.serving.cache._rules import (
     field_names,
     freshness_lifetime,
     header,
+    header_values,
     parse_cache_control,
+    parse_entity_tag,
+    parse_entity_tags,
     parse_http_date,
     qualified,
     response_directives,
     storable,
+    weak_match,
 )
 from podkit.serving.cache._store import ObjectStore, StoredResponse, variant_for
 
@@ -225,15 +229,55 @@ class CachePolicy:
 
     @staticmethod
     def conditional_headers(entry: StoredResponse) -> list[tuple[str, str]]:
-        """Validators to send when revalidating ``entry`` (RFC 9111 §4.3.1)."""
+        """Validators to send when revalidating ``entry`` (RFC 9111 §4.3.1); an unquoted
+        stored ``ETag`` is sent quoted."""
         validators = []
-        etag = header(entry.headers, "etag")
+        etag = parse_entity_tag(header(entry.headers, "etag"))
         if etag is not None:
-            validators.append(("If-None-Match", etag))
+            validators.append(("If-None-Match", str(etag)))
         last_modified = header(entry.headers, "last-modified")
         if last_modified is not None:
             validators.append(("If-Modified-Since", last_modified))
         return validators
+
+    @staticmethod
+    def client_conditionals(request_headers: Headers) -> list[tuple[str, str]]:
+        """The client's ``If-None-Match`` (entity-tags quoted) and ``If-Modified-Since``, to
+        forward on a miss (RFC 9111 §4.3.2 lets the origin answer them)."""
+        forwarded: list[tuple[str, str]] = []
+        inm = header_values(request_headers, "if-none-match")
+        if inm:
+            tags = parse_entity_tags(inm)
+            if tags is None:
+                forwarded.append(("If-None-Match", "*"))
+            elif tags:
+                forwarded.append(("If-None-Match", ", ".join(map(str, tags))))
+        since = header(request_headers, "if-modified-since")
+        if since is not None and not inm:  # §13.1.3: ignored when If-None-Match is present
+            forwarded.append(("If-Modified-Since", since))
+        return forwarded
+
+    def head_updates(self, entry: StoredResponse, status: int, head_headers: Headers) -> bool:
+        """Whether a ``200`` to ``HEAD`` describes the stored response, so that it may update
+        its fields (RFC 9111 §4.3.5): the same entity-tag, else the same ``Last-Modified``,
+        else neither has a validator and the ``Content-Length`` agrees."""
+        if status != 200 or entry.status != 200:
+            return False
+        stored_etag = parse_entity_tag(header(entry.headers, "etag"))
+        new_etag = parse_entity_tag(header(head_headers, "etag"))
+        if stored_etag is not None or new_etag is not None:
+            return (
+                stored_etag is not None
+                and new_etag is not None
+                and stored_etag.weak == new_etag.weak
+                and weak_match(stored_etag, new_etag)
+            )
+        stored_lm = header(entry.headers, "last-modified")
+        new_lm = header(head_headers, "last-modified")
+        if stored_lm is not None or new_lm is not None:
+            return stored_lm == new_lm
+        length = header(head_headers, "content-length")
+        return length is None or length.strip() == str(len(entry.body))
 
     def storability(
         self, method: str, request_headers: Headers, status: int, response_headers: Headers
@@ -324,8 +368,14 @@ class CachePolicy:
 
     @staticmethod
     def not_modified(request_headers: Headers, entry: StoredResponse) -> bool:
-        """Whether the client's own conditional request matches ``entry`` (send it a 304)."""
-        if entry.status != 200:
+        """Whether the client's own conditional request matches ``entry`` (send it a 304).
+
+        RFC 9110 §13.1.2 / §13.2.2: ``If-None-Match`` with the weak comparison (``*`` matches
+        any stored response); without it, ``If-Modified-Since`` against ``Last-Modified``,
+        else ``Date``, else when the response was received (RFC 9111 §4.3.2). An invalid
+        date is ignored.
+        """
+        if not 200 <= entry.status < 300 or entry.status == 206:
             return False
         inm: list[str] = []
         since_text: str | None = None
@@ -337,22 +387,32 @@ class CachePolicy:
                 inm.append(value)
             elif lname == "if-modified-since" and since_text is None:
                 since_text = value
-        if not inm and since_text is None:
-            return False
         if inm:
-            etag = header(entry.headers, "etag")
-            if etag is None:
-                return False
-            tags = {t.strip() for v in inm for t in v.split(",")}
-            return "*" in tags or _weak(etag) in {_weak(t) for t in tags}
-        since = parse_http_date(since_text)
-        last_modified = parse_http_date(header(entry.headers, "last-modified"))
-        return since is not None and last_modified is not None and last_modified <= since
+            tags = parse_entity_tags(inm)
+            if tags is None:
+                return True
+            etag = parse_entity_tag(header(entry.headers, "etag"))
+            return etag is not None and any(weak_match(tag, etag) for tag in tags)
+        if since_text is None:
+            return False
+        since = parse_http_date(since_text, now=entry.response_time)
+        if since is None:
+            return False
+        modified = parse_http_date(header(entry.headers, "last-modified"), now=entry.response_time)
+        if modified is None:
+            modified = parse_http_date(header(entry.headers, "date"), now=entry.response_time)
+        if modified is None:
+            modified = entry.response_time
+        return modified <= since
 
     @staticmethod
     def not_modified_headers(entry: StoredResponse) -> list[tuple[str, str]]:
         """The stored headers a 304 to the client repeats (RFC 9110 §15.4.5)."""
-        return [(n, v) for n, v in entry.headers if n.lower() in NOT_MODIFIED_HEADERS]
+        return [
+            (n, v)
+            for n, v in entry.headers
+            if n.lower() in NOT_MODIFIED_HEADERS and n.lower() not in entry.omitted
+        ]
 
     def invalidate_after(
         self, method: str, status: int, key: str, host: str | None, response_headers: Headers
@@ -381,10 +441,6 @@ class CachePolicy:
         for k in keys:
             self.store.invalidate(k)
         return keys
-
-
-def _weak(tag: str) -> str:
-    return tag[2:] if tag.startswith("W/") else tag
 
 
 def strip_headers(headers: Headers, names: Sequence[str]) -> list[tuple[str, str]]:

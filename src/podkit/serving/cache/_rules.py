@@ -458,6 +458,76 @@ def freshness_lifetime(
     return 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class EntityTag:
+    """An entity-tag (RFC 9110 §8.8.3): the opaque value without its quotes, and weakness."""
+
+    opaque: str
+    weak: bool = False
+
+    def __str__(self) -> str:
+        return f'{"W/" if self.weak else ""}"{self.opaque}"'
+
+
+def parse_entity_tag(text: str | None) -> EntityTag | None:
+    """One entity-tag, or None when absent or invalid.
+
+    Quoted tags are the standard form; an unquoted one (``abcdef``) is read as if quoted,
+    and a lower-case ``w/`` as weak, since origins send both and nothing else is meant.
+    """
+    if text is None:
+        return None
+    tag = text.strip(" \t")
+    weak = tag[:2] in ("W/", "w/")
+    if weak:
+        tag = tag[2:]
+    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
+        tag = tag[1:-1]
+        forbidden = '"'  # etagc: anything visible but DQUOTE
+    else:
+        forbidden = '", \t'  # unquoted: one token
+    if not tag or any(c in tag for c in forbidden) or any(ord(c) < 0x21 for c in tag):
+        return None
+    return EntityTag(tag, weak)
+
+
+def _split_list(values: Sequence[str]) -> list[str]:
+    """The members of a comma-separated entity-tag list (commas inside quotes kept; an
+    entity-tag has no escapes, so a backslash is an ordinary character)."""
+    members: list[str] = []
+    for value in values:
+        part: list[str] = []
+        quoted = False
+        for char in value:
+            if char == '"':
+                quoted = not quoted
+            elif char == "," and not quoted:
+                members.append("".join(part))
+                part = []
+                continue
+            part.append(char)
+        members.append("".join(part))
+    return [m.strip(" \t") for m in members if m.strip(" \t")]
+
+
+def parse_entity_tags(values: Sequence[str]) -> list[EntityTag] | None:
+    """An ``If-None-Match`` / ``If-Match`` list: its valid tags, or None for ``*``."""
+    members = _split_list(values)
+    if "*" in members:
+        return None
+    return [tag for tag in map(parse_entity_tag, members) if tag is not None]
+
+
+def strong_match(a: EntityTag, b: EntityTag) -> bool:
+    """RFC 9110 §8.8.3.2 strong comparison: neither weak and the same opaque value."""
+    return not a.weak and not b.weak and a.opaque == b.opaque
+
+
+def weak_match(a: EntityTag, b: EntityTag) -> bool:
+    """RFC 9110 §8.8.3.2 weak comparison: the same opaque value, weak or not."""
+    return a.opaque == b.opaque
+
+
 def age_value(headers: Headers) -> int | None:
     """The ``Age`` of a response (RFC 9111 §5.1), or None when absent or invalid.
 

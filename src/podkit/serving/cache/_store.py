@@ -27,14 +27,35 @@ OBJECT_OVERHEAD = 256  # bytes of bookkeeping per object, so empty bodies still 
 VariantKey = tuple[tuple[str, str], ...]
 
 
-def normalise_field(values: Sequence[str]) -> str:
-    """Combine a header's field lines into one comparable value (RFC 9111 §4.1)."""
-    return ",".join(part.strip() for value in values for part in value.split(",") if part.strip())
+# Fields whose members are case-insensitive and whose order carries no meaning once each
+# member keeps its own q-value (RFC 9110 §12.5): "en, de" and "DE,en" select one variant.
+UNORDERED_FIELDS = frozenset({"accept-language", "accept-encoding"})
+
+
+def normalise_field(values: Sequence[str], *, unordered: bool = False) -> str:
+    """Combine a header's field lines into one comparable value (RFC 9111 §4.1).
+
+    Args:
+        values: the field lines.
+        unordered: the members are case-insensitive and their order does not matter.
+    """
+    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    if unordered:
+        parts = sorted("".join(part.lower().split()) for part in parts)
+    return ",".join(parts)
 
 
 def secondary_key(names: Sequence[str], request_headers: Headers) -> VariantKey:
     """The request's values for the headers a response varies on."""
-    return tuple((name, normalise_field(header_values(request_headers, name))) for name in names)
+    return tuple(
+        (
+            name,
+            normalise_field(
+                header_values(request_headers, name), unordered=name in UNORDERED_FIELDS
+            ),
+        )
+        for name in names
+    )
 
 
 @dataclass(slots=True)

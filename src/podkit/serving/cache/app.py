@@ -409,7 +409,30 @@ class CachingProxy:
             return await self._validate(request, request_headers, key, lookup.entry)
         if request.method != "GET":
             return self._tag(await self._forward_plain(request, "pass"), "MISS")
+        conditionals = self.policy.client_conditionals(request_headers)
+        if conditionals:
+            return await self._conditional_miss(request, request_headers, key, conditionals)
         return await self._miss(request, request_headers, key)
+
+    async def _conditional_miss(
+        self,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+        conditionals: list[tuple[str, str]],
+    ) -> Response:
+        """A miss with the client's own validators: the origin answers them (a 304 is passed
+        on, not stored); a full answer is stored as any miss. Not coalesced: the answer may be
+        a 304 that only this client can use."""
+        try:
+            fetched = await self._fetch(
+                request, request_headers, key, kind="fetch", extra=conditionals
+            )
+        except UpstreamError as exc:
+            return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
+        if fetched.status == 304:
+            return self._tag(Response(304, _bytes(fetched.headers)), "MISS")
+        return self._answer(request, request_headers, fetched, "MISS")
 
     def _tag(self, response: Response, result: str) -> Response:
         response.headers = [(n, v) for n, v in response.headers if n.lower() != b"x-cache"]
@@ -732,6 +755,15 @@ class CachingProxy:
                 return self._serve(request, request_headers, entry, "STALE")
             return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
         if fetched.status == 304 and validators:
+            now = self.clock()
+            fresh = self.policy.freshen(entry, fetched.headers, request_time=now, response_time=now)
+            return self._serve(request, request_headers, fresh, "HIT")
+        if request.method == "HEAD" and self.policy.head_updates(
+            entry, fetched.status, fetched.headers
+        ):
+            # RFC 9111 §4.3.5: a 200 to HEAD that describes the stored response updates it.
+            if fetched.response is not None:
+                await fetched.response.aclose()
             now = self.clock()
             fresh = self.policy.freshen(entry, fetched.headers, request_time=now, response_time=now)
             return self._serve(request, request_headers, fresh, "HIT")
