@@ -302,3 +302,75 @@ def test_accept_language_variants_ignore_case_and_order(
     again = c.get("/page", headers={"Accept-Language": "DE,en"})
     assert again.headers["x-cache"] == "HIT"
     assert c.get("/page", headers={"Accept-Language": "fr"}).headers["x-cache"] == "MISS"
+
+
+def test_ranges_are_served_from_a_stored_complete_response(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/file"] = Answer(
+        headers=[
+            ("Cache-Control", "max-age=3600"),
+            ("ETag", '"f1"'),
+            ("Content-Type", "text/plain"),
+        ],
+        body=b"01234567890",
+    )
+    c = cache(origin.url)
+    assert c.get("/file").body == b"01234567890"
+    for asked, body, content_range in [
+        ("bytes=0-1", b"01", "bytes 0-1/11"),
+        ("bytes=1-", b"1234567890", "bytes 1-10/11"),
+        ("bytes=-1", b"0", "bytes 10-10/11"),
+    ]:
+        reply = c.get("/file", headers={"Range": asked})
+        assert (reply.status, reply.body, reply.headers["x-cache"]) == (206, body, "HIT")
+        assert reply.headers["content-range"] == content_range
+    several = c.get("/file", headers={"Range": "bytes=0-0, 10-10"})
+    assert several.status == 206
+    content_type = several.headers["content-type"]
+    assert content_type.startswith("multipart/byteranges; boundary=")
+    boundary = content_type.split("=", 1)[1]
+    assert several.body.count(f"--{boundary}".encode()) == 3
+    assert b"Content-Range: bytes 10-10/11\r\n\r\n0\r\n" in several.body
+    beyond = c.get("/file", headers={"Range": "bytes=50-"})
+    assert (beyond.status, beyond.headers["content-range"]) == (416, "bytes */11")
+    changed = c.get("/file", headers={"Range": "bytes=0-1", "If-Range": '"f0"'})
+    assert (changed.status, changed.body) == (200, b"01234567890")
+    assert origin.hits["/file"] == 1
+
+
+def test_a_range_miss_is_forwarded_and_its_206_stored_and_combined(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    fields = [("Cache-Control", "max-age=3600"), ("ETag", '"f1"')]
+    origin.answers["/file"] = Answer(206, [*fields, ("Content-Range", "bytes 4-9/10")], b"456789")
+    c = cache(origin.url)
+    first = c.get("/file", headers={"Range": "bytes=-6"})
+    assert origin.seen[-1]["range"] == "bytes=-6"
+    assert (first.status, first.body, first.headers["content-range"]) == (
+        206,
+        b"456789",
+        "bytes 4-9/10",
+    )
+    inside = c.get("/file", headers={"Range": "bytes=6-8"})
+    assert (inside.status, inside.body, inside.headers["x-cache"]) == (206, b"678", "HIT")
+    assert c.get("/file", headers={"Range": "bytes=-1"}).body == b"9"
+    assert origin.hits["/file"] == 1
+    # The rest arrives with the same strong ETag: the parts are combined into the whole.
+    origin.answers["/file"] = Answer(206, [*fields, ("Content-Range", "bytes 0-4/10")], b"01234")
+    assert c.get("/file", headers={"Range": "bytes=0-4"}).body == b"01234"
+    assert origin.hits["/file"] == 2
+    whole = c.get("/file")
+    assert (whole.status, whole.body, whole.headers["x-cache"]) == (200, b"0123456789", "HIT")
+    assert "content-range" not in whole.headers
+    assert origin.hits["/file"] == 2
+
+
+def test_a_range_miss_answered_in_full_is_stored_and_sliced(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/file"] = Answer(headers=[("Cache-Control", "max-age=3600")], body=b"abcdef")
+    c = cache(origin.url)
+    reply = c.get("/file", headers={"Range": "bytes=2-3"})
+    assert (reply.status, reply.body) == (206, b"cd")
+    assert c.get("/file").headers["x-cache"] == "HIT"

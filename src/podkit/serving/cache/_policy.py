@@ -28,6 +28,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from podkit.serving.cache._ranges import (
+    DEFAULT_MAX_RANGES,
+    RangeSpec,
+    combine,
+    content_range,
+    multipart_byteranges,
+    parse_range,
+    resolve,
+)
 from podkit.serving.cache._rules import (
     DEFAULT_MAX_HEURISTIC,
     DEFAULT_TARGETED,
@@ -43,9 +52,11 @@ from podkit.serving.cache._rules import (
     parse_entity_tag,
     parse_entity_tags,
     parse_http_date,
+    partial_range,
     qualified,
     response_directives,
     storable,
+    strong_match,
     weak_match,
 )
 from podkit.serving.cache._store import ObjectStore, StoredResponse, variant_for
@@ -73,6 +84,15 @@ class LookupKind(enum.Enum):
     VALIDATE = "validate"
     MISS = "miss"
     GATEWAY_TIMEOUT = "gateway_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class RangeAnswer:
+    """A 206 or 416 built from stored bytes: status, fields (without ``Age``) and body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +145,7 @@ class CachePolicy:
         max_heuristic: cap of heuristic freshness, in seconds.
         targeted: targeted cache-control fields obeyed over ``Cache-Control``, first one
             present wins (RFC 9213).
+        max_ranges: a ``Range`` with more ranges than this is answered in full.
     """
 
     def __init__(
@@ -133,10 +154,12 @@ class CachePolicy:
         *,
         max_heuristic: float = DEFAULT_MAX_HEURISTIC,
         targeted: Sequence[str] = DEFAULT_TARGETED,
+        max_ranges: int = DEFAULT_MAX_RANGES,
     ) -> None:
         self.store = store
         self.max_heuristic = max_heuristic
         self.targeted = tuple(targeted)
+        self.max_ranges = max_ranges
 
     def lifetime(self, entry: StoredResponse) -> float:
         """The stored response's freshness lifetime in seconds."""
@@ -184,6 +207,130 @@ class CachePolicy:
             if "only-if-cached" in request_cc:
                 return Lookup(LookupKind.GATEWAY_TIMEOUT, key)
             return Lookup(LookupKind.MISS, key)
+        return self._decide(key, entry, request_cc, now)
+
+    def lookup_partial(
+        self, key: str, request_headers: Headers, ranges: Sequence[RangeSpec], now: float
+    ) -> Lookup:
+        """A fresh stored 206 that holds every byte a ``Range`` request asks for: ``HIT``
+        with it, else ``MISS`` (RFC 9111 §3.3: a partial response may answer a request for
+        bytes it holds)."""
+        entry = self.store.lookup(key, request_headers, partial=True)
+        held = partial_range(entry.headers) if entry is not None else None
+        if entry is None or held is None or not self.if_range_holds(request_headers, entry):
+            return Lookup(LookupKind.MISS, key)
+        first, last, length = held
+        wanted = resolve(ranges, length)
+        if not wanted or any(a < first or b > last for a, b in wanted):
+            return Lookup(LookupKind.MISS, key)
+        decision = self._decide(key, entry, _request_cc(request_headers), now)
+        return decision if decision.kind is LookupKind.HIT else Lookup(LookupKind.MISS, key)
+
+    @staticmethod
+    def if_range_holds(request_headers: Headers, entry: StoredResponse) -> bool:
+        """Whether ``If-Range`` (RFC 9110 §13.1.5) lets ``Range`` apply to ``entry``: absent,
+        an entity-tag that matches its strong ``ETag``, or exactly its ``Last-Modified``."""
+        condition = header(request_headers, "if-range")
+        if condition is None:
+            return True
+        condition = condition.strip(" \t")
+        if condition.startswith(('"', "W/", "w/")):
+            asked = parse_entity_tag(condition)
+            etag = parse_entity_tag(header(entry.headers, "etag"))
+            return asked is not None and etag is not None and strong_match(asked, etag)
+        last_modified = header(entry.headers, "last-modified")
+        return last_modified is not None and last_modified.strip(" \t") == condition
+
+    def range_answer(
+        self, entry: StoredResponse, request_headers: Headers, *, boundary: str
+    ) -> RangeAnswer | None:
+        """The 206 or 416 answering the request's ``Range`` from ``entry`` (RFC 9110 §14), or
+        None to answer in full (no usable ``Range``, or ``If-Range`` does not hold).
+
+        Args:
+            entry: a complete 200, or a stored 206 that holds the bytes asked for.
+            request_headers: the request (``Range``, ``If-Range``).
+            boundary: the multipart delimiter when several ranges are asked for.
+        """
+        if entry.status not in (200, 206):
+            return None
+        ranges = parse_range(header(request_headers, "range"), max_ranges=self.max_ranges)
+        if ranges is None or not self.if_range_holds(request_headers, entry):
+            return None
+        if entry.status == 206:
+            held = partial_range(entry.headers)
+            if held is None:
+                return None
+            offset, _, length = held
+        else:
+            offset, length = 0, len(entry.body)
+        kept = [
+            (n, v)
+            for n, v in entry.headers
+            if n.lower() not in ("content-length", "content-range", "age")
+            and n.lower() not in entry.omitted
+        ]
+        wanted = resolve(ranges, length)
+        if not wanted:
+            return RangeAnswer(416, [("Content-Range", f"bytes */{length}")], b"")
+        if len(wanted) == 1:
+            first, last = wanted[0]
+            body = entry.body[first - offset : last + 1 - offset]
+            return RangeAnswer(
+                206, [*kept, ("Content-Range", content_range(first, last, length))], body
+            )
+        content_type = header(entry.headers, "content-type")
+        body = multipart_byteranges(
+            entry.body,
+            wanted,
+            length=length,
+            content_type=content_type,
+            boundary=boundary,
+            offset=offset,
+        )
+        fields = [(n, v) for n, v in kept if n.lower() != "content-type"]
+        fields.append(("Content-Type", f"multipart/byteranges; boundary={boundary}"))
+        return RangeAnswer(206, fields, body)
+
+    def combined(self, entry: StoredResponse) -> StoredResponse:
+        """What to store for a new 206 (RFC 9111 §3.4): a complete 200 when it holds every
+        byte, alone or with the stored 206 of its variant; the two merged when they share a
+        strong entity-tag and overlap or touch; else ``entry`` as it is."""
+        held = partial_range(entry.headers)
+        if entry.status != 206 or held is None:
+            return entry
+        first, last, length = held
+        body = entry.body
+        stored = self.store.partial_of(entry)
+        before = partial_range(stored.headers) if stored is not None else None
+        if stored is not None and before is not None and before[2] == length:
+            new_tag = parse_entity_tag(header(entry.headers, "etag"))
+            old_tag = parse_entity_tag(header(stored.headers, "etag"))
+            if new_tag is not None and old_tag is not None and strong_match(new_tag, old_tag):
+                merged = combine((before[0], before[1], stored.body), (first, last, body))
+                if merged is not None:
+                    first, last, body = merged
+        headers = [(n, v) for n, v in entry.headers if n.lower() != "content-range"]
+        status = 200
+        if (first, last) != (0, length - 1):
+            status = 206
+            headers.append(("Content-Range", content_range(first, last, length)))
+        if status == 206 and body is entry.body:
+            return entry
+        return StoredResponse(
+            key=entry.key,
+            status=status,
+            headers=headers,
+            body=body,
+            request_time=entry.request_time,
+            response_time=entry.response_time,
+            variant=entry.variant,
+            omitted=entry.omitted,
+        )
+
+    def _decide(
+        self, key: str, entry: StoredResponse, request_cc: dict[str, str | None], now: float
+    ) -> Lookup:
         age = self.age(entry, now)
         lifetime = self.lifetime(entry)
         response_cc = self.directives(entry)
@@ -324,6 +471,9 @@ class CachePolicy:
         A response that is stale on arrival, has no validator and no stale-serving
         extension would only take space.
         """
+        held = partial_range(entry.headers) if entry.status == 206 else None
+        if entry.status == 206 and (held is None or len(entry.body) != held[1] - held[0] + 1):
+            return False  # a 206 whose body is not the range it claims could not be served
         if self.lifetime(entry) > self.age(entry, entry.response_time):
             return True
         cc = self.directives(entry)

@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ from podkit.serving.cache._policy import (
     LookupKind,
     cache_key,
 )
+from podkit.serving.cache._ranges import DEFAULT_MAX_RANGES, parse_range
 from podkit.serving.cache._rules import DEFAULT_TARGETED
 from podkit.serving.cache._store import (
     DEFAULT_MAX_OBJECT,
@@ -123,6 +125,7 @@ class CacheOptions:
         workers_timeout: with several workers, how long a purge waits for each worker.
         targeted: targeted cache-control fields obeyed over ``Cache-Control`` (RFC 9213),
             by precedence; ``CDN-Cache-Control`` is always last.
+        max_ranges: a ``Range`` with more ranges than this is answered with the whole body.
     """
 
     host: str = "127.0.0.1"
@@ -141,6 +144,7 @@ class CacheOptions:
     workers: int = 1
     workers_timeout: float = DEFAULT_COMMAND_TIMEOUT
     targeted: tuple[str, ...] = DEFAULT_TARGETED
+    max_ranges: int = DEFAULT_MAX_RANGES
 
 
 def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -326,7 +330,9 @@ class CachingProxy:
         self.log = get_logger("cache")
         self.origin = Upstream.parse(options.upstream)
         self.store = ObjectStore(max_bytes=options.max_size, max_object=options.max_object)
-        self.policy = CachePolicy(self.store, targeted=options.targeted)
+        self.policy = CachePolicy(
+            self.store, targeted=options.targeted, max_ranges=options.max_ranges
+        )
         self.flights: CoalescingTable[_Fetched] = CoalescingTable()
         self.forwarding = Forwarding(trusted_proxies=options.trusted_proxies)
         self._revalidating: set[str] = set()
@@ -409,24 +415,35 @@ class CachingProxy:
             return await self._validate(request, request_headers, key, lookup.entry)
         if request.method != "GET":
             return self._tag(await self._forward_plain(request, "pass"), "MISS")
-        conditionals = self.policy.client_conditionals(request_headers)
-        if conditionals:
-            return await self._conditional_miss(request, request_headers, key, conditionals)
+        forwarded = self.policy.client_conditionals(request_headers)
+        asked = request.header("range")
+        ranges = parse_range(asked, max_ranges=self.policy.max_ranges)
+        if ranges is not None and asked is not None:
+            partial = self.policy.lookup_partial(key, request_headers, ranges, self.clock())
+            if partial.kind is LookupKind.HIT and partial.entry is not None:
+                return self._serve(request, request_headers, partial.entry, "HIT")
+            forwarded.append(("Range", asked))
+            if_range = request.header("if-range")
+            if if_range is not None:
+                forwarded.append(("If-Range", if_range))
+        if forwarded:
+            return await self._forwarded_miss(request, request_headers, key, forwarded)
         return await self._miss(request, request_headers, key)
 
-    async def _conditional_miss(
+    async def _forwarded_miss(
         self,
         request: Request,
         request_headers: list[tuple[str, str]],
         key: str,
-        conditionals: list[tuple[str, str]],
+        forwarded: list[tuple[str, str]],
     ) -> Response:
-        """A miss with the client's own validators: the origin answers them (a 304 is passed
-        on, not stored); a full answer is stored as any miss. Not coalesced: the answer may be
-        a 304 that only this client can use."""
+        """A miss that asks the origin for less than the whole representation: the client's
+        own validators (a 304 is passed on, not stored) or its ``Range`` (a 206 is stored and
+        combined with the stored part, RFC 9111 §3.4). A full answer is stored as any miss.
+        Not coalesced: the answer may fit only this request."""
         try:
             fetched = await self._fetch(
-                request, request_headers, key, kind="fetch", extra=conditionals
+                request, request_headers, key, kind="fetch", extra=forwarded
             )
         except UpstreamError as exc:
             return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
@@ -454,6 +471,13 @@ class CachingProxy:
         if self.policy.not_modified(request_headers, entry):
             not_modified = [*self.policy.not_modified_headers(entry), ("Age", age)]
             return self._tag(Response(304, _bytes(not_modified)), result)
+        if request.method == "GET" and request.header("range") is not None:
+            ranged = self.policy.range_answer(
+                entry, request_headers, boundary=secrets.token_hex(12)
+            )
+            if ranged is not None:
+                fields = _bytes([*ranged.headers, ("Age", age)])
+                return self._tag(Response(ranged.status, fields, ranged.body), result)
         slot = "wire_fetched" if fetched else "wire"
         wire: list[tuple[bytes, bytes]] | None = entry.derived.get(slot)
         if wire is None:
@@ -603,6 +627,7 @@ class CachingProxy:
             request_time=request_time,
             response_time=response_time,
         )
+        entry = self.policy.combined(entry)  # a 206 with the stored part of its variant
         evicted = self.policy.keep(entry)
         if evicted:
             self.log.debug("evicted", extra={"objects": len(evicted)})

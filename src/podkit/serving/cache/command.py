@@ -14,6 +14,7 @@ from podkit.serving._workers import workers_timeout_option
 from podkit.serving.balance._affinity import parse_networks
 from podkit.serving.balance._backends_file import normalise_url
 from podkit.serving.cache._coalesce import DEFAULT_COALESCE_TIMEOUT
+from podkit.serving.cache._ranges import DEFAULT_MAX_RANGES
 from podkit.serving.cache._rules import DEFAULT_TARGETED
 from podkit.serving.cache.app import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -104,6 +105,13 @@ def targeted_fields(names: tuple[str, ...]) -> tuple[str, ...]:
     "CDN-Cache-Control is always honoured after these.",
 )
 @click.option(
+    "--max-ranges",
+    type=click.IntRange(1, 1000),
+    default=DEFAULT_MAX_RANGES,
+    show_default=True,
+    help="Most ranges one Range request may ask for; above it the whole body is sent.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, MAX_WORKERS),
     default=1,
@@ -125,6 +133,7 @@ def command(
     response_timeout: float,
     trusted: tuple[str, ...],
     targeted: tuple[str, ...],
+    max_ranges: int,
     workers: int,
     limits: ServerLimits,
     workers_timeout: float,
@@ -150,6 +159,7 @@ def command(
         connect_timeout=connect_timeout,
         trusted_proxies=parse_networks(trusted),
         targeted=targeted_fields(targeted),
+        max_ranges=max_ranges,
         workers=workers,
         limits=limits,
         workers_timeout=workers_timeout,
