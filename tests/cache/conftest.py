@@ -149,3 +149,66 @@ def cache() -> Iterator[Callable[..., Cache]]:
 
 
 StartCache = Callable[..., Cache]
+
+
+class RawOrigin:
+    """An origin that answers each request with bytes the test writes by hand (then closes
+    the connection when ``close`` says so): for what no HTTP library would send."""
+
+    def __init__(self) -> None:
+        self.replies: dict[str, tuple[bytes, bool]] = {}
+        self.hits: Counter[str] = Counter()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode()
+                self.hits[path] += 1
+                reply, close = self.replies.get(path, (b"HTTP/1.1 404 Not Found\r\n\r\n", True))
+                writer.write(reply)
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        async with server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._serve())
+        self._loop.close()
+
+    def __enter__(self) -> RawOrigin:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def raw_origin() -> Iterator[RawOrigin]:
+    with RawOrigin() as server:
+        yield server

@@ -3,10 +3,11 @@ test: what is stored, for how long, and what a reuse sends."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 from podkit.serving.cache import format_http_date
-from tests.cache.conftest import Answer, ScriptedOrigin, StartCache
+from tests.cache.conftest import Answer, RawOrigin, ScriptedOrigin, StartCache
 
 INVALID_EXPIRES = [
     "Thu, 18 Aug 2050 02:01:18 UTC",
@@ -374,3 +375,60 @@ def test_a_range_miss_answered_in_full_is_stored_and_sliced(
     reply = c.get("/file", headers={"Range": "bytes=2-3"})
     assert (reply.status, reply.body) == (206, b"cd")
     assert c.get("/file").headers["x-cache"] == "HIT"
+
+
+def _exchange(port: int, path: str) -> bytes:
+    """Send GET ``path`` on a new connection and read until the cache closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_interim_responses_reach_the_client_and_are_never_stored(
+    raw_origin: RawOrigin, cache: StartCache
+) -> None:
+    raw_origin.replies["/page"] = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n"
+        b"X-My-Header: test\r\n\r\n"
+        b"HTTP/1.1 102 Processing\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: 5\r\n\r\nhello",
+        False,
+    )
+    c = cache(raw_origin.url)
+    first = _exchange(c.port, "/page")
+    assert first.startswith(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n"
+        b"X-My-Header: test\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\n"
+    )
+    assert first.endswith(b"\r\n\r\nhello")
+    again = _exchange(c.port, "/page")
+    assert again.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"X-Cache: HIT" in again
+    assert raw_origin.hits["/page"] == 1
+
+
+def test_an_unknown_transfer_coding_is_refused_and_never_stored(
+    raw_origin: RawOrigin, cache: StartCache
+) -> None:
+    raw_origin.replies["/gz"] = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nCache-Control: max-age=3600\r\n\r\n"
+        b"\x1f\x8b whatever follows until the close",
+        True,
+    )
+    raw_origin.replies["/both"] = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n"
+        b"Cache-Control: max-age=3600\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        True,
+    )
+    c = cache(raw_origin.url)
+    for path in ("/gz", "/both"):
+        for _ in range(2):
+            reply = _exchange(c.port, path)
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 502 "), reply
+            assert f"Content-Length: {len(body)}".encode() in head  # whole, not cut
+        assert raw_origin.hits[path] == 2
+    assert c.stats()["objects"] == 0

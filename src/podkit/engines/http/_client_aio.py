@@ -112,7 +112,7 @@ async def pool_send(
         self.counters["requests"] += 1
         conn = self._take_idle(upstream) or await self._acquire(upstream)
         waiter: asyncio.Future[Response] = self.loop.create_future()
-        conn.begin(request.method, wait, waiter)
+        conn.begin(request.method, wait, waiter, request)
         self._busy.add(conn)
         try:
             assert conn.transport is not None

@@ -237,6 +237,10 @@ class TLSInfo:
     peer_cert: dict[str, Any] | None
 
 
+InterimSink = Callable[["Request", int, Headers], None]
+"""Relays an interim (1xx) response for a request to its client: ``(request, status, fields)``."""
+
+
 class Request:
     """An HTTP request, as the server received it or as a policy builds it.
 
@@ -252,6 +256,9 @@ class Request:
         tls: :class:`TLSInfo` for TLS connections, else None.
         framing: what the head said about body and upgrade (None for policy-built requests).
         keep_alive: whether the client's connection stays open after the response.
+        interim: set by the server for HTTP/1.1 clients: relays an interim (1xx) response
+            to the client before the final one, called as ``interim(request, status,
+            fields)``; the upstream pool calls it for each 1xx but ``100`` it receives.
     """
 
     __slots__ = (
@@ -260,6 +267,7 @@ class Request:
         "framing",
         "headers",
         "http_version",
+        "interim",
         "keep_alive",
         "method",
         "scheme",
@@ -291,6 +299,7 @@ class Request:
         self.tls = tls
         self.framing = framing
         self.keep_alive = keep_alive
+        self.interim: InterimSink | None = None
 
     @property
     def path(self) -> str:

@@ -459,6 +459,8 @@ class _Connection(asyncio.Protocol):
             framing=framing,
             keep_alive=parser.should_keep_alive(),
         )
+        if version == "1.1":
+            request.interim = self._send_interim  # HTTP/1.0 clients get no 1xx (RFC 9110 §15.2)
         self.reading = request
         if self.active is None and not self.queue:
             self._start(request)
@@ -520,6 +522,16 @@ class _Connection(asyncio.Protocol):
             and not self.closed
         ):
             self.transport.write(_CONTINUE)
+
+    def _send_interim(self, request: Request, status: int, fields: Headers) -> None:
+        """Relay an upstream's 1xx (103 Early Hints, 102...) to the client, before the final
+        response; not once another request is being answered or the client is gone."""
+        if request is not self.active_request or self.closed or self.transport is None:
+            return
+        lines = [status_line(status)]
+        lines += (name + b": " + value + b"\r\n" for name, value in fields)
+        lines.append(b"\r\n")
+        self.transport.write(b"".join(lines))
 
     def _request_body_closed(self, finished: bool) -> None:
         if not finished:
