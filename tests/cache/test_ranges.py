@@ -75,7 +75,7 @@ def test_combining_pieces_keeps_every_byte_where_it_was(a: int, b: int, c: int, 
     data = bytes(range(41))
     (a1, a2), (b1, b2) = sorted((a, b)), sorted((c + 10, d + 10))
     merged = combine((a1, a2, data[a1 : a2 + 1]), (b1, b2, data[b1 : b2 + 1]))
-    if b1 > a2 + 1:
+    if b1 > a2 + 1 or a1 > b2 + 1:
         assert merged is None
     else:
         assert merged == (min(a1, b1), max(a2, b2), data[min(a1, b1) : max(a2, b2) + 1])

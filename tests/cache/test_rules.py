@@ -233,6 +233,8 @@ def test_set_cookie_responses_are_stored_only_when_public_and_explicitly_fresh()
     assert storable("GET", [], 200, [cookie, ("Cache-Control", "public, max-age=60")])
     assert not storable("GET", [], 200, [cookie, ("Cache-Control", "public")])
     assert not storable("GET", [], 200, [cookie, ("Cache-Control", "max-age=60")])
+    kept_out = ("Cache-Control", 'max-age=60, no-cache="Set-Cookie"')
+    assert storable("GET", [], 200, [cookie, kept_out])
 
 
 def test_qualified_private_is_storable_and_206_needs_one_known_range() -> None:
@@ -334,3 +336,14 @@ def test_entity_tag_lists_round_trip(tags: list[tuple[str, bool]]) -> None:
 def test_entity_tag_parsing_never_raises(text: str) -> None:
     tags = parse_entity_tags([text])
     assert tags is None or all(isinstance(tag, EntityTag) for tag in tags)
+
+
+def test_cache_control_directives_with_space_around_the_equals_sign_are_ignored() -> None:
+    assert parse_cache_control(["max-age =3600, public"]) == {"public": None}
+    assert parse_cache_control(["max-age= 3600"]) == {}
+    assert parse_cache_control(['extension="max-age=3600", max-age=1']) == {
+        "extension": "max-age=3600",
+        "max-age": "1",
+    }
+    assert lifetime([("Cache-Control", "max-age=003600")]) == 3600
+    assert lifetime([("Cache-Control", "max-age='3600'")]) == 0

@@ -5,19 +5,26 @@ and times in seconds since the epoch passed in by the caller (``Date`` and ``Exp
 wall-clock values, so ages are computed on the wall clock too):
 
 * :func:`parse_cache_control` splits the directives (quoted strings kept whole; the first
-  occurrence of a directive wins, RFC 9111 §4.2.1);
-* :func:`storable` answers §3 for a *shared* cache: GET only, a final status that is not
-  partial, no ``no-store``, no ``private``, ``Authorization`` only with ``public``,
-  ``s-maxage`` or ``must-revalidate`` (§3.5), no ``Vary: *``, and something that makes the
-  response cacheable (explicit freshness, ``public`` or a heuristically cacheable status).
-  Responses that set cookies are not stored either: in a shared cache they would hand one
-  user's cookie to the next (a deliberate choice, as most CDNs make it);
+  occurrence of a directive wins, RFC 9111 §4.2.1); :func:`response_directives` picks the
+  first targeted field that parses as a Structured Fields Dictionary (``CDN-Cache-Control``
+  and configured names, RFC 9213) instead of ``Cache-Control``;
+* :func:`storable` answers §3 for a *shared* cache: GET only, a final status (any, with
+  explicit freshness; without it only a heuristically cacheable one or ``public``), no
+  ``no-store`` (which ``must-understand`` overrides for a status this cache implements,
+  §5.2.2.3), no unqualified ``private``, ``Authorization`` only with ``public``,
+  ``s-maxage`` or ``must-revalidate`` (§3.5), no ``Vary: *``, a 206 only with one byte
+  range of known length. A response that sets a cookie is stored only with ``public`` and
+  an explicit lifetime (or when ``no-cache``/``private`` name ``Set-Cookie``): in a shared
+  cache the cookie would otherwise go from one user to the next (§7.3);
+* :func:`parse_http_date` accepts exactly the three HTTP-date forms of RFC 9110 §5.6.7, so
+  an ``Expires`` in another form counts as already expired (§5.3);
 * :func:`freshness_lifetime` is §4.2.1: ``s-maxage``, then ``max-age``, then
   ``Expires - Date``; the heuristic of §4.2.2 (10% of ``Date - Last-Modified``, capped) only
   when there is no explicit expiration and the status is heuristically cacheable or the
   response is ``public``;
-* :func:`current_age` is the §4.2.3 calculation (apparent age, corrected ``Age``, resident
-  time).
+* :func:`current_age` is the §4.2.3 calculation (apparent age, corrected ``Age`` — the first
+  member of a listed ``Age``, §5.1 — and resident time);
+* :func:`parse_entity_tag` and friends read entity-tags and compare them (RFC 9110 §8.8.3).
 """
 
 from __future__ import annotations
@@ -89,14 +96,15 @@ def parse_cache_control(values: Iterable[str]) -> dict[str, str | None]:
     directives: dict[str, str | None] = {}
     for value in values:
         for item in _split_directives(value):
-            name, sep, arg = item.strip().partition("=")
-            name = name.strip().lower()
+            name, sep, arg = item.strip(" \t").partition("=")
+            if name != name.rstrip(" \t") or arg != arg.lstrip(" \t"):
+                continue  # RFC 9111 §5.2: no whitespace around "="; "max-age =60" is invalid
+            name = name.lower()
             if not name or name in directives:
                 continue
             if not sep:
                 directives[name] = None
                 continue
-            arg = arg.strip()
             if len(arg) >= 2 and arg[0] == arg[-1] == '"':
                 arg = arg[1:-1].replace('\\"', '"').replace("\\\\", "\\")
             directives[name] = arg
@@ -381,8 +389,11 @@ def storable(
     if any(v.strip() == "*" for v in _vary_names_raw(response_headers)):
         return Storability(False, "vary: *")
     explicit = has_explicit_freshness(response_cc, response_headers)
-    if header(response_headers, "set-cookie") is not None and not (
-        explicit and "public" in response_cc
+    kept_out = field_names(response_cc, "no-cache") | field_names(response_cc, "private")
+    if (
+        header(response_headers, "set-cookie") is not None
+        and "set-cookie" not in kept_out  # no-cache="Set-Cookie": the cookie is never reused
+        and not (explicit and "public" in response_cc)
     ):
         return Storability(False, "set-cookie without public and explicit freshness")
     if status == 206 and partial_range(response_headers) is None:
