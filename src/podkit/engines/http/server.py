@@ -280,6 +280,7 @@ class _Connection(asyncio.Protocol):
         # the handler task, or a direct exchange
         self.active: asyncio.Future[Any] | _DirectExchange | None = None
         self.active_request: Request | None = None
+        self.interim_sink = self._send_interim  # bound once, handed to every 1.1 request
         self.queue: deque[Request | _Rejection] = deque()
         self.must_close = False
         self.closed = False
@@ -460,7 +461,7 @@ class _Connection(asyncio.Protocol):
             keep_alive=parser.should_keep_alive(),
         )
         if version == "1.1":
-            request.interim = self._send_interim  # HTTP/1.0 clients get no 1xx (RFC 9110 §15.2)
+            request.interim = self.interim_sink  # HTTP/1.0 clients get no 1xx (RFC 9110 §15.2)
         self.reading = request
         if self.active is None and not self.queue:
             self._start(request)
