@@ -162,3 +162,14 @@ def test_a_206_whose_body_is_not_its_range_is_not_kept() -> None:
     policy = CachePolicy(ObjectStore())
     _keep(policy, 206, [("Content-Range", "bytes 4-9/10")], b"short")
     assert len(policy.store) == 0
+
+
+def test_a_part_is_sliced_only_for_ranges_it_holds() -> None:
+    policy = CachePolicy(ObjectStore())
+    _keep(policy, 206, [("Content-Range", "bytes 4-9/10")], BODY[4:])
+    part = policy.store.lookup(K, [], partial=True)
+    assert part is not None
+    assert policy.range_answer(part, [("Range", "bytes=0-5")], boundary="b") is None
+    inside = policy.range_answer(part, [("Range", "bytes=5-5")], boundary="b")
+    assert inside is not None
+    assert inside.body == b"5"

@@ -259,11 +259,11 @@ class CachePolicy:
             return None
         if entry.status == 206:
             held = partial_range(entry.headers)
-            if held is None:
-                return None
-            offset, _, length = held
+            if held is None or len(entry.body) != held[1] - held[0] + 1:
+                return None  # not a part it can slice: answer with it as it is
+            offset, end, length = held
         else:
-            offset, length = 0, len(entry.body)
+            offset, end, length = 0, len(entry.body) - 1, len(entry.body)
         kept = [
             (n, v)
             for n, v in entry.headers
@@ -273,6 +273,8 @@ class CachePolicy:
         wanted = resolve(ranges, length)
         if not wanted:
             return RangeAnswer(416, [("Content-Range", f"bytes */{length}")], b"")
+        if any(first < offset or last > end for first, last in wanted):
+            return None  # a part that lacks some of the bytes: answer with the part itself
         if len(wanted) == 1:
             first, last = wanted[0]
             body = entry.body[first - offset : last + 1 - offset]
