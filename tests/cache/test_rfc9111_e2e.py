@@ -4,6 +4,8 @@ test: what is stored, for how long, and what a reuse sends."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 from podkit.serving.cache import format_http_date
@@ -432,3 +434,24 @@ def test_an_unknown_transfer_coding_is_refused_and_never_stored(
             assert f"Content-Length: {len(body)}".encode() in head  # whole, not cut
         assert raw_origin.hits[path] == 2
     assert c.stats()["objects"] == 0
+
+
+def test_bad_targeted_field_names_and_range_limits_are_one_line_errors() -> None:
+    for args, message in [
+        (["--targeted-cache-control", "Bad Name"], "'Bad Name' is not a targeted field name"),
+        (["--targeted-cache-control", "Cache-Control"], "is not a targeted field name"),
+        (["--max-ranges", "0"], "--max-ranges"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "podkit", "cache", "--upstream", "http://127.0.0.1:1", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        assert done.returncode == 2
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith("podkit cache: error: ")
+        assert message in lines[0]
