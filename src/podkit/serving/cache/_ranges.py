@@ -18,7 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-DEFAULT_MAX_RANGES = 16  # more specs than this are ignored (a full answer): Apache's MaxRanges
+# More specs than this and the Range is ignored (the whole body is sent), as with Apache's
+# MaxRanges (200 there): clients ask for one range or a few; hundreds are an amplification.
+DEFAULT_MAX_RANGES = 16
 _SPEC = re.compile(r"([0-9]{1,18})?-([0-9]{1,18})?")
 
 RangeSpec = tuple[int | None, int | None]

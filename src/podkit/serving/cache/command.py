@@ -26,6 +26,7 @@ from podkit.serving.cache.app import (
 )
 
 MAX_WORKERS = 64  # more processes than this on one host is a typo
+MAX_MAX_RANGES = 1000  # a higher --max-ranges would only serve multipart amplification
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.1 token
 
 
@@ -106,7 +107,7 @@ def targeted_fields(names: tuple[str, ...]) -> tuple[str, ...]:
 )
 @click.option(
     "--max-ranges",
-    type=click.IntRange(1, 1000),
+    type=click.IntRange(1, MAX_MAX_RANGES),
     default=DEFAULT_MAX_RANGES,
     show_default=True,
     help="Most ranges one Range request may ask for; above it the whole body is sent.",
