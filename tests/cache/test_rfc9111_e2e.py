@@ -7,8 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from podkit.serving.cache import format_http_date
+from podkit.testing.net import wait_for
 from tests.cache.conftest import Answer, RawOrigin, ScriptedOrigin, StartCache
 
 INVALID_EXPIRES = [
@@ -455,3 +457,20 @@ def test_bad_targeted_field_names_and_range_limits_are_one_line_errors() -> None
         assert len(lines) == 1
         assert lines[0].startswith("podkit cache: error: ")
         assert message in lines[0]
+
+
+def test_validators_and_ranges_wait_for_a_fetch_already_in_flight(
+    origin: ScriptedOrigin, cache: StartCache
+) -> None:
+    origin.answers["/slow"] = Answer(
+        headers=[("Cache-Control", "max-age=3600"), ("ETag", '"s1"')], body=b"0123456789", delay=1
+    )
+    c = cache(origin.url)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        leader = pool.submit(c.get, "/slow")
+        wait_for(lambda: c.stats()["coalescing"]["open"] == 1, what="the first fetch to start")
+        conditional = pool.submit(c.get, "/slow", headers={"If-None-Match": '"s1"'})
+        ranged = pool.submit(c.get, "/slow", headers={"Range": "bytes=2-3"})
+        replies = [leader.result(), conditional.result(), ranged.result()]
+    assert [(r.status, r.body) for r in replies] == [(200, b"0123456789"), (304, b""), (206, b"23")]
+    assert origin.hits["/slow"] == 1

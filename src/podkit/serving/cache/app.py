@@ -426,8 +426,10 @@ class CachingProxy:
             if_range = request.header("if-range")
             if if_range is not None:
                 forwarded.append(("If-Range", if_range))
-        if forwarded:
+        if forwarded and key not in self.flights:
             return await self._forwarded_miss(request, request_headers, key, forwarded)
+        # A whole representation is on its way (or wanted): wait for it, then answer the
+        # client's validators or Range from it (_serve).
         return await self._miss(request, request_headers, key)
 
     async def _forwarded_miss(
