@@ -62,6 +62,7 @@ class ProxySettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
     idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+    source_address: str | None = None
 
 
 async def serve_proxy(rt: Runtime, settings: ProxySettings, *, reuse_port: bool = False) -> None:
@@ -86,6 +87,7 @@ async def serve_tcp_proxy(
         port=settings.listen.port,
         connect_timeout=settings.connect_timeout,
         idle_timeout=settings.idle_timeout,
+        source_address=settings.source_address,
         max_connections=settings.limits.max_connections,
         reuse_port=reuse_port,
         registry=rt.registry,
@@ -112,6 +114,7 @@ async def serve_http_proxy(
         connect_timeout=settings.connect_timeout,
         response_timeout=settings.response_timeout,
         registry=rt.registry,
+        source_address=settings.source_address,
     ) as pool:
         handler = proxy_handler(pool, settings.upstream, forwarding=settings.forwarding)
         async with HTTPServer(
@@ -195,6 +198,7 @@ def command(
     connect_timeout: float,
     idle_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     trusted_proxies: tuple[str, ...],
     via: str,
     limits: ServerLimits,
@@ -227,6 +231,7 @@ def command(
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,
         idle_timeout=idle_timeout,
+        source_address=source_address,
     )
 
     async def main(rt: Runtime) -> None:

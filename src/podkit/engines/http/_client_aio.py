@@ -209,6 +209,7 @@ async def pool_connect(self: UpstreamPool, upstream: Upstream) -> _UpstreamConne
                 upstream.port,
                 ssl=context,
                 server_hostname=upstream.host if context is not None else None,
+                local_addr=(self.source_address, 0) if self.source_address else None,
             )
     except TimeoutError as exc:
         self.counters["connect_errors"] += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+from collections.abc import Callable
 from typing import Any, cast
 
 from podkit.engines._closing import finish_closing
@@ -20,12 +21,14 @@ from podkit.engines.errors import UpstreamError
 from podkit.engines.http.messages import Body, Handler, Request, Response, close_body
 from podkit.engines.http.rules import BodyMode, response_framing, response_head
 from podkit.engines.http.server import (
+    CLIENT_CLOSED,
     HTTPServer,
     _Connection,
     _error,
     _error_reason,
     _record_sni,
     _ServerCollector,
+    _TLSAccept,
     log,
 )
 from podkit.errors import PodkitError, ProtocolError, RemoteProtocolError
@@ -69,7 +72,7 @@ async def connection_respond(
     self.handler_started = True
     server = self.server
     started = self.loop.time()
-    status = 500
+    status = CLIENT_CLOSED  # until there is a response: the client may leave before it
     try:
         try:
             response = await (handler or server.handler)(request)
@@ -78,7 +81,7 @@ async def connection_respond(
         except (ProtocolError, UpstreamError) as exc:
             status = exc.status
             server.counters.error(_error_reason(exc, status))
-            response = _error(status, exc)
+            response = _error(status, exc, request)
         except Exception as exc:
             log.exception("handler failed", extra={"target": request.target})
             server.counters.error("handler_failed")
@@ -91,7 +94,9 @@ async def connection_respond(
             await close_body(response.body)
             raise
     except asyncio.CancelledError:
-        return  # the client went away; the handler's upstream work was cancelled with it
+        # The client went away; the handler's upstream work was cancelled with it.
+        log.debug("client closed the connection", extra={"target": request.target})
+        return
     except (ConnectionError, PodkitError, OSError) as exc:
         # the body stream broke after the head was sent: the client must see a truncation
         server.counters.error("response_aborted")
@@ -178,17 +183,19 @@ async def server_start(self: HTTPServer) -> None:
     self.loop = asyncio.get_running_loop()
     if self.ssl is not None:
         _record_sni(self.ssl)
+    # HTTPS: accepted as plain TCP and upgraded by _TLSAccept, so that a client counts from
+    # accept and its handshake has a deadline of our own.
+    factory: Callable[[], asyncio.Protocol] = (
+        (lambda: _Connection(self)) if self.ssl is None else (lambda: _TLSAccept(self))
+    )
     try:
         if self.sock is not None:
-            self._server = await self.loop.create_server(
-                lambda: _Connection(self), sock=self.sock, ssl=self.ssl, backlog=1024
-            )
+            self._server = await self.loop.create_server(factory, sock=self.sock, backlog=1024)
         else:
             self._server = await self.loop.create_server(
-                lambda: _Connection(self),
+                factory,
                 self.host,
                 self.port,
-                ssl=self.ssl,
                 reuse_port=self.reuse_port or None,
                 backlog=1024,
             )
@@ -224,6 +231,8 @@ async def server_drain(self: HTTPServer, timeout: float) -> None:
     self.draining = True
     if self._server is not None:
         self._server.close()
+    for accept in list(self.handshaking):
+        accept.abort()  # no request yet: nothing to finish
     for conn in list(self.connections):
         idle = conn.active is None and not conn.queue and conn.reading is None
         if idle and conn.tunnel is None and conn.transport is not None:
@@ -244,6 +253,9 @@ async def server_aclose(self: HTTPServer) -> None:
     for conn in list(self.connections):
         if conn.transport is not None:
             conn.transport.abort()
+    for accept in list(self.handshaking):
+        accept.abort()
+    self.handshaking.clear()
     ticker, server, collector = self._ticker, self._server, self._collector
     self._ticker = self._server = self._collector = None
     await finish_closing(ticker, server, self._registry, collector)

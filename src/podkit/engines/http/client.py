@@ -221,6 +221,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.request_done = False
         self.reusable = False
         # flow control and tunnel
+        self.read_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.client: asyncio.Transport | None = None
@@ -502,19 +503,24 @@ class _UpstreamConnection(asyncio.Protocol):
     def _release(self) -> None:
         self.waiter = None
         if self.reusable and not self.closed:
+            # A connection is idle only while it is read: the next response on it (and the
+            # upstream closing it) must be seen, whatever the last body's consumer did.
+            self._resume_reading()
             self.pool._release(self)
         else:
             self.abort()
 
     def _pause_reading(self) -> None:
-        if self.transport is not None and not self.response_done:
+        if self.transport is not None and not self.response_done and not self.read_paused:
+            self.read_paused = True
             self.transport.pause_reading()
             self.deadline = 0.0  # our client is slow, not the upstream: no timeout meanwhile
 
     def _resume_reading(self) -> None:
-        if self.transport is not None and not self.response_done and not self.closed:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
             self.transport.resume_reading()
-            if self.timeout:
+            if self.timeout and not self.response_done:
                 self.deadline = self.loop.time() + self.timeout
 
     def _body_closed(self, finished: bool) -> None:
@@ -705,6 +711,8 @@ class UpstreamPool:
         buffer_bytes: response bytes buffered before the upstream is no longer read.
         ssl: the client context for ``https`` upstreams (default: system trust store).
         registry: a Prometheus registry to export the pool's metrics to.
+        source_address: the local IP address connections leave from (default: the
+            system's choice).
     """
 
     def __init__(
@@ -721,8 +729,10 @@ class UpstreamPool:
         ssl: ssl_module.SSLContext | None = None,
         registry: CollectorRegistry | None = None,
         metrics_prefix: str = "podkit_upstream",
+        source_address: str | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.source_address = source_address
         self.response_timeout = response_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections_per_upstream

@@ -180,8 +180,9 @@ class Body:
                 self._pause()
 
     def finish(self) -> None:
-        """Mark the end of the body."""
+        """Mark the end of the body; the producer is no longer paused or resumed from here."""
         self._done = True
+        self._pause = self._resume = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -192,6 +193,7 @@ class Body:
             return
         self._error = exc
         self._done = True
+        self._pause = self._resume = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -54,6 +54,7 @@ from podkit.engines.http.rules import (
     add_via,
     check_request_head,
     error_response,
+    origin_form,
     response_framing,
     response_head,
     status_line,
@@ -190,6 +191,7 @@ class _DirectExchange:
         self.finished = True
         if self.abandon is not None:
             self.abandon()
+        self.conn._client_closed(self.request, self.started)
         return True
 
 
@@ -256,6 +258,88 @@ def _record_sni(context: ssl_module.SSLContext) -> None:
     context.sni_callback = record
 
 
+class _TLSAccept(asyncio.Protocol):
+    """A client of an HTTPS server from accept until its TLS handshake completes.
+
+    The listener accepts plain TCP; this protocol's ``connection_made`` counts the client
+    against ``max_connections`` at once (one that never finishes its handshake still holds a
+    socket), then puts the loop's own SSL protocol in front of a :class:`_Connection`, as
+    ``create_server(ssl=...)`` would, with ``handshake_timeout`` as its deadline. The
+    handshake's outcome ends the count here; the connection counts itself from then on.
+    """
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        raw = cast(asyncio.Transport, transport)
+        server.counters.connections_total += 1
+        if server.open_connections() >= server.limits.max_connections or server.draining:
+            server.counters.error("max_connections")
+            raw.abort()  # nothing can be answered before the handshake
+            return
+        assert server.ssl is not None
+        peer = raw.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
+        self.transport = raw
+        server.handshaking.add(self)
+        loop = server.loop
+        handshake: asyncio.Future[None] = loop.create_future()
+        handshake.add_done_callback(self._handshake_done)
+        tls = _ssl_protocol_class(loop)(
+            loop,
+            _Connection(server),
+            server.ssl,
+            handshake,
+            server_side=True,
+            ssl_handshake_timeout=server.limits.handshake_timeout,
+        )
+        raw.set_protocol(tls)
+        tls.connection_made(raw)
+
+    def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
+        server = self.server
+        server.handshaking.discard(self)
+        if handshake.cancelled():
+            return
+        exc = handshake.exception()
+        if exc is None:
+            return
+        if self.transport is not None:
+            self.transport.abort()
+        timed_out = "longer than" in str(exc) or isinstance(exc, TimeoutError)
+        server.counters.error("tls_handshake_timeout" if timed_out else "tls_handshake")
+        log.warning(
+            "TLS handshake failed",
+            extra={
+                "client": self.client,
+                "reason": "no handshake within the timeout"
+                if timed_out
+                else str(exc) or type(exc).__name__,
+            },
+        )
+
+    def abort(self) -> None:
+        """Close a client still in its handshake (the server stops)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The SSL protocol of ``loop``'s own kind (uvloop's compiled one under uvloop)."""
+    module = type(loop).__module__
+    if module.startswith("uvloop"):
+        import uvloop.loop
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    import asyncio.sslproto
+
+    return asyncio.sslproto.SSLProtocol
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parse, dispatch in order, write responses, tunnel after 101."""
 
@@ -303,8 +387,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         server = self.server
-        server.counters.connections_total += 1
-        if len(server.connections) >= self.limits.max_connections or server.draining:
+        if server.ssl is None:
+            server.counters.connections_total += 1  # HTTPS: counted at accept (_TLSAccept)
+        if server.open_connections() >= self.limits.max_connections or server.draining:
             server.counters.error("max_connections")
             self.transport.write(error_response(503, "too many connections"))
             self.transport.close()
@@ -389,7 +474,9 @@ class _Connection(asyncio.Protocol):
                 self._refuse(400, "malformed request")
             return
         except httptools.HttpParserError as exc:
-            self._refuse(400, str(exc) or "malformed request")
+            # The parser's words stay in the log; the client learns only that it was refused.
+            log.debug("malformed request", extra={"client": self.client[0], "error": str(exc)})
+            self._refuse(400, "malformed request")
             return
         if self.in_head:
             self.head_raw += len(data)
@@ -413,10 +500,17 @@ class _Connection(asyncio.Protocol):
             raise RemoteProtocolError("request target too long", status=414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.limits.max_header_bytes:
             raise RemoteProtocolError("request header fields too large", status=431)
+        if not self.in_head:
+            # A trailer field of a chunked body: never merged into the header section (a
+            # trailer could otherwise add Host or Authorization after the checks); dropped,
+            # as RFC 9110 §6.5.1 allows.
+            return
+        if b"_" in name and not self.limits.underscores_in_headers:
+            return  # X_Forwarded_For reads as X-Forwarded-For to CGI and WSGI apps
+        self.headers.append((name, value))
         if len(self.headers) > self.limits.max_header_count:
             raise RemoteProtocolError("too many request header fields", status=431)
 
@@ -430,6 +524,13 @@ class _Connection(asyncio.Protocol):
             if len(_METHODS) < 64:
                 _METHODS[raw_method] = method
         version = parser.get_http_version()
+        if self.url[:1] != b"/":
+            absolute = origin_form(self.url)
+            if absolute is not None:
+                # RFC 9112 §3.2.2: forwarded in origin-form, Host taken from the target.
+                self.url, authority = absolute
+                self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
+                self.headers.append((b"Host", authority))
         framing = check_request_head(
             method, version, self.headers, max_body_bytes=self.limits.max_body_bytes
         )
@@ -664,7 +765,7 @@ class _Connection(asyncio.Protocol):
             raise AssertionError("an exchange ends with a response or an error")
         elif isinstance(exc, ProtocolError | UpstreamError):
             server.counters.error(_error_reason(exc, exc.status))
-            response = _error(exc.status, exc)
+            response = _error(exc.status, exc, request)
         else:
             log.error("forwarding failed", exc_info=exc, extra={"target": request.target})
             server.counters.error("handler_failed")
@@ -684,6 +785,11 @@ class _Connection(asyncio.Protocol):
         server.counters.response(response.status, self.loop.time() - started)
         if self.tunnel is None:
             self._next()
+
+    def _client_closed(self, request: Request, started: float) -> None:
+        """Count a request whose client left before its response (499, as nginx logs it)."""
+        self.server.counters.response(CLIENT_CLOSED, self.loop.time() - started)
+        log.debug("client closed the connection", extra={"target": request.target})
 
     def _finish_stream(
         self, request: Request, response: Response, started: float
@@ -834,11 +940,34 @@ class _Connection(asyncio.Protocol):
         self._resume_reading()
 
 
-def _error(status: int, exc: BaseException) -> Response:
-    text = str(exc) or type(exc).__name__
-    if status >= 500 and not isinstance(exc, UpstreamError | ProtocolError):
+# What a client is told of an upstream failure: the kind, never the address or the details
+# (those go to the error log).
+_UPSTREAM_REASONS = {502: "the upstream did not answer properly", 503: "no upstream available",
+                     504: "the upstream did not answer in time"}  # fmt: skip
+
+
+def _error(status: int, exc: BaseException, request: Request | None = None) -> Response:
+    """The response for a failed exchange; an upstream failure is logged as a warning."""
+    if isinstance(exc, UpstreamError):
+        log.warning(
+            "upstream failed",
+            extra={
+                "status": status,
+                "upstream": exc.upstream,
+                "reason": str(exc),
+                "error": _error_reason(exc, status),
+                "target": request.target if request is not None else None,
+            },
+        )
+        text = _UPSTREAM_REASONS.get(status, "upstream error")
+    elif isinstance(exc, ProtocolError):
+        text = str(exc) or type(exc).__name__
+    else:
         text = "internal error"
     return Response.text(status, f"{status} {_phrase(status)}: {text}\n")
+
+
+CLIENT_CLOSED = 499  # nginx's code for a client that left before its response
 
 
 def _phrase(status: int) -> str:
@@ -958,6 +1087,7 @@ class HTTPServer:
         self.metrics_prefix = metrics_prefix
         self.counters = _Counters()
         self.connections: set[_Connection] = set()
+        self.handshaking: set[_TLSAccept] = set()  # HTTPS clients before their handshake
         self.draining = False
         self.started_at = time.time()
         self._server: asyncio.Server | None = None
@@ -986,11 +1116,15 @@ class HTTPServer:
     def _tick(self) -> Coroutine[Any, Any, None]:
         return _aio.server_tick(self)
 
+    def open_connections(self) -> int:
+        """Client connections open now, counting HTTPS clients still in their handshake."""
+        return len(self.connections) + len(self.handshaking)
+
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters."""
         counters = self.counters
         return ServerStatistics(
-            connections_open=len(self.connections),
+            connections_open=self.open_connections(),
             connections_total=counters.connections_total,
             requests_total=counters.requests_total,
             responses=dict(counters.responses),

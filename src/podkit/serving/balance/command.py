@@ -239,6 +239,7 @@ def command(
     slow_start: float,
     connect_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     workers: int,
     limits: ServerLimits,
     workers_timeout: float,
@@ -288,6 +289,7 @@ def command(
         ),
         timeout=response_timeout,
         connect_timeout=connect_timeout,
+        source_address=source_address,
         limits=limits,
     )
 

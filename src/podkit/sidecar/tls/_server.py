@@ -71,6 +71,7 @@ class TLSSettings:
     forwarding: Forwarding = field(default_factory=Forwarding)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
+    source_address: str | None = None
 
 
 def pass_client_subject(inner: Handler, *, header: str) -> Handler:
@@ -186,6 +187,7 @@ async def serve_tls(rt: Runtime, settings: TLSSettings, *, reuse_port: bool = Fa
         connect_timeout=settings.connect_timeout,
         response_timeout=settings.response_timeout,
         registry=rt.registry,
+        source_address=settings.source_address,
     ) as pool:
         handler = pass_client_subject(
             proxy_handler(pool, settings.upstream, forwarding=settings.forwarding),
