@@ -114,7 +114,7 @@ async def pool_send(
         request.upstream_start = self.loop.time()
         conn = self._take_idle(upstream) or await self._acquire(upstream)
         waiter: asyncio.Future[Response] = self.loop.create_future()
-        conn.begin(request.method, wait, waiter)
+        conn.begin(request.method, wait, waiter, request)
         self._busy.add(conn)
         try:
             assert conn.transport is not None

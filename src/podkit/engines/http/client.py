@@ -217,6 +217,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.pending_size = 0
         self.got_bytes = False
         self.interim = False
+        self.interim_for: Request | None = None  # whose client 1xx responses are relayed to
         self.until_close = False
         self.response_done = False
         self.request_done = False
@@ -366,6 +367,12 @@ class _UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if status < 200 and status != 101:
             self.interim = True  # 100 Continue, 103 Early Hints: the final response follows
+            request = self.interim_for
+            # RFC 9110 §15.2: a proxy forwards 1xx responses, except a 100 Continue, which
+            # answered our own request's expectation (the server sends the client its own).
+            if status != 100 and request is not None and request.interim is not None:
+                fields = [(n, v) for n, v in self.headers if n.lower() not in HOP_BY_HOP]
+                request.interim(request, status, fields)
             return
         headers: Headers = []
         lines: list[bytes] = []  # the same fields minus Content-Length, as wire lines
@@ -385,6 +392,13 @@ class _UpstreamConnection(asyncio.Protocol):
                     named = tokens if named is None else named | tokens
                 elif lname == b"transfer-encoding":
                     chunked = True
+                    if value.strip(b" \t").lower() != b"chunked":
+                        # Another coding (gzip, or "gzip, chunked") could be neither removed
+                        # nor passed on faithfully: refuse the response, as nginx does.
+                        raise RemoteProtocolError(
+                            "upstream response has a transfer coding other than chunked",
+                            status=502,
+                        )
                 if status != 101 or lname != b"upgrade":
                     continue
             elif lname == b"content-length":
@@ -528,9 +542,16 @@ class _UpstreamConnection(asyncio.Protocol):
 
     # --- the exchange ---------------------------------------------------------------------------
 
-    def begin(self, method: str, timeout: float, sink: ResponseSink | None = None) -> ResponseSink:
+    def begin(
+        self,
+        method: str,
+        timeout: float,
+        sink: ResponseSink | None = None,
+        request: Request | None = None,
+    ) -> ResponseSink:
         self.uses += 1
         self.method = method
+        self.interim_for = request
         self.got_bytes = False
         self.interim = False
         self.until_close = False
@@ -786,7 +807,9 @@ class UpstreamPool:
         request.upstream_start = self.loop.time()
         head = _request_head(request, headers, upstream, None, False)
         waiter = self.loop.create_future()
-        conn.begin(request.method, self.response_timeout if timeout is None else timeout, waiter)
+        conn.begin(
+            request.method, self.response_timeout if timeout is None else timeout, waiter, request
+        )
         self._busy.add(conn)
         assert conn.transport is not None
         conn.transport.write(head)
@@ -816,7 +839,9 @@ class UpstreamPool:
         self.counters["requests"] += 1
         request.upstream = upstream.authority
         request.upstream_start = self.loop.time()
-        conn.begin(request.method, self.response_timeout if timeout is None else timeout, sink)
+        conn.begin(
+            request.method, self.response_timeout if timeout is None else timeout, sink, request
+        )
         self._busy.add(conn)
         transport = conn.transport
         assert transport is not None

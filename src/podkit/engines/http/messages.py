@@ -239,6 +239,10 @@ class TLSInfo:
     peer_cert: dict[str, Any] | None
 
 
+InterimSink = Callable[["Request", int, Headers], None]
+"""Relays an interim (1xx) response for a request to its client: ``(request, status, fields)``."""
+
+
 class Request:
     """An HTTP request, as the server received it or as a policy builds it.
 
@@ -258,6 +262,9 @@ class Request:
         upstream: the ``host:port`` it was last sent to (None before), for the access log.
         upstream_start: the loop time it was last sent upstream (0.0 before).
         upstream_time: seconds from being sent upstream to the response head, or None.
+        interim: set by the server for HTTP/1.1 clients: relays an interim (1xx) response
+            to the client before the final one, called as ``interim(request, status,
+            fields)``; the upstream pool calls it for each 1xx but ``100`` it receives.
     """
 
     __slots__ = (
@@ -266,6 +273,7 @@ class Request:
         "framing",
         "headers",
         "http_version",
+        "interim",
         "keep_alive",
         "method",
         "request_id",
@@ -305,6 +313,7 @@ class Request:
         self.upstream: str | None = None
         self.upstream_start = 0.0
         self.upstream_time: float | None = None
+        self.interim: InterimSink | None = None
 
     @property
     def path(self) -> str:

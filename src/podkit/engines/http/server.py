@@ -365,6 +365,7 @@ class _Connection(asyncio.Protocol):
         # the handler task, or a direct exchange
         self.active: asyncio.Future[Any] | _DirectExchange | None = None
         self.active_request: Request | None = None
+        self.interim_sink = self._send_interim  # bound once, handed to every 1.1 request
         self.queue: deque[Request | _Rejection] = deque()
         self.must_close = False
         self.closed = False
@@ -573,6 +574,8 @@ class _Connection(asyncio.Protocol):
             keep_alive=parser.should_keep_alive(),
         )
         request.request_id = request_id
+        if version == "1.1":
+            request.interim = self.interim_sink  # HTTP/1.0 clients get no 1xx (RFC 9110 §15.2)
         self.reading = request
         if self.active is None and not self.queue:
             self._start(request)
@@ -634,6 +637,16 @@ class _Connection(asyncio.Protocol):
             and not self.closed
         ):
             self.transport.write(_CONTINUE)
+
+    def _send_interim(self, request: Request, status: int, fields: Headers) -> None:
+        """Relay an upstream's 1xx (103 Early Hints, 102...) to the client, before the final
+        response; not once another request is being answered or the client is gone."""
+        if request is not self.active_request or self.closed or self.transport is None:
+            return
+        lines = [status_line(status)]
+        lines += (name + b": " + value + b"\r\n" for name, value in fields)
+        lines.append(b"\r\n")
+        self.transport.write(b"".join(lines))
 
     def _request_body_closed(self, finished: bool) -> None:
         if not finished:

@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ from podkit.serving.cache._policy import (
     LookupKind,
     cache_key,
 )
+from podkit.serving.cache._ranges import DEFAULT_MAX_RANGES, parse_range
+from podkit.serving.cache._rules import DEFAULT_TARGETED
 from podkit.serving.cache._store import (
     DEFAULT_MAX_OBJECT,
     DEFAULT_MAX_SIZE,
@@ -122,6 +125,9 @@ class CacheOptions:
             it shares the port (SO_REUSEPORT), has its own store, and leaves the hit-ratio
             gauge out of its metrics (ratios do not add up when the workers' are merged).
         workers_timeout: with several workers, how long a purge waits for each worker.
+        targeted: targeted cache-control fields obeyed over ``Cache-Control`` (RFC 9213),
+            by precedence; ``CDN-Cache-Control`` is always last.
+        max_ranges: a ``Range`` with more ranges than this is answered with the whole body.
     """
 
     host: str = "127.0.0.1"
@@ -141,6 +147,8 @@ class CacheOptions:
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     workers: int = 1
     workers_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    targeted: tuple[str, ...] = DEFAULT_TARGETED
+    max_ranges: int = DEFAULT_MAX_RANGES
 
 
 def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -326,7 +334,9 @@ class CachingProxy:
         self.log = get_logger("cache")
         self.origin = Upstream.parse(options.upstream)
         self.store = ObjectStore(max_bytes=options.max_size, max_object=options.max_object)
-        self.policy = CachePolicy(self.store)
+        self.policy = CachePolicy(
+            self.store, targeted=options.targeted, max_ranges=options.max_ranges
+        )
         self.flights: CoalescingTable[_Fetched] = CoalescingTable()
         self.forwarding = Forwarding(trusted_proxies=options.trusted_proxies)
         self._revalidating: set[str] = set()
@@ -409,7 +419,43 @@ class CachingProxy:
             return await self._validate(request, request_headers, key, lookup.entry)
         if request.method != "GET":
             return self._tag(await self._forward_plain(request, "pass"), "MISS")
+        forwarded = self.policy.client_conditionals(request_headers)
+        asked = request.header("range")
+        ranges = parse_range(asked, max_ranges=self.policy.max_ranges)
+        if ranges is not None and asked is not None:
+            partial = self.policy.lookup_partial(key, request_headers, ranges, self.clock())
+            if partial.kind is LookupKind.HIT and partial.entry is not None:
+                return self._serve(request, request_headers, partial.entry, "HIT")
+            forwarded.append(("Range", asked))
+            if_range = request.header("if-range")
+            if if_range is not None:
+                forwarded.append(("If-Range", if_range))
+        if forwarded and key not in self.flights:
+            return await self._forwarded_miss(request, request_headers, key, forwarded)
+        # A whole representation is on its way (or wanted): wait for it, then answer the
+        # client's validators or Range from it (_serve).
         return await self._miss(request, request_headers, key)
+
+    async def _forwarded_miss(
+        self,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+        forwarded: list[tuple[str, str]],
+    ) -> Response:
+        """A miss that asks the origin for less than the whole representation: the client's
+        own validators (a 304 is passed on, not stored) or its ``Range`` (a 206 is stored and
+        combined with the stored part, RFC 9111 §3.4). A full answer is stored as any miss.
+        Not coalesced: the answer may fit only this request."""
+        try:
+            fetched = await self._fetch(
+                request, request_headers, key, kind="fetch", extra=forwarded
+            )
+        except UpstreamError as exc:
+            return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
+        if fetched.status == 304:
+            return self._tag(Response(304, _bytes(fetched.headers)), "MISS")
+        return self._answer(request, request_headers, fetched, "MISS")
 
     def _tag(self, response: Response, result: str) -> Response:
         response.headers = [(n, v) for n, v in response.headers if n.lower() != b"x-cache"]
@@ -422,15 +468,28 @@ class CachingProxy:
         request_headers: list[tuple[str, str]],
         entry: StoredResponse,
         result: str,
+        *,
+        fetched: bool = False,
     ) -> Response:
+        """Answer from ``entry``; ``fetched`` when it is the answer this request fetched (its
+        fields are then all sent, even those a reuse leaves out)."""
         age = str(int(self.policy.age(entry, self.clock())))
         if self.policy.not_modified(request_headers, entry):
             not_modified = [*self.policy.not_modified_headers(entry), ("Age", age)]
             return self._tag(Response(304, _bytes(not_modified)), result)
-        wire: list[tuple[bytes, bytes]] | None = entry.derived.get("wire")
+        if request.method == "GET" and request.header("range") is not None:
+            ranged = self.policy.range_answer(
+                entry, request_headers, boundary=secrets.token_hex(12)
+            )
+            if ranged is not None:
+                fields = _bytes([*ranged.headers, ("Age", age)])
+                return self._tag(Response(ranged.status, fields, ranged.body), result)
+        slot = "wire_fetched" if fetched else "wire"
+        wire: list[tuple[bytes, bytes]] | None = entry.derived.get(slot)
         if wire is None:
-            wire = entry.derived["wire"] = _bytes(
-                [(n, v) for n, v in entry.headers if n.lower() not in ("age", "content-length")]
+            left_out = {"age", "content-length"} | (set() if fetched else entry.omitted)
+            wire = entry.derived[slot] = _bytes(
+                [(n, v) for n, v in entry.headers if n.lower() not in left_out]
             )
         fields = [*wire, (b"Age", age.encode())]
         body = entry.body
@@ -574,6 +633,7 @@ class CachingProxy:
             request_time=request_time,
             response_time=response_time,
         )
+        entry = self.policy.combined(entry)  # a 206 with the stored part of its variant
         evicted = self.policy.keep(entry)
         if evicted:
             self.log.debug("evicted", extra={"objects": len(evicted)})
@@ -606,7 +666,7 @@ class CachingProxy:
         result: str,
     ) -> Response:
         if fetched.entry is not None:
-            return self._serve(request, request_headers, fetched.entry, result)
+            return self._serve(request, request_headers, fetched.entry, result, fetched=True)
         if fetched.response is not None:
             return self._tag(fetched.response, result)
         return self._tag(
@@ -726,6 +786,15 @@ class CachingProxy:
                 return self._serve(request, request_headers, entry, "STALE")
             return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
         if fetched.status == 304 and validators:
+            now = self.clock()
+            fresh = self.policy.freshen(entry, fetched.headers, request_time=now, response_time=now)
+            return self._serve(request, request_headers, fresh, "HIT")
+        if request.method == "HEAD" and self.policy.head_updates(
+            entry, fetched.status, fetched.headers
+        ):
+            # RFC 9111 §4.3.5: a 200 to HEAD that describes the stored response updates it.
+            if fetched.response is not None:
+                await fetched.response.aclose()
             now = self.clock()
             fresh = self.policy.freshen(entry, fetched.headers, request_time=now, response_time=now)
             return self._serve(request, request_headers, fresh, "HIT")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from podkit.engines.http.access_log import AccessLogSettings
@@ -17,6 +19,8 @@ from podkit.serving._workers import workers_timeout_option
 from podkit.serving.balance._affinity import parse_networks
 from podkit.serving.balance._backends_file import normalise_url
 from podkit.serving.cache._coalesce import DEFAULT_COALESCE_TIMEOUT
+from podkit.serving.cache._ranges import DEFAULT_MAX_RANGES
+from podkit.serving.cache._rules import DEFAULT_TARGETED
 from podkit.serving.cache.app import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_PURGE_ALLOW,
@@ -27,6 +31,23 @@ from podkit.serving.cache.app import (
 )
 
 MAX_WORKERS = 64  # more processes than this on one host is a typo
+MAX_MAX_RANGES = 1000  # a higher --max-ranges would only serve multipart amplification
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.1 token
+
+
+def targeted_fields(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The targeted fields by precedence: the given ones, then ``CDN-Cache-Control``.
+
+    Raises:
+        click.BadParameter: a name is not a field name, or is Cache-Control itself.
+    """
+    for name in names:
+        if not _FIELD_NAME.fullmatch(name) or name.lower() == "cache-control":
+            raise click.BadParameter(
+                f"{name!r} is not a targeted field name (e.g. Podkit-Cache-Control)",
+                param_hint="--targeted-cache-control",
+            )
+    return tuple(dict.fromkeys([*names, *DEFAULT_TARGETED], None))
 
 
 @click.command()
@@ -81,6 +102,22 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Peer whose X-Forwarded-For is kept and extended; repeat for more.",
 )
 @click.option(
+    "--targeted-cache-control",
+    "targeted",
+    multiple=True,
+    metavar="FIELD",
+    help="A targeted cache-control response field (RFC 9213) obeyed instead of "
+    "Cache-Control, e.g. Podkit-Cache-Control; repeat for more, first present wins. "
+    "CDN-Cache-Control is always honoured after these.",
+)
+@click.option(
+    "--max-ranges",
+    type=click.IntRange(1, MAX_MAX_RANGES),
+    default=DEFAULT_MAX_RANGES,
+    show_default=True,
+    help="Most ranges one Range request may ask for; above it the whole body is sent.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, MAX_WORKERS),
     default=1,
@@ -103,6 +140,8 @@ def command(
     response_timeout: float,
     source_address: str | None,
     trusted: tuple[str, ...],
+    targeted: tuple[str, ...],
+    max_ranges: int,
     workers: int,
     limits: ServerLimits,
     access_log: AccessLogSettings,
@@ -129,6 +168,8 @@ def command(
         connect_timeout=connect_timeout,
         source_address=source_address,
         trusted_proxies=parse_networks(trusted),
+        targeted=targeted_fields(targeted),
+        max_ranges=max_ranges,
         workers=workers,
         limits=limits,
         access_log=access_log,
