@@ -4,12 +4,20 @@ Each command lives beside its component and is loaded only when it runs (or when
 lists them), so one command's dependencies never slow another's start. Errors print one line,
 ``podkit <cmd>: error: <reason>``, and exit 2 for usage and configuration errors, 1 for
 runtime failures.
+
+Words on the command line are text: an option value or argument that is not valid UTF-8 is a
+usage error naming the parameter, checked before a command runs. The exceptions are
+parameters whose words are data rather than text (:class:`BytesArgument`: keys to hash, a
+queue item, a command to execute); they receive the undecodable bytes as surrogate escapes,
+and ``os.fsencode`` gives the original bytes back.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from pathlib import PurePath
 from typing import Any, NoReturn
 
 import click
@@ -38,11 +46,50 @@ COMMANDS: dict[str, str] = {
 _current_command = ["podkit"]
 
 
+class BytesArgument(click.Argument):
+    """An argument whose words are data, not text: they may hold any bytes (see the module)."""
+
+    accepts_bytes = True
+
+
+def _undecodable(value: object) -> str | None:
+    """The first string in ``value`` that has no UTF-8 form (a surrogate escape), or None."""
+    if isinstance(value, PurePath):
+        value = str(value)
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value
+        return None
+    if isinstance(value, tuple | list):
+        for item in value:
+            found = _undecodable(item)
+            if found is not None:
+                return found
+    return None
+
+
+def check_text_parameters(ctx: click.Context) -> None:
+    """Refuse a parameter value that is not valid UTF-8 (unless its parameter takes bytes).
+
+    Raises:
+        click.BadParameter: naming the parameter and showing the bytes.
+    """
+    for param in ctx.command.params:
+        if getattr(param, "accepts_bytes", False) or param.name is None:
+            continue
+        bad = _undecodable(ctx.params.get(param.name))
+        if bad is not None:
+            raise click.BadParameter(f"not valid UTF-8: {os.fsencode(bad)!r}", ctx=ctx, param=param)
+
+
 class PodkitCommand(click.Command):
-    """A command that remembers its path, so errors can name it."""
+    """A command that remembers its path, so errors can name it, and takes only UTF-8 text."""
 
     def invoke(self, ctx: click.Context) -> Any:
         _current_command[0] = ctx.command_path
+        check_text_parameters(ctx)
         return super().invoke(ctx)
 
 
@@ -65,12 +112,13 @@ class PodkitGroup(click.Group):
             return command
         module_name, _, attr = self.lazy[cmd_name].partition(":")
         loaded = getattr(importlib.import_module(module_name), attr)
-        if not isinstance(loaded, click.Command):
-            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        if not isinstance(loaded, PodkitCommand | PodkitGroup):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a PodkitCommand or PodkitGroup")
         return loaded
 
     def invoke(self, ctx: click.Context) -> Any:
         _current_command[0] = ctx.command_path
+        check_text_parameters(ctx)
         return super().invoke(ctx)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.errors import PodkitTimeout, UsageError
 from podkit.pods.model import json_schema, load_podfile
 from podkit.pods.supervisor import (
@@ -37,7 +38,7 @@ _state_dir_option = click.option(
 )
 
 
-@click.command("up")
+@click.command("up", cls=PodkitCommand)
 @click.argument("file", required=False, default=DEFAULT_PODFILE)
 @_state_dir_option
 @click.option(
@@ -74,7 +75,7 @@ def up_command(file: str, state_dir: Path, check: bool, schema: bool) -> int:
     return asyncio.run(supervisor.run())
 
 
-@click.command("status")
+@click.command("status", cls=PodkitCommand)
 @_state_dir_option
 @click.option(
     "--json", "as_json", is_flag=True, default=False, show_default=True, help="Print JSON."
@@ -114,7 +115,7 @@ def status_command(state_dir: Path, as_json: bool) -> int:
     return 0
 
 
-@click.command("scale")
+@click.command("scale", cls=PodkitCommand)
 @click.argument("pod")
 @click.argument("replicas", type=click.IntRange(min=0))
 @_state_dir_option
@@ -125,7 +126,7 @@ def scale_command(pod: str, replicas: int, state_dir: Path) -> int:
     return 0
 
 
-@click.command("down")
+@click.command("down", cls=PodkitCommand)
 @_state_dir_option
 @click.option(
     "--timeout",

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import datetime
 import json
+import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ from podkit.batch.queue.states import (
     DEFAULT_MAX_ATTEMPTS,
 )
 from podkit.batch.queue.worker import DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, load_handler
-from podkit.cli import PodkitGroup
+from podkit.cli import BytesArgument, PodkitGroup
 from podkit.runtime import Runtime, RuntimeOptions, format_duration, run_async, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
 
@@ -68,7 +69,7 @@ def group() -> None:
 @group.command()
 @_url
 @_name
-@click.argument("item", required=False)
+@click.argument("item", required=False, cls=BytesArgument)
 @click.option("--key", default=None, help="Idempotency key: a put with a known key is a no-op.")
 @click.option(
     "--content-key",
@@ -125,7 +126,7 @@ def put(
         if key is not None and len(bodies) > 1:
             raise click.UsageError("--key names one item; use --content-key with -")
     else:
-        bodies = [item.encode()]
+        bodies = [os.fsencode(item)]  # the bytes given, even when they are not UTF-8
     values: list[Any] = []
     for body in bodies:
         if as_json:
@@ -157,7 +158,7 @@ def put(
 @group.command(context_settings={"ignore_unknown_options": True})
 @_url
 @_name
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, cls=BytesArgument)
 @click.option(
     "--handler",
     default=None,
@@ -301,7 +302,7 @@ def work(
 @group.command(context_settings={"ignore_unknown_options": True})
 @_url
 @_name
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, cls=BytesArgument)
 @click.option(
     "--every",
     type=DURATION,

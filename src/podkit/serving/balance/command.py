@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.engines.http.cli_options import (
     server_limit_options,
     upstream_timeout_options,
@@ -51,7 +52,7 @@ from podkit.serving.balance.app import (
 MAX_WORKERS = 64  # more processes than this on one host is a typo
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
 from podkit.engines.http.rules import ServerLimits
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
@@ -24,7 +25,7 @@ from podkit.serving.cache.app import (
 MAX_WORKERS = 64  # more processes than this on one host is a typo
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,

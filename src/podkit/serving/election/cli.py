@@ -31,7 +31,7 @@ import click
 from prometheus_client import Counter, Gauge
 
 from podkit.backends.leases import open_lease_backend
-from podkit.cli import PodkitCommand
+from podkit.cli import BytesArgument, PodkitCommand, PodkitGroup, check_text_parameters
 from podkit.runtime import Request, Response, Runtime, RuntimeOptions, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
 from podkit.runtime.config import format_duration
@@ -226,7 +226,7 @@ async def serve_elect(rt: Runtime, options: ElectOptions) -> int | None:
         return result
 
 
-class ElectGroup(click.Group):
+class ElectGroup(PodkitGroup):
     """``podkit elect [OPTIONS] -- COMMAND...`` runs; ``podkit elect status ...`` observes.
 
     A first argument naming a subcommand selects it; anything else is the run form, whose
@@ -247,13 +247,14 @@ class ElectGroup(click.Group):
             assert cmd_name is not None
             with cmd.make_context(cmd_name, rest, parent=ctx) as sub_ctx:
                 return cmd.invoke(sub_ctx)
+        check_text_parameters(ctx)
         return click.Command.invoke(self, ctx)
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         return ["[OPTIONS] -- COMMAND [ARGS]..."]
 
 
-class _CommandArgument(click.Argument):
+class _CommandArgument(BytesArgument):
     """The command to run. It stays out of usage lines: ``podkit elect status`` would
     otherwise show it in its own path."""
 

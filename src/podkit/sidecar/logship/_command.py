@@ -7,6 +7,7 @@ import json
 import click
 
 from podkit.adapter.logs.parsers import FORMATS
+from podkit.cli import PodkitCommand
 from podkit.runtime import Request, Response, Runtime, RuntimeOptions, run_component
 from podkit.runtime.cli_options import DURATION, SIZE, runtime_options
 from podkit.runtime.config import format_duration
@@ -45,7 +46,7 @@ async def serve_logship(rt: Runtime, config: LogshipConfig, *, to: str) -> None:
         await close_quietly(sink)
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--path",
     "paths",

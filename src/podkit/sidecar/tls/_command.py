@@ -9,11 +9,12 @@ from collections.abc import Iterator
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.engines.http import Forwarding, ServerLimits, Upstream
 from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
 from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 from podkit.engines.workers import serve_workers
-from podkit.errors import ConfigError, PodkitError
+from podkit.errors import ConfigError, ListenError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
 from podkit.sidecar.tls._context import MIN_VERSIONS, CertPair, parse_sni
@@ -39,7 +40,7 @@ def _reserve_port(listen: HostPort) -> Iterator[int]:
         try:
             sock.bind((listen.host, listen.port))
         except OSError as exc:
-            raise PodkitError(f"tls: cannot listen on {listen}: {exc.strerror or exc}") from exc
+            raise ListenError(listen.host, listen.port, exc.strerror or str(exc)) from exc
         yield int(sock.getsockname()[1])
 
 
@@ -47,7 +48,7 @@ async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
     await serve_tls(rt, settings, reuse_port=True)
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,
