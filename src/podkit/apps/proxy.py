@@ -218,6 +218,13 @@ def command(
             raise ConfigError("tcp mode takes HOST:PORT", source="<flags>", path="--upstream")
         parsed = Upstream.parse(target)
     else:
+        if "://" not in upstream:
+            # As nginx's proxy_pass: http:// or https:// is written, never assumed.
+            raise ConfigError(
+                f"expected a URL with its scheme such as http://{upstream.strip()}, "
+                f"got {upstream!r}",
+                path="--upstream",
+            )
         parsed = Upstream.parse(upstream)
     settings = ProxySettings(
         listen=listen,

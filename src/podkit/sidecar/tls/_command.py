@@ -151,6 +151,12 @@ def command(
         raise ConfigError(str(exc), source="<flags>", path="--trusted-proxy") from exc
     if reload_check <= 0:
         raise ConfigError("must be more than 0", path="--reload-check")
+    if "://" not in upstream:
+        # As nginx's proxy_pass: http:// or https:// is written, never assumed.
+        raise ConfigError(
+            f"expected a URL with its scheme such as http://{upstream.strip()}, got {upstream!r}",
+            path="--upstream",
+        )
     settings = TLSSettings(
         listen=listen,
         upstream=Upstream.parse(upstream),
