@@ -163,7 +163,7 @@ async def serve_elect(rt: Runtime, options: ElectOptions) -> None:
         extra = dict(fields)
         for key in ("lease_left", "retry_in"):  # durations, written as on the command line
             if key in extra:
-                extra[key] = format_duration(extra[key])
+                extra[key] = format_duration(round(extra[key], 3))
         if event == "leading":
             is_leader.set(1)
             token_gauge.set(fields["token"])

@@ -195,7 +195,7 @@ class Election:
             self._emit(
                 "leading",
                 token=grant.token,
-                lease_left=_seconds(elector.valid_until - self._clock()),
+                lease_left=max(0.0, elector.valid_until - self._clock()),
             )
             keeper = asyncio.get_running_loop().create_task(
                 self._keep(elector, grant, term), name=f"election-{self.name}-renew"
@@ -341,7 +341,7 @@ class Election:
                         "backend_error",
                         during="acquire",
                         error=_describe(exc),
-                        retry_in=_seconds(delay),
+                        retry_in=delay,
                     )
                     continue
                 self._reached()
@@ -418,7 +418,7 @@ class Election:
                     self._emit(
                         "renewed",
                         token=grant.token,
-                        lease_left=_seconds(elector.valid_until - self._clock()),
+                        lease_left=max(0.0, elector.valid_until - self._clock()),
                     )
             else:
                 self._renew_failures += 1
