@@ -17,7 +17,12 @@ from podkit.sidecar.logship._batch import (
     DEFAULT_BUFFER_BATCHES,
     DEFAULT_FLUSH_AFTER,
 )
-from podkit.sidecar.logship._shipper import DEFAULT_POLL, LogshipConfig, LogShipper
+from podkit.sidecar.logship._shipper import (
+    DEFAULT_POLL,
+    LogshipConfig,
+    LogShipper,
+    why_unmatched,
+)
 from podkit.sidecar.logship._sinks import DEFAULT_SINK_TIMEOUT, close_quietly, open_sink
 from podkit.sidecar.logship._tail import DEFAULT_CLOSE_AFTER, DEFAULT_MAX_LINE_BYTES
 
@@ -40,6 +45,14 @@ async def serve_logship(rt: Runtime, config: LogshipConfig, *, to: str) -> None:
             "shipping",
             extra={"paths": list(config.paths), "sink": sink.description, "format": config.format},
         )
+        for pattern in config.paths:
+            why = why_unmatched(pattern)
+            if why is not None:
+                # Not an error: an application often creates its log after its sidecar starts.
+                rt.log.warning(
+                    "--path matches no file; waiting for one to appear",
+                    extra={"path": pattern, "reason": why},
+                )
         rt.set_ready()
         await shipper.serve(rt.draining)
     finally:
