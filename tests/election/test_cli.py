@@ -250,3 +250,14 @@ def test_the_admin_endpoint_shows_the_role_token_and_leader_gauge(tmp_path: Path
             metrics = answer.read().decode()
         assert "elect_is_leader 1.0" in metrics
         assert "elect_fencing_token 1.0" in metrics
+
+
+def test_status_never_creates_a_database(tmp_path: Path) -> None:
+    typo = tmp_path / "sub" / "typo.db"
+    result = podkit("elect", "status", "--backend", f"sqlite:///{typo}", "--name", "job")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"podkit elect status: error: {typo}: no such database "
+        "(this command only reads; it never creates one)"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -372,3 +372,24 @@ def test_a_pool_drains_its_workers_on_sigterm(sqlite_url: str, tmp_path: Path) -
     assert lines(done) == ["first"]
     data = stats(sqlite_url, "jobs")
     assert (data["ready"], data["leased"], data["ack_total"]) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("command", ["stats", "dead"])
+def test_a_read_only_command_never_creates_a_database(tmp_path: Path, command: str) -> None:
+    """A typo in the path is an error naming it, not a new empty queue database."""
+    typo = tmp_path / "typo.db"
+    result = podkit("queue", command, f"sqlite:///{typo}", "jobs")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"podkit queue {command}: error: sqlite queue {typo}: no such database "
+        "(this command only reads; it never creates one)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stats_reads_a_database_that_workers_write(sqlite_url: str, tmp_path: Path) -> None:
+    """Read-only opening sees what the writers committed, while a worker has it open."""
+    podkit("queue", "put", sqlite_url, "jobs", "-", stdin="a\nb\n")
+    with PodkitProcess("queue", "work", sqlite_url, "jobs", "--", "true"):
+        wait_for(lambda: stats(sqlite_url, "jobs")["ack_total"] == 2, timeout=TIMEOUT)
+        assert podkit("queue", "dead", sqlite_url, "jobs").returncode == 0

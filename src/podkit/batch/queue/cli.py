@@ -49,9 +49,11 @@ _url = click.argument("url")
 _name = click.argument("name")
 
 
-def _run(make: Callable[[Queue], Awaitable[T]], url: str, name: str) -> T:
+def _run(
+    make: Callable[[Queue], Awaitable[T]], url: str, name: str, *, read_only: bool = False
+) -> T:
     async def main() -> T:
-        async with Queue(url, name) as queue:
+        async with Queue(url, name, read_only=read_only) as queue:
             return await make(queue)
 
     result: T = run_async(main())
@@ -375,7 +377,7 @@ def source(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(url: str, name: str, as_json: bool) -> None:
     """Counts of queue NAME (ready, delayed, leased, dead), rates per second and totals."""
-    result = _run(lambda q: q.stats(), url, name)
+    result = _run(lambda q: q.stats(), url, name, read_only=True)
     if as_json:
         click.echo(json.dumps({"queue": name, **dataclasses.asdict(result)}))
         return
@@ -431,7 +433,7 @@ def dead(url: str, name: str, retry: bool, ids: tuple[str, ...], limit: int, as_
         moved = _run(lambda q: q.retry_dead(list(ids) if ids else None), url, name)
         click.echo(f"requeued {moved}")
         return
-    items = _run(lambda q: q.dead(limit), url, name)
+    items = _run(lambda q: q.dead(limit), url, name, read_only=True)
     for item in items:
         if as_json:
             click.echo(json.dumps(_dead_json(item)))

@@ -391,7 +391,7 @@ def status(backend: str, name: str, as_json: bool) -> int:
     """Print the leader of election NAME, its fencing token and the time left on its lease."""
 
     async def observe() -> dict[str, Any]:
-        async with open_lease_backend(backend) as opened:
+        async with open_lease_backend(backend, read_only=True) as opened:
             election = Election(opened, name)
             holder = await election.leader()
         return {
