@@ -91,10 +91,15 @@ def _value_cases() -> list[tuple[str, list[str]]]:
 
 
 def _one_error_line(stderr: str, path: str) -> None:
+    """One line, ``podkit <cmd>: error: <reason>``, the reason not starting with a second
+    prefix (``error:``, ``podkit``, the command's name, ``<flags>``)."""
     assert "Traceback" not in stderr, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith(f"{path}: error: "), stderr
+    reason = lines[0][len(f"{path}: error: ") :]
+    doubled = ("error:", "podkit", f"{path.split()[-1]}:", "<flags>")
+    assert not reason.startswith(doubled), stderr
 
 
 @pytest.mark.parametrize(("case", "argv"), _value_cases(), ids=[c for c, _ in _value_cases()])

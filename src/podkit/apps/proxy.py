@@ -211,11 +211,11 @@ def command(
     try:
         trusted = Forwarding.parse_trusted(trusted_proxies)
     except ValueError as exc:
-        raise ConfigError(str(exc), source="<flags>", path="--trusted-proxy") from exc
+        raise ConfigError(str(exc), path="--trusted-proxy") from exc
     if mode == "tcp":
         target = upstream.removeprefix("tcp://")
         if "://" in target:
-            raise ConfigError("tcp mode takes HOST:PORT", source="<flags>", path="--upstream")
+            raise ConfigError("tcp mode takes HOST:PORT", path="--upstream")
         parsed = Upstream.parse(target)
     else:
         if "://" not in upstream:

@@ -148,7 +148,7 @@ def command(
     try:
         trusted = Forwarding.parse_trusted(trusted_proxies)
     except ValueError as exc:
-        raise ConfigError(str(exc), source="<flags>", path="--trusted-proxy") from exc
+        raise ConfigError(str(exc), path="--trusted-proxy") from exc
     if reload_check <= 0:
         raise ConfigError("must be more than 0", path="--reload-check")
     if "://" not in upstream:
