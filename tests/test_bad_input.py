@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pytest
 
-from podkit.cli import COMMANDS, cli, main
+from podkit.cli import COMMANDS, PodkitCommand, PodkitGroup, cli, main
 from podkit.hashing import ALGORITHMS
 
 BAD = "\udcff\udcfe"  # how Python hands over the argv bytes b"\xff\xfe"
@@ -227,6 +227,9 @@ def test_a_file_that_is_not_utf8_is_one_line_naming_the_file(
 
 
 def test_every_registered_command_is_checked() -> None:
-    """Every command in the CLI is a PodkitCommand or PodkitGroup (which check their
-    parameters), and the sweep above covers each of them."""
+    """The sweep above covers every command of the CLI; those not declared as a
+    PodkitCommand or PodkitGroup get the same check before their callback."""
     assert {path.split()[1] for path in COMMAND_PATHS} == set(COMMANDS)
+    for path, command in _commands():
+        declared = isinstance(command, PodkitCommand | PodkitGroup)
+        assert declared or getattr(command, "_podkit", False), path

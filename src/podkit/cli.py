@@ -14,6 +14,7 @@ and ``os.fsencode`` gives the original bytes back.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -84,6 +85,26 @@ def check_text_parameters(ctx: click.Context) -> None:
             raise click.BadParameter(f"not valid UTF-8: {os.fsencode(bad)!r}", ctx=ctx, param=param)
 
 
+def _check_before_callback(command: click.Command) -> None:
+    """Give a command declared without ``cls=PodkitCommand`` the same UTF-8 check, run
+    before its callback (and the same for a plain group's subcommands)."""
+    if isinstance(command, PodkitCommand | PodkitGroup) or getattr(command, "_podkit", False):
+        return
+    inner = command.callback
+    if inner is not None:
+
+        @functools.wraps(inner)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            check_text_parameters(click.get_current_context())
+            return inner(*args, **kwargs)
+
+        command.callback = checked
+    command._podkit = True  # type: ignore[attr-defined]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _check_before_callback(sub)
+
+
 class PodkitCommand(click.Command):
     """A command that remembers its path, so errors can name it, and takes only UTF-8 text."""
 
@@ -112,8 +133,9 @@ class PodkitGroup(click.Group):
             return command
         module_name, _, attr = self.lazy[cmd_name].partition(":")
         loaded = getattr(importlib.import_module(module_name), attr)
-        if not isinstance(loaded, PodkitCommand | PodkitGroup):
-            raise TypeError(f"{self.lazy[cmd_name]} is not a PodkitCommand or PodkitGroup")
+        if not isinstance(loaded, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        _check_before_callback(loaded)
         return loaded
 
     def invoke(self, ctx: click.Context) -> Any:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from podkit.cli import PodkitCommand
 from podkit.errors import PodkitTimeout, UsageError
 from podkit.pods.model import json_schema, load_podfile
 from podkit.pods.supervisor import (
@@ -38,7 +37,7 @@ _state_dir_option = click.option(
 )
 
 
-@click.command("up", cls=PodkitCommand)
+@click.command("up")
 @click.argument("file", required=False, default=DEFAULT_PODFILE)
 @_state_dir_option
 @click.option(
@@ -75,7 +74,7 @@ def up_command(file: str, state_dir: Path, check: bool, schema: bool) -> int:
     return asyncio.run(supervisor.run())
 
 
-@click.command("status", cls=PodkitCommand)
+@click.command("status")
 @_state_dir_option
 @click.option(
     "--json", "as_json", is_flag=True, default=False, show_default=True, help="Print JSON."
@@ -115,7 +114,7 @@ def status_command(state_dir: Path, as_json: bool) -> int:
     return 0
 
 
-@click.command("scale", cls=PodkitCommand)
+@click.command("scale")
 @click.argument("pod")
 @click.argument("replicas", type=click.IntRange(min=0))
 @_state_dir_option
@@ -126,7 +125,7 @@ def scale_command(pod: str, replicas: int, state_dir: Path) -> int:
     return 0
 
 
-@click.command("down", cls=PodkitCommand)
+@click.command("down")
 @_state_dir_option
 @click.option(
     "--timeout",
