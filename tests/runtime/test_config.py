@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
 from podkit.errors import ConfigError
+from podkit.runtime import RuntimeOptions
 from podkit.runtime.config import (
     HostPort,
     format_duration,
@@ -71,6 +72,33 @@ def test_addresses_parse_ipv4_ipv6_and_bare_ports() -> None:
         parse_hostport("localhost")
     with pytest.raises(ConfigError):
         parse_hostport("host:99999")
+    with pytest.raises(ConfigError, match="give the host too"):
+        parse_hostport(":9000", default_host=None)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "pods.yaml"
+    path.write_bytes(b"pods:\n  web\xff: {}\n")
+    with pytest.raises(
+        ConfigError, match=r"pods.yaml: line 2: not UTF-8 text \(byte 0xff at offset 11\)"
+    ):
+        load_yaml(path)
+
+
+def test_runtime_options_parse_strings_and_refuse_bad_values_with_a_typed_error() -> None:
+    options = RuntimeOptions(admin="127.0.0.1:9555", drain_timeout="2s")
+    assert options.admin == HostPort("127.0.0.1", 9555)
+    assert options.drain_timeout == 2.0
+    assert RuntimeOptions(admin=HostPort("::1", 1)).admin == HostPort("::1", 1)
+    for bad in (
+        {"admin": "nowhere"},
+        {"admin": ":9555"},
+        {"drain_timeout": "soon"},
+        {"log_format": "xml"},
+        {"log_level": "loud"},
+    ):
+        with pytest.raises(ConfigError):
+            RuntimeOptions(**bad)  # type: ignore[arg-type]
 
 
 class _Inner(BaseModel):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.engines.http import (
     Forwarding,
     HTTPServer,
@@ -29,7 +30,7 @@ from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE
 from podkit.engines.tcp import DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT
 from podkit.engines.tcp import TCPProxy
 from podkit.engines.workers import serve_workers
-from podkit.errors import ConfigError, PodkitError
+from podkit.errors import ConfigError, ListenError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
 
@@ -49,7 +50,7 @@ def reserve_port(listen: HostPort) -> Iterator[int]:
         try:
             sock.bind((listen.host, listen.port))
         except OSError as exc:
-            raise PodkitError(f"proxy: cannot listen on {listen}: {exc.strerror or exc}") from exc
+            raise ListenError(listen.host, listen.port, exc.strerror or str(exc)) from exc
         yield int(sock.getsockname()[1])
     finally:
         sock.close()
@@ -147,7 +148,7 @@ async def serve_http_proxy(
             await server.drain(rt.drain_timeout)
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,
@@ -224,13 +225,20 @@ def command(
     try:
         trusted = Forwarding.parse_trusted(trusted_proxies)
     except ValueError as exc:
-        raise ConfigError(str(exc), source="<flags>", path="--trusted-proxy") from exc
+        raise ConfigError(str(exc), path="--trusted-proxy") from exc
     if mode == "tcp":
         target = upstream.removeprefix("tcp://")
         if "://" in target:
-            raise ConfigError("tcp mode takes HOST:PORT", source="<flags>", path="--upstream")
+            raise ConfigError("tcp mode takes HOST:PORT", path="--upstream")
         parsed = Upstream.parse(target)
     else:
+        if "://" not in upstream:
+            # As nginx's proxy_pass: http:// or https:// is written, never assumed.
+            raise ConfigError(
+                f"expected a URL with its scheme such as http://{upstream.strip()}, "
+                f"got {upstream!r}",
+                path="--upstream",
+            )
         parsed = Upstream.parse(upstream)
     settings = ProxySettings(
         listen=listen,

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 import click
 from prometheus_client import Counter
 
+from podkit.cli import PodkitCommand
 from podkit.runtime import (
     HostPort,
     Request,
@@ -168,7 +169,7 @@ async def serve_whoami(rt: Runtime, *, listen: HostPort, name: str) -> None:
         await server.drain(rt.drain_timeout)
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,

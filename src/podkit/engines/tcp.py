@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from podkit.engines._closing import finish_closing
 from podkit.engines.http.client import Upstream
-from podkit.errors import PodkitError
+from podkit.errors import ListenError, PodkitError
 
 DEFAULT_CONNECT_TIMEOUT = 5.0  # a dead upstream host; local ones connect in microseconds
 DEFAULT_IDLE_TIMEOUT = 3600.0  # long-lived protocols (databases, brokers) idle for minutes
@@ -515,7 +515,7 @@ class TCPProxy:
         reason = (
             "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         )
-        return PodkitError(f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}")
+        return ListenError(self.host, self.port, reason)
 
     async def _listen_protocol(self) -> None:
         try:

@@ -104,12 +104,17 @@ class HostPort:
 
 
 def parse_hostport(
-    text: str, *, field: str = "address", default_host: str = "127.0.0.1"
+    text: str, *, field: str = "address", default_host: str | None = "127.0.0.1"
 ) -> HostPort:
     """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (which binds ``default_host``).
 
+    Args:
+        default_host: the host of ``:PORT``; None makes ``:PORT`` an error (what the command
+            line does: ``:8090`` means every interface to nginx and Go users, so the host is
+            written out instead of guessed).
+
     Raises:
-        ConfigError: the text has no valid port.
+        ConfigError: the text has no valid port, or no host and no ``default_host``.
     """
     text = text.strip()
     host, sep, port_text = text.rpartition(":")
@@ -119,7 +124,15 @@ def parse_hostport(
         host = host[1:-1]
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"expected a port number 0-65535 in {text!r}", path=field)
-    return HostPort(host or default_host, int(port_text))
+    if not host:
+        if default_host is None:
+            raise ConfigError(
+                f"give the host too: 127.0.0.1:{port_text} (this machine only) or "
+                f"0.0.0.0:{port_text} (every interface), not {text!r}",
+                path=field,
+            )
+        host = default_host
+    return HostPort(host, int(port_text))
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -315,6 +328,28 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+def read_text_file(path: str | Path) -> str:
+    """Read a UTF-8 text file a user named (a pod file, a template...).
+
+    Raises:
+        ConfigError: the file cannot be read or is not UTF-8 (naming the byte offset).
+    """
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", source=source) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8",
+            source=source,
+        ) from exc
+
+
 def load_yaml(path: str | Path) -> Any:
     """Read a YAML file (UTF-8; a key given twice in one mapping is an error).
 
@@ -323,19 +358,7 @@ def load_yaml(path: str | Path) -> Any:
             and column) or names a key twice.
     """
     source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read file: {exc.strerror or exc}", source=source) from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "save the file as UTF-8",
-            source=source,
-        ) from exc
+    text = read_text_file(path)
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
-from podkit.errors import PodkitError
+from podkit.errors import ListenError
 from podkit.runtime.logging import get_logger
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # whoami echoes bodies; admin takes tiny ones
@@ -224,9 +224,7 @@ class SimpleHTTPServer:
                 if exc.errno == errno.EADDRINUSE
                 else exc.strerror or str(exc)
             )
-            raise PodkitError(
-                f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}"
-            ) from exc
+            raise ListenError(self.host, self.port, reason) from exc
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
 

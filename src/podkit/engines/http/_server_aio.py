@@ -31,7 +31,7 @@ from podkit.engines.http.server import (
     _TLSAccept,
     log,
 )
-from podkit.errors import PodkitError, ProtocolError, RemoteProtocolError
+from podkit.errors import ListenError, PodkitError, ProtocolError, RemoteProtocolError
 
 
 async def connection_drain(self: _Connection) -> None:
@@ -209,9 +209,7 @@ async def server_start(self: HTTPServer) -> None:
         reason = (
             "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         )
-        raise PodkitError(
-            f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}"
-        ) from exc
+        raise ListenError(self.host, self.port, reason) from exc
     # uvloop's Server.sockets is a list where typeshed says tuple: read it untyped.
     sockets: Any = cast(Any, self._server).sockets
     self.port = int(sockets[0].getsockname()[1])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.http.cli_options import (
     access_log_options,
@@ -53,7 +54,7 @@ from podkit.serving.balance.app import (
 MAX_WORKERS = 64  # more processes than this on one host is a typo
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,
@@ -257,6 +258,23 @@ def command(
     """
     if not backends and backends_file is None:
         raise click.UsageError("give at least one --backend or a --backends-file")
+    if policy != "hash":
+        ctx = click.get_current_context()
+        given = [
+            flag
+            for name, flag in (
+                ("hash_on", "--hash-on"),
+                ("hash_algorithm", "--hash-algorithm"),
+                ("bounded_load", "--bounded-load"),
+            )
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        ]
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            raise click.UsageError(
+                f"{' and '.join(given)} {verb} only to --policy hash (the policy is {policy}): "
+                "add --policy hash"
+            )
     if probe is not None and not probe.startswith("/"):
         raise click.UsageError(f"--probe takes a path starting with /, got {probe!r}")
     if max_ejection_time < ejection_time or ejection_time <= 0:

@@ -6,6 +6,7 @@ import re
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.http.cli_options import (
     access_log_options,
@@ -50,7 +51,7 @@ def targeted_fields(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*names, *DEFAULT_TARGETED], None))
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,

@@ -117,6 +117,13 @@ class LogshipConfig:
     def __post_init__(self) -> None:
         if not self.paths:
             raise ConfigError("give at least one --path GLOB", path="--path")
+        for pattern in self.paths:
+            if not glob.has_magic(pattern) and os.path.isdir(pattern):
+                example = os.path.join(pattern, "*.log")
+                raise ConfigError(
+                    f"{pattern} is a directory: give a glob of its files, such as {example!r}",
+                    path="--path",
+                )
         if self.format not in FORMATS:
             raise ConfigError(
                 f"unknown format {self.format!r}: expected one of {', '.join(FORMATS)}",
@@ -283,6 +290,21 @@ def write_checkpoint(path: str, entries: list[CheckpointEntry]) -> None:
         ],
     }
     atomic_write(path, json.dumps(body, indent=1).encode() + b"\n")
+
+
+def why_unmatched(pattern: str) -> str | None:
+    """Why the glob ``pattern`` matches no regular file now (None when it matches one): the
+    directory it looks in is missing, or nothing there matches yet."""
+    for path in glob.iglob(pattern, recursive=True):
+        if os.path.isfile(path):
+            return None
+    parts = Path(pattern).parts
+    fixed = Path(*parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), -1)])
+    if glob.has_magic(pattern) and str(fixed) not in ("", ".") and not fixed.is_dir():
+        return f"its directory {fixed} does not exist"
+    if not glob.has_magic(pattern) and not Path(pattern).parent.is_dir():
+        return f"its directory {Path(pattern).parent} does not exist"
+    return "no file matches it yet"
 
 
 def _stat_file(path: str) -> FileStat | None:

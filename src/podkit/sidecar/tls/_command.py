@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.engines.http import Forwarding, ServerLimits, Upstream
 from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.http.cli_options import (
@@ -19,7 +20,7 @@ from podkit.engines.http.cli_options import (
 from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 from podkit.engines.http.rules import DEFAULT_HANDSHAKE_TIMEOUT
 from podkit.engines.workers import serve_workers
-from podkit.errors import ConfigError, PodkitError
+from podkit.errors import ConfigError, ListenError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
 from podkit.sidecar.tls._context import MIN_VERSIONS, CertPair, parse_sni
@@ -45,7 +46,7 @@ def _reserve_port(listen: HostPort) -> Iterator[int]:
         try:
             sock.bind((listen.host, listen.port))
         except OSError as exc:
-            raise PodkitError(f"tls: cannot listen on {listen}: {exc.strerror or exc}") from exc
+            raise ListenError(listen.host, listen.port, exc.strerror or str(exc)) from exc
         yield int(sock.getsockname()[1])
 
 
@@ -53,7 +54,7 @@ async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
     await serve_tls(rt, settings, reuse_port=True)
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,
@@ -165,12 +166,18 @@ def command(
     try:
         trusted = Forwarding.parse_trusted(trusted_proxies)
     except ValueError as exc:
-        raise ConfigError(str(exc), source="<flags>", path="--trusted-proxy") from exc
+        raise ConfigError(str(exc), path="--trusted-proxy") from exc
     if reload_check <= 0:
         raise ConfigError("must be more than 0", path="--reload-check")
     if handshake_timeout <= 0:
         raise ConfigError("must be more than 0", path="--handshake-timeout")
     limits = dataclasses.replace(limits, handshake_timeout=handshake_timeout)
+    if "://" not in upstream:
+        # As nginx's proxy_pass: http:// or https:// is written, never assumed.
+        raise ConfigError(
+            f"expected a URL with its scheme such as http://{upstream.strip()}, got {upstream!r}",
+            path="--upstream",
+        )
     settings = TLSSettings(
         listen=listen,
         upstream=Upstream.parse(upstream),
