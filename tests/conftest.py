@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from podkit.testing import EtcdServer, MemcachedServer, RedisServer
+from podkit.testing import EtcdServer, MemcachedServer, PostgresServer, RedisServer
 
 
 @pytest.fixture
@@ -27,4 +27,11 @@ def etcd_server() -> Iterator[EtcdServer]:
 def memcached_server() -> Iterator[MemcachedServer]:
     """A fresh memcached on a free port."""
     with MemcachedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A fresh PostgreSQL cluster on a free port (``.url`` is ``postgresql://postgres@...``)."""
+    with PostgresServer() as server:
         yield server

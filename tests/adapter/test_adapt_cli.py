@@ -1,0 +1,51 @@
+"""``podkit adapt``: bad input is one line naming the problem, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podkit", "adapt", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["health", "--listen", "127.0.0.1:0"], "give at least one --check"),
+        (["health", "--listen", "127.0.0.1:0", "--check", "x=ftp://a"], "unknown target"),
+        (
+            [
+                "health",
+                "--listen",
+                "127.0.0.1:0",
+                "--check",
+                "a=tcp://h:1",
+                "--ready-requires",
+                "b",
+            ],
+            "unknown checks: b",
+        ),
+        (
+            ["health", "--listen", "127.0.0.1:0", "--check", "a=tcp://h:1", "--interval", "0s"],
+            "more than 0",
+        ),
+    ],
+)
+def test_bad_adapter_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"podkit adapt {args[0]}: error: ")
+    assert message in lines[0]
