@@ -40,6 +40,22 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
             ["health", "--listen", "127.0.0.1:0", "--check", "a=tcp://h:1", "--interval", "0s"],
             "more than 0",
         ),
+        (["metrics", "--listen", "127.0.0.1:0"], "give exactly one source"),
+        (
+            ["metrics", "--listen", "127.0.0.1:0", "--redis", "redis://h", "--memcached", "h:1"],
+            "give exactly one source",
+        ),
+        (["metrics", "--listen", "127.0.0.1:0", "--json", "http://h/"], "--json needs --map"),
+        (["metrics", "--listen", "127.0.0.1:0", "--redis", "http://h"], "expected redis://"),
+        (["metrics", "--listen", "127.0.0.1:0", "--nginx-status", "h:80"], "http(s):// URL"),
+        (
+            ["metrics", "--listen", "127.0.0.1:0", "--command", "true", "--map", "/nonexistent"],
+            "/nonexistent: cannot read file",
+        ),
+        (
+            ["metrics", "--listen", "127.0.0.1:0", "--redis", "redis://h", "--prefix", "1x"],
+            "--prefix",
+        ),
     ],
 )
 def test_bad_adapter_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -52,14 +52,29 @@ async def fetch(dsn: str, query: str, *, timeout: float) -> list[dict[str, Any]]
     Raises:
         PostgresError: connecting, logging in or the query failed.
     """
+    (rows,) = await fetch_many(dsn, [query], timeout=timeout)
+    return rows
+
+
+async def fetch_many(
+    dsn: str, queries: Sequence[str], *, timeout: float
+) -> list[list[dict[str, Any]]]:
+    """Connect once and run each query; the rows of each, as dicts.
+
+    Raises:
+        PostgresError: connecting, logging in or a query failed.
+    """
     asyncpg = _driver()
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise PostgresError(_reason(exc)) from exc
     try:
-        rows = await conn.fetch(query, timeout=timeout)
-        return [dict(row) for row in rows]
+        results = []
+        for query in queries:
+            rows = await conn.fetch(query, timeout=timeout)
+            results.append([dict(row) for row in rows])
+        return results
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise PostgresError(_reason(exc)) from exc
     finally:

@@ -8,7 +8,9 @@ from podkit.testing.net import free_port, wait_http, wait_port
 from podkit.testing.processes import PodkitProcess, ServerProcess
 from podkit.testing.servers import (
     EtcdServer,
+    HAProxyServer,
     MemcachedServer,
+    NginxServer,
     PostgresServer,
     RedisServer,
     require_binary,
@@ -16,7 +18,9 @@ from podkit.testing.servers import (
 
 __all__ = [
     "EtcdServer",
+    "HAProxyServer",
     "MemcachedServer",
+    "NginxServer",
     "PodkitProcess",
     "PostgresServer",
     "RedisServer",

@@ -274,3 +274,74 @@ class PostgresServer(_Server):
     @property
     def url(self) -> str:
         return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+
+
+class NginxServer(_Server):
+    """``nginx`` serving a small static site on ``port`` and ``stub_status`` at ``/status``.
+
+    ``.status_url`` is the stub_status page; ``GET /`` answers a short text.
+    """
+
+    binary = "nginx"
+
+    def _config(self) -> Path:
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        d = self.dir
+        conf = d / "nginx.conf"
+        conf.write_text(
+            f"{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n"
+            f"error_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\n"
+            "http {\n"
+            f"  access_log {d}/access.log;\n"
+            f"  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n"
+            f"  fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi;\n"
+            f"  scgi_temp_path {d}/scgi;\n"
+            f"  server {{\n    listen {self.host}:{self.port};\n"
+            "    location = /status { stub_status; }\n"
+            '    location / { default_type text/plain; return 200 "hello\\n"; }\n  }\n}\n'
+        )
+        return conf
+
+    def argv(self) -> list[str]:
+        return [require_binary("nginx"), "-p", str(self.dir), "-c", str(self._config())]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://{self.host}:{self.port}/status"
+
+
+class HAProxyServer(_Server):
+    """``haproxy`` in the foreground: a frontend on ``port`` to ``upstream`` (HOST:PORT) and
+    its statistics page on ``stats_port`` (``.stats_url``, CSV with ``;csv``)."""
+
+    binary = "haproxy"
+
+    def __init__(self, upstream: str, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(port=port, host=host)
+        self.upstream = upstream
+        self.stats_port = free_port(host)
+
+    def argv(self) -> list[str]:
+        conf = self.dir / "haproxy.cfg"
+        conf.write_text(
+            "global\n  maxconn 256\n"
+            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n"
+            "  timeout server 10s\n"
+            f"frontend web\n  bind {self.host}:{self.port}\n  default_backend app\n"
+            f"backend app\n  server app1 {self.upstream}\n"
+            f"listen stats\n  bind {self.host}:{self.stats_port}\n  stats enable\n"
+            "  stats uri /stats\n"
+        )
+        return [require_binary("haproxy"), "-db", "-f", str(conf)]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://{self.host}:{self.stats_port}/stats"
