@@ -56,6 +56,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
             ["metrics", "--listen", "127.0.0.1:0", "--redis", "redis://h", "--prefix", "1x"],
             "--prefix",
         ),
+        (["logs", "--in", "/nonexistent.log"], "no such file"),
+        (["logs", "--timezone", "Mars/Olympus"], "unknown time zone"),
+        (["logs", "--out", "ftp://h/x"], "ftp://h/x"),
+        (["logs", "--schema", "gelf"], "'gelf' is not one of"),
     ],
 )
 def test_bad_adapter_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

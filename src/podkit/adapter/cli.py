@@ -9,6 +9,7 @@ from podkit.cli import PodkitGroup
 # name -> "module:attribute" of a click command. Keep sorted by name.
 ADAPTERS: dict[str, str] = {
     "health": "podkit.adapter.health._command:command",
+    "logs": "podkit.adapter.logs._command:command",
     "metrics": "podkit.adapter.metrics._command:command",
 }
 
