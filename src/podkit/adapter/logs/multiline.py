@@ -38,6 +38,10 @@ _CHAINED: Final = (
     "During handling of the above exception, another exception occurred:",
     "The above exception was the direct cause of the following exception:",
 )
+# The first characters of every line that may continue a record (indentation, "Traceback",
+# "During handling", "The above exception", "Caused by"); any other line may still be a Java
+# exception, which names Exception, Error or Throwable.
+_CONTINUATION_FIRST: Final = frozenset(" \tTDC")
 _JAVA_EXCEPTION = re.compile(
     r"^(?:Caused by: |Suppressed: )?"
     r"(?:[a-zA-Z_$][\w$]*\.)+[\w$]*(?:Exception|Error|Throwable)\b"
@@ -79,6 +83,9 @@ class MultilineJoiner:
             return self._had_traceback
         if line.startswith("Caused by:"):
             return True
+        # A cheap necessary condition first: this runs for every line of every log.
+        if "Exception" not in line and "Error" not in line and "Throwable" not in line:
+            return False
         return _JAVA_EXCEPTION.match(line) is not None
 
     def feed(self, line: str) -> list[str] | None:
@@ -87,6 +94,17 @@ class MultilineJoiner:
         Returns:
             The record this line closed, if it closed one.
         """
+        if (
+            line
+            and line[0] not in _CONTINUATION_FIRST
+            and not self._in_traceback
+            and "Exception" not in line
+            and "Error" not in line
+            and "Throwable" not in line
+        ):  # the common case, decided cheaply: this line starts a record
+            closed = self.flush() if self._lines else None
+            self._lines = [line]
+            return closed
         done: list[str] | None = None
         if not self._continues(line) or len(self._lines) >= self.max_lines:
             done = self.flush()

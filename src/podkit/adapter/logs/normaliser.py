@@ -4,7 +4,7 @@ together, as ``podkit adapt logs`` runs them. The caller passes the observed tim
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,20 +94,28 @@ class LogNormaliser:
 
     def feed(self, lines: Iterable[str], observed: str) -> list[dict[str, Any]]:
         """Records completed by ``lines``; the last one may wait for :meth:`flush`."""
-        out: list[dict[str, Any]] = []
-        joiner = self.joiner
+        return list(self.iter_records(lines, observed))
+
+    def iter_records(self, lines: Iterable[str], observed: str) -> Iterator[dict[str, Any]]:
+        """:meth:`feed`, one record at a time: a caller that encodes each record at once
+        keeps only a few alive (and the allocator reuses their memory)."""
+        record = self.record
         count = 0
-        for line in lines:
-            count += 1
-            if joiner is None:
-                if line:
-                    out.append(self.record([line], observed))
-                continue
-            done = joiner.feed(line)
-            if done is not None:
-                out.append(self.record(done, observed))
-        self.stats.lines += count
-        return out
+        try:
+            if self.joiner is None:
+                for line in lines:
+                    count += 1
+                    if line:
+                        yield record([line], observed)
+                return
+            feed = self.joiner.feed
+            for line in lines:
+                count += 1
+                done = feed(line)
+                if done is not None:
+                    yield record(done, observed)
+        finally:
+            self.stats.lines += count
 
     def flush(self, observed: str) -> list[dict[str, Any]]:
         """The record in progress, if any (end of input, or a quiet spell)."""

@@ -26,6 +26,7 @@ with the attribute ``podkit.parse_error`` (ECS: ``error.message`` and the tag
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 from collections.abc import Mapping
@@ -79,12 +80,31 @@ def rfc3339(epoch: float) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
+_UTC_CACHE_SIZE: Final = 4096  # distinct source times remembered: one per second of logs
+_utc_cache: dict[tuple[object, datetime.tzinfo], str | None] = {}
+
+
 def to_utc(text: object, zone: datetime.tzinfo) -> str | None:
     """An RFC 3339 UTC time from a source timestamp, or None when it is not one.
 
     Naive times are read in ``zone``; numbers are Unix time in seconds (or milliseconds,
-    microseconds, nanoseconds, by their size).
+    microseconds, nanoseconds, by their size). Results are remembered: a log repeats the
+    same second many times.
     """
+    key = (text, zone)
+    try:
+        return _utc_cache[key]
+    except (KeyError, TypeError):
+        pass
+    found = _to_utc(text, zone)
+    if len(_utc_cache) >= _UTC_CACHE_SIZE:
+        _utc_cache.clear()
+    with contextlib.suppress(TypeError):  # an unhashable value (a JSON list) is not cached
+        _utc_cache[key] = found
+    return found
+
+
+def _to_utc(text: object, zone: datetime.tzinfo) -> str | None:
     if text is None or isinstance(text, bool):
         return None
     moment: datetime.datetime
@@ -96,13 +116,15 @@ def to_utc(text: object, zone: datetime.tzinfo) -> str | None:
             moment = datetime.datetime.fromtimestamp(value, datetime.UTC)
         except (OverflowError, OSError, ValueError):
             return None
-    else:
+    elif isinstance(text, str):
         try:
-            moment = datetime.datetime.fromisoformat(str(text).strip())
+            moment = datetime.datetime.fromisoformat(text.strip())
         except ValueError:
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=zone)
+    else:
+        return None
     utc = moment.astimezone(datetime.UTC)
     if utc.microsecond:
         return utc.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0") + "Z"
@@ -117,24 +139,56 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _body(entry: LogEntry, rest: list[str]) -> str:
-    return "\n".join([entry.message, *rest]) if rest else entry.message
+# field -> where it goes: (OpenTelemetry: "a" attribute / "r" resource, name), ECS path
+_SPECIAL: Final = frozenset(("path", "protocol"))
+_OTEL: Final[dict[str, tuple[bool, str]]] = {
+    **{key: (False, names[0]) for key, names in _FIELD_NAMES.items()},
+    **{key: (True, names[0]) for key, names in _RESOURCE_FIELDS.items()},
+}
+_ECS: Final[dict[str, tuple[str, ...]]] = {
+    **{key: tuple(names[1].split(".")) for key, names in _FIELD_NAMES.items()},
+    **{key: tuple(names[1].split(".")) for key, names in _RESOURCE_FIELDS.items()},
+}
 
 
-def _request_parts(fields: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    path = fields.get("path")
-    if isinstance(path, str):
+_ACCESS_FORMATS: Final = frozenset(("nginx", "apache"))
+# Access-log fields whose attribute is always set (the parser always gives them).
+_ACCESS_ALWAYS: Final = (
+    ("remote_addr", "client.address"),
+    ("status", "http.response.status_code"),
+    ("body_bytes_sent", "http.response.body.size"),
+)
+_ACCESS_OPTIONAL: Final = (
+    ("method", "http.request.method"),
+    ("remote_user", "user.name"),
+    ("referer", "http.request.header.referer"),
+    ("user_agent", "user_agent.original"),
+    ("ident", "ident"),
+    ("extra", "extra"),
+)
+
+
+def _access_attributes(fields: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """The attributes of an access-log entry: the fields are known, so no search (the hot
+    path of ``podkit adapt logs --format nginx``)."""
+    for key, name in _ACCESS_ALWAYS:
+        attrs[name] = fields[key]
+    get = fields.get
+    for key, name in _ACCESS_OPTIONAL:
+        value = get(key)
+        if value is not None:
+            attrs[name] = value
+    path = get("path")
+    if path is not None:
         url_path, sep, query = path.partition("?")
-        out["url.path"] = url_path
+        attrs["url.path"] = url_path
         if sep:
-            out["url.query"] = query
-    protocol = fields.get("protocol")
-    if isinstance(protocol, str) and "/" in protocol:
-        name, _, version = protocol.partition("/")
-        out["network.protocol.name"] = name.lower()
-        out["network.protocol.version"] = version
-    return out
+            attrs["url.query"] = query
+        protocol = get("protocol")
+        if protocol is not None and "/" in protocol:
+            name, _, version = protocol.partition("/")
+            attrs["network.protocol.name"] = name.lower()
+            attrs["network.protocol.version"] = version
 
 
 def to_otel(
@@ -156,58 +210,80 @@ def to_otel(
         resource: fixed Resource attributes (``service.name``...).
         attributes: fixed attributes (``log.file.path``...).
     """
-    rest = rest or []
-    attrs: dict[str, Any] = dict(attributes or {})
-    res: dict[str, Any] = dict(resource or {})
-    if entry.format != "raw":
-        attrs["log.format"] = entry.format
+    attrs: dict[str, Any] = dict(attributes) if attributes else {}
+    res: dict[str, Any] = dict(resource) if resource else {}
+    fmt = entry.format
+    if fmt != "raw":
+        attrs["log.format"] = fmt
     fields = entry.fields
-    for key, value in fields.items():
-        if key in ("path", "protocol"):
-            continue
-        if key in _RESOURCE_FIELDS:
-            res.setdefault(_RESOURCE_FIELDS[key][0], value)
-            continue
-        name = _FIELD_NAMES.get(key, (key, key))[0]
-        if name == "process.pid" and isinstance(value, str) and value.isdigit():
-            value = int(value)
-        attrs[name] = value
-    attrs.update(_request_parts(fields))
-    body = _body(entry, rest)
-    exception = exception_of(body) if rest or entry.format == "python" else None
-    if exception is not None:
-        attrs["exception.type"], attrs["exception.message"] = exception
-        attrs["exception.stacktrace"] = "\n".join(rest) if rest else body
+    if fmt in _ACCESS_FORMATS:
+        _access_attributes(fields, attrs)
+    elif fields:
+        names = _OTEL
+        for key, value in fields.items():
+            where = names.get(key)
+            if where is None:
+                if key not in _SPECIAL:
+                    attrs[key] = value
+            elif where[0]:
+                res.setdefault(where[1], value)
+            elif where[1] == "process.pid" and isinstance(value, str) and value.isdigit():
+                attrs["process.pid"] = int(value)
+            else:
+                attrs[where[1]] = value
+        path = fields.get("path")
+        if path is not None:
+            url_path, sep, query = str(path).partition("?")
+            attrs["url.path"] = url_path
+            if sep:
+                attrs["url.query"] = query
+            protocol = fields.get("protocol")
+            if isinstance(protocol, str) and "/" in protocol:
+                name, _, version = protocol.partition("/")
+                attrs["network.protocol.name"] = name.lower()
+                attrs["network.protocol.version"] = version
+    body = "\n".join([entry.message, *rest]) if rest else entry.message
+    if rest or fmt == "python":
+        exception = exception_of(body)
+        if exception is not None:
+            attrs["exception.type"], attrs["exception.message"] = exception
+            attrs["exception.stacktrace"] = "\n".join(rest) if rest else body
     record: dict[str, Any] = {}
-    stamp = to_utc(entry.timestamp, zone)
+    stamp = entry.timestamp
     if stamp is not None:
-        record["Timestamp"] = stamp
-    elif entry.timestamp is not None:
-        attrs["podkit.timestamp_unparsed"] = entry.timestamp
+        utc = to_utc(stamp, zone)
+        if utc is not None:
+            record["Timestamp"] = utc
+        else:
+            attrs["podkit.timestamp_unparsed"] = stamp
     record["ObservedTimestamp"] = observed
-    if entry.level is not None:
-        text, number = SEVERITIES.get(entry.level, (entry.level.upper(), 0))
+    level = entry.level
+    if level is not None:
+        text, number = SEVERITIES.get(level) or (level.upper(), 0)
         record["SeverityText"] = text
         record["SeverityNumber"] = number
     else:
         record["SeverityNumber"] = 0
     record["Body"] = body
-    if entry.format == "raw":
+    if fmt == "raw":
         attrs["podkit.parse_error"] = PARSE_ERROR
     record["Attributes"] = attrs
     record["Resource"] = res
     return record
 
 
-def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+def _put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node = doc
-    parts = dotted.split(".")
-    for part in parts[:-1]:
+    for part in path[:-1]:
         child = node.get(part)
         if not isinstance(child, dict):
             child = node[part] = {}
         node = child
-    node[parts[-1]] = value
+    node[path[-1]] = value
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    _put(doc, tuple(dotted.split(".")), value)
 
 
 def _label(value: Any) -> str:
@@ -226,51 +302,57 @@ def to_ecs(
     attributes: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record in Elastic Common Schema (arguments as :func:`to_otel`)."""
-    rest = rest or []
-    body = _body(entry, rest)
-    stamp = to_utc(entry.timestamp, zone)
+    body = "\n".join([entry.message, *rest]) if rest else entry.message
+    stamp = to_utc(entry.timestamp, zone) if entry.timestamp is not None else None
     doc: dict[str, Any] = {"@timestamp": stamp or observed, "ecs": {"version": ECS_VERSION}}
     doc["message"] = body
+    log: dict[str, Any] = {}
+    doc["log"] = log
     if entry.level is not None:
-        _set(doc, "log.level", entry.level)
-    _set(doc, "event.created", observed)
-    for key, value in {**(resource or {}), **(attributes or {})}.items():
-        _set(doc, key, value)
+        log["level"] = entry.level
+    doc["event"] = {"created": observed}
+    if resource:
+        for name, text in resource.items():
+            _set(doc, name, text)
+    if attributes:
+        for name, fixed in attributes.items():
+            _set(doc, name, fixed)
     labels: dict[str, str] = {}
-    for key, value in entry.fields.items():
-        if key in ("path", "protocol"):
-            continue
-        if key in _RESOURCE_FIELDS:
-            _set(doc, _RESOURCE_FIELDS[key][1], value)
-        elif key in _FIELD_NAMES:
-            if key in ("pid", "procid") and isinstance(value, str):
-                value = int(value) if value.isdigit() else value
-            _set(doc, _FIELD_NAMES[key][1], value)
-        else:
-            labels[key.replace(".", "_")] = _label(value)
-    path = entry.fields.get("path")
-    if isinstance(path, str):
-        url_path, sep, query = path.partition("?")
-        _set(doc, "url.path", url_path)
-        if sep:
-            _set(doc, "url.query", query)
-    protocol = entry.fields.get("protocol")
-    if isinstance(protocol, str) and "/" in protocol:
-        _set(doc, "http.version", protocol.partition("/")[2])
-    if entry.format != "raw":
-        labels["log_format"] = entry.format
-    exception = exception_of(body) if rest or entry.format == "python" else None
-    if exception is not None:
-        _set(doc, "error.type", exception[0])
-        _set(doc, "error.message", exception[1])
-        _set(doc, "error.stack_trace", "\n".join(rest) if rest else body)
+    fields = entry.fields
+    if fields:
+        paths = _ECS
+        for key, value in fields.items():
+            path = paths.get(key)
+            if path is not None:
+                if path[-1] == "pid" and isinstance(value, str) and value.isdigit():
+                    value = int(value)
+                _put(doc, path, value)
+            elif key not in _SPECIAL:
+                labels[key.replace(".", "_")] = _label(value)
+        url = fields.get("path")
+        if url is not None:
+            url_path, sep, query = str(url).partition("?")
+            doc["url"] = {"path": url_path, "query": query} if sep else {"path": url_path}
+        protocol = fields.get("protocol")
+        if isinstance(protocol, str) and "/" in protocol:
+            _put(doc, ("http", "version"), protocol.partition("/")[2])
+    fmt = entry.format
+    if fmt != "raw":
+        labels["log_format"] = fmt
+    if rest or fmt == "python":
+        exception = exception_of(body)
+        if exception is not None:
+            doc["error"] = {
+                "type": exception[0],
+                "message": exception[1],
+                "stack_trace": "\n".join(rest) if rest else body,
+            }
     if stamp is None and entry.timestamp is not None:
         labels["timestamp_unparsed"] = str(entry.timestamp)
-    if entry.format == "raw":
-        _set(doc, "error.message", PARSE_ERROR)
-        _set(doc, "error.type", "parse_error")
+    if fmt == "raw":
+        doc["error"] = {"type": "parse_error", "message": PARSE_ERROR}
         doc["tags"] = ["_parse_failure"]
-        _set(doc, "event.original", body)
+        _put(doc, ("event", "original"), body)
     if labels:
         doc["labels"] = labels
     return doc
