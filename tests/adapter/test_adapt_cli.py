@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,13 @@ def test_bad_adapter_input_is_one_line_and_exit_2(args: list[str], message: str)
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"podkit adapt {args[0]}: error: ")
     assert message in lines[0]
+
+
+def test_the_adapters_example_pod_file_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "adapters.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "podkit", "up", "--check", "--state-dir", str(tmp_path),
+         str(example)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
