@@ -185,3 +185,39 @@ async def test_statsd_over_udp_shows_on_the_page() -> None:
         assert values["statsd_lines_total"] == 3
     finally:
         await source.aclose()
+
+
+class _SlowSource:
+    """A source that counts its collections and takes a while (a stand-in for a server)."""
+
+    namespace = "slow"
+    description = "slow source"
+    mapped = False
+
+    def __init__(self) -> None:
+        self.collections = 0
+        self.release = asyncio.Event()
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def collect(self, page: MetricsPage, prefix: str, timeout: float) -> None:
+        self.collections += 1
+        await self.release.wait()
+        page.add(f"{prefix}_things", self.collections)
+
+
+async def test_concurrent_scrapes_share_one_collection_and_the_next_one_is_fresh() -> None:
+    source = _SlowSource()
+    adapter = MetricsAdapter(source, timeout=5)
+    scrapes = [asyncio.ensure_future(adapter.scrape()) for _ in range(10)]
+    source.release.set()  # the scrapes have not run yet: they all find the first in flight
+    pages = await asyncio.gather(*scrapes)
+    assert source.collections == 1
+    assert all(samples(page.render())["slow_things"] == 1 for page in pages)
+    page = await adapter.scrape()
+    assert source.collections == 2
+    assert samples(page.render())["slow_things"] == 2

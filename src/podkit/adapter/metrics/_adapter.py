@@ -52,9 +52,23 @@ class MetricsAdapter:
         self.failures = 0
         self.up: bool | None = None
         self.last_error: str | None = None
+        self._inflight: asyncio.Future[MetricsPage] | None = None
 
     async def scrape(self) -> MetricsPage:
-        """Collect one page (never raises for a source that is down)."""
+        """Collect one page (never raises for a source that is down).
+
+        Scrapes that arrive while one is reading the source share its page: two Prometheus
+        servers (or an impatient person with curl) do not double the load on the source.
+        """
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._scrape())
+            self._inflight.add_done_callback(self._clear_inflight)
+        return await asyncio.shield(self._inflight)
+
+    def _clear_inflight(self, _: asyncio.Future[MetricsPage]) -> None:
+        self._inflight = None
+
+    async def _scrape(self) -> MetricsPage:
         started = time.monotonic()
         ns = self.namespace
         self.scrapes += 1
