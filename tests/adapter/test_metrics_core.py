@@ -221,3 +221,19 @@ async def test_concurrent_scrapes_share_one_collection_and_the_next_one_is_fresh
     page = await adapter.scrape()
     assert source.collections == 2
     assert samples(page.render())["slow_things"] == 2
+
+
+async def test_a_command_with_too_much_output_or_a_failure_is_down_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    map_file = tmp_path / "map.yaml"
+    map_file.write_text("metrics:\n  - {name: n, path: n}\n")
+    big = make_source("command", "yes n=1 | head -c 100000", map_file=str(map_file), max_bytes=1000)
+    values = samples((await MetricsAdapter(big).scrape()).render())
+    assert values["command_up"] == 0
+    assert values['command_scrape_error{reason="output larger than 1000 bytes"}'] == 1
+    failing = make_source("command", "echo n=1; echo no db >&2; exit 4", map_file=str(map_file))
+    values = samples((await MetricsAdapter(failing).scrape()).render())
+    assert values['command_scrape_error{reason="exit status 4: no db"}'] == 1
+    fine = make_source("command", "echo n=7", map_file=str(map_file))
+    assert samples((await MetricsAdapter(fine).scrape()).render())["n"] == 7

@@ -10,6 +10,7 @@ from podkit.adapter.metrics._adapter import DEFAULT_SCRAPE_TIMEOUT, MetricsAdapt
 from podkit.adapter.metrics._exposition import valid_name
 from podkit.adapter.metrics._mapping import MetricsMap
 from podkit.adapter.metrics._sources import (
+    DEFAULT_MAX_RESPONSE,
     CommandSource,
     HAProxySource,
     JSONSource,
@@ -23,8 +24,14 @@ from podkit.adapter.metrics._sources import (
 from podkit.adapter.metrics._statsd import DEFAULT_MAX_SERIES, StatsdMap
 from podkit.errors import ConfigError
 from podkit.runtime import Runtime, RuntimeOptions, run_component
-from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
-from podkit.runtime.config import HostPort, format_duration, load_model, parse_hostport
+from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
+from podkit.runtime.config import (
+    HostPort,
+    format_duration,
+    format_size,
+    load_model,
+    parse_hostport,
+)
 from podkit.runtime.httpserver import SimpleHTTPServer
 
 SOURCES = (
@@ -62,7 +69,14 @@ async def serve_metrics(rt: Runtime, adapter: MetricsAdapter, *, listen: HostPor
         await adapter.source.aclose()
 
 
-def make_source(kind: str, value: str, *, map_file: str | None, max_series: int) -> Source:
+def make_source(
+    kind: str,
+    value: str,
+    *,
+    map_file: str | None,
+    max_series: int = DEFAULT_MAX_SERIES,
+    max_bytes: int = DEFAULT_MAX_RESPONSE,
+) -> Source:
     """The source for ``--KIND VALUE``.
 
     Raises:
@@ -83,20 +97,20 @@ def make_source(kind: str, value: str, *, map_file: str | None, max_series: int)
     ):
         raise ConfigError(f"{_FLAG[kind]} expects an http(s):// URL, got {value!r}")
     if kind == "nginx_status":
-        return NginxSource(value)
+        return NginxSource(value, max_bytes=max_bytes)
     if kind == "haproxy_stats":
-        return HAProxySource(value)
+        return HAProxySource(value, max_bytes=max_bytes)
     if kind == "postgres":
         split_dsn(value)
         return PostgresSource(value)
     if kind == "json":
         assert map_file is not None
-        return JSONSource(value, load_model(MetricsMap, map_file))
+        return JSONSource(value, load_model(MetricsMap, map_file), max_bytes=max_bytes)
     if kind == "command":
         assert map_file is not None
         if not value.strip():
             raise ConfigError("--command needs a command")
-        return CommandSource(value, load_model(MetricsMap, map_file))
+        return CommandSource(value, load_model(MetricsMap, map_file), max_bytes=max_bytes)
     mapping = load_model(StatsdMap, map_file) if map_file else StatsdMap()
     return StatsdSource(parse_hostport(value, field="--statsd"), mapping, max_series=max_series)
 
@@ -173,6 +187,13 @@ def make_source(kind: str, value: str, *, map_file: str | None, max_series: int)
     show_default=True,
     help="Distinct statsd series held; lines for new ones beyond it are dropped and counted.",
 )
+@click.option(
+    "--max-response",
+    type=SIZE,
+    default=format_size(DEFAULT_MAX_RESPONSE),
+    show_default=True,
+    help="The largest stats page, JSON document or command output read; larger is up 0.",
+)
 @runtime_options
 def command(
     listen: HostPort,
@@ -188,6 +209,7 @@ def command(
     prefix: str | None,
     timeout: float,
     statsd_max_series: int,
+    max_response: int,
     runtime: RuntimeOptions,
 ) -> int:
     """Present a server's statistics as a Prometheus page, read at each scrape.
@@ -219,7 +241,13 @@ def command(
         )
     kind, value = chosen[0]
     try:
-        source = make_source(kind, value, map_file=map_file, max_series=statsd_max_series)
+        source = make_source(
+            kind,
+            value,
+            map_file=map_file,
+            max_series=statsd_max_series,
+            max_bytes=max_response,
+        )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     adapter = MetricsAdapter(source, prefix=prefix, timeout=timeout)

@@ -36,8 +36,8 @@ from podkit.adapter.metrics._statsd import MAX_PACKET_BYTES, StatsdAggregator, S
 from podkit.errors import PodkitError
 from podkit.runtime.config import HostPort
 
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # a stats page or JSON document; more is not metrics
-MAX_COMMAND_OUTPUT = 16 * 1024 * 1024
+DEFAULT_MAX_RESPONSE = 16 * 1024 * 1024  # a stats page, JSON document or command output
+MAX_ERROR_OUTPUT = 4096  # of a command's standard error, for the reason on the page
 
 
 class SourceDown(PodkitError):
@@ -113,9 +113,10 @@ class MemcachedSource(_Base):
 
 
 class _HTTPSource(_Base):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, max_bytes: int = DEFAULT_MAX_RESPONSE) -> None:
         self.url = url
         self.description = url
+        self.max_bytes = max_bytes
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -134,8 +135,8 @@ class _HTTPSource(_Base):
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        raise SourceDown(f"{self.url}: more than {MAX_RESPONSE_BYTES} bytes")
+                    if len(body) > self.max_bytes:
+                        raise SourceDown(f"{self.url}: more than {self.max_bytes} bytes")
                 return body.decode(response.encoding or "utf-8", errors="replace")
         except httpx.TimeoutException as exc:
             raise TimeoutError("timed out") from exc
@@ -171,11 +172,11 @@ class HAProxySource(_HTTPSource):
 
     namespace = "haproxy"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, max_bytes: int = DEFAULT_MAX_RESPONSE) -> None:
         if ";csv" not in url:
             base, sep, query = url.partition("?")
             url = base + ";csv" + (sep + query if sep else "")
-        super().__init__(url)
+        super().__init__(url, max_bytes=max_bytes)
 
     async def collect(self, page: MetricsPage, prefix: str, timeout: float) -> None:
         text = await self.fetch(timeout)
@@ -191,8 +192,10 @@ class JSONSource(_HTTPSource):
     namespace = "json"
     mapped = True
 
-    def __init__(self, url: str, mapping: MetricsMap) -> None:
-        super().__init__(url)
+    def __init__(
+        self, url: str, mapping: MetricsMap, *, max_bytes: int = DEFAULT_MAX_RESPONSE
+    ) -> None:
+        super().__init__(url, max_bytes=max_bytes)
         self.mapping = mapping
         self.skipped = 0
 
@@ -233,7 +236,10 @@ class CommandSource(_Base):
     namespace = "command"
     mapped = True
 
-    def __init__(self, command: str, mapping: MetricsMap) -> None:
+    def __init__(
+        self, command: str, mapping: MetricsMap, *, max_bytes: int = DEFAULT_MAX_RESPONSE
+    ) -> None:
+        self.max_bytes = max_bytes
         self.command = command
         self.mapping = mapping
         self.description = f"command {command!r}"
@@ -248,20 +254,46 @@ class CommandSource(_Base):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            limit=MAX_COMMAND_OUTPUT,
         )
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         try:
-            out, err = await proc.communicate()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    reading = group.create_task(
+                        _read_bounded(proc.stdout, self.max_bytes, what="output")
+                    )
+                    errors = group.create_task(
+                        _read_bounded(proc.stderr, MAX_ERROR_OUTPUT, what=None)
+                    )
+            except* SourceDown as failed:
+                raise failed.exceptions[0] from None
+            out, err = reading.result(), errors.result()
+            await proc.wait()
         finally:
-            if proc.returncode is None:  # the scrape timed out: stop the whole group
+            if proc.returncode is None:  # timed out or too much output: stop the whole group
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
         if proc.returncode != 0:
             last = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
             raise SourceDown(f"exit status {proc.returncode}" + (f": {last[0]}" if last[0] else ""))
-        document = parse_output(out[:MAX_COMMAND_OUTPUT].decode(errors="replace"))
+        document = parse_output(out.decode(errors="replace"))
         self.skipped += map_document(page, document, self.mapping, prefix=prefix)
+
+
+async def _read_bounded(stream: asyncio.StreamReader, limit: int, *, what: str | None) -> bytes:
+    """Everything ``stream`` gives, up to ``limit`` bytes: past it, ``what`` names the
+    failure (or, when None, the rest is read and dropped)."""
+    data = bytearray()
+    while chunk := await stream.read(64 * 1024):
+        if len(data) + len(chunk) > limit:
+            if what is not None:
+                raise SourceDown(f"{what} larger than {limit} bytes")
+            data += chunk[: max(0, limit - len(data))]
+            continue
+        data += chunk
+    return bytes(data)
 
 
 class _StatsdProtocol(asyncio.DatagramProtocol):
