@@ -31,7 +31,7 @@ from podkit.adapter._postgres import fetch, split_dsn
 from podkit.adapter._resp import RedisAddress, open_redis
 from podkit.errors import ConfigError, PodkitError
 
-MAX_OUTPUT_BYTES = 4096  # of a command's output, kept for the error message
+MAX_OUTPUT_BYTES = 4096  # the end of a command's output, kept for the error message
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ROLES = {"master": "master", "primary": "master", "replica": "slave", "slave": "slave"}
 
@@ -160,15 +160,20 @@ async def _check_cmd(spec: CheckSpec, timeout: float) -> None:
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
     )
+    assert proc.stdout is not None
+    output = b""
     try:
-        output, _ = await proc.communicate()
+        # Only the end of the output is kept (for the reason): a chatty command costs no memory.
+        while chunk := await proc.stdout.read(64 * 1024):
+            output = (output + chunk)[-MAX_OUTPUT_BYTES:]
+        await proc.wait()
     finally:
         if proc.returncode is None:  # cancelled by the timeout: the whole group goes
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
     if proc.returncode != 0:
-        text = output[-MAX_OUTPUT_BYTES:].decode(errors="replace").strip()
+        text = output.decode(errors="replace").strip()
         last = text.splitlines()[-1] if text else ""
         raise CheckFailed(f"exit status {proc.returncode}" + (f": {last}" if last else ""))
 
