@@ -248,3 +248,68 @@ def test_standard_input_is_normalised_as_lines_arrive_and_a_pending_record_is_fl
         proc.stdout.close()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+_ACCESS_PART = st.text(alphabet=st.characters(blacklist_characters='"\n\\\r'), max_size=12)
+
+
+@given(
+    remote=st.sampled_from(["10.0.0.1", "::1", "-"]),
+    user=st.sampled_from(["-", "frank"]),
+    when=st.sampled_from(
+        ["10/Oct/2000:13:55:36 -0700", "07/Dec/2026:03:00:00 +0100", "yesterday noon"]
+    ),
+    request=st.sampled_from(["GET /a?b=1 HTTP/1.1", "POST /f HTTP/1.0", "garbage", "GET /x"]),
+    status=st.sampled_from(["200", "404", "503"]),
+    size=st.sampled_from(["-", "0", "1234"]),
+    tail=st.one_of(
+        st.just(""),
+        st.builds(lambda r, a: f' "{r}" "{a}"', _ACCESS_PART, _ACCESS_PART),
+        st.builds(lambda r, a, x: f' "{r}" "{a}" {x}', _ACCESS_PART, _ACCESS_PART, _ACCESS_PART),
+    ),
+    fmt=st.sampled_from(["nginx", "apache"]),
+)
+def test_the_access_fast_path_gives_what_the_general_path_gives(
+    remote: str, user: str, when: str, request: str, status: str, size: str, tail: str, fmt: str
+) -> None:
+    """``--format nginx --schema otel`` takes a shortcut; its records are the general ones."""
+    from podkit.adapter.logs.parsers import make_parser, parse_line
+    from podkit.adapter.logs.schema import to_otel
+
+    line = f'{remote} - {user} [{when}] "{request}" {status} {size}{tail}'
+    n = LogNormaliser(
+        format=fmt, schema="otel", year=2026, zone=PARIS, attributes={"log.file.path": "/a"}
+    )
+    fast = n.record([line], "2026-12-07T00:00:00Z")
+    entry = parse_line(line, make_parser(fmt, year=2026))
+    general = to_otel(
+        entry, observed="2026-12-07T00:00:00Z", zone=PARIS, attributes={"log.file.path": "/a"}
+    )
+    assert json.dumps(fast) == json.dumps(general)
+
+
+@given(
+    user=st.sampled_from(["-", "frank"]),
+    when=st.sampled_from(["07/Dec/2026:03:00:00 +0100", "yesterday noon"]),
+    request=st.sampled_from(["GET /a?b=1 HTTP/1.1", "POST /f HTTP/1.0", "garbage", "GET /x"]),
+    status=st.sampled_from(["200", "404", "503"]),
+    size=st.sampled_from(["-", "1234"]),
+    tail=st.one_of(
+        st.just(""),
+        st.builds(lambda r, a: f' "{r}" "{a}"', _ACCESS_PART, _ACCESS_PART),
+        st.builds(lambda r, a, x: f' "{r}" "{a}" {x}', _ACCESS_PART, _ACCESS_PART, _ACCESS_PART),
+    ),
+    ident=st.sampled_from(["-", "id"]),
+)
+def test_the_ecs_access_fast_path_gives_what_the_general_path_gives(
+    user: str, when: str, request: str, status: str, size: str, tail: str, ident: str
+) -> None:
+    from podkit.adapter.logs.parsers import make_parser, parse_line
+    from podkit.adapter.logs.schema import to_ecs
+
+    line = f'10.0.0.1 {ident} {user} [{when}] "{request}" {status} {size}{tail}'
+    fixed = {"log.file.path": "/a"}
+    n = LogNormaliser(format="nginx", schema="ecs", year=2026, zone=PARIS, attributes=fixed)
+    fast = n.record([line], "2026-12-07T00:00:00Z")
+    entry = parse_line(line, make_parser("nginx", year=2026))
+    assert fast == to_ecs(entry, observed="2026-12-07T00:00:00Z", zone=PARIS, attributes=fixed)

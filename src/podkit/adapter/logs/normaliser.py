@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from podkit.adapter.logs._fast import AccessRecord, access_ecs, access_otel
 from podkit.adapter.logs.multiline import DEFAULT_MAX_RECORD_LINES, MultilineJoiner
 from podkit.adapter.logs.parsers import (
     TRACEBACK_START,
@@ -67,9 +68,18 @@ class LogNormaliser:
         self.resource = dict(resource or {})
         self.attributes = dict(attributes or {})
         self.stats = NormaliserStatistics()
+        self._fast: AccessRecord | None = None
+        if format in ("nginx", "apache"):
+            fast = access_otel if schema == "otel" else access_ecs
+            self._fast = fast(format, zone=zone, resource=self.resource, attributes=self.attributes)
 
     def record(self, lines: list[str], observed: str) -> dict[str, Any]:
         """One record from its lines (the first is parsed, the others are joined to it)."""
+        if self._fast is not None and len(lines) == 1:
+            fast = self._fast(lines[0], observed)
+            if fast is not None:
+                self.stats.records += 1
+                return fast
         first, rest = lines[0], lines[1:]
         entry: LogEntry
         if first.startswith(TRACEBACK_START) and self.format in ("auto", "python"):

@@ -272,7 +272,8 @@ def to_otel(
     return record
 
 
-def _put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+def put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set ``doc[path[0]][path[1]]... = value``, making the objects on the way."""
     node = doc
     for part in path[:-1]:
         child = node.get(part)
@@ -283,7 +284,7 @@ def _put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    _put(doc, tuple(dotted.split(".")), value)
+    put(doc, tuple(dotted.split(".")), value)
 
 
 def _label(value: Any) -> str:
@@ -326,7 +327,7 @@ def to_ecs(
             if path is not None:
                 if path[-1] == "pid" and isinstance(value, str) and value.isdigit():
                     value = int(value)
-                _put(doc, path, value)
+                put(doc, path, value)
             elif key not in _SPECIAL:
                 labels[key.replace(".", "_")] = _label(value)
         url = fields.get("path")
@@ -335,7 +336,7 @@ def to_ecs(
             doc["url"] = {"path": url_path, "query": query} if sep else {"path": url_path}
         protocol = fields.get("protocol")
         if isinstance(protocol, str) and "/" in protocol:
-            _put(doc, ("http", "version"), protocol.partition("/")[2])
+            put(doc, ("http", "version"), protocol.partition("/")[2])
     fmt = entry.format
     if fmt != "raw":
         labels["log_format"] = fmt
@@ -352,7 +353,7 @@ def to_ecs(
     if fmt == "raw":
         doc["error"] = {"type": "parse_error", "message": PARSE_ERROR}
         doc["tags"] = ["_parse_failure"]
-        _put(doc, ("event", "original"), body)
+        put(doc, ("event", "original"), body)
     if labels:
         doc["labels"] = labels
     return doc
