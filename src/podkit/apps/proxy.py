@@ -19,7 +19,12 @@ from podkit.engines.http import (
     UpstreamPool,
     proxy_handler,
 )
-from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.engines.http.access_log import AccessLogSettings
+from podkit.engines.http.cli_options import (
+    access_log_options,
+    server_limit_options,
+    upstream_timeout_options,
+)
 from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 from podkit.engines.tcp import DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT
 from podkit.engines.tcp import TCPProxy
@@ -62,6 +67,8 @@ class ProxySettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
     idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+    source_address: str | None = None
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
 
 
 async def serve_proxy(rt: Runtime, settings: ProxySettings, *, reuse_port: bool = False) -> None:
@@ -86,6 +93,7 @@ async def serve_tcp_proxy(
         port=settings.listen.port,
         connect_timeout=settings.connect_timeout,
         idle_timeout=settings.idle_timeout,
+        source_address=settings.source_address,
         max_connections=settings.limits.max_connections,
         reuse_port=reuse_port,
         registry=rt.registry,
@@ -112,6 +120,7 @@ async def serve_http_proxy(
         connect_timeout=settings.connect_timeout,
         response_timeout=settings.response_timeout,
         registry=rt.registry,
+        source_address=settings.source_address,
     ) as pool:
         handler = proxy_handler(pool, settings.upstream, forwarding=settings.forwarding)
         async with HTTPServer(
@@ -122,7 +131,9 @@ async def serve_http_proxy(
             reuse_port=reuse_port,
             registry=rt.registry,
             name="proxy",
+            access_log=settings.access_log,
         ) as server:
+            rt.on_reload(server.reopen_access_log)
             rt.log.info(
                 "listening",
                 extra={
@@ -185,6 +196,7 @@ async def serve_http_proxy(
     show_default=True,
     help="Pseudonym added to Via on requests and responses; empty for none.",
 )
+@access_log_options
 @server_limit_options
 @runtime_options
 def command(
@@ -195,9 +207,11 @@ def command(
     connect_timeout: float,
     idle_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     trusted_proxies: tuple[str, ...],
     via: str,
     limits: ServerLimits,
+    access_log: AccessLogSettings,
     runtime: RuntimeOptions,
 ) -> int:
     """A reverse proxy: forward every request (or TCP connection) to one upstream.
@@ -227,6 +241,8 @@ def command(
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,
         idle_timeout=idle_timeout,
+        source_address=source_address,
+        access_log=access_log,
     )
 
     async def main(rt: Runtime) -> None:

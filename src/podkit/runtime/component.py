@@ -22,7 +22,7 @@ import inspect
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,9 @@ from podkit.runtime.metrics import CONTENT_TYPE_LATEST, new_registry, render
 DEFAULT_DRAIN_TIMEOUT = 10.0  # below Kubernetes' 30 s terminationGracePeriodSeconds
 
 ReloadHook = Callable[[], Awaitable[None] | None]
+# A component's live figures for ``GET /status``: plain JSON values, and a one-line
+# ``summary`` for people (``podkit status`` shows it).
+StatusProvider = Callable[[], Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,7 @@ class Runtime:
         self.draining = asyncio.Event()
         self._reload_hooks: list[ReloadHook] = []
         self._routes: dict[str, Handler] = {}
+        self._status: list[StatusProvider] = []
         self._phase_gauge = Gauge(
             "podkit_lifecycle_phase",
             "Current lifecycle phase of the component (1 for the current phase).",
@@ -110,6 +114,29 @@ class Runtime:
         """Call ``hook`` on SIGHUP (or an admin ``POST /reload``)."""
         self._reload_hooks.append(hook)
 
+    def add_status(self, provider: StatusProvider) -> None:
+        """Add the figures ``provider()`` returns to ``GET /status`` (called per request).
+
+        By convention a ``summary`` key holds one short line for people, such as
+        ``backends 3/3 ready``; the other keys are the figures as plain JSON values.
+        """
+        self._status.append(provider)
+
+    def status(self) -> dict[str, Any]:
+        """The body of ``GET /status``: the lifecycle phase and every provider's figures."""
+        snap = self.lifecycle.statistics()
+        body: dict[str, Any] = {
+            "component": self.name,
+            "phase": snap.phase.value,
+            "reason": snap.reason,
+        }
+        for provider in self._status:
+            try:
+                body.update(provider())
+            except Exception:
+                self.log.exception("status figures failed")
+        return body
+
     def add_route(self, path: str, handler: Handler) -> None:
         """Serve ``handler`` on the admin endpoint at ``path`` (exact match)."""
         self._routes[path] = handler
@@ -140,9 +167,7 @@ class Runtime:
             await self.reload()
             return Response.text(200, "reloaded\n")
         if path == "/status":
-            snap = self.lifecycle.statistics()
-            body = {"component": self.name, "phase": snap.phase.value, "reason": snap.reason}
-            return Response.json(200, json.dumps(body))
+            return Response.json(200, json.dumps(self.status()))
         handler = self._routes.get(path)
         if handler is not None:
             return await handler(request)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.http.cli_options import (
+    access_log_options,
     server_limit_options,
     upstream_timeout_options,
 )
@@ -212,6 +214,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Processes sharing the listening port (SO_REUSEPORT); each probes on its own. "
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
+@access_log_options
 @server_limit_options
 @workers_timeout_option("a drain or undrain by hand")
 @runtime_options
@@ -239,8 +242,10 @@ def command(
     slow_start: float,
     connect_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     workers: int,
     limits: ServerLimits,
+    access_log: AccessLogSettings,
     workers_timeout: float,
     runtime: RuntimeOptions,
 ) -> int:
@@ -288,7 +293,9 @@ def command(
         ),
         timeout=response_timeout,
         connect_timeout=connect_timeout,
+        source_address=source_address,
         limits=limits,
+        access_log=access_log,
     )
 
     async def main(rt: Runtime) -> None:

@@ -37,7 +37,7 @@ import dataclasses
 import ipaddress
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,7 @@ from podkit.engines.http import (
     strip_hop_by_hop,
     upstream_request_headers,
 )
+from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.workers import (
     DEFAULT_COMMAND_TIMEOUT,
     CommandError,
@@ -114,6 +115,7 @@ class CacheOptions:
         coalesce_timeout: how long a request waits for a concurrent fetch of the same object.
         timeout: origin silence allowed while a response is awaited.
         connect_timeout: time to connect to the origin.
+        source_address: the local address connections to the origin leave from.
         trusted_proxies: peers whose ``X-Forwarded-For`` is kept and extended.
         limits: the client-facing limits of the HTTP server (sizes, timeouts, connections).
         workers: how many processes serve the cache; above 1 this process is one of them:
@@ -133,8 +135,10 @@ class CacheOptions:
     coalesce_timeout: float = DEFAULT_COALESCE_TIMEOUT
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    source_address: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     limits: ServerLimits = field(default_factory=ServerLimits)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     workers: int = 1
     workers_timeout: float = DEFAULT_COMMAND_TIMEOUT
 
@@ -907,10 +911,27 @@ async def open_cache(
             response_timeout=options.timeout,
             registry=registry,
             metrics_prefix="podkit_cache_upstream",
+            source_address=options.source_address,
         ) as upstreams,
         asyncio.TaskGroup() as group,
     ):
         yield CachingProxy(options, upstreams=upstreams, group=group, registry=registry)
+
+
+def cache_status(view: Mapping[str, Any]) -> dict[str, Any]:
+    """The cache's figures for ``GET /status``: hit ratio, lookups and objects stored."""
+    requests = view["requests"]
+    hits = int(requests.get("hit", 0)) + int(requests.get("stale", 0))
+    lookups = hits + int(requests.get("miss", 0))
+    ratio = float(view["hit_ratio"])
+    return {
+        "hit_ratio": ratio,
+        "hits": hits,
+        "lookups": lookups,
+        "objects": int(view["objects"]),
+        "summary": f"hit ratio {ratio:.0%} ({hits} of {lookups} lookups), "
+        f"{int(view['objects'])} objects",
+    }
 
 
 async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
@@ -920,6 +941,7 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
     async with open_cache(options, registry=rt.registry) as proxy:
         rt.add_route("/cache", proxy.admin_cache)
         rt.add_route("/purge", proxy.admin_purge)
+        rt.add_status(lambda: cache_status(proxy.statistics_view()))
         link = worker_link()
         if link is not None:
             proxy.serve_worker_commands(link)  # one worker of serve_cache_workers
@@ -932,7 +954,9 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
             registry=rt.registry,
             metrics_prefix="podkit_cache_http",
             name="cache",
+            access_log=dataclasses.replace(options.access_log, cache_header="X-Cache"),
         ) as server:
+            rt.on_reload(server.reopen_access_log)
             rt.log.info(
                 "listening",
                 extra={"listen": f"{options.host}:{server.port}", "upstream": options.upstream},
@@ -1029,6 +1053,11 @@ async def serve_cache_workers(rt: Runtime, options: CacheOptions) -> None:
 
     rt.add_route("/cache", admin_cache)
     rt.add_route("/purge", admin_purge)
+    rt.add_status(
+        lambda: cache_status(
+            workers_cache_view(merged_samples(rt.registry, "podkit_cache_"), options=options)
+        )
+    )
     # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
     # no connections): port 0 becomes one port every worker shares.
     with reserve_port(options.host, options.port) as port:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.engines.http.access_log import AccessLogSettings
+from podkit.engines.http.cli_options import (
+    access_log_options,
+    server_limit_options,
+    upstream_timeout_options,
+)
 from podkit.engines.http.rules import ServerLimits
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
@@ -83,6 +88,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Processes sharing the listening port (SO_REUSEPORT), each with its own store. "
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
+@access_log_options
 @server_limit_options
 @workers_timeout_option("a purge")
 @runtime_options
@@ -95,9 +101,11 @@ def command(
     coalesce_timeout: float,
     connect_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     trusted: tuple[str, ...],
     workers: int,
     limits: ServerLimits,
+    access_log: AccessLogSettings,
     workers_timeout: float,
     runtime: RuntimeOptions,
 ) -> int:
@@ -119,9 +127,11 @@ def command(
         coalesce_timeout=coalesce_timeout,
         timeout=response_timeout,
         connect_timeout=connect_timeout,
+        source_address=source_address,
         trusted_proxies=parse_networks(trusted),
         workers=workers,
         limits=limits,
+        access_log=access_log,
         workers_timeout=workers_timeout,
     )
 

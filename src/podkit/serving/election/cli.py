@@ -197,6 +197,24 @@ async def serve_elect(rt: Runtime, options: ElectOptions) -> int | None:
 
     rt.add_route("/election", election_view)
 
+    def election_status() -> dict[str, Any]:
+        stats = election.statistics()
+        seen = stats.last_seen_leader
+        leader: str | None
+        token: int | None
+        if stats.role == "leader":
+            leader, token = stats.identity, stats.fencing_token
+        else:
+            leader = seen.identity if seen is not None else None
+            token = seen.token if seen is not None else None
+        if leader is None:
+            summary = f"{stats.role}; no leader seen"
+        else:
+            summary = f"{stats.role}; leader {leader}, token {token}"
+        return {"role": stats.role, "leader": leader, "fencing_token": token, "summary": summary}
+
+    rt.add_status(election_status)
+
     async def terms_loop() -> int | None:
         while True:
             rt.log.info(
