@@ -9,7 +9,16 @@ declare -A PACKAGES=(
   [etcd]=etcd-server
   [etcdctl]=etcd-client
   [memcached]=memcached
+  [nginx]=nginx
+  [haproxy]=haproxy
+  [promtool]=prometheus
 )
+
+# Debian keeps PostgreSQL's server programs (initdb, pg_ctl, postgres) off PATH, under
+# /usr/lib/postgresql/VERSION/bin; the metrics and health adapters' tests run one.
+have_postgres() {
+  command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
 
 missing=()
 for bin in "${!PACKAGES[@]}"; do
@@ -17,6 +26,7 @@ for bin in "${!PACKAGES[@]}"; do
     missing+=("${PACKAGES[$bin]}")
   fi
 done
+have_postgres || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "podkit setup: installing ${missing[*]}" >&2
@@ -38,7 +48,7 @@ if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/
   exit 1
 fi
 # Debian starts services it installs where it can; the tests start their own on free ports.
-for svc in redis-server etcd memcached; do
+for svc in redis-server etcd memcached nginx haproxy postgresql prometheus; do
   (command -v service >/dev/null 2>&1 && $SUDO service "$svc" stop >/dev/null 2>&1) || true
 done
 for bin in "${!PACKAGES[@]}"; do
@@ -47,3 +57,7 @@ for bin in "${!PACKAGES[@]}"; do
     exit 1
   fi
 done
+if ! have_postgres; then
+  echo "podkit setup: error: initdb is still missing after installing; install postgresql by hand" >&2
+  exit 1
+fi

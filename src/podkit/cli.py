@@ -28,6 +28,7 @@ from podkit.errors import EXIT_USAGE, PodkitError
 
 # name -> "module:attribute" of a click command. Keep sorted by name.
 COMMANDS: dict[str, str] = {
+    "adapt": "podkit.adapter.cli:group",
     "balance": "podkit.serving.balance.command:command",
     "cache": "podkit.serving.cache.command:command",
     "configsync": "podkit.sidecar.configsync:command",

@@ -82,6 +82,14 @@ async def serve_logship(rt: Runtime, config: LogshipConfig, *, to: str) -> None:
     help="How to parse each line; a line the parser does not understand is shipped raw.",
 )
 @click.option(
+    "--schema",
+    type=click.Choice(["podkit", "otel", "ecs"]),
+    default="podkit",
+    show_default=True,
+    help="Record schema: podkit's own, the OpenTelemetry log data model, or Elastic Common "
+    "Schema (as podkit adapt logs writes them).",
+)
+@click.option(
     "--state",
     default=None,
     help="Checkpoint file of read offsets, written after each acknowledged batch "
@@ -155,6 +163,7 @@ def command(
     paths: tuple[str, ...],
     to: str,
     log_format_name: str,
+    schema: str,
     state: str | None,
     batch: int,
     flush: float,
@@ -176,6 +185,7 @@ def command(
     config = LogshipConfig(
         paths=paths,
         format=log_format_name,
+        schema=schema,
         state=state,
         batch=batch,
         flush=flush,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import glob
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from podkit.adapter.logs.parsers import FORMATS, Parser, make_parser, parse_line
+from podkit.adapter.logs.schema import rfc3339, to_ecs, to_otel
 from podkit.errors import ConfigError
 from podkit.runtime.logging import get_logger
 from podkit.sidecar._files import atomic_write
@@ -84,6 +86,9 @@ except ImportError:  # pragma: no cover - depends on the installed extras
     ENCODER = "json"
 
 
+SCHEMAS: Final = ("podkit", "otel", "ecs")
+
+
 @dataclass(frozen=True, slots=True)
 class LogshipConfig:
     """Everything ``podkit logship`` is told on its command line.
@@ -99,6 +104,9 @@ class LogshipConfig:
         give_up_after: seconds a batch is retried before it is dropped (and counted);
             None retries forever.
         backoff: delays between retries of a batch (``--retry-max`` is its cap).
+        schema: ``podkit`` (the record below), ``otel`` (OpenTelemetry log data model) or
+            ``ecs`` (Elastic Common Schema), as ``podkit adapt logs`` writes them, with the
+            file in ``log.file.path`` and the offset in ``log.offset``.
     """
 
     paths: tuple[str, ...]
@@ -113,8 +121,14 @@ class LogshipConfig:
     give_up_after: float | None = None
     sink_timeout: float = DEFAULT_SINK_TIMEOUT
     backoff: Backoff = field(default_factory=Backoff)
+    schema: str = "podkit"
 
     def __post_init__(self) -> None:
+        if self.schema not in SCHEMAS:
+            raise ConfigError(
+                f"unknown schema {self.schema!r}: expected one of {', '.join(SCHEMAS)}",
+                path="--schema",
+            )
         if not self.paths:
             raise ConfigError("give at least one --path GLOB", path="--path")
         for pattern in self.paths:
@@ -345,6 +359,8 @@ class LogShipper:
         self.config = config
         self.sink = sink
         self.clock = clock
+        # Source times without a zone (RFC 3164 syslog) are this machine's local time.
+        self._zone = datetime.datetime.now().astimezone().tzinfo or datetime.UTC
         self.log = get_logger("podkit.logship")
         self.metrics = _Metrics(registry if registry is not None else CollectorRegistry())
         self.tracker = TailTracker(close_after=config.close_after)
@@ -604,6 +620,9 @@ class LogShipper:
         metrics = self.metrics
         unparsed = 0
         last = len(lines) - 1
+        schema = self.config.schema
+        to_schema = to_otel if schema == "otel" else to_ecs
+        observed = rfc3339(time.time()) if schema != "podkit" else ""
         batcher.note_start(self.clock())
         out = batcher.current.lines
         for index, raw in enumerate(lines):
@@ -614,19 +633,31 @@ class LogShipper:
             entry = parse_line(raw.decode("utf-8", "replace"), parser)
             if entry.format == "raw":
                 unparsed += 1
-            out.append(
-                encode(
-                    {
-                        "timestamp": entry.timestamp,
-                        "level": entry.level,
-                        "message": entry.message,
-                        "fields": entry.fields,
-                        "format": entry.format,
-                        "source": path,
-                        "offset": start,
-                    }
+            if schema != "podkit":
+                out.append(
+                    encode(
+                        to_schema(
+                            entry,
+                            observed=observed,
+                            zone=self._zone,
+                            attributes={"log.file.path": path, "log.offset": start},
+                        )
+                    )
                 )
-            )
+            else:
+                out.append(
+                    encode(
+                        {
+                            "timestamp": entry.timestamp,
+                            "level": entry.level,
+                            "message": entry.message,
+                            "fields": entry.fields,
+                            "format": entry.format,
+                            "source": path,
+                            "offset": start,
+                        }
+                    )
+                )
             if len(out) >= batcher.size:
                 batcher.current.marks[stream_id] = offset
                 self.tracker.advance(stream_id, offset, at_eof=False)
