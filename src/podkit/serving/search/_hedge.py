@@ -8,7 +8,8 @@ and the first answer wins. Hedges draw on a budget (Finagle's retry budget with 
 5 % and no floor), so when everything is slow they stop by themselves instead of doubling
 the load. A replica is chosen by the lowest ``latency * (1 + in flight) ** 3``: C3's cubic
 penalty on queued work, with an exponentially weighted latency; replicas never measured
-go first.
+go first, and one request in twenty goes to a random replica so that one that was slow
+once is measured again rather than shunned for good.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ LATENCY_SAMPLES = 256  # answers per shard the live p95 is taken over
 MIN_SAMPLES = 20  # below this a p95 is noise: no hedging yet
 HEDGE_QUANTILE = 0.95  # the issue's "live p95"
 EWMA_WEIGHT = 0.2  # weight of the newest latency in a replica's average
+EXPLORE_SHARE = 0.05  # requests sent to a random replica, so a once-slow one is measured again
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +108,12 @@ class ShardReplicas:
         self._rng = rng
 
     def choose(self, exclude: Replica | None = None) -> Replica | None:
-        """The replica with the lowest cost (ties broken at random), other than ``exclude``."""
+        """The replica with the lowest cost (ties at random; see EXPLORE_SHARE), not ``exclude``."""
         candidates = [r for r in self.replicas if r is not exclude]
         if not candidates:
             return None
+        if len(candidates) > 1 and self._rng.random() < EXPLORE_SHARE:
+            return self._rng.choice(candidates)
         best = min(r.cost() for r in candidates)
         return self._rng.choice([r for r in candidates if r.cost() == best])
 

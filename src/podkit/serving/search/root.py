@@ -63,6 +63,7 @@ MAX_QUERY_TERMS = 64  # a query of more distinct words than this is a document, 
 MAX_LEAF_ANSWER_BYTES = 64 * 1024 * 1024  # k=1000 hits with snippets is about 1 MiB
 DEFAULT_DF_CACHE_TERMS = 100_000  # about 10 MB of cached document frequencies
 DEFAULT_CONNECT_TIMEOUT = 1.0  # a leaf on the same network connects in well under a second
+STATS_SHARE = 0.5  # of the time left, what gathering statistics for new terms may use
 TOP_Q_FACTOR = 2.0  # first round: each shard returns its share of k, twice over
 Hedge = Literal["auto", "off"]
 Outcome = Literal["answered", "failed", "timed_out"]
@@ -80,6 +81,7 @@ class Coverage:
         timed_out: shards that had not answered when the deadline came.
         docs: documents in the shards that answered.
         docs_total: documents in all shards (as last reported by each).
+        counted: shards whose document count is known (each reports it once reached).
     """
 
     shards: int
@@ -89,11 +91,13 @@ class Coverage:
     timed_out: int
     docs: int
     docs_total: int
+    counted: int
 
     @property
     def fraction(self) -> float:
-        """Documents covered over documents in the corpus (shards when counts are unknown)."""
-        if self.docs_total > 0:
+        """Documents covered over documents in the corpus; shards answered over shards
+        while some shard was never reached (its documents are not known)."""
+        if self.counted == self.shards and self.docs_total > 0:
             return self.docs / self.docs_total
         return self.answered / self.shards if self.shards else 0.0
 
@@ -286,35 +290,48 @@ class SearchRoot:
         return old is not None and old.version != meta.version
 
     async def _statistics(self, terms: list[str], state: _QueryState) -> CorpusStats:
+        """Corpus statistics for ``terms``: cached, or gathered from every shard.
+
+        The gathering may use STATS_SHARE of the time left; a shard that does not answer it
+        is left out of this query (its outcome recorded), since its scores could not be
+        exact without its document frequencies.
+        """
         missing = [t for t in terms if t not in self._df]
-        if missing or len(self._meta) < len(self.shards):
-            self.m_stats_fetches.inc()
-            target = "/df?" + urlencode([("t", t) for t in missing])
-            answers = await asyncio.gather(
-                *(self._ask(shard, "GET", target, None, state) for shard in self.shards)
-            )
-            parts: list[dict[str, int]] = []
-            changed = False
-            for shard, answer in zip(self.shards, answers, strict=True):
-                if isinstance(answer, _Failure):
-                    continue
+        if not missing and len(self._meta) == len(self.shards):
+            for term in terms:
+                self._df.move_to_end(term)
+            return self._corpus({t: self._df[t] for t in terms})
+        self.m_stats_fetches.inc()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        step = _QueryState(now + max(0.0, state.end - now) * STATS_SHARE)
+        target = "/df?" + urlencode([("t", t) for t in missing])
+        answers = await asyncio.gather(
+            *(self._ask(shard, "GET", target, None, step) for shard in self.shards)
+        )
+        parts: list[dict[str, int]] = []
+        changed = False
+        for shard, answer in zip(self.shards, answers, strict=True):
+            if isinstance(answer, _Failure):
+                self.m_leaf.labels(str(shard.shard), answer.kind).inc()
+                state.outcomes[shard.shard] = answer.kind
+                continue
+            try:
                 changed |= self._note_meta(shard.shard, answer)
-                parts.append(answer.get("df", {}))
-            if changed:
-                self._df.clear()
-                raise _VersionChanged
-            if len(parts) == len(self.shards):  # only complete sums are cached
-                for term in missing:
-                    self._df[term] = sum(part.get(term, 0) for part in parts)
-                while len(self._df) > self.df_cache_terms:
-                    self._df.popitem(last=False)
-            else:
-                df = {t: sum(part.get(t, 0) for part in parts) for t in missing}
-                df.update({t: self._df[t] for t in terms if t in self._df})
-                return self._corpus(df)
-        for term in terms:
-            self._df.move_to_end(term)
-        return self._corpus({t: self._df[t] for t in terms})
+                parts.append({str(t): int(n) for t, n in answer.get("df", {}).items()})
+            except (KeyError, TypeError, ValueError, AttributeError):
+                state.outcomes[shard.shard] = "failed"
+        if changed:
+            self._df.clear()
+            raise _VersionChanged
+        df = {t: self._df[t] for t in terms if t in self._df}
+        gathered = {t: sum(part.get(t, 0) for part in parts) for t in missing}
+        df.update(gathered)
+        if len(parts) == len(self.shards):  # only complete sums are cached
+            self._df.update(gathered)
+            while len(self._df) > self.df_cache_terms:
+                self._df.popitem(last=False)
+        return self._corpus(df)
 
     def _corpus(self, df: dict[str, int]) -> CorpusStats:
         docs = sum(meta.docs for meta in self._meta.values())
@@ -540,7 +557,11 @@ class SearchRoot:
             stats = await self._statistics(terms, state)
             q = self.first_round_q(k)
             await asyncio.gather(
-                *(self._search_shard(shard, terms, q, stats, state) for shard in self.shards)
+                *(
+                    self._search_shard(shard, terms, q, stats, state)
+                    for shard in self.shards
+                    if shard.shard not in state.outcomes  # not left out by the statistics step
+                )
             )
             if check_versions:
                 for shard, version in state.versions.items():
@@ -569,6 +590,7 @@ class SearchRoot:
             timed_out=outcomes.count("timed_out"),
             docs=sum(known.get(i, 0) for i in answered),
             docs_total=sum(known.values()),
+            counted=len(known),
         )
         return SearchResult(text, k, hits, coverage, loop.time() - began, rounds)
 
