@@ -65,9 +65,12 @@ def group() -> None:
 )
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 def index(shards: int, out: Path, inputs: tuple[Path, ...]) -> None:
-    """Build shard indexes from INPUTS: text files (one document each; a directory is walked)
-    or JSON lines ({"id": ..., "title": ..., "body": ...} per line, in .jsonl/.ndjson/.json
-    files). Documents go to shards by jump hash of their id (podkit.hashing)."""
+    """Build N shard indexes from text files or JSON lines.
+
+    INPUTS are text files (one document each, titled by its first line; a directory is
+    walked) or JSON lines ({"id": ..., "title": ..., "body": ...} per line, in .jsonl, .ndjson
+    or .json files). Documents go to shards by jump hash of their id (podkit.hashing).
+    """
     for path in inputs:
         if not path.exists():
             raise click.BadParameter(f"{path}: no such file or directory", param_hint="INPUTS")
@@ -126,15 +129,20 @@ def leaf(
     access_log: AccessLogSettings,
     runtime: RuntimeOptions,
 ) -> int:
-    """Serve one shard: POST /search (from the root, with corpus statistics), GET
-    /search?q=...&k=10 (local statistics), GET /df?t=TERM, GET /stats."""
+    """Serve one shard index to the root.
+
+    Routes: POST /search (from the root, with corpus-wide statistics), GET /search?q=...&k=10
+    (this shard's own statistics), GET /df?t=TERM, GET /stats. The index is read from disk at
+    start, so a restarted leaf serves the same documents.
+    """
+    inject = InjectDelay.parse(inject_delay) if inject_delay else None
     if not (index_dir / "meta.json").is_file():
         raise ConfigError(f"{index_dir}: not a shard index (no meta.json)", path="--index")
     options = LeafOptions(
         host=listen.host,
         port=listen.port,
         index=index_dir,
-        inject=InjectDelay.parse(inject_delay) if inject_delay else None,
+        inject=inject,
         seed=inject_seed,
         limits=limits,
         access_log=access_log,
@@ -243,9 +251,12 @@ def root(
     access_log: AccessLogSettings,
     runtime: RuntimeOptions,
 ) -> int:
-    """Scatter GET /search?q=...&k=10 to every shard and merge the hits exactly (BM25 with
-    corpus-wide statistics, ties by id). Answers JSON: hits (id, score, shard, title,
-    snippet), coverage, degraded, took (ms)."""
+    """Scatter each query to every shard and merge the hits exactly.
+
+    Serves GET /search?q=...&k=10 as JSON: hits (id, score, shard, title, snippet), coverage
+    (shards asked, answered, failed, timed out; documents covered), degraded, took (ms).
+    Scores are BM25 with corpus-wide statistics; ties go to the smaller id.
+    """
     if deadline <= 0:
         raise ConfigError("must be more than 0", path="--deadline")
     coverage = parse_fraction(min_coverage, field="--min-coverage")
@@ -331,7 +342,7 @@ def _coverage_line(body: dict[str, Any]) -> str:
     help="Time to wait for the answer.",
 )
 def query(url: str, text: str, k: int, as_json: bool, timeout: float) -> int:
-    """Ask the root at URL (http://HOST:PORT) for TEXT and print the hits for people."""
+    """Ask the root at URL (http://HOST:PORT) for TEXT and print the hits."""
     if not text.strip():
         raise click.BadParameter("the query is empty", param_hint="TEXT")
     status, body = _get(url, "/search?" + urlencode({"q": text, "k": k}), timeout)
