@@ -76,3 +76,10 @@ def test_index_then_query_through_a_root(tmp_path: Path) -> None:
     assert "  1. " in done.stdout
     assert "2/2 shards, 200/200 documents" in done.stdout
     assert '"coverage"' in as_json.stdout
+
+
+def test_the_search_tier_example_pod_file_is_valid(tmp_path: Path) -> None:
+    """examples/search-tier.yaml (an indexer, four leaves and a root) passes `up --check`."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "search-tier.yaml"
+    done = _podkit("up", "--check", "--state-dir", str(tmp_path), str(example))
+    assert done.returncode == 0, done.stderr

@@ -45,7 +45,7 @@ FORMAT = 1
 MAX_SHARDS = 1024  # more leaves than this on one index build is a typo
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # one document larger than 16 MiB is not text
 MAX_ID_CHARS = 1024  # ids are keys, not content
-JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+JSON_SUFFIXES = (".jsonl", ".ndjson")
 
 
 class IndexError_(PodkitError):  # noqa: N801 - "IndexError" is a builtin
@@ -112,7 +112,7 @@ def _json_lines(path: Path) -> Iterator[Document]:
 def read_documents(inputs: Iterable[Path]) -> Iterator[Document]:
     """The documents of text files, JSON-lines files and directories (walked, sorted).
 
-    A file ending in ``.jsonl``, ``.ndjson`` or ``.json`` holds one ``{"id", "title", "body"}``
+    A file ending in ``.jsonl`` or ``.ndjson`` holds one ``{"id", "title", "body"}``
     object per line; any other file is one document whose id is its path and whose title is
     its first non-empty line.
 

@@ -68,8 +68,8 @@ def index(shards: int, out: Path, inputs: tuple[Path, ...]) -> None:
     """Build N shard indexes from text files or JSON lines.
 
     INPUTS are text files (one document each, titled by its first line; a directory is
-    walked) or JSON lines ({"id": ..., "title": ..., "body": ...} per line, in .jsonl, .ndjson
-    or .json files). Documents go to shards by jump hash of their id (podkit.hashing).
+    walked) or JSON lines ({"id": ..., "title": ..., "body": ...} per line, in .jsonl or
+    .ndjson files). Documents go to shards by jump hash of their id (podkit.hashing).
     """
     for path in inputs:
         if not path.exists():
