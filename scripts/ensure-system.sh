@@ -27,6 +27,9 @@ for bin in "${!PACKAGES[@]}"; do
   fi
 done
 have_postgres || missing+=(postgresql)
+# The search benchmark's corpus: the man pages of these two packages (bench/search_corpus.py).
+[ -e /usr/share/man/man7/signal.7.gz ] || missing+=(manpages)
+[ -e /usr/share/man/man2/open.2.gz ] || missing+=(manpages-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "podkit setup: installing ${missing[*]}" >&2
