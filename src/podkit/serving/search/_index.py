@@ -289,6 +289,8 @@ class ShardIndex:
             raise IndexError_(f"{directory}: documents and lengths disagree")
         self.docs = len(self.ids)
         self.length = int(sum(self.lengths))
+        self._norm_key: tuple[float, float, float] | None = None
+        self._norm_list: list[float] = []
 
     def local_stats(self, terms: Iterable[str] = ()) -> CorpusStats:
         """This shard's own statistics (for ``terms``' document frequencies)."""
@@ -306,6 +308,15 @@ class ShardIndex:
             record: dict[str, str] = json.loads(handle.readline())
         return record
 
+    def _norms(self, avgdl: float, k1: float, b: float) -> list[float]:
+        """``k1 * (1 - b + b * len / avgdl)`` per document, kept for the last ``avgdl``."""
+        key = (avgdl, k1, b)
+        if self._norm_key != key:
+            norm_a, norm_b = k1 * (1.0 - b), k1 * b / avgdl
+            self._norm_list = [norm_a + norm_b * length for length in self.lengths]
+            self._norm_key = key
+        return self._norm_list
+
     def scores(
         self,
         terms: Sequence[str],
@@ -322,10 +333,9 @@ class ShardIndex:
             stats: the statistics to score with (corpus-wide for exact global ranking).
             check: called between terms; raises to abandon the query (a deadline).
         """
-        avgdl = stats.avgdl
+        norms = self._norms(stats.avgdl, k1, b)
         acc: dict[int, float] = {}
-        postings, lengths = self.postings, self.lengths
-        norm_a, norm_b = k1 * (1.0 - b), k1 * b / avgdl
+        postings = self.postings
         for term in terms:
             entry = self.terms.get(term)
             df = stats.df.get(term, 0)
@@ -335,11 +345,11 @@ class ShardIndex:
                 check()
             weight = idf(df, stats.docs) * (k1 + 1.0)
             start, count = entry
+            get = acc.get
             for i in range(2 * start, 2 * (start + count), 2):
                 doc = postings[i]
                 tf = postings[i + 1]
-                part = weight * tf / (tf + (norm_a + norm_b * lengths[doc]))
-                acc[doc] = acc.get(doc, 0.0) + part
+                acc[doc] = get(doc, 0.0) + weight * tf / (tf + norms[doc])
         return acc
 
     def search(
@@ -364,8 +374,14 @@ class ShardIndex:
             stats = self.local_stats(terms)
         acc = self.scores(terms, stats, check=check)
         ids = self.ids
-        # (-score, id) is the result order of _bm25.Hit.order; the number rides along.
-        best = heapq.nsmallest(k, ((-score, ids[doc], doc) for doc, score in acc.items()))
+        # (-score, id) is the result order of _bm25.Hit.order; the number rides along. Only
+        # documents scoring at least the k-th best score can be in it (ties included).
+        if len(acc) > k:
+            floor = heapq.nlargest(k, acc.values())[-1]
+            chosen = [(-score, ids[doc], doc) for doc, score in acc.items() if score >= floor]
+        else:
+            chosen = [(-score, ids[doc], doc) for doc, score in acc.items()]
+        best = heapq.nsmallest(k, chosen)
         hits = []
         for neg, doc_id, doc in best:
             title = text = ""
