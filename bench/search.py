@@ -230,14 +230,14 @@ def _quantiles(values: list[float]) -> str:
     return f"p50 {q(0.5):6.2f} ms  p99 {q(0.99):6.2f} ms  p99.9 {q(0.999):6.2f} ms"
 
 
-def run_tail(tmp: Path, source: Path, count: int) -> None:
+def run_tail(tmp: Path, source: Path, count: int, how_slow: str) -> None:
     index = indexes(tmp, source, 4)
     asked = queries(source, count, seed=7)
-    slow = ("--inject-delay", "10x@5%", "--inject-seed", "1")
+    slow = ("--inject-delay", how_slow, "--inject-seed", "1")
     cases = [
         ("no slow leaf, hedging on", {0: [(), ()]}, "auto"),
-        ("one replica 10x@5%, hedging off", {0: [(), slow]}, "off"),
-        ("one replica 10x@5%, hedging on", {0: [(), slow]}, "auto"),
+        (f"one replica {how_slow}, hedging off", {0: [(), slow]}, "off"),
+        (f"one replica {how_slow}, hedging on", {0: [(), slow]}, "auto"),
     ]
     results = {}
     for name, replicas, hedge in cases:
@@ -265,7 +265,7 @@ def run_tail(tmp: Path, source: Path, count: int) -> None:
         )
         results[name] = sorted(times)
         print(
-            f"tail, {name:34s} {_quantiles(times)}  "
+            f"tail, {name:36s} {_quantiles(times)}  "
             f"hedges {sent:.0f} ({sent / leaf:.1%} extra), won {won:.0f}",
             flush=True,
         )
@@ -355,6 +355,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--slow",
+        default="10x@5%",
+        help="--inject-delay of the slow replica in the tail part (10x the leaf's median "
+        "search time; 150ms@5%% is about 10x the root's median answer here)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep corpus and indexes here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -364,7 +370,8 @@ def main() -> None:
         if args.part in ("all", "exact"):
             run_exact(tmp, source, args.queries)
         if args.part in ("all", "tail"):
-            run_tail(tmp, source, max(args.queries, 2000) if args.part == "all" else args.queries)
+            count = max(args.queries, 2000) if args.part == "all" else args.queries
+            run_tail(tmp, source, count, args.slow)
         if args.part in ("all", "cost"):
             run_cost(tmp, source, args.seconds, args.clients)
         if args.part in ("all", "sim"):
