@@ -254,9 +254,8 @@ def run_tail(tmp: Path, source: Path, count: int, how_slow: str) -> None:
                 client.search(text)
                 times.append(time.perf_counter() - started)
             after = metrics(admin)
-        leaf = (
-            after["podkit_search_leaf_requests_total"] - before["podkit_search_leaf_requests_total"]
-        )
+        shard_requests = "podkit_search_shard_requests_total"
+        leaf = after[shard_requests] - before[shard_requests]
         sent = after.get("podkit_search_hedges_sent_total", 0) - before.get(
             "podkit_search_hedges_sent_total", 0
         )

@@ -35,9 +35,9 @@ async def test_slow_replicas_are_hedged_around_within_the_budget(tmp_path: Path)
     def sample(name: str) -> float:
         return registry.get_sample_value(name) or 0.0
 
+    name = "podkit_search_shard_requests_total"
     requests = sum(
-        registry.get_sample_value("podkit_search_leaf_requests_total", {"shard": "0", "outcome": o})
-        or 0.0
+        registry.get_sample_value(name, {"shard": "0", "outcome": o}) or 0.0
         for o in ("answered", "failed", "timed_out")
     )
     sent = sample("podkit_search_hedges_sent_total")

@@ -241,7 +241,7 @@ class SearchRoot:
             "podkit_search_query_seconds", "Time to answer one query.", registry=registry
         )
         self.m_leaf = Counter(
-            "podkit_search_leaf_requests",
+            "podkit_search_shard_requests",
             "Requests to leaves, by shard and outcome.",
             ["shard", "outcome"],
             registry=registry,
