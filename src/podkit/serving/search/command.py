@@ -210,12 +210,14 @@ def parse_leaf(text: str) -> tuple[str, ...]:
 @click.option(
     "--hedge-budget",
     default=f"{DEFAULT_HEDGE_RATIO:.0%}",
+    metavar="PERCENT",
     show_default=True,
     help="Most hedges, as a share of leaf requests over 10 s.",
 )
 @click.option(
     "--min-coverage",
     default="0%",
+    metavar="PERCENT",
     show_default=True,
     help="Answer 503 (with the coverage) when the shards that answered hold less than this "
     "share of the documents; 100% refuses any partial answer.",
