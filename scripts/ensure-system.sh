@@ -12,6 +12,8 @@ declare -A PACKAGES=(
   [nginx]=nginx
   [haproxy]=haproxy
   [promtool]=prometheus
+  [kubectl]=kubectl            # `kubectl kustomize` builds the rendered manifests (offline)
+  [chromium]=chromium          # the dashboard's browser test (Playwright, executable_path)
 )
 
 # Debian keeps PostgreSQL's server programs (initdb, pg_ctl, postgres) off PATH, under
