@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from podkit.errors import PodkitError, PodkitTimeout, UsageError
+from podkit.pods.dashboard import DEFAULT_DASHBOARD_PORT
 from podkit.pods.logs import (
     DEFAULT_LOG_MAX_BYTES,
     LogFollower,
@@ -43,7 +44,7 @@ from podkit.pods.supervisor import (
     request,
 )
 from podkit.runtime.cli_options import DURATION, SIZE
-from podkit.runtime.config import format_duration, format_size
+from podkit.runtime.config import format_duration, format_size, parse_hostport
 
 DEFAULT_PODFILE = "examples/quickstart.yaml"
 EXIT_NOT_RUNNING = 3  # `podkit status` with nothing running: LSB's "program is not running"
@@ -109,6 +110,21 @@ def _subnet_option(ctx: click.Context, param: click.Parameter, value: str | None
     help="Run the pods in this loopback block, 127.N.0.0/16 (overrides the file's `subnet`).",
 )
 @click.option(
+    "--dashboard",
+    "dashboard",
+    default=None,
+    metavar="HOST:PORT",
+    help=f"Serve the dashboard here [default: the project's 127.N.0.1:{DEFAULT_DASHBOARD_PORT}, "
+    "or a free port when that is taken].",
+)
+@click.option(
+    "--no-dashboard",
+    is_flag=True,
+    default=False,
+    show_default=True,
+    help="Serve no dashboard.",
+)
+@click.option(
     "--check",
     is_flag=True,
     default=False,
@@ -129,6 +145,8 @@ def up_command(
     wait_timeout: float,
     log_max_size: int,
     subnet: str | None,
+    dashboard: str | None,
+    no_dashboard: bool,
     check: bool,
     schema: bool,
 ) -> int:
@@ -143,6 +161,9 @@ def up_command(
         click.echo(json.dumps(json_schema(), indent=2))
         return 0
     state_dir = state_dir.absolute()
+    if dashboard is not None and no_dashboard:
+        raise UsageError("--dashboard and --no-dashboard exclude each other")
+    address = None if dashboard is None else parse_hostport(dashboard, field="--dashboard")
     podfile = load_podfile(file, state_dir=state_dir, subnet=subnet)
     if check:
         names = ", ".join(podfile.pods)
@@ -156,9 +177,21 @@ def up_command(
             wait_timeout=wait_timeout,
             log_max_size=log_max_size,
             subnet=subnet,
+            dashboard=["--no-dashboard"]
+            if no_dashboard
+            else (["--dashboard", dashboard] if dashboard is not None else []),
         )
+    where: tuple[str, int] | None = None
+    if not no_dashboard:
+        default = (f"127.{podfile.block}.0.1", DEFAULT_DASHBOARD_PORT)
+        where = (address.host, address.port) if address is not None else default
     supervisor = PodSupervisor(
-        podfile, source=file, state_dir=state_dir, log_max_bytes=log_max_size
+        podfile,
+        source=file,
+        state_dir=state_dir,
+        log_max_bytes=log_max_size,
+        dashboard=where,
+        dashboard_fallback=address is None,
     )
     return asyncio.run(supervisor.run())
 
@@ -171,6 +204,7 @@ def _up_detached(
     wait_timeout: float,
     log_max_size: int,
     subnet: str | None,
+    dashboard: list[str],
 ) -> int:
     """Start a supervisor in its own session and wait until every pod is ready."""
     try:
@@ -188,6 +222,7 @@ def _up_detached(
     argv += ["--log-max-size", str(log_max_size)]
     if subnet is not None:
         argv += ["--subnet", subnet]
+    argv += dashboard
     log_path = state_dir / SUPERVISOR_LOG
     with log_path.open("wb") as log:
         child = subprocess.Popen(
@@ -207,6 +242,8 @@ def _up_detached(
         addresses = list(dict.fromkeys(a for c in rows for a in c["address"].split()))
         where = f" at {' '.join(addresses)}" if addresses else ""
         click.echo(f"podkit up: {pod} ready{where}")
+    if status.get("dashboard"):
+        click.echo(f"podkit up: dashboard at {status['dashboard']}")
     click.echo(
         f"podkit up: running in the background (supervisor pid {child.pid}); "
         "`podkit logs -f` follows the output, `podkit down` stops them"
