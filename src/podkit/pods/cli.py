@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ from typing import Any
 
 import click
 
-from podkit.errors import PodkitError, PodkitTimeout, UsageError
+from podkit.errors import ListenError, PodkitError, PodkitTimeout, UsageError
 from podkit.pods.dashboard import DEFAULT_DASHBOARD_PORT
 from podkit.pods.logs import (
     DEFAULT_LOG_MAX_BYTES,
@@ -43,8 +45,8 @@ from podkit.pods.supervisor import (
     read_state,
     request,
 )
-from podkit.runtime.cli_options import DURATION, SIZE
-from podkit.runtime.config import format_duration, format_size, parse_hostport
+from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE
+from podkit.runtime.config import HostPort, format_duration, format_size
 
 DEFAULT_PODFILE = "examples/quickstart.yaml"
 EXIT_NOT_RUNNING = 3  # `podkit status` with nothing running: LSB's "program is not running"
@@ -112,8 +114,8 @@ def _subnet_option(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option(
     "--dashboard",
     "dashboard",
+    type=HOSTPORT,
     default=None,
-    metavar="HOST:PORT",
     help=f"Serve the dashboard here [default: the project's 127.N.0.1:{DEFAULT_DASHBOARD_PORT}, "
     "or a free port when that is taken].",
 )
@@ -145,7 +147,7 @@ def up_command(
     wait_timeout: float,
     log_max_size: int,
     subnet: str | None,
-    dashboard: str | None,
+    dashboard: HostPort | None,
     no_dashboard: bool,
     check: bool,
     schema: bool,
@@ -163,12 +165,13 @@ def up_command(
     state_dir = state_dir.absolute()
     if dashboard is not None and no_dashboard:
         raise UsageError("--dashboard and --no-dashboard exclude each other")
-    address = None if dashboard is None else parse_hostport(dashboard, field="--dashboard")
     podfile = load_podfile(file, state_dir=state_dir, subnet=subnet)
     if check:
         names = ", ".join(podfile.pods)
         click.echo(f"{file}: ok ({len(podfile.pods)} pods: {names})")
         return 0
+    if dashboard is not None and not no_dashboard:
+        _check_free(dashboard)
     if detach:
         return _up_detached(
             file,
@@ -179,19 +182,19 @@ def up_command(
             subnet=subnet,
             dashboard=["--no-dashboard"]
             if no_dashboard
-            else (["--dashboard", dashboard] if dashboard is not None else []),
+            else (["--dashboard", str(dashboard)] if dashboard is not None else []),
         )
     where: tuple[str, int] | None = None
     if not no_dashboard:
         default = (f"127.{podfile.block}.0.1", DEFAULT_DASHBOARD_PORT)
-        where = (address.host, address.port) if address is not None else default
+        where = (dashboard.host, dashboard.port) if dashboard is not None else default
     supervisor = PodSupervisor(
         podfile,
         source=file,
         state_dir=state_dir,
         log_max_bytes=log_max_size,
         dashboard=where,
-        dashboard_fallback=address is None,
+        dashboard_fallback=dashboard is None,
     )
     return asyncio.run(supervisor.run())
 
@@ -249,6 +252,18 @@ def _up_detached(
         "`podkit logs -f` follows the output, `podkit down` stops them"
     )
     return 0
+
+
+def _check_free(address: HostPort) -> None:
+    """Raise if the dashboard's address cannot be bound, before anything starts."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address.host, address.port))
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ListenError(address.host, address.port, reason or str(exc)) from exc
 
 
 def _wait_ready(
