@@ -49,7 +49,6 @@ from podkit.pods.model import (
     Discovery,
     Pod,
     PodFile,
-    parse_podfile,
 )
 from podkit.pods.plan import READYZ_PATH, flag_name
 
@@ -304,10 +303,6 @@ def _render(text: str, pod_name: str) -> str:
     return _TEMPLATE.sub(field_, _escape(text))
 
 
-def _render_env(text: str, pod_name: str) -> str:
-    return _render(text, pod_name)
-
-
 def _uses_replica(pod: Pod) -> bool:
     return any("{pod.replica}" in text for _c, _w, text in _container_strings("", pod))
 
@@ -559,10 +554,10 @@ def _env(ctx: _PodContext, c: Container, *, stateful: bool) -> list[dict[str, An
         {"name": "PODKIT_POD_DIR", "value": POD_DIR},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    merged: dict[str, str] = {k: _render_env(v, ctx.name) for k, v in ctx.pod.env.items()}
+    merged: dict[str, str] = {k: _render(v, ctx.name) for k, v in ctx.pod.env.items()}
     for key, value in c.env.items():
         merged[key] = (
-            _discovery_file(value) if isinstance(value, Discovery) else _render_env(value, ctx.name)
+            _discovery_file(value) if isinstance(value, Discovery) else _render(value, ctx.name)
         )
     env += [{"name": k, "value": v} for k, v in merged.items()]
     return env
@@ -855,8 +850,3 @@ def dump_yaml(manifest: Manifest) -> str:
 def dump_stream(manifests: Sequence[Manifest]) -> str:
     """Every object as one multi-document YAML stream (``kubectl apply -f -``)."""
     return "".join(f"---\n{dump_yaml(m)}" for m in manifests)
-
-
-def load_rendering_input(data: Any, sets: Sequence[str], *, source: str) -> PodFile:
-    """Loaded YAML data with ``--set`` applied, validated by the model."""
-    return parse_podfile(apply_sets(data, sets, source=source), source=source)
