@@ -9,6 +9,8 @@ declare -A PACKAGES=(
   [etcd]=etcd-server
   [etcdctl]=etcd-client
   [memcached]=memcached
+  [nutcracker]=nutcracker        # twemproxy: podkit shard's placement and bench peer
+  [memcaslap]=libmemcached-tools # memcached load generator for bench/shard.sh
 )
 
 missing=()
@@ -38,7 +40,7 @@ if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/
   exit 1
 fi
 # Debian starts services it installs where it can; the tests start their own on free ports.
-for svc in redis-server etcd memcached; do
+for svc in redis-server etcd memcached nutcracker; do
   (command -v service >/dev/null 2>&1 && $SUDO service "$svc" stop >/dev/null 2>&1) || true
 done
 for bin in "${!PACKAGES[@]}"; do
