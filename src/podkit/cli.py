@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "proxy": "podkit.apps.proxy:command",
     "queue": "podkit.batch.queue.cli:group",
     "scale": "podkit.pods.cli:scale_command",
+    "shard": "podkit.ambassador.shard.command:command",
     "status": "podkit.pods.cli:status_command",
     "tls": "podkit.sidecar.tls:command",
     "up": "podkit.pods.cli:up_command",

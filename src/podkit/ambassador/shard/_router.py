@@ -283,17 +283,28 @@ class ShardRouter:
             for each in self.health.values():
                 each.load /= 2
 
-    def read_targets(self, key: bytes, now: float, *, count: bool = True) -> list[str]:
+    def read_targets(
+        self, key: bytes, now: float, *, spread: bool = True, count: bool = True
+    ) -> list[str]:
         """Shards to read ``key`` from, best first (the rest are for failing over).
 
-        Empty when no shard is available. Counts the request against the first one.
+        Args:
+            key: the key.
+            now: the current time.
+            spread: a hot key may be read from its extra copies (False for reads whose
+                answer differs per shard, such as memcached's ``gets`` with its CAS value).
+            count: count the request against the first shard.
+
+        Returns:
+            The shards, empty when none is available.
         """
         hkey = self.hashed(key)
         hot = self.hot_keys
         copies = 1
         if hot is not None:
             hot.record(key)
-            copies = hot.copies(key)
+            if spread:
+                copies = hot.copies(key)
         if copies == 1:
             targets = self._targets(hkey, self.replicas, now)
         else:
