@@ -439,6 +439,7 @@ class _Upstream(asyncio.Protocol):
                 else (f"connect failed: {exc.strerror or exc}")
             )
             self.fail(reason)
+            proxy.flush_upstreams()
             proxy.flush_clients()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -581,7 +582,8 @@ class _Client(asyncio.Protocol):
                 out.append(data)
         if out:
             self.transport.write(b"".join(out))
-        if self.closing and not slots:
+        if (self.closing or self.proxy.draining) and not slots:
+            # Draining: a client is closed as soon as it is owed nothing.
             self.transport.close()
             return
         if (
@@ -1033,12 +1035,15 @@ class ShardProxy:
                 self._collector = None
 
     async def drain(self, timeout: float) -> None:
-        """Stop taking connections; wait up to ``timeout`` for clients to leave."""
+        """Stop taking connections, close each client once it is owed no reply, and wait up
+        to ``timeout`` for that."""
         self.draining = True
         if self._server is not None:
             self._server.close()
+        self.idle = asyncio.Event()
+        for client in list(self.clients):
+            client.flush()  # closes the clients that are owed nothing
         if self.clients:
-            self.idle = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.idle.wait()
