@@ -6,11 +6,18 @@ They are part of the product: the test suite, the benchmarks and users' own test
 
 from podkit.testing.net import free_port, wait_http, wait_port
 from podkit.testing.processes import PodkitProcess, ServerProcess
-from podkit.testing.servers import EtcdServer, MemcachedServer, RedisServer, require_binary
+from podkit.testing.servers import (
+    EtcdServer,
+    MemcachedServer,
+    NutcrackerServer,
+    RedisServer,
+    require_binary,
+)
 
 __all__ = [
     "EtcdServer",
     "MemcachedServer",
+    "NutcrackerServer",
     "PodkitProcess",
     "RedisServer",
     "ServerProcess",
