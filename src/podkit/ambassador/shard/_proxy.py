@@ -1,23 +1,9 @@
-"""The sharding proxy's shell: asyncio protocols around the sans-IO cores.
+"""The sharding proxy: the listener, the shards' upstream connections and the ticker.
 
-Theory of operation. Every client connection parses its bytes into requests (the protocol
-cores) and keeps one *reply slot* per request in a queue, in the order the requests came:
-replies leave in that order whatever order the shards answer in, so pipelining works.
-
-A request is routed by :class:`~podkit.ambassador.shard.ShardRouter` and written to an
-*upstream connection*: each shard has ``server_connections`` of them, shared by every
-client (a client always uses the same one per shard, so its own requests to a shard stay in
-order). An upstream connection keeps a FIFO of the slots it owes a reply; memcached replies
-carry no id, so the head of the FIFO also says which kind of reply to read next. Writes to
-the upstreams are gathered while one client read is handled and sent once per upstream,
-and replies are written back once per upstream read, so a pipeline of N requests costs a
-few system calls, not N.
-
-Requests on many keys (``get a b c``, ``MGET``, ``MSET``, ``DEL``...) are split by shard
-and their replies merged in the order asked. Failures have an answer, never a hang: an
-upstream that refuses, closes, or leaves requests unanswered for ``timeout`` fails every
-request it holds (a read then tries its next shard if it has one) and counts one failure
-for its shard; ``fail_limit`` failures in a row eject the shard for ``retry_after``.
+:class:`ShardProxy` owns the tasks (connecting to shards, failing requests that waited past
+``timeout``) and the state every connection shares: the router, the counters and the
+connections to each shard. The protocols themselves, and how a request is split, routed and
+answered, are in :mod:`._connections`.
 """
 
 from __future__ import annotations
@@ -25,18 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from podkit.ambassador.shard import _memcache as mc
 from podkit.ambassador.shard import _resp as resp
+from podkit.ambassador.shard._connections import (
+    Counters,
+    _Client,
+    _MemcacheClient,
+    _RedisClient,
+    _Slot,
+    _Upstream,
+)
 from podkit.ambassador.shard._hotkeys import HotKeys
-from podkit.ambassador.shard._redis_commands import SPECS, Route, same_shard_keys
 from podkit.ambassador.shard._router import (
     DEFAULT_FAIL_LIMIT,
     DEFAULT_REPLICAS,
@@ -53,7 +45,6 @@ DEFAULT_SERVER_CONNECTIONS = 2  # per shard (and per worker); twemproxy's defaul
 DEFAULT_MAX_CONNECTIONS = 10_000  # client connections, below a default 'ulimit -n'
 DEFAULT_MAX_PENDING = 4096  # replies a client may owe before its socket stops being read
 DEFAULT_HOT_TTL = 30.0  # a hot key's extra copy lives at most this long: bounds staleness
-VERSION_REPLY = b"VERSION 1.6.0-podkit-shard\r\n"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,839 +82,6 @@ class ShardSettings:
             retry_after=self.retry_after,
             hot_keys=hot,
         )
-
-
-@dataclass(slots=True)
-class Counters:
-    connections_total: int = 0
-    refused: int = 0
-    commands: int = 0
-    faults: int = 0  # malformed, unsupported or over-limit requests answered by the proxy
-    failures: int = 0  # replies that were an error made by the proxy for a failed shard
-    timeouts: int = 0
-    upstream_connects: int = 0
-    hot_fills: int = 0
-
-
-class ShardFailure:
-    """A shard did not answer (refused, closed, timed out): what a waiting slot receives."""
-
-    __slots__ = ("reason", "shard")
-
-    def __init__(self, shard: str, reason: str) -> None:
-        self.shard = shard
-        self.reason = reason
-
-
-# -- reply slots ------------------------------------------------------------------------------
-
-
-class _Slot:
-    """One reply a client is owed, in the client's order. ``data`` is set when known."""
-
-    __slots__ = ("client", "data")
-
-    def __init__(self, client: _Client | None, data: bytes | None = None) -> None:
-        self.client = client
-        self.data = data
-
-    def finish(self, data: bytes) -> None:
-        self.data = data
-        client = self.client
-        if client is not None:
-            client.proxy.dirty.add(client)
-
-    def deliver(self, index: int, reply: Any, shard: str) -> None:
-        """An upstream's reply (or a :class:`ShardFailure`) for the part ``index``."""
-        raise NotImplementedError
-
-
-class _Discard(_Slot):
-    """A request whose reply nobody waits for (a hot copy's fill or invalidation)."""
-
-    __slots__ = ()
-
-    def deliver(self, index: int, reply: Any, shard: str) -> None:
-        pass
-
-
-class _Single(_Slot):
-    """One request to one shard; a failed read moves on to the next candidate shard."""
-
-    __slots__ = ("candidates", "kind", "payload", "quiet")
-
-    def __init__(
-        self,
-        client: _Client,
-        payload: bytes,
-        candidates: list[str],
-        kind: mc.ReplyKind | None,
-        *,
-        quiet: bool = False,
-    ) -> None:
-        super().__init__(client)
-        self.payload = payload
-        self.candidates = candidates
-        self.kind = kind
-        self.quiet = quiet
-
-    def deliver(self, index: int, reply: Any, shard: str) -> None:
-        client = self.client
-        assert client is not None
-        if isinstance(reply, ShardFailure):
-            self.candidates.pop(0)
-            if self.candidates:
-                client.proxy.send(client, self.candidates[0], self.payload, self, 0, self.kind)
-                return
-            client.proxy.counters.failures += 1
-            self.finish(b"" if self.quiet else client.failure(reply))
-            return
-        raw = reply.raw if isinstance(reply, mc.Reply) else reply
-        self.finish(b"" if self.quiet else raw)
-
-
-class _Fanout(_Slot):
-    """One write sent to several shards (replicas, hot copies): the client gets the first
-    shard's reply when it answered, else the first reply that came back."""
-
-    __slots__ = ("quiet", "replies", "waiting")
-
-    def __init__(self, client: _Client, parts: int, quiet: bool) -> None:
-        super().__init__(client)
-        self.replies: list[Any] = [None] * parts
-        self.waiting = parts
-        self.quiet = quiet
-
-    def deliver(self, index: int, reply: Any, shard: str) -> None:
-        self.replies[index] = reply
-        self.waiting -= 1
-        if self.waiting:
-            return
-        client = self.client
-        assert client is not None
-        chosen = next((r for r in self.replies if not isinstance(r, ShardFailure)), None)
-        if chosen is None:
-            client.proxy.counters.failures += 1
-            data = client.failure(self.replies[0])
-        else:
-            data = chosen.raw if isinstance(chosen, mc.Reply) else chosen
-        self.finish(b"" if self.quiet else data)
-
-
-class _Gather(_Slot):
-    """A request split over shards; ``merge`` builds the reply once every part is in."""
-
-    __slots__ = ("merge", "replies", "waiting")
-
-    def __init__(self, client: _Client, parts: int, merge: Any) -> None:
-        super().__init__(client)
-        self.replies: list[Any] = [None] * parts
-        self.waiting = parts
-        self.merge = merge
-
-    def deliver(self, index: int, reply: Any, shard: str) -> None:
-        self.replies[index] = reply
-        self.waiting -= 1
-        if self.waiting:
-            return
-        client = self.client
-        assert client is not None
-        failed = next((r for r in self.replies if isinstance(r, ShardFailure)), None)
-        if failed is not None:
-            client.proxy.counters.failures += 1
-            self.finish(client.failure(failed))
-            return
-        self.finish(self.merge(self.replies))
-
-
-class _Read(_Slot):
-    """A read of one or many keys (memcached ``get``, Redis ``GET``/``MGET``), in rounds.
-
-    Each key has its candidate shards (replicas, hot copies) best first. A round sends one
-    request per shard for the keys that shard is first for; a shard that fails moves its
-    keys to their next candidate; a key missing from a hot key's extra copy is asked from
-    its own shard next round and, when found there, copied back (a *fill*).
-    """
-
-    __slots__ = ("candidates", "fills", "found", "ops", "round_keys", "waiting")
-
-    def __init__(self, client: _Client, ops: _ReadOps, candidates: dict[bytes, list[str]]):
-        super().__init__(client)
-        self.ops = ops
-        self.candidates = candidates
-        self.found: dict[bytes, Any] = {}
-        self.fills: list[tuple[bytes, str]] = []
-        self.round_keys: list[tuple[str, list[bytes]]] = []
-        self.waiting = 0
-
-    def start(self) -> None:
-        client = self.client
-        assert client is not None
-        groups: dict[str, list[bytes]] = {}
-        for key, cands in self.candidates.items():
-            if key not in self.found:
-                groups.setdefault(cands[0], []).append(key)
-        self.round_keys = list(groups.items())
-        self.waiting = len(self.round_keys)
-        proxy = client.proxy
-        for index, (shard, keys) in enumerate(self.round_keys):
-            proxy.send(client, shard, self.ops.request(keys), self, index, self.ops.kind)
-
-    def deliver(self, index: int, reply: Any, shard: str) -> None:
-        client = self.client
-        assert client is not None
-        if self.data is not None:
-            return  # already answered (an error in another part)
-        keys = self.round_keys[index][1]
-        self.waiting -= 1
-        if isinstance(reply, ShardFailure):
-            for key in keys:
-                cands = self.candidates[key]
-                cands.pop(0)
-                if not cands:
-                    client.proxy.counters.failures += 1
-                    self.finish(client.failure(reply))
-                    return
-        else:
-            values = self.ops.split(keys, reply)
-            if isinstance(values, bytes):  # an error reply: passed on as the answer
-                self.finish(values)
-                return
-            router = client.proxy.router
-            for key in keys:
-                value = values.get(key)
-                cands = self.candidates[key]
-                if value is None and len(cands) > 1 and router.hot_copy(key, shard):
-                    # A hot key's extra copy does not have it (yet): ask its own shard.
-                    cands.pop(0)
-                    while len(cands) > 1 and router.hot_copy(key, cands[0]):
-                        cands.pop(0)
-                    self.fills.append((key, shard))
-                    continue
-                self.found[key] = value
-        if self.waiting:
-            return
-        if len(self.found) < len(self.candidates):
-            self.start()
-            return
-        proxy = client.proxy
-        for key, shard_ in self.fills:
-            value = self.found.get(key)
-            if value is not None:
-                fill = self.ops.fill(key, value, proxy.settings.hot_ttl)
-                if fill is not None:
-                    proxy.counters.hot_fills += 1
-                    proxy.send(None, shard_, fill, _Discard(None), 0, self.ops.kind_of_fill)
-        self.finish(self.ops.combine(self.found))
-
-
-class _ReadOps:
-    """How one kind of read is asked, cut per key, answered and copied to a hot copy."""
-
-    kind: mc.ReplyKind | None = None
-    kind_of_fill: mc.ReplyKind | None = None
-
-    def request(self, keys: list[bytes]) -> bytes:
-        raise NotImplementedError
-
-    def split(self, keys: list[bytes], reply: Any) -> dict[bytes, Any] | bytes:
-        raise NotImplementedError
-
-    def combine(self, found: dict[bytes, Any]) -> bytes:
-        raise NotImplementedError
-
-    def fill(self, key: bytes, value: Any, ttl: float) -> bytes | None:
-        return None
-
-
-class _MemcacheGet(_ReadOps):
-    kind = mc.ReplyKind.VALUES
-    kind_of_fill = mc.ReplyKind.LINE
-
-    def __init__(self, request: mc.Request) -> None:
-        self.req = request
-
-    def request(self, keys: list[bytes]) -> bytes:
-        return self.req.encode(keys)
-
-    def split(self, keys: list[bytes], reply: Any) -> dict[bytes, Any] | bytes:
-        assert isinstance(reply, mc.Reply)
-        if reply.error:
-            return reply.raw
-        return dict(reply.items)
-
-    def combine(self, found: dict[bytes, Any]) -> bytes:
-        parts = [found[k] for k in self.req.keys if found.get(k) is not None]
-        parts.append(b"END\r\n")
-        return b"".join(parts)
-
-    def fill(self, key: bytes, value: Any, ttl: float) -> bytes | None:
-        return mc.item_as_set(value, max(1, round(ttl)))
-
-
-class _RedisGet(_ReadOps):
-    def __init__(self, keys: list[bytes], *, multi: bool) -> None:
-        self.keys = keys
-        self.multi = multi
-
-    def request(self, keys: list[bytes]) -> bytes:
-        if not self.multi:
-            return resp.encode_command([b"GET", *keys])
-        return resp.encode_command([b"MGET", *keys])
-
-    def split(self, keys: list[bytes], reply: Any) -> dict[bytes, Any] | bytes:
-        assert isinstance(reply, bytes)
-        if resp.is_error(reply):
-            return reply
-        if not self.multi:
-            return {keys[0]: None if reply == b"$-1\r\n" else reply}
-        items = resp.array_items(reply) or []
-        return {k: (None if v == b"$-1\r\n" else v) for k, v in zip(keys, items, strict=False)}
-
-    def combine(self, found: dict[bytes, Any]) -> bytes:
-        if not self.multi:
-            value = found.get(self.keys[0])
-            return b"$-1\r\n" if value is None else cast(bytes, value)
-        return resp.array([found.get(k) or b"$-1\r\n" for k in self.keys])
-
-    def fill(self, key: bytes, value: Any, ttl: float) -> bytes | None:
-        raw = cast(bytes, value)
-        if not raw.startswith(b"$"):
-            return None
-        body = raw[raw.index(b"\r\n") + 2 : -2]
-        return resp.encode_command([b"SET", key, body, b"PX", b"%d" % max(1, round(ttl * 1000))])
-
-
-# -- upstream connections ---------------------------------------------------------------------
-
-
-class _Upstream(asyncio.Protocol):
-    """One connection to a shard, shared by many clients; replies come back in FIFO order."""
-
-    def __init__(self, proxy: ShardProxy, shard: str) -> None:
-        self.proxy = proxy
-        self.shard = shard
-        self.transport: asyncio.Transport | None = None
-        self.waiting: deque[tuple[_Slot, int, mc.ReplyKind | None]] = deque()
-        self.out: list[bytes] = []
-        self.closed = False
-        self.progress = 0.0  # loop time of the last reply (or of the first request waiting)
-        self.memcache = proxy.settings.protocol == "memcached"
-        self.mc_reader = mc.ReplyReader(max_value=max(proxy.max_value * 2, 1 << 20))
-        self.resp_reader = resp.ReplyReader()
-        self.task: asyncio.Task[None] | None = None
-
-    def send(self, data: bytes, slot: _Slot, index: int, kind: mc.ReplyKind | None) -> None:
-        if not self.waiting:
-            self.progress = self.proxy.loop.time()
-        self.waiting.append((slot, index, kind))
-        if not self.out:
-            self.proxy.dirty_upstreams.append(self)
-        self.out.append(data)
-
-    def flush(self) -> None:
-        if self.transport is not None and self.out and not self.closed:
-            self.transport.write(b"".join(self.out))
-            self.out.clear()
-
-    async def connect(self, host: str, port: int, timeout: float) -> None:
-        proxy = self.proxy
-        proxy.counters.upstream_connects += 1
-        try:
-            async with asyncio.timeout(timeout):
-                await proxy.loop.create_connection(lambda: self, host, port)
-        except (OSError, TimeoutError) as exc:
-            reason = (
-                "connect timed out"
-                if isinstance(exc, TimeoutError)
-                else (f"connect failed: {exc.strerror or exc}")
-            )
-            self.fail(reason)
-            proxy.flush_upstreams()
-            proxy.flush_clients()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        if self.closed:
-            self.transport.close()
-            return
-        self.flush()
-
-    def data_received(self, data: bytes) -> None:
-        proxy = self.proxy
-        waiting = self.waiting
-        try:
-            if self.memcache:
-                reader = self.mc_reader
-                reader.feed(data)
-                while waiting:
-                    slot, index, kind = waiting[0]
-                    assert kind is not None
-                    reply: Any = reader.next_reply(kind)
-                    if reply is None:
-                        break
-                    waiting.popleft()
-                    slot.deliver(index, reply, self.shard)
-            else:
-                rreader = self.resp_reader
-                rreader.feed(data)
-                while waiting:
-                    reply = rreader.next_reply()
-                    if reply is None:
-                        break
-                    slot, index, _ = waiting.popleft()
-                    slot.deliver(index, reply, self.shard)
-        except (mc.UpstreamProtocolError, resp.UpstreamProtocolError) as exc:
-            self.fail(f"protocol error: {exc}")
-        else:
-            self.progress = proxy.loop.time()
-            proxy.router.record_success(self.shard, self.progress)
-        proxy.flush_upstreams()
-        proxy.flush_clients()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed:
-            self.fail("connection closed" if exc is None else f"connection lost: {exc}")
-            self.proxy.flush_upstreams()
-            self.proxy.flush_clients()
-
-    def fail(self, reason: str) -> None:
-        """Fail every request this connection holds and count one failure for its shard."""
-        if self.closed:
-            return
-        self.closed = True
-        proxy = self.proxy
-        proxy.forget(self)
-        if self.transport is not None:
-            self.transport.abort()
-        ejected = proxy.router.record_failure(self.shard, proxy.loop.time())
-        if ejected:
-            proxy.log_ejection(self.shard, reason)
-        self.out.clear()
-        failure = ShardFailure(self.shard, reason)
-        waiting = self.waiting
-        while waiting:
-            slot, index, _ = waiting.popleft()
-            slot.deliver(index, failure, self.shard)
-
-
-# -- client connections -----------------------------------------------------------------------
-
-
-class _Client(asyncio.Protocol):
-    """One client connection: requests in, replies out in the order asked."""
-
-    def __init__(self, proxy: ShardProxy) -> None:
-        self.proxy = proxy
-        self.transport: asyncio.Transport | None = None
-        self.slots: deque[_Slot] = deque()
-        self.index = 0
-        self.closing = False
-        self.closed = False
-        self.paused = False  # reading paused: too many replies owed, or the socket is full
-        self.write_paused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        proxy = self.proxy
-        proxy.counters.connections_total += 1
-        if len(proxy.clients) >= proxy.settings.max_connections or proxy.draining:
-            proxy.counters.refused += 1
-            self.transport.abort()
-            self.closed = True
-            return
-        proxy.clients.add(self)
-        self.index = proxy.next_index()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.proxy.clients.discard(self)
-        self.slots.clear()
-        if not self.proxy.clients and self.proxy.idle is not None:
-            self.proxy.idle.set()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing or self.closed:
-            return
-        self.handle_all(data)
-        proxy = self.proxy
-        proxy.flush_upstreams()
-        self.flush()
-        if len(self.slots) >= proxy.settings.max_pending and not self.paused:
-            self.paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
-
-    def handle_all(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def failure(self, failure: ShardFailure) -> bytes:
-        raise NotImplementedError
-
-    def reply(self, data: bytes) -> None:
-        """Queue an answer known now (a local command, a fault)."""
-        self.slots.append(_Slot(None, data))
-
-    def close_after_replies(self) -> None:
-        self.closing = True
-
-    def flush(self) -> None:
-        """Write every reply at the head of the queue that is complete."""
-        if self.closed or self.transport is None:
-            return
-        slots = self.slots
-        out = []
-        while slots:
-            data = slots[0].data
-            if data is None:
-                break
-            slots.popleft()
-            if data:
-                out.append(data)
-        if out:
-            self.transport.write(b"".join(out))
-        if (self.closing or self.proxy.draining) and not slots:
-            # Draining: a client is closed as soon as it is owed nothing.
-            self.transport.close()
-            return
-        if (
-            self.paused
-            and not self.write_paused
-            and len(slots) < self.proxy.settings.max_pending // 2
-        ):
-            self.paused = False
-            self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.transport is not None and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.flush()
-
-
-class _MemcacheClient(_Client):
-    def __init__(self, proxy: ShardProxy) -> None:
-        super().__init__(proxy)
-        self.parser = mc.RequestParser(
-            max_key=proxy.max_key, max_value=proxy.max_value, max_line=mc.DEFAULT_MAX_LINE_BYTES
-        )
-
-    def failure(self, failure: ShardFailure) -> bytes:
-        return mc.server_error(f"shard {failure.shard} unavailable: {failure.reason}")
-
-    def handle_all(self, data: bytes) -> None:
-        proxy = self.proxy
-        counters = proxy.counters
-        now = proxy.loop.time()
-        router = proxy.router
-        for item in self.parser.feed(data):
-            if self.closing:
-                break
-            counters.commands += 1
-            if isinstance(item, mc.Fault):
-                counters.faults += 1
-                self.reply(item.reply)
-                if item.close:
-                    self.close_after_replies()
-                continue
-            if item.local is not None:
-                self.local(item)
-                continue
-            if item.command in mc.RETRIEVAL:
-                spread = item.command == b"get"
-                candidates: dict[bytes, list[str]] = {}
-                for key in item.keys:
-                    if key not in candidates:
-                        targets = router.read_targets(key, now, spread=spread)
-                        if not targets:
-                            break
-                        candidates[key] = targets
-                else:
-                    first = next(iter(candidates.values()))
-                    if len(candidates) == 1 and len(first) == 1:
-                        targets = first
-                        slot: _Slot = _Single(self, item.encode(), targets, mc.ReplyKind.VALUES)
-                        self.slots.append(slot)
-                        proxy.send(self, targets[0], item.encode(), slot, 0, mc.ReplyKind.VALUES)
-                        continue
-                    read = _Read(self, _MemcacheGet(item), candidates)
-                    self.slots.append(read)
-                    read.start()
-                    continue
-                self.no_shard(item.noreply)
-                continue
-            self.write(item, now)
-
-    def no_shard(self, quiet: bool) -> None:
-        self.proxy.counters.failures += 1
-        self.reply(b"" if quiet else mc.server_error("no shard available"))
-
-    def write(self, item: mc.Request, now: float) -> None:
-        proxy = self.proxy
-        key = item.keys[0]
-        targets = proxy.router.write_targets(key, now, delete=item.command == b"delete")
-        if not targets:
-            self.no_shard(item.noreply)
-            return
-        payload = item.encode()
-        if len(targets) == 1:
-            slot: _Slot = _Single(self, payload, targets, mc.ReplyKind.LINE, quiet=item.noreply)
-            self.slots.append(slot)
-            proxy.send(self, targets[0], payload, slot, 0, mc.ReplyKind.LINE)
-            return
-        fan = _Fanout(self, len(targets), item.noreply)
-        self.slots.append(fan)
-        replicas = proxy.router.replicas
-        for index, shard in enumerate(targets):
-            data = payload
-            if index >= replicas:  # a hot key's extra copy
-                data = self.hot_copy_write(item, payload, proxy.settings.hot_ttl)
-            proxy.send(self, shard, data, fan, index, mc.ReplyKind.LINE)
-
-    @staticmethod
-    def hot_copy_write(item: mc.Request, payload: bytes, ttl: float) -> bytes:
-        """What a hot key's extra copy receives for a write: a ``set`` with its expiry
-        capped at the hot TTL, a delete for anything else (it is filled again on a read)."""
-        if item.command == b"set":
-            exptime = int(item.args[2])
-            cap = max(1, round(ttl))
-            if exptime >= 0 and (exptime == 0 or exptime > cap):
-                return item.with_exptime(b"%d" % cap).encode()
-            return payload
-        if item.command == b"delete":
-            return payload
-        return b"delete " + item.keys[0] + b"\r\n"
-
-    def local(self, item: mc.Request) -> None:
-        if item.local is mc.Local.VERSION:
-            self.reply(VERSION_REPLY)
-        elif item.local is mc.Local.QUIT:
-            self.close_after_replies()
-        else:
-            self.reply(b"" if item.noreply else b"OK\r\n")
-
-
-class _RedisClient(_Client):
-    def __init__(self, proxy: ShardProxy) -> None:
-        super().__init__(proxy)
-        self.parser = resp.CommandParser(max_value=proxy.max_value)
-
-    def failure(self, failure: ShardFailure) -> bytes:
-        return resp.error(f"shard {failure.shard} unavailable: {failure.reason}")
-
-    def handle_all(self, data: bytes) -> None:
-        proxy = self.proxy
-        counters = proxy.counters
-        now = proxy.loop.time()
-        for item in self.parser.feed(data):
-            if self.closing:
-                break
-            counters.commands += 1
-            if isinstance(item, resp.Fault):
-                counters.faults += 1
-                self.reply(item.reply)
-                if item.close:
-                    self.close_after_replies()
-                continue
-            self.command(item, now)
-
-    def refuse(self, message: str) -> None:
-        self.proxy.counters.faults += 1
-        self.reply(resp.error(message))
-
-    def command(self, item: resp.Command, now: float) -> None:
-        args = item.args
-        name = args[0].upper()
-        spec = SPECS.get(name)
-        shown = name.decode("latin-1")
-        if spec is None:
-            self.refuse(f"unsupported command '{shown}' (podkit shard)")
-            return
-        route = spec.route
-        if route is Route.LOCAL:
-            self.local(name, args)
-            return
-        if len(args) < 2 or (route is Route.SPLIT and name == b"MSET" and len(args) % 2 == 0):
-            self.refuse(f"wrong number of arguments for '{shown.lower()}' command")
-            return
-        max_key = self.proxy.max_key
-        if route is Route.SINGLE:
-            if len(args[1]) > max_key:
-                self.refuse(f"key too long (at most {max_key} bytes)")
-                return
-            self.single(item, spec.write, now)
-        elif route is Route.SPLIT:
-            keys = args[1::2] if name == b"MSET" else args[1:]
-            if any(len(k) > max_key for k in keys):
-                self.refuse(f"key too long (at most {max_key} bytes)")
-                return
-            self.split(name, args, now)
-        else:
-            keys_of = same_shard_keys(name, spec, args)
-            if keys_of is None:
-                self.refuse(f"wrong number of arguments for '{shown.lower()}' command")
-                return
-            router = self.proxy.router
-            if len({router.shard_of(k) for k in keys_of}) > 1:
-                self.refuse(f"{shown} keys are on different shards (give them one hash tag)")
-                return
-            self.single(item, spec.write, now, key=keys_of[0])
-
-    def local(self, name: bytes, args: list[bytes]) -> None:
-        if name == b"PING":
-            self.reply(b"+PONG\r\n" if len(args) == 1 else resp.bulk(args[1]))
-        elif name == b"ECHO":
-            if len(args) != 2:
-                self.refuse("wrong number of arguments for 'echo' command")
-            else:
-                self.reply(resp.bulk(args[1]))
-        elif name == b"SELECT":
-            if len(args) == 2 and args[1] == b"0":
-                self.reply(b"+OK\r\n")
-            else:
-                self.refuse("SELECT: only database 0 is available through podkit shard")
-        else:  # QUIT
-            self.reply(b"+OK\r\n")
-            self.close_after_replies()
-
-    def single(self, item: resp.Command, write: bool, now: float, *, key: bytes = b"") -> None:
-        proxy = self.proxy
-        router = proxy.router
-        key = key or item.args[1]
-        if not write:
-            plain_get = item.args[0].upper() == b"GET" and len(item.args) == 2
-            targets = router.read_targets(key, now, spread=plain_get)
-            if not targets:
-                self.no_shard()
-                return
-            if plain_get and len(targets) > 1 and proxy.hot_possible:
-                read = _Read(self, _RedisGet([key], multi=False), {key: targets})
-                self.slots.append(read)
-                read.start()
-                return
-            slot: _Slot = _Single(self, item.raw, targets, None)
-            self.slots.append(slot)
-            proxy.send(self, targets[0], item.raw, slot, 0, None)
-            return
-        targets = router.write_targets(key, now)
-        if not targets:
-            self.no_shard()
-            return
-        if len(targets) == 1:
-            slot = _Single(self, item.raw, targets, None)
-            self.slots.append(slot)
-            proxy.send(self, targets[0], item.raw, slot, 0, None)
-            return
-        fan = _Fanout(self, len(targets), False)
-        self.slots.append(fan)
-        for index, shard in enumerate(targets):
-            data = item.raw
-            if index >= router.replicas:
-                data = self.hot_copy_write(item, proxy.settings.hot_ttl)
-            proxy.send(self, shard, data, fan, index, None)
-
-    @staticmethod
-    def hot_copy_write(item: resp.Command, ttl: float) -> bytes:
-        """A hot key's extra copy gets a plain ``SET`` with a PX of the hot TTL, and a
-        ``DEL`` for any other write (it is filled again on a read)."""
-        args = item.args
-        if args[0].upper() == b"SET" and len(args) == 3:
-            return resp.encode_command([b"SET", args[1], args[2], b"PX", b"%d" % (ttl * 1000)])
-        return resp.encode_command([b"DEL", args[1]])
-
-    def no_shard(self) -> None:
-        self.proxy.counters.failures += 1
-        self.reply(resp.error("no shard available"))
-
-    def split(self, name: bytes, args: list[bytes], now: float) -> None:
-        proxy = self.proxy
-        router = proxy.router
-        if name == b"MGET":
-            keys = args[1:]
-            candidates: dict[bytes, list[str]] = {}
-            for key in keys:
-                if key not in candidates:
-                    targets = router.read_targets(key, now, spread=proxy.hot_possible)
-                    if not targets:
-                        self.no_shard()
-                        return
-                    candidates[key] = targets
-            read = _Read(self, _RedisGet(keys, multi=True), candidates)
-            self.slots.append(read)
-            read.start()
-            return
-        if name in (b"EXISTS", b"TOUCH"):
-            groups: dict[str, list[bytes]] = {}
-            for key in args[1:]:
-                targets = router.read_targets(key, now, spread=False)
-                if not targets:
-                    self.no_shard()
-                    return
-                groups.setdefault(targets[0], []).append(key)
-            self.gather(name, groups, _sum_integers)
-            return
-        # Writes: MSET pairs, DEL/UNLINK keys. The key's own shards (the first `replicas`)
-        # answer; a hot key's extra copies are sent a DEL whose reply nobody counts.
-        pairs = list(zip(args[1::2], args[2::2], strict=True)) if name == b"MSET" else None
-        keys = args[1::2] if pairs is not None else args[1:]
-        counted: dict[str, list[bytes]] = {}
-        extra: dict[str, list[bytes]] = {}
-        replicas = router.replicas
-        for position, key in enumerate(keys):
-            targets = router.write_targets(key, now, delete=True)
-            if not targets:
-                self.no_shard()
-                return
-            for index, shard in enumerate(targets):
-                if index >= replicas:
-                    extra.setdefault(shard, []).append(key)
-                elif pairs is not None:
-                    counted.setdefault(shard, []).extend(pairs[position])
-                elif index == 0:
-                    counted.setdefault(shard, []).append(key)
-                else:
-                    extra.setdefault(shard, []).append(key)
-        merge = _all_ok if name == b"MSET" else _sum_integers
-        self.gather(name, counted, merge)
-        for shard, dropped in extra.items():
-            proxy.send(
-                None, shard, resp.encode_command([b"DEL", *dropped]), _Discard(None), 0, None
-            )
-
-    def gather(self, name: bytes, groups: dict[str, list[bytes]], merge: Any) -> None:
-        proxy = self.proxy
-        if len(groups) == 1:  # one shard: its reply is already the whole answer
-            [(shard, part)] = groups.items()
-            payload = resp.encode_command([name, *part])
-            slot: _Slot = _Single(self, payload, [shard], None)
-            self.slots.append(slot)
-            proxy.send(self, shard, payload, slot, 0, None)
-            return
-        gathered = _Gather(self, len(groups), merge)
-        self.slots.append(gathered)
-        for index, (shard, part) in enumerate(groups.items()):
-            proxy.send(self, shard, resp.encode_command([name, *part]), gathered, index, None)
-
-
-def _sum_integers(replies: list[Any]) -> bytes:
-    total = 0
-    for reply in replies:
-        value = resp.integer_value(reply)
-        if value is None:
-            return cast(bytes, reply)
-        total += value
-    return resp.integer(total)
-
-
-def _all_ok(replies: list[Any]) -> bytes:
-    for reply in replies:
-        if reply != b"+OK\r\n":
-            return cast(bytes, reply)
-    return b"+OK\r\n"
 
 
 # -- the proxy --------------------------------------------------------------------------------
@@ -970,6 +128,7 @@ class ShardProxy:
         self._server: asyncio.Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
         self._stack = contextlib.AsyncExitStack()
         self._collector: _ShardCollector | None = None
         self.port = 0
@@ -1060,8 +219,7 @@ class ShardProxy:
             address = self.addresses[shard]
             assert self._tasks is not None
             conn.task = self._tasks.create_task(
-                conn.connect(address.host, address.port, self.settings.connect_timeout),
-                name=f"shard-connect-{shard}",
+                self._connect(conn, address.host, address.port), name=f"shard-connect-{shard}"
             )
         return conn
 
@@ -1079,11 +237,35 @@ class ShardProxy:
             kind = mc.ReplyKind.LINE
         self._connection(shard, client).send(data, slot, index, kind)
 
+    async def _connect(self, conn: _Upstream, host: str, port: int) -> None:
+        self.counters.upstream_connects += 1
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                await self.loop.create_connection(lambda: conn, host, port)
+        except (OSError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                conn.fail("connect timed out")
+            else:
+                conn.fail(f"connect failed: {exc.strerror or exc}")
+            self.schedule_flush()
+
     def forget(self, conn: _Upstream) -> None:
         conns = self.upstreams[conn.shard]
         for i, each in enumerate(conns):
             if each is conn:
                 conns[i] = None
+
+    def schedule_flush(self) -> None:
+        """Write what is waiting for the upstreams and the clients once, after every socket
+        that is ready now was read: one system call per connection, not per request."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush_upstreams()
+        self.flush_clients()
 
     def flush_upstreams(self) -> None:
         dirty = self.dirty_upstreams
@@ -1119,8 +301,7 @@ class ShardProxy:
                 self.counters.timeouts += 1
                 conn.fail(f"no reply within {timeout:g}s")
             if expired:
-                self.flush_upstreams()
-                self.flush_clients()
+                self.schedule_flush()
 
     # -- reporting ----------------------------------------------------------------------
 
