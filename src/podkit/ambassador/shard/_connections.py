@@ -10,7 +10,7 @@ client (a client always uses the same one per shard, so its own requests to a sh
 order). An upstream connection keeps a FIFO of the slots it owes a reply; memcached replies
 carry no id, so the head of the FIFO also says which kind of reply to read next. Writes to
 the upstreams and to the clients are gathered and sent once per connection after every
-socket that was ready has been read (:meth:`ShardProxy.schedule_flush`), so a pipeline of N
+socket that was ready has been read (:meth:`ProxyState.schedule_flush`), so a pipeline of N
 requests costs a few system calls, not N.
 
 Requests on many keys (``get a b c``, ``MGET``, ``MSET``, ``DEL``...) are split by shard
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from podkit.ambassador.shard import _memcache as mc
@@ -34,7 +35,7 @@ from podkit.ambassador.shard import _resp as resp
 from podkit.ambassador.shard._redis_commands import SPECS, Route, same_shard_keys
 
 if TYPE_CHECKING:
-    from podkit.ambassador.shard._proxy import ShardProxy
+    from podkit.ambassador.shard._router import ShardRouter
 
 VERSION_REPLY = b"VERSION 1.6.0-podkit-shard\r\n"
 
@@ -244,7 +245,7 @@ class _Read(_Slot):
         for key, shard_ in self.fills:
             value = self.found.get(key)
             if value is not None:
-                fill = self.ops.fill(key, value, proxy.settings.hot_ttl)
+                fill = self.ops.fill(key, value, proxy.hot_ttl)
                 if fill is not None:
                     proxy.counters.hot_fills += 1
                     proxy.send(None, shard_, fill, _Discard(None), 0, self.ops.kind_of_fill)
@@ -254,8 +255,9 @@ class _Read(_Slot):
 class _ReadOps:
     """How one kind of read is asked, cut per key, answered and copied to a hot copy."""
 
-    kind: mc.ReplyKind | None = None
-    kind_of_fill: mc.ReplyKind | None = None
+    def __init__(self) -> None:
+        self.kind: mc.ReplyKind | None = None
+        self.kind_of_fill: mc.ReplyKind | None = None
 
     def request(self, keys: list[bytes]) -> bytes:
         raise NotImplementedError
@@ -271,10 +273,10 @@ class _ReadOps:
 
 
 class _MemcacheGet(_ReadOps):
-    kind = mc.ReplyKind.VALUES
-    kind_of_fill = mc.ReplyKind.LINE
-
     def __init__(self, request: mc.Request) -> None:
+        super().__init__()
+        self.kind = mc.ReplyKind.VALUES
+        self.kind_of_fill = mc.ReplyKind.LINE
         self.req = request
 
     def request(self, keys: list[bytes]) -> bytes:
@@ -297,6 +299,7 @@ class _MemcacheGet(_ReadOps):
 
 class _RedisGet(_ReadOps):
     def __init__(self, keys: list[bytes], *, multi: bool) -> None:
+        super().__init__()
         self.keys = keys
         self.multi = multi
 
@@ -334,7 +337,7 @@ class _RedisGet(_ReadOps):
 class _Upstream(asyncio.Protocol):
     """One connection to a shard, shared by many clients; replies come back in FIFO order."""
 
-    def __init__(self, proxy: ShardProxy, shard: str) -> None:
+    def __init__(self, proxy: ProxyState, shard: str) -> None:
         self.proxy = proxy
         self.shard = shard
         self.transport: asyncio.Transport | None = None
@@ -342,14 +345,14 @@ class _Upstream(asyncio.Protocol):
         self.out: list[bytes] = []
         self.closed = False
         self.progress = 0.0  # loop time of the last reply (or of the first request waiting)
-        self.memcache = proxy.settings.protocol == "memcached"
+        self.memcache = proxy.memcache
         self.mc_reader = mc.ReplyReader(max_value=max(proxy.max_value * 2, 1 << 20))
         self.resp_reader = resp.ReplyReader()
-        self.task: asyncio.Task[None] | None = None
+        self.task: Any = None  # the connecting task, owned by the proxy's task group
 
     def send(self, data: bytes, slot: _Slot, index: int, kind: mc.ReplyKind | None) -> None:
         if not self.waiting:
-            self.progress = self.proxy.loop.time()
+            self.progress = self.proxy.clock()
         self.waiting.append((slot, index, kind))
         if not self.out:
             self.proxy.dirty_upstreams.append(self)
@@ -394,7 +397,7 @@ class _Upstream(asyncio.Protocol):
         except (mc.UpstreamProtocolError, resp.UpstreamProtocolError) as exc:
             self.fail(f"protocol error: {exc}")
         else:
-            self.progress = proxy.loop.time()
+            self.progress = proxy.clock()
             proxy.router.record_success(self.shard, self.progress)
         proxy.schedule_flush()
 
@@ -412,7 +415,7 @@ class _Upstream(asyncio.Protocol):
         proxy.forget(self)
         if self.transport is not None:
             self.transport.abort()
-        ejected = proxy.router.record_failure(self.shard, proxy.loop.time())
+        ejected = proxy.router.record_failure(self.shard, proxy.clock())
         if ejected:
             proxy.log_ejection(self.shard, reason)
         self.out.clear()
@@ -429,7 +432,7 @@ class _Upstream(asyncio.Protocol):
 class _Client(asyncio.Protocol):
     """One client connection: requests in, replies out in the order asked."""
 
-    def __init__(self, proxy: ShardProxy) -> None:
+    def __init__(self, proxy: ProxyState) -> None:
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
         self.slots: deque[_Slot] = deque()
@@ -443,7 +446,7 @@ class _Client(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         proxy = self.proxy
         proxy.counters.connections_total += 1
-        if len(proxy.clients) >= proxy.settings.max_connections or proxy.draining:
+        if len(proxy.clients) >= proxy.max_connections or proxy.draining:
             proxy.counters.refused += 1
             self.transport.abort()
             self.closed = True
@@ -465,7 +468,7 @@ class _Client(asyncio.Protocol):
         proxy = self.proxy
         proxy.dirty.add(self)
         proxy.schedule_flush()
-        if len(self.slots) >= proxy.settings.max_pending and not self.paused:
+        if len(self.slots) >= proxy.max_pending and not self.paused:
             self.paused = True
             assert self.transport is not None
             self.transport.pause_reading()
@@ -502,11 +505,7 @@ class _Client(asyncio.Protocol):
             # Draining: a client is closed as soon as it is owed nothing.
             self.transport.close()
             return
-        if (
-            self.paused
-            and not self.write_paused
-            and len(slots) < self.proxy.settings.max_pending // 2
-        ):
+        if self.paused and not self.write_paused and len(slots) < self.proxy.max_pending // 2:
             self.paused = False
             self.transport.resume_reading()
 
@@ -522,7 +521,7 @@ class _Client(asyncio.Protocol):
 
 
 class _MemcacheClient(_Client):
-    def __init__(self, proxy: ShardProxy) -> None:
+    def __init__(self, proxy: ProxyState) -> None:
         super().__init__(proxy)
         self.parser = mc.RequestParser(
             max_key=proxy.max_key, max_value=proxy.max_value, max_line=mc.DEFAULT_MAX_LINE_BYTES
@@ -534,7 +533,7 @@ class _MemcacheClient(_Client):
     def handle_all(self, data: bytes) -> None:
         proxy = self.proxy
         counters = proxy.counters
-        now = proxy.loop.time()
+        now = proxy.clock()
         router = proxy.router
         for item in self.parser.feed(data):
             if self.closing:
@@ -597,7 +596,7 @@ class _MemcacheClient(_Client):
         for index, shard in enumerate(targets):
             data = payload
             if index >= replicas:  # a hot key's extra copy
-                data = self.hot_copy_write(item, payload, proxy.settings.hot_ttl)
+                data = self.hot_copy_write(item, payload, proxy.hot_ttl)
             proxy.send(self, shard, data, fan, index, mc.ReplyKind.LINE)
 
     @staticmethod
@@ -624,7 +623,7 @@ class _MemcacheClient(_Client):
 
 
 class _RedisClient(_Client):
-    def __init__(self, proxy: ShardProxy) -> None:
+    def __init__(self, proxy: ProxyState) -> None:
         super().__init__(proxy)
         self.parser = resp.CommandParser(max_value=proxy.max_value)
 
@@ -634,7 +633,7 @@ class _RedisClient(_Client):
     def handle_all(self, data: bytes) -> None:
         proxy = self.proxy
         counters = proxy.counters
-        now = proxy.loop.time()
+        now = proxy.clock()
         for item in self.parser.feed(data):
             if self.closing:
                 break
@@ -739,7 +738,7 @@ class _RedisClient(_Client):
         for index, shard in enumerate(targets):
             data = item.raw
             if index >= router.replicas:
-                data = self.hot_copy_write(item, proxy.settings.hot_ttl)
+                data = self.hot_copy_write(item, proxy.hot_ttl)
             proxy.send(self, shard, data, fan, index, None)
 
     @staticmethod
@@ -840,3 +839,131 @@ def _all_ok(replies: list[Any]) -> bytes:
         if reply != b"+OK\r\n":
             return cast(bytes, reply)
     return b"+OK\r\n"
+
+
+# -- the state every connection shares ---------------------------------------------------------
+
+
+class ProxyState:
+    """What the connections of one proxy share: the router, the counters, the upstream
+    connections of every shard, and the connections waiting to be written to.
+
+    Args:
+        router: the placement and health decisions.
+        shards: the shard names.
+        memcache: memcached text protocol (else RESP).
+        server_connections: connections per shard.
+        max_key, max_value, max_pending, max_connections, hot_ttl: the limits.
+        clock: the event loop's clock.
+        call_soon: the event loop's ``call_soon``.
+        open_upstream: starts connecting a new upstream connection (the proxy's task).
+        on_ejection: told ``(shard, reason)`` when a shard is ejected.
+    """
+
+    def __init__(
+        self,
+        router: ShardRouter,
+        shards: list[str],
+        *,
+        memcache: bool,
+        server_connections: int,
+        max_key: int,
+        max_value: int,
+        max_pending: int,
+        max_connections: int,
+        hot_ttl: float,
+        clock: Callable[[], float],
+        call_soon: Callable[[Callable[[], None]], object],
+        open_upstream: Callable[[_Upstream], None],
+        on_ejection: Callable[[str, str], None],
+    ) -> None:
+        self.router = router
+        self.memcache = memcache
+        self.max_key = max_key
+        self.max_value = max_value
+        self.max_pending = max_pending
+        self.max_connections = max_connections
+        self.hot_ttl = hot_ttl
+        self.hot_possible = router.hot_keys is not None
+        self.clock = clock
+        self._call_soon = call_soon
+        self._open_upstream = open_upstream
+        self._on_ejection = on_ejection
+        self.counters = Counters()
+        self.clients: set[_Client] = set()
+        self.dirty: set[_Client] = set()
+        self.dirty_upstreams: list[_Upstream] = []
+        self.upstreams: dict[str, list[_Upstream | None]] = {
+            name: [None] * server_connections for name in shards
+        }
+        self.draining = False
+        self.idle: asyncio.Event | None = None
+        self._index = 0
+        self._flush_scheduled = False
+
+    def next_index(self) -> int:
+        self._index += 1
+        return self._index
+
+    def send(
+        self,
+        client: _Client | None,
+        shard: str,
+        data: bytes,
+        slot: _Slot,
+        index: int,
+        kind: mc.ReplyKind | None,
+    ) -> None:
+        """Queue ``data`` for ``shard``; ``slot.deliver(index, ...)`` gets the reply."""
+        if kind is None and self.memcache:
+            kind = mc.ReplyKind.LINE
+        conns = self.upstreams[shard]
+        at = (client.index if client is not None else 0) % len(conns)
+        conn = conns[at]
+        if conn is None or conn.closed:
+            conn = _Upstream(self, shard)
+            conns[at] = conn
+            self._open_upstream(conn)
+        conn.send(data, slot, index, kind)
+
+    def forget(self, conn: _Upstream) -> None:
+        conns = self.upstreams[conn.shard]
+        for i, each in enumerate(conns):
+            if each is conn:
+                conns[i] = None
+
+    def log_ejection(self, shard: str, reason: str) -> None:
+        self._on_ejection(shard, reason)
+
+    def schedule_flush(self) -> None:
+        """Write what waits for the upstreams and the clients once, after every socket that
+        is ready now was read: one system call per connection, not per request."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        dirty = self.dirty_upstreams
+        while dirty:
+            dirty.pop().flush()
+        clients = self.dirty
+        while clients:
+            clients.pop().flush()
+
+    def expire(self, timeout: float) -> int:
+        """Fail the upstream connections whose requests waited longer than ``timeout``;
+        returns how many."""
+        now = self.clock()
+        expired = [
+            conn
+            for conns in self.upstreams.values()
+            for conn in conns
+            if conn is not None and conn.waiting and now - conn.progress > timeout
+        ]
+        for conn in expired:
+            self.counters.timeouts += 1
+            conn.fail(f"no reply within {timeout:g}s")
+        if expired:
+            self.schedule_flush()
+        return len(expired)

@@ -22,10 +22,9 @@ from podkit.ambassador.shard import _memcache as mc
 from podkit.ambassador.shard import _resp as resp
 from podkit.ambassador.shard._connections import (
     Counters,
-    _Client,
+    ProxyState,
     _MemcacheClient,
     _RedisClient,
-    _Slot,
     _Upstream,
 )
 from podkit.ambassador.shard._hotkeys import HotKeys
@@ -107,16 +106,6 @@ class ShardProxy:
         self.reuse_port = reuse_port
         self.registry = registry
         self.log = log
-        self.counters = Counters()
-        self.clients: set[_Client] = set()
-        self.dirty: set[_Client] = set()
-        self.dirty_upstreams: list[_Upstream] = []
-        self.upstreams: dict[str, list[_Upstream | None]] = {
-            name: [None] * settings.server_connections for name, _ in settings.shards
-        }
-        self.draining = False
-        self.idle: asyncio.Event | None = None
-        self.hot_possible = self.router.hot_keys is not None
         memcache = settings.protocol == "memcached"
         self.max_key = settings.max_key_bytes or (
             mc.MAX_KEY_BYTES if memcache else resp.DEFAULT_MAX_KEY_BYTES
@@ -124,29 +113,51 @@ class ShardProxy:
         self.max_value = settings.max_value_bytes or (
             mc.DEFAULT_MAX_VALUE_BYTES if memcache else resp.DEFAULT_MAX_VALUE_BYTES
         )
-        self._index = 0
+        self.state: ProxyState | None = None
         self._server: asyncio.Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._flush_scheduled = False
         self._stack = contextlib.AsyncExitStack()
         self._collector: _ShardCollector | None = None
         self.port = 0
 
     @property
+    def shared(self) -> ProxyState:
+        """The state the connections share (set once the proxy is open)."""
+        if self.state is None:
+            raise PodkitError("the proxy is not open")
+        return self.state
+
+    @property
+    def counters(self) -> Counters:
+        return self.shared.counters
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
 
-    def next_index(self) -> int:
-        self._index += 1
-        return self._index
-
     async def __aenter__(self) -> ShardProxy:
         settings = self.settings
+        loop = self.loop
+        state = self.state = ProxyState(
+            self.router,
+            [name for name, _ in settings.shards],
+            memcache=settings.protocol == "memcached",
+            server_connections=settings.server_connections,
+            max_key=self.max_key,
+            max_value=self.max_value,
+            max_pending=settings.max_pending,
+            max_connections=settings.max_connections,
+            hot_ttl=settings.hot_ttl,
+            clock=loop.time,
+            call_soon=loop.call_soon,
+            open_upstream=self._open_upstream,
+            on_ejection=self._log_ejection,
+        )
         factory = _MemcacheClient if settings.protocol == "memcached" else _RedisClient
         try:
-            self._server = await self.loop.create_server(
-                lambda: factory(self),
+            self._server = await loop.create_server(
+                lambda: factory(state),
                 settings.listen.host,
                 settings.listen.port,
                 reuse_port=self.reuse_port or None,
@@ -171,18 +182,20 @@ class ShardProxy:
         """Stop listening, close every connection and end the ticker."""
         if self._server is not None:
             self._server.close()
-        for client in list(self.clients):
-            if client.transport is not None:
-                client.transport.abort()
-        for conns in self.upstreams.values():
-            for conn in conns:
-                if conn is None:
-                    continue
-                conn.closed = True
-                if conn.task is not None:
-                    conn.task.cancel()
-                if conn.transport is not None:
-                    conn.transport.abort()
+        state = self.state
+        if state is not None:
+            for client in list(state.clients):
+                if client.transport is not None:
+                    client.transport.abort()
+            for conns in state.upstreams.values():
+                for conn in conns:
+                    if conn is None:
+                        continue
+                    conn.closed = True
+                    if conn.task is not None:
+                        conn.task.cancel()
+                    if conn.transport is not None:
+                        conn.transport.abort()
         if self._ticker is not None:
             self._ticker.cancel()
         try:
@@ -196,46 +209,24 @@ class ShardProxy:
     async def drain(self, timeout: float) -> None:
         """Stop taking connections, close each client once it is owed no reply, and wait up
         to ``timeout`` for that."""
-        self.draining = True
+        state = self.shared
+        state.draining = True
         if self._server is not None:
             self._server.close()
-        self.idle = asyncio.Event()
-        for client in list(self.clients):
+        state.idle = idle = asyncio.Event()
+        for client in list(state.clients):
             client.flush()  # closes the clients that are owed nothing
-        if self.clients:
+        if state.clients:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await self.idle.wait()
+                    await idle.wait()
 
-    # -- sending ------------------------------------------------------------------------
-
-    def _connection(self, shard: str, client: _Client | None) -> _Upstream:
-        conns = self.upstreams[shard]
-        slot = (client.index if client is not None else 0) % len(conns)
-        conn = conns[slot]
-        if conn is None or conn.closed:
-            conn = _Upstream(self, shard)
-            conns[slot] = conn
-            address = self.addresses[shard]
-            assert self._tasks is not None
-            conn.task = self._tasks.create_task(
-                self._connect(conn, address.host, address.port), name=f"shard-connect-{shard}"
-            )
-        return conn
-
-    def send(
-        self,
-        client: _Client | None,
-        shard: str,
-        data: bytes,
-        slot: _Slot,
-        index: int,
-        kind: mc.ReplyKind | None,
-    ) -> None:
-        """Queue ``data`` for ``shard``; ``slot.deliver(index, ...)`` gets the reply."""
-        if kind is None and self.settings.protocol == "memcached":
-            kind = mc.ReplyKind.LINE
-        self._connection(shard, client).send(data, slot, index, kind)
+    def _open_upstream(self, conn: _Upstream) -> None:
+        address = self.addresses[conn.shard]
+        assert self._tasks is not None
+        conn.task = self._tasks.create_task(
+            self._connect(conn, address.host, address.port), name=f"shard-connect-{conn.shard}"
+        )
 
     async def _connect(self, conn: _Upstream, host: str, port: int) -> None:
         self.counters.upstream_connects += 1
@@ -247,37 +238,9 @@ class ShardProxy:
                 conn.fail("connect timed out")
             else:
                 conn.fail(f"connect failed: {exc.strerror or exc}")
-            self.schedule_flush()
+            self.shared.schedule_flush()
 
-    def forget(self, conn: _Upstream) -> None:
-        conns = self.upstreams[conn.shard]
-        for i, each in enumerate(conns):
-            if each is conn:
-                conns[i] = None
-
-    def schedule_flush(self) -> None:
-        """Write what is waiting for the upstreams and the clients once, after every socket
-        that is ready now was read: one system call per connection, not per request."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self.flush_upstreams()
-        self.flush_clients()
-
-    def flush_upstreams(self) -> None:
-        dirty = self.dirty_upstreams
-        while dirty:
-            dirty.pop().flush()
-
-    def flush_clients(self) -> None:
-        dirty = self.dirty
-        while dirty:
-            dirty.pop().flush()
-
-    def log_ejection(self, shard: str, reason: str) -> None:
+    def _log_ejection(self, shard: str, reason: str) -> None:
         if self.log is not None:
             self.log.warning(
                 "shard ejected",
@@ -290,18 +253,7 @@ class ShardProxy:
         interval = max(0.01, min(timeout / 4, 0.25))
         while True:
             await asyncio.sleep(interval)
-            now = self.loop.time()
-            expired = [
-                conn
-                for conns in self.upstreams.values()
-                for conn in conns
-                if conn is not None and conn.waiting and now - conn.progress > timeout
-            ]
-            for conn in expired:
-                self.counters.timeouts += 1
-                conn.fail(f"no reply within {timeout:g}s")
-            if expired:
-                self.schedule_flush()
+            self.shared.expire(timeout)
 
     # -- reporting ----------------------------------------------------------------------
 
@@ -339,7 +291,7 @@ class ShardProxy:
                 }
                 for h in self.router.hottest(hottest)
             ],
-            "clients": len(self.clients),
+            "clients": len(self.shared.clients),
             "commands": self.counters.commands,
         }
 
@@ -408,7 +360,7 @@ def shard_metrics(proxy: ShardProxy) -> Iterator[Metric]:
     yield ejections
     yield state
     clients = GaugeMetricFamily(f"{prefix}_connections", "Client connections open now.")
-    clients.add_metric([], len(proxy.clients))
+    clients.add_metric([], len(proxy.shared.clients))
     yield clients
     counters = proxy.counters
     for attr, name, help_text in (
