@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from podkit.ambassador.shard import Placement
 from podkit.ambassador.shard._memcache import ReplyKind
@@ -224,3 +225,49 @@ def test_quit_closes_after_the_replies_before_it(
     while chunk := sock.recv(100):
         data += chunk
     assert data == b"STORED\r\n"
+
+
+def test_two_workers_share_the_port_and_the_admin_merges_their_shards(
+    memcached_shards: list[MemcachedServer], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy("memcached", memcached_shards, "--workers", "2")
+    conns = [MemcacheConn(proxy.port) for _ in range(8)]
+    for i, conn in enumerate(conns):
+        assert conn.set(b"w%d" % i, b"x") == b"STORED\r\n"
+    keys = [b"w%d" % i for i in range(8)]
+    assert [k for k, _ in conns[0].get(*keys).items] == keys
+
+    def merged() -> bool:
+        document = proxy.shards()
+        return document.get("workers") == 2 and document["commands"] >= 9
+
+    wait_for(merged, timeout=10, what="both workers in /shards")
+    document = proxy.shards()
+    assert sum(s["requests"] for s in document["shards"]) >= 16
+    assert "podkit_shard_commands" in proxy.metrics()
+
+
+def test_a_shards_file_is_followed_when_it_changes(
+    memcached_shards: list[MemcachedServer], start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    shards_file = tmp_path / "shards.txt"
+    # Discovery-file lines (SCHEME://HOST:PORT) are named after their address.
+    lines = [f"memcached://127.0.0.1:{s.port}" for s in memcached_shards]
+    shards_file.write_text("# shards\n" + "\n".join(lines[:3]) + "\n")
+    proxy = start_proxy("memcached", [], "--shards-file", str(shards_file))
+    assert [s["name"] for s in proxy.shards()["shards"]] == [line[12:] for line in lines[:3]]
+    conn = MemcacheConn(proxy.port)
+    keys = [b"f%d" % i for i in range(200)]
+    for key in keys:
+        conn.set(key, key)
+    shards_file.write_text("\n".join(lines) + "\n")
+    wait_for(lambda: len(proxy.shards()["shards"]) == 4, timeout=10, what="the fourth shard")
+    # Only the keys the new shard took from the others moved (ketama): the rest still hit.
+    placement = Placement([line[12:] for line in lines])
+    reply = conn.get(*keys)
+    found = {k for k, _ in reply.items}
+    assert found == {k for k in keys if placement.pick(k) != lines[3][12:]}
+    shards_file.write_text("not a shard line\n")
+    proxy.process.signal(signal.SIGHUP)
+    wait_for(lambda: "shards file not applied" in proxy.process.output(), timeout=10)
+    assert len(proxy.shards()["shards"]) == 4

@@ -398,7 +398,8 @@ class _Upstream(asyncio.Protocol):
             self.fail(f"protocol error: {exc}")
         else:
             self.progress = proxy.clock()
-            proxy.router.record_success(self.shard, self.progress)
+            if self.shard in proxy.router.health:
+                proxy.router.record_success(self.shard, self.progress)
         proxy.schedule_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -415,8 +416,8 @@ class _Upstream(asyncio.Protocol):
         proxy.forget(self)
         if self.transport is not None:
             self.transport.abort()
-        ejected = proxy.router.record_failure(self.shard, proxy.clock())
-        if ejected:
+        router = proxy.router
+        if self.shard in router.health and router.record_failure(self.shard, proxy.clock()):
             proxy.log_ejection(self.shard, reason)
         self.out.clear()
         failure = ShardFailure(self.shard, reason)
@@ -917,7 +918,10 @@ class ProxyState:
         """Queue ``data`` for ``shard``; ``slot.deliver(index, ...)`` gets the reply."""
         if kind is None and self.memcache:
             kind = mc.ReplyKind.LINE
-        conns = self.upstreams[shard]
+        conns = self.upstreams.get(shard)
+        if conns is None:  # removed from the shard list while the request was routed
+            slot.deliver(index, ShardFailure(shard, "shard removed from the shard list"), shard)
+            return
         at = (client.index if client is not None else 0) % len(conns)
         conn = conns[at]
         if conn is None or conn.closed:
@@ -927,7 +931,7 @@ class ProxyState:
         conn.send(data, slot, index, kind)
 
     def forget(self, conn: _Upstream) -> None:
-        conns = self.upstreams[conn.shard]
+        conns = self.upstreams.get(conn.shard, [])
         for i, each in enumerate(conns):
             if each is conn:
                 conns[i] = None

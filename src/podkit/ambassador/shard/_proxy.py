@@ -221,6 +221,35 @@ class ShardProxy:
                 async with asyncio.timeout(timeout):
                     await idle.wait()
 
+    def set_shards(self, shards: list[tuple[str, HostPort]]) -> bool:
+        """Route over another shard list from now on (a shards file changed).
+
+        Shards that stay keep their health and connections; the connections of removed
+        shards are closed (what they still owed is answered with an error). Returns False,
+        changing nothing, when the list is the same.
+
+        Raises:
+            ValueError: the list is empty, repeats a name, or is shorter than ``replicas``.
+        """
+        addresses = dict(shards)
+        if addresses == self.addresses:
+            return False
+        router = self.router.with_shards([name for name, _ in shards])
+        state = self.shared
+        moved = {n for n, a in self.addresses.items() if addresses.get(n) != a}
+        self.router = state.router = router
+        state.hot_possible = router.hot_keys is not None
+        self.addresses = addresses
+        per_shard = self.settings.server_connections
+        for name in moved:
+            for conn in state.upstreams.pop(name, []):
+                if conn is not None:
+                    conn.fail("shard removed from the shard list")
+        for name in addresses:
+            state.upstreams.setdefault(name, [None] * per_shard)
+        state.schedule_flush()
+        return True
+
     def _open_upstream(self, conn: _Upstream) -> None:
         address = self.addresses[conn.shard]
         assert self._tasks is not None

@@ -336,6 +336,32 @@ class ShardRouter:
         owners = self.placement.first(self.hashed(key), self.replicas)
         return shard not in owners
 
+    def with_shards(self, shards: Sequence[str]) -> ShardRouter:
+        """A router over another shard list with the same options; shards present in both
+        keep their health (an ejected shard stays ejected). Hot-key heat starts again.
+
+        Raises:
+            ValueError: the list is empty, repeats a name, or is shorter than ``replicas``.
+        """
+        hot = self.hot_keys
+        router = ShardRouter(
+            shards,
+            algorithm=self.placement.algorithm,
+            key_hash=self.placement.key_hash,
+            hash_tag=self.hash_tag,
+            replicas=self.replicas,
+            fail_limit=self.fail_limit,
+            retry_after=self.retry_after,
+            hot_keys=None if hot is None else HotKeys(len(shards), capacity=hot.sketch.capacity),
+        )
+        for name in shards:
+            if name in self.health:
+                router.health[name] = self.health[name]
+        router._unavailable = sum(
+            1 for h in router.health.values() if h.state is not ShardState.READY
+        )
+        return router
+
     # -- health -------------------------------------------------------------------------
 
     def record_success(self, shard: str, now: float) -> None:

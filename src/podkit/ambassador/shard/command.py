@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +37,24 @@ from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
 from podkit.runtime.config import parse_hostport
 from podkit.runtime.httpserver import Request, Response
 
+FILE_POLL_INTERVAL = 1.0  # seconds between checks of --shards-file, as balance's backends file
 MAX_SHARDS = 1024  # a proxy fanning out to more shards wants a second tier, not one process
 
 
 def parse_shard(
     text: str, *, source: str = "<flags>", path: str = "--shard"
 ) -> tuple[str, HostPort]:
-    """Parse ``NAME=HOST:PORT`` (or ``HOST:PORT``, named after itself).
+    """Parse ``NAME=HOST:PORT``, or ``HOST:PORT`` and ``SCHEME://HOST:PORT`` (the lines of a
+    pod file's discovery file), named after the address.
 
     Raises:
         ConfigError: the text is not of that form.
     """
-    name, sep, address = text.strip().partition("=")
+    text = text.strip()
+    name, sep, address = text.partition("=")
     if not sep:
-        name, address = text.strip(), text.strip()
+        # "HOST:PORT", or a discovery file's "SCHEME://HOST:PORT": named after the address.
+        name = address = text.partition("://")[2] if "://" in text else text
     name = name.strip()
     if not name or any(c.isspace() for c in name):
         raise ConfigError(
@@ -62,7 +69,8 @@ def parse_shard(
 
 
 def read_shards_file(path: Path) -> list[tuple[str, HostPort]]:
-    """Read a shards file: one ``NAME=HOST:PORT`` a line; ``#`` starts a comment.
+    """Read a shards file: one ``NAME=HOST:PORT`` (or ``HOST:PORT``) a line; ``#`` starts a
+    comment.
 
     Raises:
         ConfigError: the file cannot be read or a line is malformed (named by number).
@@ -109,8 +117,20 @@ def build_settings(
     )
 
 
-async def serve_shard(rt: Runtime, settings: ShardSettings, *, reuse_port: bool = False) -> None:
-    """Serve the sharding proxy until the runtime drains."""
+async def serve_shard(
+    rt: Runtime,
+    settings: ShardSettings,
+    *,
+    reuse_port: bool = False,
+    shards_file: Path | None = None,
+    flag_shards: tuple[tuple[str, HostPort], ...] = (),
+) -> None:
+    """Serve the sharding proxy until the runtime drains.
+
+    With ``shards_file``, the file is read again when it changes and on SIGHUP (its shards
+    follow ``flag_shards``, the ``--shard`` flags).
+    """
+    watch: asyncio.Task[None] | None = None
     async with ShardProxy(
         settings, reuse_port=reuse_port, registry=rt.registry, log=rt.log
     ) as proxy:
@@ -119,6 +139,22 @@ async def serve_shard(rt: Runtime, settings: ShardSettings, *, reuse_port: bool 
             return Response.json(200, json.dumps(proxy.shards_document(), indent=1))
 
         rt.add_route("/shards", shards_route)
+        if shards_file is not None:
+
+            def reload_shards() -> None:
+                try:
+                    shards = [*flag_shards, *read_shards_file(shards_file)]
+                    changed = proxy.set_shards(shards)
+                except (ConfigError, ValueError) as exc:
+                    rt.log.error("shards file not applied", extra={"reason": str(exc)})
+                    return
+                if changed:
+                    rt.log.info("shards changed", extra={"shards": [n for n, _ in shards]})
+
+            rt.on_reload(reload_shards)
+            watch = asyncio.get_running_loop().create_task(
+                _watch_file(shards_file, reload_shards), name="shard-watch-shards-file"
+            )
         link = worker_link()
         if link is not None:
             link.handle("shards", lambda payload: proxy.shards_document())
@@ -131,12 +167,50 @@ async def serve_shard(rt: Runtime, settings: ShardSettings, *, reuse_port: bool 
             },
         )
         rt.set_ready()
-        await rt.wait_draining()
-        await proxy.drain(rt.drain_timeout)
+        try:
+            await rt.wait_draining()
+            await proxy.drain(rt.drain_timeout)
+        finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
 
 
-async def _worker_main(rt: Runtime, settings: ShardSettings) -> None:
-    await serve_shard(rt, settings, reuse_port=True)
+async def _watch_file(path: Path, changed: Callable[[], None]) -> None:
+    """Call ``changed`` when ``path``'s modification time or size changes."""
+
+    def stamp() -> tuple[float, int] | None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_mtime, info.st_size
+
+    last = stamp()
+    while True:
+        await asyncio.sleep(FILE_POLL_INTERVAL)
+        now = stamp()
+        if now != last and now is not None:
+            last = now
+            changed()
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkerSettings:
+    settings: ShardSettings
+    shards_file: Path | None
+    flag_shards: tuple[tuple[str, HostPort], ...]
+
+
+async def _worker_main(rt: Runtime, worker: _WorkerSettings) -> None:
+    await serve_shard(
+        rt,
+        worker.settings,
+        reuse_port=True,
+        shards_file=worker.shards_file,
+        flag_shards=worker.flag_shards,
+    )
 
 
 @click.command()
@@ -164,7 +238,8 @@ async def _worker_main(rt: Runtime, settings: ShardSettings) -> None:
 @click.option(
     "--shards-file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="File of shards, one NAME=HOST:PORT a line (# comments); added to --shard.",
+    help="File of shards, one NAME=HOST:PORT a line (# comments), after --shard's; "
+    "re-read when it changes and on SIGHUP.",
 )
 @click.option(
     "--algo",
@@ -307,7 +382,8 @@ def command(
     spreads hot keys over extra shards. GET /shards on --admin shows each shard's state,
     share and errors and the hottest keys.
     """
-    shards = [parse_shard(text) for text in shard_texts]
+    flag_shards = tuple(parse_shard(text) for text in shard_texts)
+    shards = list(flag_shards)
     if shards_file is not None:
         shards.extend(read_shards_file(shards_file))
     if max_key_bytes is not None and protocol == "memcached" and max_key_bytes > 250:
@@ -335,7 +411,7 @@ def command(
 
     async def main(rt: Runtime) -> None:
         if workers == 1:
-            await serve_shard(rt, settings)
+            await serve_shard(rt, settings, shards_file=shards_file, flag_shards=flag_shards)
             return
         pool = WorkerPool()
 
@@ -351,8 +427,9 @@ def command(
                 "starting workers",
                 extra={"workers": workers, "listen": f"{settings.listen.host}:{port}"},
             )
+            worker = _WorkerSettings(shared, shards_file, flag_shards)
             await serve_workers(
-                rt, count=workers, main=_worker_main, settings=shared, name="shard", pool=pool
+                rt, count=workers, main=_worker_main, settings=worker, name="shard", pool=pool
             )
 
     return run_component("shard", main, runtime)
