@@ -133,3 +133,22 @@ def test_merged_values_follow_the_order_asked() -> None:
 
 def test_an_item_is_stored_again_with_a_new_expiry() -> None:
     assert item_as_set(b"VALUE k 7 2 99\r\nhi\r\n", 10) == b"set k 7 10 2\r\nhi\r\n"
+
+
+def test_meta_requests_and_replies_are_cut_one_byte_at_a_time() -> None:
+    wire = b"ms k 2 T10\r\nhi\r\nmg k v\r\nmn\r\n"
+    out = feed_bytewise(RequestParser(), wire)
+    assert [(r.command, r.keys, r.data) for r in out if isinstance(r, Request)] == [
+        (b"ms", [b"k"], b"hi"),
+        (b"mg", [b"k"], None),
+        (b"mn", [], None),
+    ]
+    assert [r.reply_kind for r in out if isinstance(r, Request)][:2] == [ReplyKind.META] * 2
+    replies = b"HD\r\nVA 2 f0\r\nhi\r\nEN\r\n"
+    reader = ReplyReader()
+    got = []
+    for i in range(len(replies)):
+        reader.feed(replies[i : i + 1])
+        while (reply := reader.next_reply(ReplyKind.META)) is not None:
+            got.append(reply.raw)
+    assert got == [b"HD\r\n", b"VA 2 f0\r\nhi\r\n", b"EN\r\n"]

@@ -271,3 +271,29 @@ def test_a_shards_file_is_followed_when_it_changes(
     proxy.process.signal(signal.SIGHUP)
     wait_for(lambda: "shards file not applied" in proxy.process.output(), timeout=10)
     assert len(proxy.shards()["shards"]) == 4
+
+
+def test_meta_commands_are_routed_by_key(
+    memcached_shards: list[MemcachedServer], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy("memcached", memcached_shards)
+    conn = MemcacheConn(proxy.port)
+    meta = ReplyKind.META
+    replies = conn.call(
+        b"ms mk 2 T60 F5\r\nhi\r\nmg mk v f\r\nma cnt N0 J7 v\r\nma cnt v\r\n"
+        b"md mk\r\nmg mk v\r\nmn\r\n",
+        [meta, meta, meta, meta, meta, meta, LINE],
+    )
+    assert [r.raw for r in replies] == [
+        b"HD\r\n",
+        b"VA 2 f5\r\nhi\r\n",
+        b"VA 1\r\n7\r\n",
+        b"VA 1\r\n8\r\n",
+        b"HD\r\n",
+        b"EN\r\n",
+        b"MN\r\n",
+    ]
+    assert conn.line(b"mg mk v q\r\n").startswith(b"CLIENT_ERROR meta flags q and b")
+    # The key is where a text-protocol get finds it.
+    conn.call(b"ms other 1\r\nx\r\n", [meta])
+    assert conn.get(b"other").items[0][1] == b"VALUE other 0 1\r\nx\r\n"

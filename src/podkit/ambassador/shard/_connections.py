@@ -549,6 +549,16 @@ class _MemcacheClient(_Client):
             if item.local is not None:
                 self.local(item)
                 continue
+            if item.command == b"mg":
+                targets = router.read_targets(item.keys[0], now, spread=False)
+                if not targets:
+                    self.no_shard(False)
+                    continue
+                payload = item.encode()
+                meta = _Single(self, payload, targets, mc.ReplyKind.META)
+                self.slots.append(meta)
+                proxy.send(self, targets[0], payload, meta, 0, mc.ReplyKind.META)
+                continue
             if item.command in mc.RETRIEVAL:
                 spread = item.command == b"get"
                 candidates: dict[bytes, list[str]] = {}
@@ -581,15 +591,17 @@ class _MemcacheClient(_Client):
     def write(self, item: mc.Request, now: float) -> None:
         proxy = self.proxy
         key = item.keys[0]
-        targets = proxy.router.write_targets(key, now, delete=item.command == b"delete")
+        delete = item.command == b"delete" or item.command == b"md"
+        targets = proxy.router.write_targets(key, now, delete=delete)
         if not targets:
             self.no_shard(item.noreply)
             return
         payload = item.encode()
+        kind = item.reply_kind
         if len(targets) == 1:
-            slot: _Slot = _Single(self, payload, targets, mc.ReplyKind.LINE, quiet=item.noreply)
+            slot: _Slot = _Single(self, payload, targets, kind, quiet=item.noreply)
             self.slots.append(slot)
-            proxy.send(self, targets[0], payload, slot, 0, mc.ReplyKind.LINE)
+            proxy.send(self, targets[0], payload, slot, 0, kind)
             return
         fan = _Fanout(self, len(targets), item.noreply)
         self.slots.append(fan)
@@ -598,7 +610,7 @@ class _MemcacheClient(_Client):
             data = payload
             if index >= replicas:  # a hot key's extra copy
                 data = self.hot_copy_write(item, payload, proxy.hot_ttl)
-            proxy.send(self, shard, data, fan, index, mc.ReplyKind.LINE)
+            proxy.send(self, shard, data, fan, index, kind)
 
     @staticmethod
     def hot_copy_write(item: mc.Request, payload: bytes, ttl: float) -> bytes:
@@ -610,8 +622,10 @@ class _MemcacheClient(_Client):
             if exptime >= 0 and (exptime == 0 or exptime > cap):
                 return item.with_exptime(b"%d" % cap).encode()
             return payload
-        if item.command == b"delete":
+        if item.command == b"delete" or item.command == b"md":
             return payload
+        if item.command in mc.META:
+            return b"md " + item.keys[0] + b"\r\n"
         return b"delete " + item.keys[0] + b"\r\n"
 
     def local(self, item: mc.Request) -> None:
@@ -619,6 +633,8 @@ class _MemcacheClient(_Client):
             self.reply(VERSION_REPLY)
         elif item.local is mc.Local.QUIT:
             self.close_after_replies()
+        elif item.local is mc.Local.NOOP:
+            self.reply(b"MN\r\n")
         else:
             self.reply(b"" if item.noreply else b"OK\r\n")
 

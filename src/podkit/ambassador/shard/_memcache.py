@@ -33,6 +33,7 @@ class ReplyKind(Enum):
 
     LINE = "line"  # one line: STORED, DELETED, a number, VERSION...
     VALUES = "values"  # VALUE items then END (get, gets, gat, gats)
+    META = "meta"  # a meta command's line, with a data block after "VA <size> ..."
 
 
 class Local(Enum):
@@ -41,12 +42,18 @@ class Local(Enum):
     VERSION = "version"
     QUIT = "quit"
     VERBOSITY = "verbosity"
+    NOOP = "noop"  # meta no-op, mn
 
 
 RETRIEVAL = frozenset({b"get", b"gets", b"gat", b"gats"})
 STORAGE = frozenset({b"set", b"add", b"replace", b"append", b"prepend", b"cas"})
-WRITES = STORAGE | {b"delete", b"incr", b"decr", b"touch"}
-KEYED = RETRIEVAL | WRITES
+META = frozenset({b"mg", b"ms", b"md", b"ma"})  # meta commands routed by key
+WRITES = STORAGE | {b"delete", b"incr", b"decr", b"touch", b"ms", b"md", b"ma"}
+KEYED = RETRIEVAL | WRITES | META
+# Meta flags the router cannot pass through: quiet mode (q) leaves replies out, which breaks
+# the matching of replies to requests on a shared connection; base64 keys (b) would be
+# placed by their encoded form.
+REFUSED_META_FLAGS = (b"q", b"b")
 
 
 @dataclass(slots=True)
@@ -71,7 +78,9 @@ class Request:
 
     @property
     def reply_kind(self) -> ReplyKind:
-        return ReplyKind.VALUES if self.command in RETRIEVAL else ReplyKind.LINE
+        if self.command in RETRIEVAL:
+            return ReplyKind.VALUES
+        return ReplyKind.META if self.command in META else ReplyKind.LINE
 
     @property
     def is_write(self) -> bool:
@@ -207,6 +216,10 @@ class RequestParser:
             return self._retrieval(command, args)
         if command in STORAGE:
             return self._storage(command, args)
+        if command in META:
+            return self._meta(command, args)
+        if command == b"mn" and not args:
+            return Request(command, [], [], local=Local.NOOP)
         noreply = bool(args) and args[-1] == b"noreply"
         if noreply:
             args = args[:-1]
@@ -230,6 +243,27 @@ class RequestParser:
         if command == b"verbosity":
             return Request(command, [], args, noreply=noreply, local=Local.VERBOSITY)
         return Fault(b"ERROR\r\n")
+
+    def _meta(self, command: bytes, args: list[bytes]) -> Request | Fault | None:
+        if not args:
+            return Fault(client_error("bad command line format"))
+        flags = args[2:] if command == b"ms" else args[1:]
+        if any(flag[:1] in REFUSED_META_FLAGS for flag in flags):
+            return Fault(client_error("meta flags q and b are not supported by podkit shard"))
+        if command != b"ms":
+            return self._keyed(command, args, False)
+        if len(args) < 2 or not args[1].isdigit():
+            return Fault(client_error("bad data chunk"))
+        length = int(args[1])
+        if length > self.max_value:
+            self._skip = length + 2
+            return Fault(server_error("object too large for cache"))
+        if not _valid_key(args[0], self.max_key):
+            self._skip = length + 2
+            return Fault(client_error("bad command line format"))
+        self._pending = Request(command, [args[0]], args)
+        self._need = length + 2
+        return None
 
     def _keyed(self, command: bytes, args: list[bytes], noreply: bool) -> Request | Fault:
         if not _valid_key(args[0], self.max_key):
@@ -332,6 +366,19 @@ class ReplyReader:
             self._pos = eol + 2
             raw = bytes(buf[start : eol + 2])
             return Reply(raw, error=raw.startswith(_ERROR_PREFIXES))
+        if kind is ReplyKind.META:
+            if not buf.startswith(b"VA ", start):
+                self._pos = eol + 2
+                raw = bytes(buf[start : eol + 2])
+                return Reply(raw, error=raw.startswith(_ERROR_PREFIXES))
+            header = bytes(buf[start + 3 : eol]).split()
+            if not header or not header[0].isdigit():
+                raise UpstreamProtocolError(f"bad VA line {bytes(buf[start:eol])!r}")
+            end = eol + 2 + int(header[0]) + 2
+            if len(buf) < end:
+                return None
+            self._pos = end
+            return Reply(bytes(buf[start:end]))
         items: list[tuple[bytes, bytes]] = []
         pos = start
         while True:
