@@ -258,8 +258,8 @@ async def _worker_main(rt: Runtime, worker: _WorkerSettings) -> None:
 )
 @click.option(
     "--hash-tag",
-    default="",
-    help="Two characters, e.g. '{}': only the part of a key between them is hashed.",
+    default=None,
+    help="Two characters, e.g. '{}': only the part of a key between them is hashed [none].",
 )
 @click.option(
     "--replicas",
@@ -358,7 +358,7 @@ def command(
     shards_file: Path | None,
     algo: str,
     key_hash: str,
-    hash_tag: str,
+    hash_tag: str | None,
     replicas: int,
     fail_limit: int,
     retry_after: float,
@@ -394,7 +394,7 @@ def command(
         shards=shards,
         algorithm=algo,
         key_hash=key_hash,
-        hash_tag=hash_tag,
+        hash_tag=hash_tag or "",
         replicas=replicas,
         fail_limit=fail_limit,
         retry_after=retry_after,
