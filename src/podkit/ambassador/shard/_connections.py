@@ -570,11 +570,13 @@ class _MemcacheClient(_Client):
                         candidates[key] = targets
                 else:
                     first = next(iter(candidates.values()))
-                    if len(candidates) == 1 and len(first) == 1:
-                        targets = first
-                        slot: _Slot = _Single(self, item.encode(), targets, mc.ReplyKind.VALUES)
+                    if len(first) == 1 and all(
+                        t == first for t in candidates.values()
+                    ):  # every key on one shard, with no other candidate: forward as it is
+                        payload = item.encode()
+                        slot: _Slot = _Single(self, payload, first, mc.ReplyKind.VALUES)
                         self.slots.append(slot)
-                        proxy.send(self, targets[0], item.encode(), slot, 0, mc.ReplyKind.VALUES)
+                        proxy.send(self, first[0], payload, slot, 0, mc.ReplyKind.VALUES)
                         continue
                     read = _Read(self, _MemcacheGet(item), candidates)
                     self.slots.append(read)

@@ -17,6 +17,7 @@ read and thrown away, as memcached does). :class:`ReplyReader` cuts an upstream'
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -127,9 +128,12 @@ def server_error(message: str) -> bytes:
     return b"SERVER_ERROR " + message.encode() + CRLF
 
 
+_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
+
+
 def _valid_key(key: bytes, max_key: int) -> bool:
     # Keys are printable: no control characters (the tokeniser already split on spaces).
-    return 0 < len(key) <= max_key and not any(b < 33 or b == 127 for b in key)
+    return 0 < len(key) <= max_key and _CONTROL.search(key) is None
 
 
 def _is_number(token: bytes) -> bool:
@@ -151,7 +155,9 @@ class RequestParser:
     max_line: int = DEFAULT_MAX_LINE_BYTES
     max_value: int = DEFAULT_MAX_VALUE_BYTES
     max_key: int = MAX_KEY_BYTES
-    _buf: bytearray = field(default_factory=bytearray)
+    # Unparsed bytes, kept as ``bytes``: slices of bytes are bytes, so lines and data blocks
+    # come out without a copy to convert them, and a read of whole requests is parsed in place.
+    _buf: bytes = b""
     _pending: Request | None = None  # a storage header waiting for its data block
     _need: int = 0  # bytes of data block (+ CRLF) still expected for _pending
     _skip: int = 0  # bytes of a refused data block still to throw away
@@ -161,8 +167,7 @@ class RequestParser:
         """Add bytes from the client; return every request (or fault) now complete."""
         if self._closed:
             return []
-        buf = self._buf
-        buf += data
+        buf = self._buf + data if self._buf else bytes(data)
         out: list[Request | Fault] = []
         pos = 0
         size = len(buf)
@@ -181,7 +186,7 @@ class RequestParser:
                     out.append(Fault(client_error("bad data chunk"), close=True))
                     self._closed = True
                     break
-                pending.data = bytes(buf[pos : end - 2])
+                pending.data = buf[pos : end - 2]
                 self._pending = None
                 pos = end
                 out.append(pending)
@@ -196,14 +201,12 @@ class RequestParser:
                 out.append(Fault(client_error("line too long"), close=True))
                 self._closed = True
                 break
-            line = bytes(buf[pos:eol])
+            line = buf[pos : eol - 1] if eol > pos and buf[eol - 1] == 13 else buf[pos:eol]
             pos = eol + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
             item = self._request(line)
             if item is not None:
                 out.append(item)
-        del buf[:pos]
+        self._buf = b"" if self._closed else buf[pos:]
         return out
 
     def _request(self, line: bytes) -> Request | Fault | None:
@@ -339,17 +342,13 @@ class ReplyReader:
     """Cut an upstream's bytes into replies; the caller says which kind comes next."""
 
     max_value: int = DEFAULT_MAX_VALUE_BYTES * 2
-    _buf: bytearray = field(default_factory=bytearray)
+    _buf: bytes = b""
     _pos: int = 0
 
     def feed(self, data: bytes) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        elif self._pos > 65536:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        rest = self._buf[self._pos :] if self._pos < len(self._buf) else b""
+        self._buf = rest + data if rest else bytes(data)
+        self._pos = 0
 
     def next_reply(self, kind: ReplyKind) -> Reply | None:
         """The next complete reply of ``kind``, or None until more bytes arrive.
@@ -364,21 +363,21 @@ class ReplyReader:
             return None
         if kind is ReplyKind.LINE:
             self._pos = eol + 2
-            raw = bytes(buf[start : eol + 2])
+            raw = buf[start : eol + 2]
             return Reply(raw, error=raw.startswith(_ERROR_PREFIXES))
         if kind is ReplyKind.META:
             if not buf.startswith(b"VA ", start):
                 self._pos = eol + 2
-                raw = bytes(buf[start : eol + 2])
+                raw = buf[start : eol + 2]
                 return Reply(raw, error=raw.startswith(_ERROR_PREFIXES))
-            header = bytes(buf[start + 3 : eol]).split()
+            header = buf[start + 3 : eol].split()
             if not header or not header[0].isdigit():
-                raise UpstreamProtocolError(f"bad VA line {bytes(buf[start:eol])!r}")
+                raise UpstreamProtocolError(f"bad VA line {buf[start:eol]!r}")
             end = eol + 2 + int(header[0]) + 2
             if len(buf) < end:
                 return None
             self._pos = end
-            return Reply(bytes(buf[start:end]))
+            return Reply(buf[start:end])
         items: list[tuple[bytes, bytes]] = []
         pos = start
         while True:
@@ -386,22 +385,22 @@ class ReplyReader:
                 return None
             if buf.startswith(b"END\r\n", pos):
                 self._pos = pos + 5
-                return Reply(bytes(buf[start : pos + 5]), items)
+                return Reply(buf[start : pos + 5], items)
             if not buf.startswith(b"VALUE ", pos):
                 if items or not buf.startswith(_ERROR_PREFIXES, pos):
-                    raise UpstreamProtocolError(f"unexpected reply line {bytes(buf[pos:eol])!r}")
+                    raise UpstreamProtocolError(f"unexpected reply line {buf[pos:eol]!r}")
                 self._pos = eol + 2
-                return Reply(bytes(buf[start : eol + 2]), error=True)
-            header = bytes(buf[pos + 6 : eol]).split()
+                return Reply(buf[start : eol + 2], error=True)
+            header = buf[pos + 6 : eol].split()
             if len(header) < 3 or not header[2].isdigit():
-                raise UpstreamProtocolError(f"bad VALUE line {bytes(buf[pos:eol])!r}")
+                raise UpstreamProtocolError(f"bad VALUE line {buf[pos:eol]!r}")
             length = int(header[2])
             if length > self.max_value:
                 raise UpstreamProtocolError(f"value of {length} bytes over the limit")
             end = eol + 2 + length + 2
             if len(buf) < end:
                 return None
-            items.append((header[0], bytes(buf[pos:end])))
+            items.append((header[0], buf[pos:end]))
             pos = end
             eol = buf.find(CRLF, pos)
 

@@ -16,7 +16,7 @@ closes, as Redis does. :class:`ReplyReader` cuts an upstream's bytes into raw re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_MAX_VALUE_BYTES = (
     64 * 1024 * 1024
@@ -277,17 +277,13 @@ def value_end(buf: bytes | bytearray, pos: int) -> int:
 class ReplyReader:
     """Cut an upstream's bytes into raw replies."""
 
-    _buf: bytearray = field(default_factory=bytearray)
+    _buf: bytes = b""
     _pos: int = 0
 
     def feed(self, data: bytes) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        elif self._pos > 65536:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        rest = self._buf[self._pos :] if self._pos < len(self._buf) else b""
+        self._buf = rest + data if rest else bytes(data)
+        self._pos = 0
 
     def next_reply(self) -> bytes | None:
         """The next complete reply's bytes, or None until more arrive.
@@ -300,7 +296,7 @@ class ReplyReader:
         if end < 0:
             return None
         self._pos = end
-        return bytes(self._buf[start:end])
+        return self._buf[start:end]
 
 
 def array_items(raw: bytes) -> list[bytes] | None:
