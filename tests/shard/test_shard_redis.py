@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
+
+import pytest
 
 from podkit.ambassador.shard import Placement
 from podkit.ambassador.shard._resp import array_items, bulk, integer
 from podkit.testing import RedisServer
+from podkit.testing.net import wait_for
 
 from .conftest import ProxyFactory, RedisConn
 
@@ -154,3 +158,67 @@ def test_a_hot_key_is_spread_and_its_copies_follow_writes(
     assert conn.call(b"DEL", b"viral") == integer(1)
     for server in redis_shards:
         assert RedisConn(server.port).call(b"EXISTS", b"viral") == integer(0)
+
+
+def _hammer(
+    port: int, keys: list[bytes], stop: threading.Event, replies: list[list[bytes]]
+) -> None:
+    conn = RedisConn(port, timeout=5.0)  # a hang would fail the pipeline with a timeout
+    while not stop.is_set():
+        replies.append(conn.pipeline([[b"GET", k] for k in keys]))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_shard_killed_under_concurrent_load_never_hangs_a_client(
+    redis_shards: list[RedisServer], start_proxy: ProxyFactory, replicas: int
+) -> None:
+    """Four clients pipeline reads while a shard is killed: every pipeline is answered in
+    full; without replicas the dead shard's keys get -ERR, with two none fails once the
+    shard is ejected."""
+    proxy = start_proxy(
+        "redis", redis_shards, "--replicas", str(replicas), "--timeout", "500ms",
+        "--retry-after", "1m",
+    )  # fmt: skip
+    keys = [b"load%d" % i for i in range(100)]
+    RedisConn(proxy.port).pipeline([[b"SET", k, k] for k in keys])
+    stop = threading.Event()
+    results: list[list[list[bytes]]] = [[] for _ in range(4)]
+    threads = [
+        threading.Thread(target=_hammer, args=(proxy.port, keys, stop, results[i]))
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: all(len(r) >= 3 for r in results), timeout=20, what="load running")
+        redis_shards[1].kill()
+        seen = [len(r) for r in results]
+        wait_for(
+            lambda: all(len(r) >= s + 5 for r, s in zip(results, seen, strict=True)),
+            timeout=30,
+            what="pipelines answered after the kill",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    placement = Placement(NAMES)
+    errors = 0
+    for result in results:
+        for replies in result:
+            assert len(replies) == len(keys)
+            for key, reply in zip(keys, replies, strict=True):
+                if reply.startswith(b"-"):
+                    assert reply.startswith(b"-ERR shard s1 unavailable")
+                    assert placement.pick(key) == "s1"
+                    errors += 1
+                else:
+                    assert reply in (bulk(key), b"$-1\r\n")
+    if replicas == 1:
+        assert errors >= 1
+    else:
+        assert errors == 0
+        # Every read found its value: on the key's first shard or on its second.
+        assert all(r != b"$-1\r\n" for result in results for rs in result for r in rs)
+    assert proxy.shards()["shards"][1]["state"] == "ejected"
