@@ -16,8 +16,9 @@ set follows the traffic (a key that went viral an hour ago is cold again).
 A key is *hot* when it was counted at least ``MIN_COUNT`` times and its share of the
 requests is at least twice ``COPY_SHARE`` of one shard's mean share (``1 / shards``); it is
 then kept on ``ceil(share * shards / COPY_SHARE)`` shards (at most all of them), its first
-shards in the sharding function's preference order, so every process picks the same ones. The router sends each read of a hot key to the least loaded of
-its copies and each write to all of them.
+shards in the sharding function's preference order, so every process picks the same ones.
+The router sends each read of a hot key to the least loaded of its copies and each write to
+all of them.
 """
 
 from __future__ import annotations
