@@ -104,6 +104,8 @@ def podkit_argv(port: int, backends: list[int], *extra: str) -> list[str]:
         "balance",
         "--listen",
         f"127.0.0.1:{port}",
+        "--access-log",
+        "off",  # the peers run with access_log off
         "--log-level",
         "warning",
         *flags,

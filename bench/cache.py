@@ -106,6 +106,8 @@ def podkit_argv(port: int, origin: int) -> list[str]:
         f"127.0.0.1:{port}",
         "--upstream",
         f"http://127.0.0.1:{origin}",
+        "--access-log",
+        "off",  # the peers run with access_log off
         "--log-level",
         "warning",
     ]

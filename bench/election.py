@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import itertools
 import json
 import os
@@ -269,7 +270,7 @@ def run_chaos(kind: str, *, duration: float, ttl: str, rng: random.Random) -> Ch
                 ):
                     continue
                 actions[action] += 1
-                timeline.append((time.monotonic(), action))
+                timeline.append((time.time(), action))  # wall time, as the logs' ts
                 if action == "kill leader":
                     assert leader is not None
                     cluster.kill(leader["identity"])
@@ -346,7 +347,9 @@ def server_identity(server: RedisServer | EtcdServer) -> str:
 
 def belief_intervals(logs: list[str]) -> list[tuple[float, float, int]]:
     """``(start, end, token)`` per term: from the grant to the earlier of the step-down and
-    the last lease deadline the process computed."""
+    the last lease deadline the process computed. Times are the logs' wall-clock ``ts`` (to
+    the millisecond, one clock for every process of this machine); a deadline is ``ts`` plus
+    the record's ``lease_left``."""
     terms: dict[int, dict[str, float]] = {}
     for log in logs:
         for line in log.splitlines():
@@ -357,13 +360,14 @@ def belief_intervals(logs: list[str]) -> list[tuple[float, float, int]]:
             if token is None:
                 continue
             term = terms.setdefault(token, {"start": float("inf"), "end": float("inf")})
-            if message == "leading":
-                term["start"] = record["now"]
-                term["deadline"] = max(term.get("deadline", 0.0), record["valid_until"])
-            elif message == "renewed":
-                term["deadline"] = max(term.get("deadline", 0.0), record["valid_until"])
+            at = datetime.datetime.fromisoformat(record["ts"]).timestamp()
+            if message in ("leading", "renewed"):
+                deadline = at + parse_duration(record["lease_left"])
+                term["deadline"] = max(term.get("deadline", 0.0), deadline)
+                if message == "leading":
+                    term["start"] = at
             elif message in ("leadership lost", "leadership released", "leadership resigned"):
-                term["end"] = min(term["end"], record["now"])
+                term["end"] = min(term["end"], at)
     return [
         (term["start"], min(term["end"], term.get("deadline", term["end"])), token)
         for token, term in terms.items()

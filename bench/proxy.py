@@ -194,6 +194,8 @@ def podkit_argv(port: int, upstream: str, *extra: str) -> list[str]:
         f"127.0.0.1:{port}",
         "--upstream",
         upstream,
+        "--access-log",
+        "off",  # the peers run with access_log off
         "--log-level",
         "warning",
         *extra,

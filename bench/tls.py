@@ -152,6 +152,7 @@ def main() -> int:
                 sys.executable, "-m", "podkit", "tls", "--listen", f"127.0.0.1:{port}",
                 "--cert", str(cert), "--key", str(key),
                 "--upstream", f"http://127.0.0.1:{backend}", "--log-level", "warning",
+                "--access-log", "off",
             ]  # fmt: skip
             with process(pinned(CORE_UNDER_TEST, podkit), port, tmp / "podkit.log"):
                 results["podkit tls (1 worker)"] = measure(port, seconds)

@@ -58,7 +58,7 @@ if [[ "${1:-}" == "--check" ]]; then
     exit 0
 fi
 clean
-echo "compiling the data plane with mypyc (${#MODULES[@]} modules)..."
+echo "compiling the data plane (about a minute, once): ${#MODULES[@]} modules with mypyc..."
 if (cd src && "$PY" -m mypyc "${MODULES[@]}" >build-native.log 2>&1); then
     echo "$digest" >"$STAMP"
     rm -rf src/build src/build-native.log src/.mypy_cache

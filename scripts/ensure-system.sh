@@ -9,9 +9,18 @@ declare -A PACKAGES=(
   [etcd]=etcd-server
   [etcdctl]=etcd-client
   [memcached]=memcached
+  [nginx]=nginx
+  [haproxy]=haproxy
+  [promtool]=prometheus
   [nutcracker]=nutcracker        # twemproxy: podkit shard's placement and bench peer
   [memcaslap]=libmemcached-tools # memcached load generator for bench/shard.sh
 )
+
+# Debian keeps PostgreSQL's server programs (initdb, pg_ctl, postgres) off PATH, under
+# /usr/lib/postgresql/VERSION/bin; the metrics and health adapters' tests run one.
+have_postgres() {
+  command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
 
 missing=()
 for bin in "${!PACKAGES[@]}"; do
@@ -19,6 +28,7 @@ for bin in "${!PACKAGES[@]}"; do
     missing+=("${PACKAGES[$bin]}")
   fi
 done
+have_postgres || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "podkit setup: installing ${missing[*]}" >&2
@@ -40,7 +50,7 @@ if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/
   exit 1
 fi
 # Debian starts services it installs where it can; the tests start their own on free ports.
-for svc in redis-server etcd memcached nutcracker; do
+for svc in redis-server etcd memcached nginx haproxy postgresql prometheus nutcracker; do
   (command -v service >/dev/null 2>&1 && $SUDO service "$svc" stop >/dev/null 2>&1) || true
 done
 for bin in "${!PACKAGES[@]}"; do
@@ -49,3 +59,7 @@ for bin in "${!PACKAGES[@]}"; do
     exit 1
   fi
 done
+if ! have_postgres; then
+  echo "podkit setup: error: initdb is still missing after installing; install postgresql by hand" >&2
+  exit 1
+fi

@@ -14,9 +14,9 @@ podkit quick start: web (3 x whoami) <- lb (balance) <- cache; a singleton job u
 a queue source and autoscaled workers on SQLite. When `cache ready` shows:
   curl http://127.0.3.1:8080/            cache -> balance -> a web replica (see "name")
   curl http://127.0.3.1:8080/cache/30    a cached answer: the same replica for 30 s
-  podkit status                          every container (another terminal, this directory)
-  podkit scale web 5                     the balancer follows the replicas
-Ctrl-C or `podkit down` stops everything.
+  .venv/bin/podkit status                every container (another terminal, this directory)
+  .venv/bin/podkit scale web 5           the balancer follows the replicas
+Ctrl-C or `.venv/bin/podkit down` stops everything (or `. .venv/bin/activate`, then `podkit ...`).
 BANNER
     exec $PODKIT up "$QUICKSTART"
   fi
@@ -27,8 +27,8 @@ BANNER
       echo "podkit: running $FALLBACK instead (three whoami replicas)" >&2
       cat <<'BANNER'
   curl http://127.0.1.1:8000/   curl http://127.0.1.2:8000/   curl http://127.0.1.3:8000/
-  podkit status    podkit scale web 5    (another terminal, this directory)
-Ctrl-C or `podkit down` stops everything.
+  .venv/bin/podkit status    .venv/bin/podkit scale web 5    (another terminal, this directory)
+Ctrl-C or `.venv/bin/podkit down` stops everything (or `. .venv/bin/activate`, then `podkit ...`).
 BANNER
       exec $PODKIT up "$FALLBACK"
       ;;

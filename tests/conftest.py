@@ -6,7 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from podkit.testing import EtcdServer, MemcachedServer, RedisServer
+from podkit.testing import (
+    EtcdServer,
+    HAProxyServer,
+    MemcachedServer,
+    NginxServer,
+    PostgresServer,
+    RedisServer,
+)
 
 
 @pytest.fixture
@@ -27,4 +34,25 @@ def etcd_server() -> Iterator[EtcdServer]:
 def memcached_server() -> Iterator[MemcachedServer]:
     """A fresh memcached on a free port."""
     with MemcachedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A fresh PostgreSQL cluster on a free port (``.url`` is ``postgresql://postgres@...``)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def nginx_server() -> Iterator[NginxServer]:
+    """nginx on a free port with ``stub_status`` at ``.status_url``."""
+    with NginxServer() as server:
+        yield server
+
+
+@pytest.fixture
+def haproxy_server(nginx_server: NginxServer) -> Iterator[HAProxyServer]:
+    """HAProxy in front of ``nginx_server``, statistics at ``.stats_url``."""
+    with HAProxyServer(f"{nginx_server.host}:{nginx_server.port}") as server:
         yield server

@@ -93,11 +93,48 @@ def test_port_in_use_is_one_line_and_exit_1() -> None:
         port = sock.getsockname()[1]
         result = run("whoami", "--listen", f"127.0.0.1:{port}")
     assert result.returncode == 1
-    assert (
-        f"podkit whoami: error: whoami: cannot listen on 127.0.0.1:{port}: address already in use"
-        in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"podkit whoami: error: cannot listen on 127.0.0.1:{port}: address already in use"
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (["whoami"], "--listen"),
+        (["whoami", "--listen", "127.0.0.1:0"], "--admin"),
+        (["proxy", "--upstream", "http://127.0.0.1:1"], "--listen"),
+        (["proxy", "--mode", "tcp", "--upstream", "127.0.0.1:1"], "--listen"),
+        (["balance", "--backend", "http://127.0.0.1:1"], "--listen"),
+        (["cache", "--upstream", "http://127.0.0.1:1"], "--listen"),
+    ],
+)
+def test_an_address_in_use_is_one_line_without_a_doubled_prefix(
+    command: list[str], flag: str
+) -> None:
+    """`podkit proxy: error: cannot listen on ...`, never `... error: proxy: cannot listen`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run(*command, flag, f"127.0.0.1:{port}")
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"podkit {command[0]}: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--listen", "--admin"])
+def test_an_address_without_a_host_is_refused_and_both_hosts_are_shown(flag: str) -> None:
+    """`:8090` means every interface to nginx and Go users and this machine to others: the
+    host must be written."""
+    result = run("whoami", flag, ":8090")
+    assert result.returncode == 2
+    assert "127.0.0.1:8090 (this machine only) or 0.0.0.0:8090 (every interface)" in (result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_version_is_printed() -> None:

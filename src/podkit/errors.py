@@ -49,6 +49,23 @@ class ConfigError(PodkitError):
         super().__init__(f"{where}{reason}")
 
 
+class ListenError(PodkitError):
+    """A server could not listen on its address (in use, not this machine's, no permission).
+
+    Attributes:
+        host: the address's host.
+        port: its port.
+        reason: why, in the operating system's words.
+    """
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {address}: {reason}")
+
+
 class PodkitTimeout(PodkitError, TimeoutError):
     """An operation did not finish within its deadline."""
 

@@ -34,8 +34,24 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         (["balance", "--backend", "http://a:1", "--workers-timeout", "0s"], "--workers-timeout"),
         (["cache", "--upstream", "http://a:1", "--workers-timeout", "0s"], "--workers-timeout"),
         (["balance", "--backend", "http://a:1", "--retry-buffer", "lots"], "--retry-buffer"),
+        (
+            ["balance", "--backend", "http://a:1", "--hash-on", "cookie:s"],
+            "--hash-on applies only to --policy hash (the policy is round-robin)",
+        ),
+        (
+            ["balance", "--backend", "http://a:1", "--policy", "least-request",
+             "--bounded-load", "1.25", "--hash-algorithm", "ring"],
+            "--hash-algorithm and --bounded-load apply only to --policy hash",
+        ),
+        (["balance", "--backend", "127.0.0.1:1"], "such as http://127.0.0.1:8001"),
+        (["cache", "--upstream", "127.0.0.1:1"], "such as http://127.0.0.1:8001"),
+        (["proxy", "--upstream", "127.0.0.1:1"], "with its scheme such as http://127.0.0.1:1"),
+        (
+            ["tls", "--cert", "c", "--key", "k", "--upstream", "127.0.0.1:1"],
+            "with its scheme such as http://127.0.0.1:1",
+        ),
     ],
-)
+)  # fmt: skip
 def test_bad_flags_exit_2_with_one_line(args: list[str], message: str) -> None:
     result = run(*args)
     assert result.returncode == 2

@@ -202,3 +202,70 @@ def test_vary_separates_variants_in_lookups() -> None:
     assert hit.entry is not None
     assert hit.entry.body == b"fr"
     assert policy.lookup("GET", K, [("Accept-Language", "de")], NOW).kind is LookupKind.MISS
+
+
+def test_entity_tags_compare_weakly_for_if_none_match_and_unquoted_ones_are_quoted() -> None:
+    for stored, asked in [
+        ('"abc"', '"abc"'),
+        ('W/"abc"', '"abc"'),
+        ("abc", '"abc"'),
+        ('"abc"', "abc"),
+        ('w/"abc"', 'W/"abc"'),
+        ('"abc"', '"x", "abc", "y"'),
+        ('"abc"', "*"),
+    ]:
+        policy = policy_with([("Cache-Control", "max-age=60"), ("ETag", stored)])
+        entry = policy.lookup("GET", K, [], NOW).entry
+        assert entry is not None
+        assert policy.not_modified([("If-None-Match", asked)], entry), (stored, asked)
+        assert policy.conditional_headers(entry)[0][1].endswith('"abc"')
+    assert not policy.not_modified([("If-None-Match", '"abd"')], entry)
+
+
+def test_if_modified_since_uses_last_modified_else_date() -> None:
+    policy = policy_with([("Cache-Control", "max-age=60")])
+    entry = policy.lookup("GET", K, [], NOW).entry
+    assert entry is not None
+    assert policy.not_modified([("If-Modified-Since", format_http_date(NOW))], entry)
+    assert not policy.not_modified([("If-Modified-Since", format_http_date(NOW - 1))], entry)
+    assert not policy.not_modified([("If-Modified-Since", "yesterday")], entry)
+    lm = policy_with([("Last-Modified", format_http_date(NOW - 100))])
+    old = lm.lookup("GET", K, [], NOW).entry
+    assert old is not None
+    assert lm.not_modified([("If-Modified-Since", format_http_date(NOW - 50))], old)
+    # If-None-Match decides alone when present (RFC 9110 §13.2.2).
+    both = [("If-None-Match", '"x"'), ("If-Modified-Since", format_http_date(NOW))]
+    assert not lm.not_modified(both, old)
+
+
+def test_client_conditionals_are_forwarded_quoted_and_if_modified_since_only_alone() -> None:
+    forward = CachePolicy.client_conditionals
+    assert forward([("If-None-Match", 'abc, W/"d"')]) == [("If-None-Match", '"abc", W/"d"')]
+    assert forward([("If-None-Match", "*")]) == [("If-None-Match", "*")]
+    since = ("If-Modified-Since", format_http_date(NOW))
+    assert forward([since]) == [since]
+    assert forward([("If-None-Match", '"a"'), since]) == [("If-None-Match", '"a"')]
+    assert forward([("Accept", "*/*")]) == []
+
+
+def test_a_200_to_head_updates_only_a_response_it_describes() -> None:
+    policy = policy_with([("Cache-Control", "max-age=1"), ("ETag", '"v1"')])
+    entry = policy.lookup("GET", K, [], NOW).entry
+    assert entry is not None
+    assert policy.head_updates(entry, 200, [("ETag", '"v1"')])
+    assert not policy.head_updates(entry, 200, [("ETag", '"v2"')])
+    assert not policy.head_updates(entry, 200, [])
+    assert not policy.head_updates(entry, 410, [("ETag", '"v1"')])
+    bare = policy_with([("Cache-Control", "max-age=1")])
+    plain = bare.lookup("GET", K, [], NOW).entry
+    assert plain is not None
+    assert bare.head_updates(plain, 200, [("Content-Length", "4")])
+    assert not bare.head_updates(plain, 200, [("Content-Length", "5")])
+
+
+def test_qualified_no_cache_is_a_hit_without_the_named_fields() -> None:
+    policy = policy_with([("Cache-Control", 'max-age=60, no-cache="x-a"'), ("X-A", "1")])
+    lookup = policy.lookup("GET", K, [], NOW + 1)
+    assert lookup.kind is LookupKind.HIT
+    assert lookup.entry is not None
+    assert lookup.entry.omitted == frozenset({"x-a"})

@@ -92,3 +92,11 @@ def test_the_store_never_exceeds_its_byte_limit(ops: list[tuple[str, int, bool]]
             store.put(entry(key, b"x" * size))
         assert store.bytes <= store.max_bytes
         assert store.bytes == sum(e.size for k in "abcdefgh" for e in store.variants(k))
+
+
+def test_accept_language_selects_a_variant_whatever_the_case_and_order() -> None:
+    names = ("accept-language",)
+    assert secondary_key(names, [("Accept-Language", "en, de")]) == secondary_key(
+        names, [("Accept-Language", "DE,en")]
+    )
+    assert secondary_key(("x",), [("X", "a, b")]) != secondary_key(("x",), [("X", "b, a")])

@@ -57,20 +57,26 @@ def test_proxy_forwards_to_whoami_and_reports_metrics(whoami_port: int) -> None:
 
 
 def test_proxy_answers_502_when_the_upstream_is_down() -> None:
-    port, admin = free_port(), free_port()
+    """The client gets a generic 502; the error log names the upstream and the reason."""
+    port, admin, dead = free_port(), free_port(), free_port()
     with PodkitProcess(
         "proxy",
         "--listen",
         f"127.0.0.1:{port}",
         "--upstream",
-        f"http://127.0.0.1:{free_port()}",
+        f"http://127.0.0.1:{dead}",
         "--admin",
         f"127.0.0.1:{admin}",
-    ):
+    ) as proc:
         wait_http("127.0.0.1", admin, "/readyz")
         status, _, body = get(port, "/")
         assert status == 502
-        assert b"connect failed" in body
+        assert f"{dead}".encode() not in body
+        wait_for(lambda: "connect failed" in proc.output())
+        line = next(json.loads(x) for x in proc.output().splitlines() if "connect failed" in x)
+        assert line["level"] == "warning"
+        assert line["upstream"] == f"127.0.0.1:{dead}"
+        assert line["status"] == 502
 
 
 def test_a_bad_upstream_url_is_a_usage_error() -> None:

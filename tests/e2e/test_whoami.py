@@ -73,6 +73,33 @@ def test_status_bytes_echo_and_cache_routes(whoami: tuple[PodkitProcess, int, in
     assert request(port, "GET", "/status/abc")[0] == 400
 
 
+def test_sized_route_streams_with_content_length(whoami: tuple[PodkitProcess, int, int]) -> None:
+    _, port, _ = whoami
+    status, headers, body = request(port, "GET", "/sized/200000")
+    assert status == 200
+    assert headers["Content-Length"] == "200000"
+    assert "Transfer-Encoding" not in headers
+    assert len(body) == 200000
+
+
+@pytest.mark.parametrize("which", ["app", "admin"])
+def test_requests_over_the_limits_get_413_and_431_with_plain_reasons(
+    whoami: tuple[PodkitProcess, int, int], which: str
+) -> None:
+    """A body over the limit is 413 and a 100 KB header 431, never a parser callback message."""
+    _, port, admin = whoami
+    target = port if which == "app" else admin
+    status, _, body = request(target, "GET", "/", headers={"X-Big": "h" * 100_000})
+    assert (status, body) == (431, b"request header too large\n")
+    with socket.create_connection(("127.0.0.1", target), timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 17000000\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            sock.sendall(b"b" * 17_000_000)
+        reply = sock.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    assert reply.endswith(b"\r\n\r\nrequest body too large\n")
+
+
 def test_ready_can_be_switched_off_and_on(whoami: tuple[PodkitProcess, int, int]) -> None:
     _, port, admin = whoami
     assert request(port, "GET", "/ready")[0] == 200

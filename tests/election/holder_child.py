@@ -1,8 +1,10 @@
 """A process that leads an election and reports each step as a JSON line on stdout.
 
 Run as ``python holder_child.py URL NAME IDENTITY TTL``. Lines: ``{"event": "leading",
-"token": N, "now": T}``, ``{"event": "renewed", "valid_until": T}``, ``{"event": "lost",
-"reason": R, "now": T}``; times are ``time.monotonic()``, which all processes share.
+"token": N, "at": T, "valid_until": T}``, ``{"event": "renewed", "valid_until": T, ...}``,
+``{"event": "lost", "reason": R, "at": T}``; times are ``time.monotonic()``, which all
+processes share. ``valid_until`` is ``at`` plus the event's ``lease_left``: taken after the
+election computed it, it is never earlier than the elector's own deadline.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from podkit.election import Election
 
 
 def report(event: str, fields: dict[str, Any]) -> None:
-    print(json.dumps({"event": event, **fields, "at": time.monotonic()}), flush=True)
+    at = time.monotonic()
+    if "lease_left" in fields:
+        fields = {**fields, "valid_until": at + fields["lease_left"]}
+    print(json.dumps({"event": event, **fields, "at": at}), flush=True)
 
 
 async def main(url: str, name: str, identity: str, ttl: float) -> None:

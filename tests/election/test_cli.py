@@ -48,20 +48,89 @@ def podkit(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_once_runs_the_command_with_its_token_and_exits_with_its_status(tmp_path: Path) -> None:
-    script = (
-        "import os, sys; print('TERM', os.environ['PODKIT_FENCING_TOKEN'],"
-        " os.environ['PODKIT_LEADER_ID'], os.environ['PODKIT_ELECTION']); sys.exit(3)"
-    )
+ONCE_JOB = (
+    "import os, pathlib, sys; "
+    "pathlib.Path(sys.argv[1], os.environ['PODKIT_FENCING_TOKEN']).write_text("
+    "os.environ['PODKIT_LEADER_ID'] + ' ' + os.environ['PODKIT_ELECTION']); sys.exit(3)"
+)
+
+
+def admin_json(port: int, path: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+            data: dict[str, Any] = json.loads(answer.read())
+            return data
+    except OSError:
+        return {}
+
+
+def test_once_runs_the_command_once_per_term_and_keeps_leading_without_it(
+    tmp_path: Path,
+) -> None:
+    """The job exits; its elector keeps the lease through many renewals without running it
+    again; the next term (on the other replica, after a SIGTERM hands over) runs it once."""
     url = f"sqlite:///{tmp_path}/leases.db"
-    with PodkitProcess(
-        "elect", "--backend", url, "--name", "nightly", "--id", "node-a", "--once",
-        "--", sys.executable, "-c", script,
-    ) as process:  # fmt: skip
-        assert process.wait(30) == 3
-        assert "TERM 1 node-a nightly" in process.output()
-    again = podkit("elect", "--backend", url, "--name", "nightly", "--once", "--", "true")
-    assert again.returncode == 0
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    admin = free_port()
+
+    def once(identity: str, *extra: str) -> PodkitProcess:
+        return PodkitProcess(
+            "elect", "--backend", url, "--name", "nightly", "--id", identity, "--ttl", TTL,
+            "--once", *extra, "--", sys.executable, "-c", ONCE_JOB, str(runs),
+        )  # fmt: skip
+
+    with once("node-a", "--admin", f"127.0.0.1:{admin}") as a:
+        wait_for(lambda: (runs / "1").exists(), timeout=30, what="the first term's run")
+        assert (runs / "1").read_text() == "node-a nightly"
+        renewals = admin_json(admin, "/election").get("renewals", 0)
+        wait_for(
+            lambda: admin_json(admin, "/election").get("renewals", 0) >= renewals + 6,
+            timeout=30,
+            what="six more renewals",
+        )
+        assert sorted(p.name for p in runs.iterdir()) == ["1"]
+        assert admin_json(admin, "/election")["role"] == "leader"
+        assert '"status":3' in a.output().replace(" ", "")
+        with once("node-b") as b:
+            a.signal(signal.SIGTERM)
+            assert a.wait(30) == 0
+            wait_for(lambda: (runs / "2").exists(), timeout=30, what="the second term's run")
+            assert (runs / "2").read_text() == "node-b nightly"
+            assert b.running()
+        output = a.output()
+    # Times in the logs are durations, never monotonic clock readings.
+    assert "monotonic" not in output
+    leading = next(json.loads(line) for line in output.splitlines() if '"leading"' in line)
+    assert leading["lease_left"].endswith(("ms", "s"))
+    assert "valid_until" not in leading
+
+
+def test_an_unreachable_backend_is_retried_with_backoff_then_exits_1(tmp_path: Path) -> None:
+    """Nothing listens at the backend's address: a few warnings with growing retry_in, then
+    one error line and exit 1 after --backend-timeout."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = podkit(
+        "elect", "--backend", url, "--name", "job", "--ttl", "2s", "--backend-timeout", "2s",
+        "--", "true",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("podkit elect: error: could not reach the backend for 2")
+    assert url in lines[-1]
+    retries = [json.loads(line)["retry_in"] for line in lines if '"backend error"' in line]
+    # 200 ms doubling (±20 %), the last one cut at the deadline: about five, never twenty.
+    assert 3 <= len(retries) <= 7, retries
+    assert "Traceback" not in result.stderr
+
+
+def test_a_backend_timeout_that_is_not_positive_is_a_usage_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/leases.db"
+    result = podkit(
+        "elect", "--backend", url, "--name", "j", "--backend-timeout", "0s", "--", "true"
+    )
+    assert result.returncode == 2
+    assert "--backend-timeout" in result.stderr
 
 
 def test_a_killed_leader_is_replaced_with_a_larger_token_and_its_command_dies(
@@ -181,3 +250,14 @@ def test_the_admin_endpoint_shows_the_role_token_and_leader_gauge(tmp_path: Path
             metrics = answer.read().decode()
         assert "elect_is_leader 1.0" in metrics
         assert "elect_fencing_token 1.0" in metrics
+
+
+def test_status_never_creates_a_database(tmp_path: Path) -> None:
+    typo = tmp_path / "sub" / "typo.db"
+    result = podkit("elect", "status", "--backend", f"sqlite:///{typo}", "--name", "job")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"podkit elect status: error: {typo}: no such database "
+        "(this command only reads; it never creates one)"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from podkit.election import Term
 from podkit.errors import ConfigError, LeaseLost
 from podkit.serving.election.lease import (
+    MAX_UNREACHABLE_BACKOFF,
     Action,
+    Decision,
     IllegalTransition,
     LeaseElector,
     LeaseTiming,
@@ -223,3 +225,44 @@ def test_a_grant_for_a_shorter_ttl_that_arrives_after_its_own_window_is_refused(
     elector.campaign(0.0)
     assert not elector.acquired(token=1, started=0.0, now=0.95, ttl=1.0)
     assert elector.role is Role.CANDIDATE
+
+
+def test_an_unreachable_backend_is_retried_with_capped_exponential_backoff_and_jitter() -> None:
+    """The n-th failure in a row waits retry_interval * 2**(n-1), ±20 %, at most 5 s: a dead
+    backend costs a warning every few seconds, not five a second."""
+    elector = LeaseElector(TIMING)
+    elector.campaign(0.0)
+    retry = TIMING.retry_interval
+    now = 0.0
+    delays = []
+    for _ in range(12):
+        decision = elector.next(now)
+        assert decision.action is Action.ACQUIRE
+        delays.append(elector.unreachable(now=now, rand=0.5))  # no jitter at the middle
+        assert elector.next(now).action is Action.WAIT
+        now += delays[-1]
+    assert delays[:3] == pytest.approx([retry, 2 * retry, 4 * retry])
+    assert max(delays) == pytest.approx(MAX_UNREACHABLE_BACKOFF)
+    assert delays[-1] == pytest.approx(MAX_UNREACHABLE_BACKOFF)
+    assert elector.unreachable(now=now, rand=0.0) == pytest.approx(0.8 * MAX_UNREACHABLE_BACKOFF)
+    assert elector.unreachable(now=now, rand=0.999999) == pytest.approx(
+        1.2 * MAX_UNREACHABLE_BACKOFF, rel=1e-5
+    )
+
+
+def test_any_answer_resets_the_backoff_and_a_deadline_caps_the_next_attempt() -> None:
+    elector = LeaseElector(TIMING)
+    elector.campaign(0.0)
+    for _ in range(5):
+        elector.unreachable(now=0.0, rand=0.5)
+    assert elector.unreachable_in_a_row == 5
+    elector.rejected(now=1.0)  # the backend answered: someone else holds the lease
+    assert elector.unreachable_in_a_row == 0
+    assert elector.unreachable(now=1.0, rand=0.5) == pytest.approx(TIMING.retry_interval)
+    for _ in range(6):
+        elector.unreachable(now=1.0, rand=0.5)
+    assert elector.unreachable(now=1.0, rand=0.5, not_after=1.5) == pytest.approx(0.5)
+    assert elector.next(1.2) == Decision(Action.WAIT, 1.5)
+    # Waking early (the backend reported a change) tries at once; waking late changes nothing.
+    elector.wake(now=1.1)
+    assert elector.next(1.1).action is Action.ACQUIRE

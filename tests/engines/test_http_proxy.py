@@ -229,6 +229,23 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(proxy: Pr
     await client.close()
 
 
+async def test_an_idle_pooled_connection_is_always_being_read(start_proxy: StartProxy) -> None:
+    """After responses far larger than the buffer, every idle upstream connection reads again."""
+    proxy = await start_proxy(buffer_bytes=4096)
+    client = await Client.connect(proxy.port)
+    for path in ("/bytes/3000000", "/sized/3000000", "/status/200"):
+        for _ in range(3):
+            await client.send(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+            reply = await client.read_response()
+            assert reply.status == 200
+    await client.close()
+    idle = [conn for slot in proxy.pool._slots.values() for conn in slot.idle]
+    assert idle
+    for conn in idle:
+        assert conn.transport is not None
+        assert conn.transport.is_reading()
+
+
 async def test_upstream_connections_are_kept_alive_and_reused(proxy: Proxy) -> None:
     client = await Client.connect(proxy.port)
     for _ in range(20):
@@ -244,7 +261,7 @@ async def test_upstream_connect_failure_is_a_502_with_a_metric(start_proxy: Star
     proxy = await start_proxy(upstream=Upstream("127.0.0.1", free_port()))
     reply = await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert reply.status == 502
-    assert b"connect failed" in reply.body
+    assert reply.body == b"502 Bad Gateway: the upstream did not answer properly\n"
     assert proxy.server.statistics().errors["upstream_connect"] == 1
     assert proxy.server.statistics().responses[502] == 1
 

@@ -196,7 +196,7 @@ def test_the_crash_loop_is_reported_once_with_output() -> None:
     now = 0.0
     for _ in range(5):
         now += 0.2
-        reports += [a for a in h.exit(WEB1, 2, now) if isinstance(a, Report)]
+        reports += [a for a in h.exit(WEB1, 1, now) if isinstance(a, Report)]
         wakeup = core.next_wakeup()
         assert wakeup is not None
         now = wakeup
@@ -204,7 +204,7 @@ def test_the_crash_loop_is_reported_once_with_output() -> None:
     assert len(reports) == 1
     assert reports[0].with_output
     assert "3 times in a row" in reports[0].message
-    assert "exit code 2" in reports[0].message
+    assert "exit code 1" in reports[0].message
 
 
 @pytest.mark.parametrize(
@@ -234,7 +234,8 @@ def test_the_restart_policy_decides_whether_an_exit_restarts(
 
 def test_a_finished_job_counts_as_ready_for_the_pods_after_it() -> None:
     core = SupervisorCore(
-        podfile({"migrate": app(restart="on-failure"), "web": app(after=["migrate"])})
+        podfile({"migrate": app(restart="on-failure"), "web": app(after=["migrate"])}),
+        min_ready=0,
     )
     h = Harness(core)
     assert spawns(h.start()) == [ContainerKey("migrate", 1, "app"), ContainerKey("web", 1, "app")]
@@ -255,7 +256,9 @@ def test_a_finished_job_waited_for_holds_back_its_dependents_until_it_exits_clea
 
 
 def test_stop_goes_in_reverse_order_term_then_kill_after_the_grace() -> None:
-    core = SupervisorCore(podfile({"web": app(stop_grace="5s"), "lb": app(after=["web"])}))
+    core = SupervisorCore(
+        podfile({"web": app(stop_grace="5s"), "lb": app(after=["web"])}), min_ready=0
+    )
     h = Harness(core)
     h.start(0.0)
     lb1, web1 = ContainerKey("lb", 1, "app"), WEB1
@@ -294,7 +297,7 @@ def test_a_stop_during_a_spawn_terminates_the_process_when_it_starts() -> None:
 
 
 def test_scaling_up_starts_new_replicas_and_down_stops_the_highest() -> None:
-    core = SupervisorCore(podfile({"web": app(replicas=3)}))
+    core = SupervisorCore(podfile({"web": app(replicas=3)}), min_ready=0)
     h = Harness(core)
     h.start(0.0)
     actions = h.run(core.scale("web", 5, 1.0), 1.0)
@@ -367,3 +370,75 @@ def test_a_spawn_failure_is_reported_and_retried() -> None:
     assert isinstance(actions[0], Report)
     assert "No such file" in actions[0].message
     assert core.next_wakeup() == 0.0
+
+
+def test_an_exit_with_code_2_soon_after_start_fails_the_pod_instead_of_restarting() -> None:
+    core = SupervisorCore(podfile({"web": app()}))
+    h = Harness(core)
+    h.start()
+    actions = h.exit(WEB1, 2, now=0.5)
+    assert h.state(WEB1) is ContainerState.FAILED
+    assert not spawns(actions)
+    report = next(a for a in actions if isinstance(a, Report))
+    assert report.failed
+    assert report.with_output
+    assert "exited with code 2 (a usage or configuration error)" in report.message
+    assert core.failed_pods() == ["web"]
+    assert core.next_wakeup() is None  # nothing is retried later either
+    assert not core.replica_ready(ReplicaKey("web", 1))
+
+
+def test_an_exit_with_code_2_after_a_long_run_is_restarted_like_any_exit() -> None:
+    h = Harness(SupervisorCore(podfile({"web": app()})))
+    h.start()
+    h.exit(WEB1, 2, now=60.0)
+    assert h.state(WEB1) is ContainerState.BACKOFF
+    assert spawns(h.tick(60.0)) == [WEB1]
+
+
+def test_restart_stops_every_container_of_the_pod_and_starts_it_once_down() -> None:
+    core = SupervisorCore(podfile({"web": app(replicas=2)}))
+    h = Harness(core)
+    h.start()
+    web2 = ContainerKey("web", 2, "app")
+    h.exit(web2, 2, now=0.1)  # failed: restart brings it back too
+    actions = h.run(core.restart("web", now=1.0), 1.0)
+    assert Signal(WEB1, "term") in actions
+    assert h.state(WEB1) is ContainerState.STOPPING
+    assert web2 in spawns(actions)
+    assert h.state(web2) is ContainerState.RUNNING
+    actions = h.exit(WEB1, -15, now=1.2)
+    assert spawns(actions) == [WEB1]
+    rows = {(s.replica, s.state, s.restarts) for s in core.statistics()}
+    assert rows == {(1, "running", 1), (2, "running", 1)}
+    assert core.failed_pods() == []
+    with pytest.raises(UsageError, match="no pod named 'db'"):
+        core.restart("db", now=2.0)
+
+
+def test_a_component_with_an_admin_endpoint_and_no_probe_waits_for_its_probe() -> None:
+    admin = {"component": "whoami", "options": {"admin": "{pod.ip}:9000"}}
+    core = SupervisorCore(podfile({"web": {"containers": {"app": admin}}}))
+    h = Harness(core)
+    actions = h.start()
+    assert StartProbe(ReplicaKey("web", 1)) in actions
+    assert not core.replica_ready(ReplicaKey("web", 1))
+    h.probe(ReplicaKey("web", 1), True, now=0.5)
+    assert core.replica_ready(ReplicaKey("web", 1))
+
+
+def test_a_container_without_a_probe_is_ready_only_once_it_ran_min_ready() -> None:
+    """One that dies on start-up is never announced as ready first."""
+    core = SupervisorCore(podfile({"web": app(), "lb": app(after=["web"])}), min_ready=1.0)
+    h = Harness(core)
+    h.start(0.0)
+    assert core.ready_replicas("web") == ()
+    assert core.next_wakeup() == 1.0
+    h.exit(WEB1, 1, now=0.5)
+    h.tick(0.5)  # restarted at once (the first quick exit)
+    assert h.state(WEB1) is ContainerState.RUNNING
+    assert core.next_wakeup() == 1.5
+    actions = h.tick(1.5)
+    assert core.ready_replicas("web") == (1,)
+    assert Announce("web") in actions
+    assert spawns(actions) == [ContainerKey("lb", 1, "app")]

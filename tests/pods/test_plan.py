@@ -171,3 +171,53 @@ def test_service_addresses_come_from_probe_ports_and_listen_options() -> None:
         "127.0.1.2:8000",
         "127.0.1.2:9000",
     ]
+
+
+def test_a_hop_trusts_the_projects_pods_and_connects_from_its_own_address() -> None:
+    pf = parse_podfile(
+        {
+            "subnet": "127.9.0.0/16",
+            "pods": {
+                "app": {"containers": {"c": {"run": ["true"]}}},
+                "lb": {"containers": {"c": {"component": "balance"}}},
+                "own": {
+                    "containers": {
+                        "c": {
+                            "component": "cache",
+                            "options": {"trusted_proxy": "10.0.0.0/8", "source-address": False},
+                        }
+                    }
+                },
+            },
+        },
+        source="test.yaml",
+    )
+    key = ContainerKey("lb", 1, "c")
+    plan = plan_container(
+        pf,
+        key,
+        state_dir=STATE,
+        base_env={},
+        trusted_proxies=pf.networks(),
+        source_address=True,
+    )
+    assert list(plan.argv[4:]) == [
+        "--trusted-proxy",
+        "127.9.1.0/24",
+        "--trusted-proxy",
+        "127.9.2.0/24",
+        "--trusted-proxy",
+        "127.9.3.0/24",
+        "--source-address",
+        "127.9.2.1",
+    ]
+    # The file's own choice wins, `false` (leave it out) included.
+    own = plan_container(
+        pf,
+        ContainerKey("own", 1, "c"),
+        state_dir=STATE,
+        base_env={},
+        trusted_proxies=pf.networks(),
+        source_address=True,
+    )
+    assert list(own.argv[4:]) == ["--trusted-proxy", "10.0.0.0/8"]

@@ -56,7 +56,8 @@ def served_by(url: str) -> str:
 def test_the_singleton_job_runs_once_and_the_workers_process_the_sources_items(
     tmp_path: Path,
 ) -> None:
-    pods = {n: p for n, p in runnable_pods().items() if n in ("nightly", "source", "workers")}
+    chosen = ("nightly", "source", "workers")
+    pods = {n: p for n, p in runnable_pods({9000: free_port()}).items() if n in chosen}
     assert set(pods) == {"nightly", "source", "workers"}
     with run_pods(tmp_path, pods) as running:
         for name, pod in pods.items():

@@ -367,8 +367,8 @@ def test_a_bad_pod_file_is_rejected_before_anything_starts(
 
 def test_status_scale_and_down_without_a_supervisor_say_so(tmp_path: Path) -> None:
     result = podkit_cli(tmp_path, "status")
-    assert result.returncode == 1
-    assert "no pods run from" in result.stderr
+    assert result.returncode == 3  # documented: nothing running
+    assert result.stderr.startswith("podkit status: error: no pods run from")
     assert podkit_cli(tmp_path, "scale", "web", "2").returncode == 1
 
 
@@ -439,3 +439,35 @@ def test_a_replica_whose_probe_fails_leaves_the_discovery_file_and_comes_back(
             timeout=START_TIMEOUT,
             what="web-1 back in the discovery file",
         )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"pods:\n  web:\n    containers: {app: {run: [caf\xe9]}}\n", "not UTF-8 text"),
+        (
+            b"pods:\n  web: {containers: {a: {run: [true]}}}\n  web: {containers: {}}\n",
+            "line 3, column 3: duplicate key 'web' (first at line 2)",
+        ),
+        (b"- web\n", "expected a mapping (key: value), got a list"),
+    ],
+)
+def test_a_pod_file_that_cannot_be_read_is_one_line_naming_the_file(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    (tmp_path / "bad.yaml").write_bytes(content)
+    for args in (("up", "bad.yaml"), ("up", "bad.yaml", "--check")):
+        result = podkit_cli(tmp_path, *args)
+        assert result.returncode == 2
+        assert result.stderr.startswith("podkit up: error: bad.yaml: "), result.stderr
+        assert message in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+        assert "Traceback" not in result.stderr
+
+
+def test_down_takes_a_duration_and_rejects_words(tmp_path: Path) -> None:
+    assert podkit_cli(tmp_path, "down", "--timeout", "5s").returncode == 0
+    result = podkit_cli(tmp_path, "down", "--timeout", "5 seconds")
+    assert result.returncode == 2
+    assert result.stderr.startswith("podkit down: error: ")
+    assert "expected a duration such as 500ms, 2s or 1m" in result.stderr

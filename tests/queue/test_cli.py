@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from podkit.queue import Queue
-from podkit.testing import PodkitProcess, RedisServer, free_port
+from podkit.testing import PodkitProcess, RedisServer, ServerProcess, free_port
 from podkit.testing.net import http_status, wait_for
 
 TIMEOUT = 30.0
@@ -121,6 +121,32 @@ def test_a_python_handler_receives_json_values(sqlite_url: str, tmp_path: Path) 
     ):
         wait_for(lambda: len(lines(out)) == 2, timeout=TIMEOUT, what="two items handled")
     assert [json.loads(x) for x in lines(out)] == [{"n": 1}, [2]]
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["one worker", "a pool"])
+def test_the_podkit_script_imports_a_handler_from_the_current_directory(
+    sqlite_url: str, tmp_path: Path, pool: bool
+) -> None:
+    """As Celery's -A: the console script (whose sys.path starts with its own bin directory,
+    unlike python -m) finds tasks.py in the directory it runs in, in every worker process."""
+    script = Path(sys.executable).parent / "podkit"
+    assert script.exists()
+    out = tmp_path / "seen"
+    (tmp_path / "tasks.py").write_text(
+        "def handle(item):\n"
+        f"    with open({str(out)!r}, 'ab') as f:\n"
+        "        f.write(item.body + b'\\n')\n"
+    )
+    podkit("queue", "put", sqlite_url, "jobs", "one")
+    extra = ["--min", "1", "--max", "2"] if pool else []
+    argv = [str(script), "queue", "work", sqlite_url, "jobs", "--handler", "tasks:handle", *extra]
+    with ServerProcess(argv, cwd=tmp_path, name="podkit-queue-work") as worker:
+        wait_for(
+            lambda: lines(out) == ["one"] or not worker.running(),
+            timeout=TIMEOUT,
+            what="the item handled",
+        )
+        assert lines(out) == ["one"], worker.output()
 
 
 def test_a_failing_command_is_retried_then_dead_lettered_and_can_be_requeued(
@@ -346,3 +372,24 @@ def test_a_pool_drains_its_workers_on_sigterm(sqlite_url: str, tmp_path: Path) -
     assert lines(done) == ["first"]
     data = stats(sqlite_url, "jobs")
     assert (data["ready"], data["leased"], data["ack_total"]) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("command", ["stats", "dead"])
+def test_a_read_only_command_never_creates_a_database(tmp_path: Path, command: str) -> None:
+    """A typo in the path is an error naming it, not a new empty queue database."""
+    typo = tmp_path / "typo.db"
+    result = podkit("queue", command, f"sqlite:///{typo}", "jobs")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"podkit queue {command}: error: sqlite queue {typo}: no such database "
+        "(this command only reads; it never creates one)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stats_reads_a_database_that_workers_write(sqlite_url: str, tmp_path: Path) -> None:
+    """Read-only opening sees what the writers committed, while a worker has it open."""
+    podkit("queue", "put", sqlite_url, "jobs", "-", stdin="a\nb\n")
+    with PodkitProcess("queue", "work", sqlite_url, "jobs", "--", "true"):
+        wait_for(lambda: stats(sqlite_url, "jobs")["ack_total"] == 2, timeout=TIMEOUT)
+        assert podkit("queue", "dead", sqlite_url, "jobs").returncode == 0

@@ -98,3 +98,23 @@ async def test_extra_admin_routes_are_served() -> None:
 
     await serve_component("routes", main, options)
     assert result == [(200, '{"backends": []}'), (404, "not found\n")]
+
+
+def test_status_carries_the_phase_and_each_providers_figures() -> None:
+    from podkit.runtime.component import Runtime, RuntimeOptions
+
+    rt = Runtime("demo", RuntimeOptions())
+    rt.add_status(lambda: {"summary": "backends 2/3 ready", "backends_ready": 2})
+
+    def broken() -> dict[str, int]:
+        raise RuntimeError("no figures today")
+
+    rt.add_status(broken)  # logged and left out; the others still show
+    rt.set_ready()
+    assert rt.status() == {
+        "component": "demo",
+        "phase": "ready",
+        "reason": "ready",
+        "summary": "backends 2/3 ready",
+        "backends_ready": 2,
+    }

@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
 from podkit.errors import ConfigError
+from podkit.runtime import RuntimeOptions
 from podkit.runtime.config import (
     HostPort,
     format_duration,
     load_model,
+    load_yaml,
     parse_duration,
     parse_hostport,
     parse_size,
@@ -70,6 +72,33 @@ def test_addresses_parse_ipv4_ipv6_and_bare_ports() -> None:
         parse_hostport("localhost")
     with pytest.raises(ConfigError):
         parse_hostport("host:99999")
+    with pytest.raises(ConfigError, match="give the host too"):
+        parse_hostport(":9000", default_host=None)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "pods.yaml"
+    path.write_bytes(b"pods:\n  web\xff: {}\n")
+    with pytest.raises(
+        ConfigError, match=r"pods.yaml: line 2: not UTF-8 text \(byte 0xff at offset 11\)"
+    ):
+        load_yaml(path)
+
+
+def test_runtime_options_parse_strings_and_refuse_bad_values_with_a_typed_error() -> None:
+    options = RuntimeOptions(admin="127.0.0.1:9555", drain_timeout="2s")
+    assert options.admin == HostPort("127.0.0.1", 9555)
+    assert options.drain_timeout == 2.0
+    assert RuntimeOptions(admin=HostPort("::1", 1)).admin == HostPort("::1", 1)
+    for bad in (
+        {"admin": "nowhere"},
+        {"admin": ":9555"},
+        {"drain_timeout": "soon"},
+        {"log_format": "xml"},
+        {"log_level": "loud"},
+    ):
+        with pytest.raises(ConfigError):
+            RuntimeOptions(**bad)  # type: ignore[arg-type]
 
 
 class _Inner(BaseModel):
@@ -117,3 +146,44 @@ def test_a_missing_server_binary_says_how_to_install_it() -> None:
 
     with pytest.raises(PodkitError, match="apt-get install no-such-server-binary"):
         require_binary("no-such-server-binary")
+
+
+def test_a_key_given_twice_is_an_error_naming_the_key_and_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_text("pods:\n  web:\n    replicas: 1\n  web:\n    replicas: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path)
+    assert info.value.source == str(path)
+    assert "line 4, column 3: duplicate key 'web' (first at line 2)" in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_is_one_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_bytes(b"pods:\n  web: {name: caf\xe9}\n")
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path)
+    assert str(info.value) == (
+        f"{path}: line 2: not UTF-8 text (byte 0xe9 at offset 23); save the file as UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- 1\n", "(top level): expected a mapping (key: value), got a list"),
+        ("pods: [1]\n", "pods: expected a mapping (key: value), got a list"),
+        ("pods:\n  web: null\n", "pods.web: expected a mapping (key: value), got nothing"),
+        ("pods:\n  web: {replicas: many}\n", "expected a whole number, got the string 'many'"),
+        ("pods:\n  web: {}\n", "pods.web.replicas: required key missing"),
+    ],
+)
+def test_model_errors_are_in_our_words_not_the_validation_librarys(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "pod.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_model(_Outer, path)
+    assert message in str(info.value)
+    for foreign in ("Input should be", "Value error", "instance of", "Field required"):
+        assert foreign not in str(info.value)

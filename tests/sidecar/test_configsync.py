@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import json
 import sys
@@ -10,6 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -56,6 +58,8 @@ class ConfigServer:
         self.port = free_port()
         self.body = b"{}"
         self.etag_salt = 0
+        self.validator = "etag"  # or "last-modified": the validator sent and checked
+        self.modified: dict[bytes, str] = {}  # Last-Modified of each body served
         self.full_answers = 0
         self.not_modified = 0
         self.posts: list[dict[str, str]] = []
@@ -72,6 +76,23 @@ class ConfigServer:
 
     def etag(self) -> str:
         return '"' + hashlib.sha256(self.body).hexdigest()[:16] + f'-{self.etag_salt}"'
+
+    def last_modified(self) -> str:
+        """An HTTP date for the current body, one second later for each new body."""
+        if self.body not in self.modified:
+            stamp = 1_700_000_000 + len(self.modified)
+            self.modified[self.body] = email.utils.formatdate(stamp, usegmt=True)
+        return self.modified[self.body]
+
+    def unchanged_for(self, headers: Message) -> bool:
+        if self.validator == "last-modified":
+            return headers.get("If-Modified-Since") == self.last_modified()
+        return headers.get("If-None-Match") == self.etag()
+
+    def validator_headers(self) -> list[tuple[str, str]]:
+        if self.validator == "last-modified":
+            return [("Last-Modified", self.last_modified())]
+        return [("ETag", self.etag())]
 
     def set_json(self, data: object) -> None:
         with self.changed:
@@ -102,15 +123,17 @@ class ConfigServer:
                         self.close_connection = True
                         return
                     etag = owner.etag()
-                if self.headers.get("If-None-Match") == etag:
+                if owner.unchanged_for(self.headers):
                     owner.not_modified += 1
                     self.send_response(304)
-                    self.send_header("ETag", etag)
+                    for name, value in owner.validator_headers():
+                        self.send_header(name, value)
                     self.end_headers()
                     return
                 owner.full_answers += 1
                 self.send_response(200)
-                self.send_header("ETag", etag)
+                for name, value in owner.validator_headers():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(owner.body)))
                 self.end_headers()
@@ -293,6 +316,52 @@ def test_a_broken_or_missing_source_keeps_the_last_good_file(
         wait_for(lambda: "greeting = back" in dest.read_text(), timeout=40, what="recovery")
         wait_http("127.0.0.1", admin, "/readyz", timeout=10)
         assert "sync failed; the last good file stays" in sync.output()
+
+
+@pytest.mark.parametrize(
+    ("validator", "stage", "rejected"),
+    [
+        ("etag", "validate", json.dumps({"greeting": "forbidden", "port": 1}).encode()),
+        ("last-modified", "validate", json.dumps({"greeting": "forbidden", "port": 1}).encode()),
+        ("etag", "render", json.dumps({"greeting": "no port"}).encode()),
+        ("etag", "parse", b"<html>oops</html>"),
+    ],
+    ids=["validate-etag", "validate-last-modified", "render", "parse"],
+)
+def test_a_rejected_version_keeps_the_sidecar_unready_until_a_good_one_is_applied(
+    tmp_path: Path, config_server: ConfigServer, validator: str, stage: str, rejected: bytes
+) -> None:
+    """The rejected version's ETag or Last-Modified is not sent back: every later round fetches
+    it in full and fails again, so /readyz stays 503 and the counts stay truthful until the
+    source serves a good version, which is then applied."""
+    config_server.validator = validator
+    admin = free_port()
+    dest = tmp_path / "app.conf"
+    with configsync(tmp_path, config_server.url, admin, "--every", "100ms", "--retry-max", "100ms"):
+        wait_http("127.0.0.1", admin, "/readyz", timeout=20)
+        good = dest.read_text()
+
+        config_server.body = rejected
+        wait_for(lambda: stage in admin_get(admin, "/readyz")[1], timeout=10, what=stage)
+        answers = config_server.full_answers
+        not_modified = config_server.not_modified
+        wait_for(
+            lambda: config_server.full_answers >= answers + 3,
+            timeout=20,
+            what="three more rounds fetching the rejected version",
+        )
+        assert config_server.not_modified == not_modified
+        status, reason = admin_get(admin, "/readyz")
+        assert status == 503
+        assert f"keeping the last good config: {stage}" in reason
+        assert (metric(admin, "configsync_consecutive_failures") or 0) >= 3
+        assert metric(admin, "configsync_source_up") == 0.0
+        assert f'configsync_failures_total{{stage="{stage}"}}' in admin_get(admin, "/metrics")[1]
+        assert dest.read_text() == good
+
+        config_server.set_json({"greeting": "fixed", "port": 3})
+        wait_for(lambda: "greeting = fixed" in dest.read_text(), timeout=20, what="the fix")
+        wait_recovered(admin)
 
 
 def test_readiness_waits_for_the_first_good_file(tmp_path: Path) -> None:

@@ -298,6 +298,55 @@ def test_an_unknown_sink_is_a_one_line_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_path_naming_a_directory_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    """A directory is not a file to tail: the error suggests the glob of its files."""
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "podkit", "logship"),
+            *("--path", str(tmp_path), "--to", f"file://{tmp_path}/sink.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"podkit logship: error: --path: {tmp_path} is a directory: give a glob of its files, "
+        f"such as '{tmp_path}/*.log'"
+    )
+
+
+@pytest.mark.parametrize("where", ["missing directory", "empty directory"])
+def test_a_glob_that_matches_nothing_warns_then_ships_the_file_that_appears(
+    tmp_path: Path, where: str
+) -> None:
+    """Not an error (the application may create its log later), but a warning that says why,
+    and the file is shipped once it appears."""
+    logs = tmp_path / "logs" if where == "missing directory" else tmp_path
+    sink = tmp_path / "sink.jsonl"
+    pattern = str(logs / "*.log")
+    with PodkitProcess(
+        "logship", "--path", pattern, "--to", f"file://{sink}", "--format", "json",
+        "--flush", "100ms", "--poll", "50ms",
+    ) as process:  # fmt: skip
+        wait_for(lambda: "matches no file" in process.output(), timeout=20, what="the warning")
+        warning = next(
+            json.loads(line) for line in process.output().splitlines() if "matches no file" in line
+        )
+        assert warning["level"] == "warning"
+        assert warning["path"] == pattern
+        expected = (
+            f"its directory {logs} does not exist"
+            if where == "missing directory"
+            else ("no file matches it yet")
+        )
+        assert warning["reason"] == expected
+        logs.mkdir(exist_ok=True)
+        write_lines(logs / "app.log", 0, 3)
+        wait_for(lambda: delivered(sink) == [0, 1, 2], timeout=20, what="the new file shipped")
+
+
 MIXED_SAMPLES = {
     "nginx": '10.1.1.{n} - - [10/Oct/2000:13:55:36 -0700] "GET /search?q=logs&page={n} '
     'HTTP/1.1" 200 51 "-" "curl/8.5"',

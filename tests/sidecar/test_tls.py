@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -392,3 +393,63 @@ def test_a_sighup_while_the_workers_start_does_not_end_any_of_them(ca: TestCA, w
         output = proc.output()
         assert "worker exited" not in output
         assert len(worker_pids(proc)) == 2
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (EOF or reset) instead of leaving it open."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except (TimeoutError, BlockingIOError):
+        return False
+
+
+def test_silent_clients_count_from_accept_and_are_closed_after_the_handshake_timeout(
+    ca: TestCA, whoami: int
+) -> None:
+    """300 clients that send nothing (or half a ClientHello) to --max-connections 50: those
+    beyond 50 are closed at once, the rest at --handshake-timeout; HTTPS works again after."""
+    pair = ca.issue("server", common_name="localhost", dns=("localhost",))
+    port, admin = free_port(), free_port()
+    with tls_process(
+        port, whoami, pair, "--max-connections", "50", "--handshake-timeout", "1s",
+        "--admin", f"127.0.0.1:{admin}",
+    ) as proc:  # fmt: skip
+        wait_http("127.0.0.1", admin, "/readyz")
+        silent = []
+        for index in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if index % 2:
+                sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # half a hello
+            silent.append(sock)
+        wait_http("127.0.0.1", admin, "/healthz")  # the admin endpoint stays reachable
+        for sock in silent:
+            sock.settimeout(0.05)
+        # Past the first 50 every client is refused at accept.
+        wait_for(lambda: sum(_closed_by_server(s) for s in silent[60:]) == 240, timeout=5)
+        start = time.monotonic()
+        for sock in silent[:50]:
+            sock.settimeout(10)
+            assert _closed_by_server(sock)
+        assert time.monotonic() - start < 8, "held past --handshake-timeout"
+        for sock in silent:
+            sock.close()
+        conn = connect(port, client_context(ca), "localhost")
+        assert get(conn)[0] == 200
+        conn.close()
+        scrape = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        scrape.request("GET", "/metrics")
+        metrics = scrape.getresponse().read().decode()
+        scrape.close()
+        assert 'reason="tls_handshake_timeout"' in metrics
+        assert 'reason="max_connections"' in metrics
+        assert "TLS handshake failed" in proc.output()
+
+
+def test_handshake_timeout_must_be_positive(ca: TestCA, whoami: int) -> None:
+    pair = ca.issue("server", common_name="localhost", dns=("localhost",))
+    proc = tls_process(free_port(), whoami, pair, "--handshake-timeout", "0s")
+    with proc:
+        assert proc.wait(timeout=20) == 2
+        assert "--handshake-timeout" in proc.output()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.engines.http import (
     Forwarding,
     HTTPServer,
@@ -19,12 +20,17 @@ from podkit.engines.http import (
     UpstreamPool,
     proxy_handler,
 )
-from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.engines.http.access_log import AccessLogSettings
+from podkit.engines.http.cli_options import (
+    access_log_options,
+    server_limit_options,
+    upstream_timeout_options,
+)
 from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 from podkit.engines.tcp import DEFAULT_IDLE_TIMEOUT as DEFAULT_TCP_IDLE_TIMEOUT
 from podkit.engines.tcp import TCPProxy
 from podkit.engines.workers import serve_workers
-from podkit.errors import ConfigError, PodkitError
+from podkit.errors import ConfigError, ListenError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
 
@@ -44,7 +50,7 @@ def reserve_port(listen: HostPort) -> Iterator[int]:
         try:
             sock.bind((listen.host, listen.port))
         except OSError as exc:
-            raise PodkitError(f"proxy: cannot listen on {listen}: {exc.strerror or exc}") from exc
+            raise ListenError(listen.host, listen.port, exc.strerror or str(exc)) from exc
         yield int(sock.getsockname()[1])
     finally:
         sock.close()
@@ -62,6 +68,8 @@ class ProxySettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
     idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+    source_address: str | None = None
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
 
 
 async def serve_proxy(rt: Runtime, settings: ProxySettings, *, reuse_port: bool = False) -> None:
@@ -86,6 +94,7 @@ async def serve_tcp_proxy(
         port=settings.listen.port,
         connect_timeout=settings.connect_timeout,
         idle_timeout=settings.idle_timeout,
+        source_address=settings.source_address,
         max_connections=settings.limits.max_connections,
         reuse_port=reuse_port,
         registry=rt.registry,
@@ -112,6 +121,7 @@ async def serve_http_proxy(
         connect_timeout=settings.connect_timeout,
         response_timeout=settings.response_timeout,
         registry=rt.registry,
+        source_address=settings.source_address,
     ) as pool:
         handler = proxy_handler(pool, settings.upstream, forwarding=settings.forwarding)
         async with HTTPServer(
@@ -122,7 +132,9 @@ async def serve_http_proxy(
             reuse_port=reuse_port,
             registry=rt.registry,
             name="proxy",
+            access_log=settings.access_log,
         ) as server:
+            rt.on_reload(server.reopen_access_log)
             rt.log.info(
                 "listening",
                 extra={
@@ -136,7 +148,7 @@ async def serve_http_proxy(
             await server.drain(rt.drain_timeout)
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,
@@ -185,6 +197,7 @@ async def serve_http_proxy(
     show_default=True,
     help="Pseudonym added to Via on requests and responses; empty for none.",
 )
+@access_log_options
 @server_limit_options
 @runtime_options
 def command(
@@ -195,9 +208,11 @@ def command(
     connect_timeout: float,
     idle_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     trusted_proxies: tuple[str, ...],
     via: str,
     limits: ServerLimits,
+    access_log: AccessLogSettings,
     runtime: RuntimeOptions,
 ) -> int:
     """A reverse proxy: forward every request (or TCP connection) to one upstream.
@@ -210,13 +225,20 @@ def command(
     try:
         trusted = Forwarding.parse_trusted(trusted_proxies)
     except ValueError as exc:
-        raise ConfigError(str(exc), source="<flags>", path="--trusted-proxy") from exc
+        raise ConfigError(str(exc), path="--trusted-proxy") from exc
     if mode == "tcp":
         target = upstream.removeprefix("tcp://")
         if "://" in target:
-            raise ConfigError("tcp mode takes HOST:PORT", source="<flags>", path="--upstream")
+            raise ConfigError("tcp mode takes HOST:PORT", path="--upstream")
         parsed = Upstream.parse(target)
     else:
+        if "://" not in upstream:
+            # As nginx's proxy_pass: http:// or https:// is written, never assumed.
+            raise ConfigError(
+                f"expected a URL with its scheme such as http://{upstream.strip()}, "
+                f"got {upstream!r}",
+                path="--upstream",
+            )
         parsed = Upstream.parse(upstream)
     settings = ProxySettings(
         listen=listen,
@@ -227,6 +249,8 @@ def command(
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,
         idle_timeout=idle_timeout,
+        source_address=source_address,
+        access_log=access_log,
     )
 
     async def main(rt: Runtime) -> None:

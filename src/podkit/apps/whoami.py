@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 import click
 from prometheus_client import Counter
 
+from podkit.cli import PodkitCommand
 from podkit.runtime import (
     HostPort,
     Request,
@@ -94,7 +95,7 @@ class WhoamiApp:
         if path == "/stats":
             body = {"name": self.name, "total": self.total, "paths": dict(self.served)}
             return Response.json(200, json.dumps(body))
-        if len(parts) == 2 and parts[0] in ("delay", "status", "bytes", "cache"):
+        if len(parts) == 2 and parts[0] in ("delay", "status", "bytes", "sized", "cache"):
             if not parts[1].isdigit():
                 return Response.text(400, f"/{parts[0]}/ takes a whole number\n")
             number = int(parts[1])
@@ -107,12 +108,13 @@ class WhoamiApp:
                 if not 100 <= number <= 599:
                     return Response.text(400, "status must be 100-599\n")
                 return Response.text(number, f"status {number}\n")
-            if parts[0] == "bytes":
+            if parts[0] in ("bytes", "sized"):
                 if number > MAX_STREAM_BYTES:
                     return Response.text(400, f"at most {MAX_STREAM_BYTES} bytes\n")
-                return Response(
-                    200, [("Content-Type", "application/octet-stream")], _stream(number)
-                )
+                headers = [("Content-Type", "application/octet-stream")]
+                if parts[0] == "sized":  # the same bytes with Content-Length, not chunked
+                    headers.append(("Content-Length", str(number)))
+                return Response(200, headers, _stream(number))
             return self._cacheable(request, number)
         if path == "/" or method in ("GET", "HEAD"):
             return self._describe(request)
@@ -167,7 +169,7 @@ async def serve_whoami(rt: Runtime, *, listen: HostPort, name: str) -> None:
         await server.drain(rt.drain_timeout)
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,

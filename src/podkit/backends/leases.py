@@ -192,11 +192,13 @@ def check_name(name: str) -> str:
     return name
 
 
-def open_lease_backend(url: str) -> LeaseBackend:
+def open_lease_backend(url: str, *, read_only: bool = False) -> LeaseBackend:
     """The lease backend a URL names (connections open lazily, on first use).
 
     Args:
         url: ``sqlite:///path.db``, ``redis://host:port/db`` or ``etcd://host:port``.
+        read_only: for commands that only look: a SQLite file is opened read-only and never
+            created (Redis and etcd create nothing by reading).
 
     Raises:
         ConfigError: the URL is malformed, names an unknown scheme, or its client library is
@@ -213,7 +215,7 @@ def open_lease_backend(url: str) -> LeaseBackend:
                 "a SQLite URL names a file: sqlite:///relative.db or sqlite:////abs/path.db",
                 path="backend",
             )
-        return SQLiteLeaseBackend(path)
+        return SQLiteLeaseBackend(path, read_only=read_only)
     if scheme in ("redis", "rediss"):
         try:
             from podkit.backends.redis_leases import RedisLeaseBackend

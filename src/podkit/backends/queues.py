@@ -243,11 +243,12 @@ def check_queue_url(url: str) -> str:
     return url
 
 
-def open_backend(url: str) -> QueueBackend:
+def open_backend(url: str, *, read_only: bool = False) -> QueueBackend:
     """The backend for ``url``.
 
     ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (as in SQLAlchemy) and
-    ``redis://host:port/db`` (``rediss://`` and ``unix://`` too).
+    ``redis://host:port/db`` (``rediss://`` and ``unix://`` too). ``read_only``: a SQLite
+    file is opened read-only and never created (Redis creates nothing by reading anyway).
 
     Raises:
         ConfigError: the scheme is unknown or the URL has no path.
@@ -256,7 +257,7 @@ def open_backend(url: str) -> QueueBackend:
     if scheme == "sqlite":
         from podkit.backends.sqlite_queue import SqliteQueueBackend
 
-        return SqliteQueueBackend(sqlite_path(url))
+        return SqliteQueueBackend(sqlite_path(url), read_only=read_only)
     if scheme in ("redis", "rediss", "unix"):
         from podkit.backends.redis_queue import RedisQueueBackend
 

@@ -51,10 +51,22 @@ def _boot_id() -> str:
 
 
 class SQLiteLeaseBackend(LeaseBackend):
-    """Leases in the SQLite file at ``path`` (created with its parent directory if needed)."""
+    """Leases in the SQLite file at ``path`` (created with its parent directory if needed).
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+    Args:
+        read_only: open the file read-only and never create it (``podkit elect status``); a
+            missing file is a :class:`BackendError`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        read_only: bool = False,
+    ) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self.url = f"sqlite:///{path}"
         self._clock = clock
         self._boot = _boot_id()
@@ -63,6 +75,17 @@ class SQLiteLeaseBackend(LeaseBackend):
         self._closed = False
 
     def _connect(self) -> sqlite3.Connection:
+        if self._conn is None and self.read_only:
+            if not self.path.is_file():
+                raise BackendError(
+                    f"{self.path}: no such database (this command only reads; it never creates one)"
+                )
+            self._conn = sqlite3.connect(
+                self.path.resolve().as_uri() + "?mode=ro",
+                uri=True,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+            )
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -78,7 +101,7 @@ class SQLiteLeaseBackend(LeaseBackend):
 
         def call() -> T:
             conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
             try:
                 result = fn(conn)
             except BaseException:

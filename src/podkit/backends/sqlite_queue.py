@@ -87,18 +87,45 @@ _TOTAL_BUCKET = -1
 
 
 class SqliteQueueBackend(QueueBackend):
-    """Queues in the SQLite file at ``path`` (created with its schema when missing)."""
+    """Queues in the SQLite file at ``path`` (created with its schema when missing).
 
-    def __init__(self, path: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    Args:
+        read_only: open the file read-only and never create it (for commands that only
+            look: ``podkit queue stats``, ``dead``); a missing file is a :class:`BackendError`
+            and writes fail.
+    """
+
+    def __init__(
+        self, path: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, read_only: bool = False
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self.read_only = read_only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="podkit-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
 
     # -- plumbing -------------------------------------------------------------------------
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        if not Path(self.path).is_file():
+            raise BackendError(
+                f"sqlite queue {self.path}: no such database (this command only reads; "
+                "it never creates one)"
+            )
+        conn = sqlite3.connect(
+            Path(self.path).resolve().as_uri() + "?mode=ro",
+            uri=True,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        return conn
+
     def _connect(self) -> sqlite3.Connection:
+        if self._conn is None and self.read_only:
+            self._conn = self._connect_read_only()
         if self._conn is None:
             parent = Path(self.path).parent
             if not parent.exists():
@@ -130,7 +157,7 @@ class SqliteQueueBackend(QueueBackend):
         def call() -> T:
             conn = self._connect()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
                 try:
                     result = fn(conn)
                 except BaseException:
@@ -371,10 +398,12 @@ class SqliteQueueBackend(QueueBackend):
             ):
                 target = totals if bucket == _TOTAL_BUCKET else rates
                 target[kind] = target.get(kind, 0) + count
-            conn.execute(
-                "DELETE FROM podkit_queue_counters WHERE queue=? AND bucket >= 0 AND bucket < ?",
-                (queue, current - _RATE_RETENTION_BUCKETS),
-            )
+            if not self.read_only:  # housekeeping; a reader leaves it to the writers
+                conn.execute(
+                    "DELETE FROM podkit_queue_counters WHERE queue=? AND bucket >= 0"
+                    " AND bucket < ?",
+                    (queue, current - _RATE_RETENTION_BUCKETS),
+                )
             return build_counts(ready, delayed, leased, dead, rates, totals)
 
         return await self._run(op)

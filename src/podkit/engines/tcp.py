@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from podkit.engines._closing import finish_closing
 from podkit.engines.http.client import Upstream
-from podkit.errors import PodkitError
+from podkit.errors import ListenError, PodkitError
 
 DEFAULT_CONNECT_TIMEOUT = 5.0  # a dead upstream host; local ones connect in microseconds
 DEFAULT_IDLE_TIMEOUT = 3600.0  # long-lived protocols (databases, brokers) idle for minutes
@@ -159,7 +159,10 @@ class _ClientSide(_Side):
                 raise OSError("no upstream available")
             async with asyncio.timeout(proxy.connect_timeout):
                 _, side = await proxy.loop.create_connection(
-                    lambda: _Side(proxy, "bytes_out"), upstream.host, upstream.port
+                    lambda: _Side(proxy, "bytes_out"),
+                    upstream.host,
+                    upstream.port,
+                    local_addr=(proxy.source_address, 0) if proxy.source_address else None,
                 )
         except (OSError, TimeoutError):
             proxy.counters["connect_errors"] += 1
@@ -342,6 +345,8 @@ class _SplicedPair:
                 family, kind, proto, _, address = infos[0]
                 sock = socket.socket(family, kind, proto)
                 sock.setblocking(False)
+                if proxy.source_address:
+                    sock.bind((proxy.source_address, 0))
                 await loop.sock_connect(sock, address)
         except (OSError, TimeoutError):
             proxy.counters["connect_errors"] += 1
@@ -424,6 +429,7 @@ class TCPProxy:
         sock: an already bound listening socket to serve on.
         registry: a Prometheus registry to export the metrics to.
         zero_copy: move bytes with splice(2) through kernel pipes (default: on Linux).
+        source_address: the local IP address upstream connections leave from.
     """
 
     def __init__(
@@ -441,8 +447,10 @@ class TCPProxy:
         metrics_prefix: str = "podkit_tcp",
         name: str = "tcp",
         zero_copy: bool | None = None,
+        source_address: str | None = None,
     ) -> None:
         self.upstream = upstream
+        self.source_address = source_address
         self.zero_copy = SPLICE_AVAILABLE if zero_copy is None else zero_copy and SPLICE_AVAILABLE
         self.host = host
         self.port = port
@@ -507,7 +515,7 @@ class TCPProxy:
         reason = (
             "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         )
-        return PodkitError(f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}")
+        return ListenError(self.host, self.port, reason)
 
     async def _listen_protocol(self) -> None:
         try:

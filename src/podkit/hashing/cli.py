@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from podkit.cli import PodkitGroup
+from podkit.cli import BytesArgument, PodkitGroup
 from podkit.hashing import (
     ALGORITHMS,
     DEFAULT_TABLE_SIZE,
@@ -59,7 +60,7 @@ class HashGroup(PodkitGroup):
         )
 
 
-class _KeysArgument(click.Argument):
+class _KeysArgument(BytesArgument):
     """The KEY... words; left out of subcommand paths ("podkit hash bench", not "... KEY...")."""
 
     def get_usage_pieces(self, ctx: click.Context) -> list[str]:
@@ -90,13 +91,14 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float]:
     return weights
 
 
-def _keys(words: tuple[str, ...]) -> Iterator[str]:
+def _keys(words: tuple[str, ...]) -> Iterator[bytes]:
+    """The keys as the bytes given: a key is hashed as it is, even when it is not UTF-8."""
     for word in words:
         if word == "-":
-            for line in sys.stdin:
-                yield line.rstrip("\r\n")
+            for line in sys.stdin.buffer:
+                yield line.rstrip(b"\r\n")
         else:
-            yield word
+            yield os.fsencode(word)
 
 
 @click.group(
@@ -156,8 +158,9 @@ def command(
     """Print the node of each KEY, one "KEY NODE" line per key in the order given.
 
     KEY "-" reads keys from standard input, one per line. Put "--" before keys that start
-    with "-". Keys are hashed as UTF-8 with the stable key hash (xxh3-64; the ring uses MD5
-    as ketama does), so every process and machine gives the same answer.
+    with "-". Keys are hashed as the bytes given (UTF-8 text, or any bytes) with the stable
+    key hash (xxh3-64; the ring uses MD5 as ketama does), so every process and machine gives
+    the same answer.
 
     Example: podkit hash --algo maglev --nodes 10.0.0.1:11211,10.0.0.2:11211 user:1 user:2
     """
@@ -184,9 +187,9 @@ def command(
         raise click.UsageError(str(exc), ctx=ctx) from exc
     keys = list(_keys(words))
     owners = function.pick_many(keys) if table is None else [table.assign(k) for k in keys]
-    out = sys.stdout
+    out = sys.stdout.buffer
     for key, node in zip(keys, owners, strict=True):
-        out.write(f"{key} {node}\n")
+        out.write(key + b" " + node.encode() + b"\n")
     out.flush()
 
 

@@ -16,14 +16,23 @@ shell reports back what happened. Time is always passed in as ``now`` (monotonic
   immediate, the next ones of a quick-exit streak wait an exponential backoff
   (:class:`BackoffPolicy`), whose count resets once a container has run for ``reset_after``.
   The ``crash_loop``-th quick exit in a row is reported with its output.
+* **Usage errors.** A container that exits with code 2 (``EXIT_USAGE``: a usage or
+  configuration error) before it ran ``reset_after`` is not restarted: it is FAILED, its
+  replica is not ready, and a :class:`Report` gives the reason. Running it again with the
+  same flags would fail the same way.
+* **Restart.** :meth:`SupervisorCore.restart` stops every container of a pod (as a stop
+  does) and starts each again once it is down, FAILED or EXITED ones included.
 * **Stop.** SIGTERM to the container's first process (it stops what it started, as a
   component drains its workers), SIGKILL to its whole group once ``stop_grace`` has passed.
 
 Container states (a transition outside ``TRANSITIONS`` raises :class:`IllegalTransition`)::
 
     WAITING ──► STARTING ──► RUNNING ──► BACKOFF ──► STARTING ...
-                   │            │  └────► EXITED (policy says no restart)
-                   └────────────┴──► STOPPING ──► STOPPED ──► STARTING (scaled back up)
+                   │            │  ├────► EXITED (policy says no restart)
+                   │            │  └────► FAILED (exit code 2 soon after start)
+                   └────────────┴──► STOPPING ──► STOPPED ──► STARTING (scaled back up,
+                                                               restarted)
+    EXITED, FAILED, BACKOFF ──► STOPPED (stopped, or restarted by hand)
 """
 
 from __future__ import annotations
@@ -33,14 +42,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from podkit.errors import UsageError
-from podkit.pods.model import MAX_REPLICAS, PodFile, replica_ip
+from podkit.errors import EXIT_USAGE, UsageError
+from podkit.pods.model import (
+    DEFAULT_PROBE_FAILURES,
+    MAX_REPLICAS,
+    PodFile,
+    admin_probes,
+)
 from podkit.runtime.lifecycle import IllegalTransition
 
 DEFAULT_BACKOFF_INITIAL = 0.5  # the second quick exit in a row waits this long
 DEFAULT_BACKOFF_MAX = 30.0  # a broken container costs at most one spawn every 30 s
 DEFAULT_BACKOFF_RESET = 10.0  # running this long counts as healthy again
 DEFAULT_CRASH_LOOP = 5  # quick exits in a row before the output is reported
+# A container with nothing to probe counts as ready once it has run this long, so one that
+# dies on start-up is not announced as ready first (Kubernetes' minReadySeconds).
+DEFAULT_MIN_READY = 1.0
 
 
 class ContainerState(enum.Enum):
@@ -50,20 +67,22 @@ class ContainerState(enum.Enum):
     BACKOFF = "backoff"  # exited; a restart is due at ``restart_at``
     STOPPING = "stopping"  # SIGTERM sent (or due as soon as it starts)
     EXITED = "exited"  # exited and the restart policy keeps it down
+    FAILED = "failed"  # exited with a usage or configuration error: restarting cannot help
     STOPPED = "stopped"  # stopped by the supervisor
 
 
 S = ContainerState
 TRANSITIONS: dict[ContainerState, frozenset[ContainerState]] = {
     S.WAITING: frozenset({S.STARTING, S.STOPPED}),
-    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.EXITED, S.STOPPING}),
-    S.RUNNING: frozenset({S.BACKOFF, S.EXITED, S.STOPPING}),
+    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.EXITED, S.FAILED, S.STOPPING}),
+    S.RUNNING: frozenset({S.BACKOFF, S.EXITED, S.FAILED, S.STOPPING}),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
     S.STOPPING: frozenset({S.STOPPED}),
     S.EXITED: frozenset({S.STOPPED}),
+    S.FAILED: frozenset({S.STOPPED}),
     S.STOPPED: frozenset({S.STARTING}),
 }
-_DOWN = frozenset({S.WAITING, S.EXITED, S.STOPPED})  # no process and none coming
+_DOWN = frozenset({S.WAITING, S.EXITED, S.FAILED, S.STOPPED})  # no process and none coming
 
 
 class ReplicaKey(NamedTuple):
@@ -165,11 +184,17 @@ class Announce:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """Something the user must see: a crash loop, a failed spawn, a container that gave up."""
+    """Something the user must see: a crash loop, a failed spawn, a container that gave up.
+
+    Attributes:
+        with_output: show the container's last lines of output with the message.
+        failed: the container stays down (it will not come back without a change).
+    """
 
     key: ContainerKey
     message: str
     with_output: bool = False
+    failed: bool = False
 
 
 Action = Spawn | Signal | StartProbe | StopProbe | Publish | Announce | Report
@@ -190,6 +215,7 @@ class _Container:
     kill_at: float | None = None
     killed: bool = False
     streak: int = 0  # quick exits in a row
+    settled: bool = False  # has run min_ready since it last started
 
     def move(self, new: ContainerState) -> None:
         if new not in TRANSITIONS[self.state]:
@@ -228,6 +254,7 @@ class SupervisorCore:
 
     podfile: PodFile
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    min_ready: float = DEFAULT_MIN_READY
 
     def __post_init__(self) -> None:
         self.order = self.podfile.order()
@@ -254,7 +281,28 @@ class SupervisorCore:
         rep = self._replicas.get(key)
         if rep is None or not rep.wanted or not _containers_up(rep):
             return False
-        return rep.probe_ok or self.podfile.pods[key.pod].ready is None
+        if self.probed(key.pod):
+            return rep.probe_ok
+        return all(c.settled or c.state is S.EXITED for c in rep.containers.values())
+
+    def probed(self, pod: str) -> bool:
+        """Whether readiness needs probes: a ``ready`` probe, or containers with an admin
+        endpoint (each ready when its ``/readyz`` answers 200)."""
+        spec = self.podfile.pods[pod]
+        return spec.ready is not None or bool(admin_probes(spec))
+
+    def failed_pods(self) -> list[str]:
+        """The pods with a FAILED container in a replica that is wanted."""
+        return [
+            name
+            for name in self.order
+            if any(
+                c.state is S.FAILED
+                for k in self.replicas(name)
+                if self._replicas[k].wanted
+                for c in self._replicas[k].containers.values()
+            )
+        ]
 
     def ready_replicas(self, pod: str) -> tuple[int, ...]:
         """The numbers of the ready replicas of ``pod``, in order."""
@@ -281,6 +329,11 @@ class SupervisorCore:
             for c in self._containers()
             if c.state is S.STOPPING and not c.killed and c.kill_at is not None
         ]
+        times += [
+            c.started_at + self.min_ready
+            for c in self._containers()
+            if c.state is S.RUNNING and not c.settled and c.started_at is not None
+        ]
         return min(times) if times else None
 
     def statistics(self) -> list[ContainerStatus]:
@@ -289,7 +342,7 @@ class SupervisorCore:
         for key in sorted(self._replicas, key=lambda k: (self.order.index(k.pod), k.replica)):
             rep = self._replicas[key]
             ready = self.replica_ready(key)
-            ip = replica_ip(self.podfile.pod_index(key.pod), key.replica)
+            ip = self.podfile.address(key.pod, key.replica)
             rows += [
                 ContainerStatus(
                     pod=key.pod,
@@ -322,6 +375,7 @@ class SupervisorCore:
         c.pid = pid
         c.started_at = now
         c.exit_code = None
+        c.settled = self.min_ready <= 0
         if c.state is S.STOPPING:
             # A stop arrived while the spawn was under way: stop it now.
             return [Signal(key, "term"), *self._advance(now)]
@@ -345,7 +399,7 @@ class SupervisorCore:
         """A readiness probe of the replica passed (``ok``) or failed."""
         rep = self._replicas.get(key)
         pod = self.podfile.pods[key.pod]
-        if rep is None or pod.ready is None:
+        if rep is None or not self.probed(key.pod):
             return []
         if not _containers_up(rep):
             return []  # results about a replica that is (re)starting say nothing
@@ -354,14 +408,23 @@ class SupervisorCore:
             rep.probe_failures = 0
         else:
             rep.probe_failures += 1
-            if rep.probe_failures >= pod.ready.failures:
+            failures = pod.ready.failures if pod.ready is not None else DEFAULT_PROBE_FAILURES
+            if rep.probe_failures >= failures:
                 rep.probe_ok = False
         return self._advance(now)
 
     def tick(self, now: float) -> list[Action]:
-        """Carry out what is due: restarts after backoff, SIGKILL after the grace period."""
+        """Carry out what is due: restarts after backoff, SIGKILL after the grace period,
+        readiness of containers that ran ``min_ready``."""
         actions: list[Action] = []
         for c in self._containers():
+            if (
+                c.state is S.RUNNING
+                and not c.settled
+                and c.started_at is not None
+                and c.started_at + self.min_ready <= now
+            ):
+                c.settled = True
             if c.state is S.BACKOFF and c.restart_at is not None and c.restart_at <= now:
                 c.restart_at = None
                 c.restarts += 1
@@ -408,6 +471,34 @@ class SupervisorCore:
                 self._replicas[key].wanted = True
         return actions + self._advance(now)
 
+    def restart(self, pod: str, now: float) -> list[Action]:
+        """Stop every container of ``pod`` and start it again once it is down.
+
+        Containers that gave up (EXITED, FAILED) or wait for a restart start again at once;
+        the restart count of each goes up by one.
+
+        Raises:
+            UsageError: an unknown pod, or a stop under way.
+        """
+        if pod not in self.podfile.pods:
+            raise UsageError(f"no pod named {pod!r} (pods: {', '.join(self.podfile.pods)})")
+        if self.stopping:
+            raise UsageError("the pods are stopping")
+        grace = self.podfile.pods[pod].stop_grace
+        actions: list[Action] = []
+        for key in self.replicas(pod):
+            rep = self._replicas[key]
+            if not rep.wanted:
+                continue
+            rep.probe_ok = False
+            rep.probe_failures = 0
+            for c in rep.containers.values():
+                if c.state in (S.EXITED, S.FAILED):
+                    c.move(S.STOPPED)
+                else:
+                    actions += self._terminate(c, grace, now)
+        return actions + self._advance(now)
+
     def stop(self, now: float) -> list[Action]:
         """Stop everything, dependents before the pods they wait for."""
         self.stopping = True
@@ -445,6 +536,7 @@ class SupervisorCore:
     def _exited(self, c: _Container, returncode: int | None, now: float) -> list[Action]:
         rep = self._replicas[c.key.replica_key]
         ran = now - (c.started_at if c.started_at is not None else now)
+        c.settled = False
         c.pid = None
         c.exit_code = returncode
         rep.probe_ok = False
@@ -455,6 +547,20 @@ class SupervisorCore:
             return self._advance(now)
         policy = self.podfile.pods[c.key.pod].restart
         failed = returncode != 0
+        if returncode == EXIT_USAGE and ran < self.backoff.reset_after and rep.wanted:
+            c.move(S.FAILED)
+            c.streak = 0
+            if not self.stopping:
+                actions.append(
+                    Report(
+                        c.key,
+                        f"exited with code {EXIT_USAGE} (a usage or configuration error) "
+                        f"after {ran:.1f}s; not restarted",
+                        with_output=True,
+                        failed=True,
+                    )
+                )
+            return actions + self._advance(now)
         restart = (policy == "always" or (policy == "on-failure" and failed)) and (
             rep.wanted and not self.stopping
         )
@@ -480,6 +586,7 @@ class SupervisorCore:
                         c.key,
                         f"{_describe_exit(returncode)}; restart policy {policy!r} keeps it down",
                         with_output=True,
+                        failed=True,
                     )
                 )
         return actions + self._advance(now)
@@ -520,7 +627,7 @@ class SupervisorCore:
                 c.move(S.STARTING)
                 c.streak = 0
                 actions.append(Spawn(c.key))
-        if actions and not rep.probing and self.podfile.pods[rep.key.pod].ready is not None:
+        if actions and not rep.probing and self.probed(rep.key.pod):
             rep.probing = True
             actions.append(StartProbe(rep.key))
         return actions

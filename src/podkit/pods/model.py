@@ -53,6 +53,7 @@ DEFAULT_STOP_GRACE = 15.0  # above the runtime's 10 s drain timeout, so componen
 DEFAULT_PROBE_INTERVAL = 1.0
 DEFAULT_PROBE_TIMEOUT = 1.0
 DEFAULT_PROBE_FAILURES = 3  # Kubernetes' failureThreshold default
+DEFAULT_SUBNET = "127.0.0.0/16"  # pods at 127.0.P.R; another project on the machine picks 127.N
 
 NAME_PATTERN = r"^[a-z]([a-z0-9-]*[a-z0-9])?$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -81,6 +82,14 @@ Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Scalar = str | int | float | bool
+
+
+# How errors describe the patterns and union members of the model (see parse_podfile).
+_WORDS = {
+    NAME_PATTERN: "a name of lowercase letters, digits and '-' that starts with a letter",
+    "^/": "a path starting with /",
+    "Discovery": "a discovery reference {pod: NAME, port: N}",
+}
 
 
 class _Model(BaseModel):
@@ -205,10 +214,51 @@ class Pod(_Model):
     )
 
 
+def parse_subnet(value: Any) -> str:
+    """``127.N.0.0/16`` in its canonical form.
+
+    Raises:
+        ValueError: not a /16 block of the loopback network.
+    """
+    text = str(value).strip()
+    match = _SUBNET_RE.match(text)
+    if match is None or int(match.group(1)) > 255:
+        raise ValueError(f"expected a loopback block 127.N.0.0/16 (N 0-255), got {value!r}")
+    return f"127.{int(match.group(1))}.0.0/16"
+
+
+_SUBNET_RE = re.compile(r"^127\.(\d{1,3})\.0\.0/16$")
+Subnet = Annotated[
+    str,
+    BeforeValidator(parse_subnet),
+    WithJsonSchema({"type": "string", "pattern": r"^127\.\d{1,3}\.0\.0/16$"}),
+]
+
+
 class PodFile(_Model):
     """The whole pod file."""
 
     pods: dict[Name, Pod] = Field(min_length=1, max_length=MAX_PODS)
+    subnet: Subnet = Field(
+        default=DEFAULT_SUBNET,
+        description=(
+            "The loopback block of this project: replica R of the P-th pod gets 127.N.P.R. "
+            "Give each project on one machine its own N."
+        ),
+    )
+
+    @property
+    def block(self) -> int:
+        """The second octet of every address of this pod file (N of ``127.N.P.R``)."""
+        return int(self.subnet.split(".")[1])
+
+    def networks(self) -> list[str]:
+        """The address block of each pod, ``127.N.P.0/24``: every replica it can have."""
+        return [f"127.{self.block}.{self.pod_index(name)}.0/24" for name in self.pods]
+
+    def address(self, pod: str, replica: int) -> str:
+        """The loopback address of replica ``replica`` (from 1) of pod ``pod``."""
+        return replica_ip(self.pod_index(pod), replica, block=self.block)
 
     def pod_index(self, name: str) -> int:
         """The pod's position in the file, from 1: the third octet of its addresses."""
@@ -232,9 +282,25 @@ class PodFile(_Model):
         return done
 
 
-def replica_ip(pod_index: int, replica: int) -> str:
-    """The loopback address of replica ``replica`` (from 1) of the pod at ``pod_index``."""
-    return f"127.0.{pod_index}.{replica}"
+def admin_probes(pod: Pod) -> dict[str, str]:
+    """The containers whose admin ``/readyz`` decides readiness, with their ``admin`` option.
+
+    Only for a pod without a ``ready`` probe: each podkit component given ``admin: HOST:PORT``
+    is ready when its ``GET /readyz`` answers 200.
+    """
+    if pod.ready is not None:
+        return {}
+    return {
+        name: admin
+        for name, c in pod.containers.items()
+        if c.component is not None and isinstance(admin := c.options.get("admin"), str)
+    }
+
+
+def replica_ip(pod_index: int, replica: int, *, block: int = 0) -> str:
+    """The loopback address of replica ``replica`` (from 1) of the pod at ``pod_index``, in
+    the block ``127.BLOCK.0.0/16``."""
+    return f"127.{block}.{pod_index}.{replica}"
 
 
 def render_template(text: str, fields: Mapping[str, str]) -> str:
@@ -258,13 +324,13 @@ def render_template(text: str, fields: Mapping[str, str]) -> str:
 def template_fields(podfile: PodFile, pod: str, replica: int, *, state_dir: Path) -> dict[str, str]:
     """The values of ``{pod.*}`` for one replica, and ``pods.NAME.ip`` for every pod."""
     fields = {
-        "ip": replica_ip(podfile.pod_index(pod), replica),
+        "ip": podfile.address(pod, replica),
         "name": pod,
         "replica": str(replica),
         "dir": str(replica_dir(state_dir, pod, replica)),
     }
-    for index, name in enumerate(podfile.pods, start=1):
-        fields[f"pods.{name}.ip"] = replica_ip(index, 1)
+    for name in podfile.pods:
+        fields[f"pods.{name}.ip"] = podfile.address(name, 1)
     return fields
 
 
@@ -339,15 +405,15 @@ def _program_found(program: str, *, path: str | None, cwd: Path) -> bool:
 
 
 def bound_addresses(
-    podfile: PodFile, pod_name: str, replicas: int, *, state_dir: Path
+    podfile: PodFile, pod_name: str, replicas: int, *, state_dir: Path, first: int = 1
 ) -> Iterator[tuple[str, str]]:
-    """``(ip:port, path)`` for every address the pod's replicas bind.
+    """``(ip:port, path)`` for every address replicas ``first``..``replicas`` of a pod bind.
 
     Declared ``ports`` bind on the replica's address; ``listen`` and ``admin`` options are
     rendered and parsed as ``HOST:PORT``. Port 0 (the kernel picks) never clashes.
     """
     pod = podfile.pods[pod_name]
-    for replica in range(1, replicas + 1):
+    for replica in range(first, replicas + 1):
         fields = template_fields(podfile, pod_name, replica, state_dir=state_dir)
         for cname, c in pod.containers.items():
             cbase = f"pods.{pod_name}.containers.{cname}"
@@ -500,7 +566,7 @@ def parse_podfile(data: Any, *, source: str) -> PodFile:
     try:
         return PodFile.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        raise validation_error_to_config_error(exc, source=source) from exc
+        raise validation_error_to_config_error(exc, source=source, words=_WORDS) from exc
 
 
 def load_podfile(
@@ -508,15 +574,29 @@ def load_podfile(
     *,
     state_dir: Path,
     components: Mapping[str, object] | None = None,
+    subnet: str | None = None,
 ) -> PodFile:
     """Read, validate and check a pod file; nothing is started.
+
+    Args:
+        components: the podkit commands that exist (default: ``podkit.cli.COMMANDS``, whose
+            parsers then also check each component container's flags).
+        subnet: a loopback block that replaces the file's ``subnet``.
 
     Raises:
         ConfigError: the file cannot be read, is not valid YAML or fails a check.
     """
     source = str(path)
-    podfile = parse_podfile(load_yaml(path), source=source)
+    data = load_yaml(path)
+    if subnet is not None and isinstance(data, dict):
+        data = {**data, "subnet": subnet}
+    podfile = parse_podfile(data, source=source)
     check_podfile(podfile, source=source, state_dir=state_dir, components=components)
+    if components is None:
+        # The real commands: check each component's flags with its own parser too.
+        from podkit.pods._options import check_component_options
+
+        check_component_options(podfile, source=source, state_dir=state_dir)
     return podfile
 
 

@@ -12,21 +12,27 @@ is rendered with the replica's ``{pod.ip}``, ``{pod.name}``, ``{pod.replica}``, 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from podkit.errors import ConfigError
 from podkit.pods.core import ContainerKey
 from podkit.pods.model import (
     Container,
     Discovery,
     PodFile,
+    admin_probes,
     discovery_path,
     render_template,
-    replica_ip,
     template_fields,
 )
+from podkit.runtime.config import parse_hostport
 
+# Trusted by each component behind another: the supervisor's own pods (see plan_container).
+TRUSTED_PROXY_OPTION = "trusted-proxy"
+SOURCE_ADDRESS_OPTION = "source-address"  # ... and connects from its own pod's address
+READYZ_PATH = "/readyz"  # the runtime's readiness route on every component's admin endpoint
 DISCOVERY_HEADER = "# podkit discovery: ready replicas of pod {pod} on port {port}, one per line\n"
 
 
@@ -37,6 +43,11 @@ class ContainerPlan:
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str | None
+
+
+def sets_option(container: Container, option: str) -> bool:
+    """Whether the container's options name ``option`` (as ``a-b`` or ``a_b``)."""
+    return any(flag_name(key) == flag_name(option) for key in container.options)
 
 
 def flag_name(key: str) -> str:
@@ -68,8 +79,15 @@ def plan_container(
     state_dir: Path,
     base_env: Mapping[str, str],
     python: str = sys.executable,
+    trusted_proxies: Sequence[str] = (),
+    source_address: bool = False,
 ) -> ContainerPlan:
     """The argv, environment and working directory of one container of one replica.
+
+    For a component container the options do not say otherwise (the file's choice wins,
+    ``false`` included): ``trusted_proxies`` become ``--trusted-proxy NET`` flags, and
+    ``source_address`` gives ``--source-address`` the replica's own address, so the
+    component's upstream connections leave from its pod as they would in a cluster.
 
     The environment is ``base_env``, then the pod's ``env``, then the container's (a discovery
     reference there gives the discovery file's path), then ``PODKIT_POD_NAME``,
@@ -89,6 +107,11 @@ def plan_container(
         argv = [python, "-m", "podkit", *container.component.split()]
         argv += [render(a) for a in container.args]
         argv += option_argv(container, fields, state_dir=state_dir)
+        if trusted_proxies and not sets_option(container, TRUSTED_PROXY_OPTION):
+            for network in trusted_proxies:
+                argv += [flag_name(TRUSTED_PROXY_OPTION), network]
+        if source_address and not sets_option(container, SOURCE_ADDRESS_OPTION):
+            argv += [flag_name(SOURCE_ADDRESS_OPTION), fields["ip"]]
         if container.command:
             argv += ["--", *(render(a) for a in container.command)]
     env = dict(base_env)
@@ -110,6 +133,63 @@ def plan_container(
     )
     cwd = render(container.workdir) if container.workdir is not None else None
     return ContainerPlan(tuple(argv), env, cwd)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTarget:
+    """One readiness check of a replica: a TCP connect (``path`` None) or ``GET path``.
+
+    Attributes:
+        what: where it comes from in the pod file (``pods.web.ready``,
+            ``pods.lb.containers.balance.options.admin``).
+    """
+
+    host: str
+    port: int
+    path: str | None
+    what: str
+
+
+def probe_targets(
+    podfile: PodFile, pod: str, replica: int, *, state_dir: Path
+) -> list[ProbeTarget]:
+    """What decides that one replica is ready: the pod's ``ready`` probe or, without one,
+    ``GET /readyz`` on the admin endpoint of each component container that has one."""
+    spec = podfile.pods[pod]
+    ip = podfile.address(pod, replica)
+    if spec.ready is not None:
+        path = spec.ready.http.path if spec.ready.http is not None else None
+        return [ProbeTarget(ip, spec.ready.port, path, f"pods.{pod}.ready")]
+    fields = template_fields(podfile, pod, replica, state_dir=state_dir)
+    targets = []
+    for name, admin in admin_probes(spec).items():
+        try:
+            address = parse_hostport(render_template(admin, fields), field="admin")
+        except ConfigError:
+            continue  # the component itself rejects it, and says so
+        host = ip if address.host in ("0.0.0.0", "") else address.host
+        if address.port:
+            where = f"pods.{pod}.containers.{name}.options.admin"
+            targets.append(ProbeTarget(host, address.port, READYZ_PATH, where))
+    return targets
+
+
+def admin_address(podfile: PodFile, key: ContainerKey, *, state_dir: Path) -> str | None:
+    """``HOST:PORT`` of a component container's admin endpoint (its ``admin`` option,
+    rendered for the replica), or None."""
+    container = podfile.pods[key.pod].containers[key.container]
+    admin = container.options.get("admin")
+    if container.component is None or not isinstance(admin, str):
+        return None
+    fields = template_fields(podfile, key.pod, key.replica, state_dir=state_dir)
+    try:
+        address = parse_hostport(render_template(admin, fields), field="admin")
+    except ConfigError:
+        return None
+    if not address.port:
+        return None
+    host = podfile.address(key.pod, key.replica) if address.host == "0.0.0.0" else address.host
+    return f"{host}:{address.port}"
 
 
 def discovery_refs(podfile: PodFile) -> list[Discovery]:
@@ -134,9 +214,8 @@ def discovery_refs(podfile: PodFile) -> list[Discovery]:
 
 def render_discovery(podfile: PodFile, ref: Discovery, replicas: tuple[int, ...]) -> str:
     """The text of a discovery file: a comment line, then one URL per ready replica."""
-    index = podfile.pod_index(ref.pod)
     lines = [DISCOVERY_HEADER.format(pod=ref.pod, port=ref.port)]
-    lines += [f"{ref.scheme}://{replica_ip(index, r)}:{ref.port}\n" for r in replicas]
+    lines += [f"{ref.scheme}://{podfile.address(ref.pod, r)}:{ref.port}\n" for r in replicas]
     return "".join(lines)
 
 
@@ -147,10 +226,9 @@ def service_addresses(podfile: PodFile, pod: str, replicas: tuple[int, ...]) -> 
     port (often an admin endpoint), each address once.
     """
     spec = podfile.pods[pod]
-    index = podfile.pod_index(pod)
     addresses: list[str] = []
     for replica in replicas:
-        ip = replica_ip(index, replica)
+        ip = podfile.address(pod, replica)
         fields = template_fields(podfile, pod, replica, state_dir=Path())
         found: list[str] = []
         for container in spec.containers.values():

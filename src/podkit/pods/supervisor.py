@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import signal
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from podkit.errors import PodkitError, PodkitTimeout, UsageError
+from podkit.pods._options import accepts_option
 from podkit.pods.core import (
     Action,
     Announce,
@@ -59,14 +61,28 @@ from podkit.pods.core import (
     StopProbe,
     SupervisorCore,
 )
+from podkit.pods.logs import DEFAULT_LOG_MAX_BYTES, RotatingLog, log_name
 from podkit.pods.model import (
+    DEFAULT_PROBE_INTERVAL,
+    DEFAULT_PROBE_TIMEOUT,
     PodFile,
+    bound_addresses,
     check_port_clashes,
     discovery_path,
     replica_dir,
-    replica_ip,
 )
-from podkit.pods.plan import discovery_refs, plan_container, render_discovery, service_addresses
+from podkit.pods.plan import (
+    SOURCE_ADDRESS_OPTION,
+    TRUSTED_PROXY_OPTION,
+    admin_address,
+    discovery_refs,
+    plan_container,
+    probe_targets,
+    render_discovery,
+    service_addresses,
+    sets_option,
+)
+from podkit.runtime.config import parse_hostport
 
 DEFAULT_STATE_DIR = Path(".podkit")
 SOCKET_NAME = "control.sock"
@@ -75,6 +91,9 @@ OUTPUT_TAIL_LINES = 20  # lines kept per container for crash reports
 MAX_LINE_BYTES = 1 << 20  # a longer log line is cut, not fatal
 MAX_REQUEST_BYTES = 64 * 1024  # control requests are tiny JSON objects
 CONTROL_TIMEOUT = 5.0  # a control client that says nothing for this long is dropped
+MAX_PROBLEMS = 20  # reports kept for `podkit status` and `up -d`; the oldest go first
+IN_USE_TIMEOUT = 0.5  # a connect to a probe address that takes longer finds nobody there
+MOVE_HINT = "docs/pods.md#two-projects-on-one-machine"
 _SUN_PATH_MAX = 100  # AF_UNIX paths are limited to 108 bytes on Linux
 _PR_SET_PDEATHSIG = 1
 
@@ -85,6 +104,24 @@ class _Event:
     key: Any = None
     value: Any = None
     reply: asyncio.Future[dict[str, Any]] | None = None
+
+
+class _HopOptions:
+    """Which component containers take an option the supervisor fills in (looked up once)."""
+
+    def __init__(self, podfile: PodFile) -> None:
+        self.podfile = podfile
+        self._known: dict[tuple[str, str, str], bool] = {}
+
+    def accepts(self, key: ContainerKey, option: str) -> bool:
+        """Whether the container's component has ``--OPTION`` and its options leave it out."""
+        name = (key.pod, key.container, option)
+        if name not in self._known:
+            container = self.podfile.pods[key.pod].containers[key.container]
+            self._known[name] = not sets_option(container, option) and accepts_option(
+                container, "--" + option
+            )
+        return self._known[name]
 
 
 def socket_path(state_dir: Path) -> str:
@@ -136,6 +173,7 @@ class PodSupervisor:
         out: where container output (``pod-replica/container | line``) and notices go.
         backoff: the restart backoff policy.
         base_env: the environment containers inherit (default: this process's).
+        log_max_bytes: the size at which a container's log file is rotated.
     """
 
     def __init__(
@@ -147,6 +185,7 @@ class PodSupervisor:
         out: TextIO | None = None,
         backoff: BackoffPolicy | None = None,
         base_env: Mapping[str, str] | None = None,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
     ) -> None:
         self.podfile = podfile
         self.source = source
@@ -167,6 +206,11 @@ class PodSupervisor:
         self._refs = discovery_refs(podfile)
         self._ready: dict[str, tuple[int, ...]] = {}
         self._announced: set[str] = set()
+        self.log_max_bytes = log_max_bytes
+        self._problems: deque[dict[str, Any]] = deque(maxlen=MAX_PROBLEMS)
+        # Components that forward traffic trust the X-Forwarded-* of this project's pods
+        # (and no one else's), and connect from their own pod's address.
+        self._hops = _HopOptions(podfile)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -177,6 +221,7 @@ class PodSupervisor:
             UsageError: pods already run from this state directory.
         """
         self._prepare_dirs()
+        check_addresses_free(self.podfile, source=self.source, state_dir=self.state_dir)
         pods = ", ".join(f"{name} x{pod.replicas}" for name, pod in self.podfile.pods.items())
         self._say(f"{self.source}: starting {pods}; state and logs in {self.state_dir}")
         loop = asyncio.get_running_loop()
@@ -263,9 +308,24 @@ class PodSupervisor:
                         state_dir=self.state_dir,
                         replicas={**self.core.desired, pod: replicas},
                     )
+                    existing = max((k.replica for k in self.core.replicas(pod)), default=0)
+                    check_addresses_free(
+                        self.podfile,
+                        source=self.source,
+                        state_dir=self.state_dir,
+                        replicas={pod: replicas},
+                        first=existing + 1,
+                    )
                 actions = self.core.scale(pod, replicas, now)
                 self._say(f"scaling {pod} to {replicas}")
                 answer = {"ok": True, "pod": pod, "replicas": replicas}
+            elif op == "restart":
+                pod = request.get("pod")
+                if not isinstance(pod, str):
+                    raise UsageError("restart needs a pod name")
+                actions = self.core.restart(pod, now)
+                self._say(f"restarting {pod}")
+                answer = {"ok": True, "pod": pod}
             elif op == "down":
                 if not self.core.stopping:
                     self._say("stopping (asked by podkit down)")
@@ -302,7 +362,15 @@ class PodSupervisor:
     # -- processes -------------------------------------------------------------------------
 
     async def _spawn(self, key: ContainerKey) -> None:
-        plan = plan_container(self.podfile, key, state_dir=self.state_dir, base_env=self.base_env)
+        trusted = self._hops.accepts(key, TRUSTED_PROXY_OPTION)
+        plan = plan_container(
+            self.podfile,
+            key,
+            state_dir=self.state_dir,
+            base_env=self.base_env,
+            trusted_proxies=self.podfile.networks() if trusted else (),
+            source_address=self._hops.accepts(key, SOURCE_ADDRESS_OPTION),
+        )
         replica_dir(self.state_dir, key.pod, key.replica).mkdir(parents=True, exist_ok=True)
         now = time.monotonic()
         try:
@@ -344,10 +412,10 @@ class PodSupervisor:
 
     async def _pump(self, key: ContainerKey, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
-        name = f"{key.pod}-{key.replica}.{key.container}.log"
+        path = self.state_dir / "logs" / log_name(key.pod, key.replica, key.container)
         prefix = f"{key} | "
         tail = self._tails[key]
-        with (self.state_dir / "logs" / name).open("a", encoding="utf-8") as log:
+        with RotatingLog(path, max_bytes=self.log_max_bytes) as log:
             while True:
                 try:
                     raw = await proc.stdout.readline()
@@ -357,8 +425,7 @@ class PodSupervisor:
                     return
                 line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                 tail.append(line)
-                log.write(line + "\n")
-                log.flush()
+                log.write(line, wall=time.time())
                 self._print(prefix + line)
 
     def _signal(self, key: ContainerKey, which: str) -> None:
@@ -382,17 +449,17 @@ class PodSupervisor:
 
     async def _probe(self, key: ReplicaKey) -> None:
         spec = self.podfile.pods[key.pod].ready
-        assert spec is not None
-        ip = replica_ip(self.podfile.pod_index(key.pod), key.replica)
+        interval = spec.interval if spec is not None else DEFAULT_PROBE_INTERVAL
+        timeout = spec.timeout if spec is not None else DEFAULT_PROBE_TIMEOUT
+        targets = probe_targets(self.podfile, key.pod, key.replica, state_dir=self.state_dir)
         while True:
-            ok = await probe_once(
-                ip,
-                spec.port,
-                path=spec.http.path if spec.http is not None else None,
-                timeout=spec.timeout,
-            )
+            ok = True
+            for target in targets:
+                ok = await probe_once(target.host, target.port, path=target.path, timeout=timeout)
+                if not ok:
+                    break
             await self._queue.put(_Event("probe", key, ok))
-            await asyncio.sleep(spec.interval)  # the probe period, not a wait for state
+            await asyncio.sleep(interval)  # the probe period, not a wait for state
 
     # -- discovery, state, control ---------------------------------------------------------
 
@@ -422,6 +489,8 @@ class PodSupervisor:
             item = asdict(row)
             addresses = service_addresses(self.podfile, row.pod, (row.replica,))
             item["address"] = " ".join(addresses) or row.ip
+            key = ContainerKey(row.pod, row.replica, row.container)
+            item["admin"] = admin_address(self.podfile, key, state_dir=self.state_dir)
             containers.append(item)
         return {
             "pid": os.getpid(),
@@ -429,6 +498,9 @@ class PodSupervisor:
             "state_dir": str(self.state_dir),
             "stopping": self.core.stopping,
             "replicas": dict(self.core.desired),
+            "ready_pods": [p for p in self.core.order if p in self._announced],
+            "failed_pods": self.core.failed_pods(),
+            "problems": list(self._problems),
             "containers": containers,
         }
 
@@ -529,6 +601,14 @@ class PodSupervisor:
 
     def _report(self, report: Report) -> None:
         self._say(f"{report.key}: {report.message}")
+        self._problems.append(
+            {
+                "container": str(report.key),
+                "message": report.message,
+                "failed": report.failed,
+                "output": list(self._tails.get(report.key, ())),
+            }
+        )
         if report.with_output:
             lines = list(self._tails.get(report.key, ()))
             if lines:
@@ -570,6 +650,100 @@ async def probe_once(ip: str, port: int, *, path: str | None, timeout: float) ->
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
                 await writer.wait_closed()
+
+
+def addresses_in_use(
+    podfile: PodFile,
+    *,
+    state_dir: Path,
+    replicas: Mapping[str, int] | None = None,
+    first: int = 1,
+) -> list[tuple[str, str]]:
+    """``(address, path)`` of every address the pods would use that another process holds.
+
+    An address a container binds (``ports``, ``listen``, ``admin``) is in use when binding it
+    fails; a readiness probe's address is in use when something already answers there (a
+    probe would take that answer for our container's). Checked before anything starts.
+
+    Args:
+        replicas: the pods and counts to check (default: every pod, its file count).
+        first: the first replica number to check (``podkit scale`` checks only new ones).
+    """
+    counts = (
+        dict(replicas) if replicas is not None else {n: p.replicas for n, p in podfile.pods.items()}
+    )
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for pod, count in counts.items():
+        bound = list(bound_addresses(podfile, pod, count, state_dir=state_dir, first=first))
+        for address, where in bound:
+            if address not in seen:
+                seen.add(address)
+                if not _can_bind(address):
+                    found.append((address, where))
+        for replica in range(first, count + 1):
+            for target in probe_targets(podfile, pod, replica, state_dir=state_dir):
+                address = f"{target.host}:{target.port}"
+                if address not in seen:
+                    seen.add(address)
+                    if _answers(target.host, target.port):
+                        found.append((address, target.what))
+    return found
+
+
+def check_addresses_free(
+    podfile: PodFile,
+    *,
+    source: str,
+    state_dir: Path,
+    replicas: Mapping[str, int] | None = None,
+    first: int = 1,
+) -> None:
+    """Raise if another process holds an address the pods would use (see
+    :func:`addresses_in_use`).
+
+    Raises:
+        AddressInUse: naming the first address, where the file uses it, and how to move.
+    """
+    taken = addresses_in_use(podfile, state_dir=state_dir, replicas=replicas, first=first)
+    if not taken:
+        return
+    address, where = taken[0]
+    more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+    raise AddressInUse(
+        f"{source}: {where}: {address} is already in use by a process this project did not "
+        f"start{more}; stop it, or move this project to another loopback block with "
+        f"`subnet: 127.N.0.0/16` in the pod file or `podkit up --subnet` ({MOVE_HINT})"
+    )
+
+
+class AddressInUse(PodkitError):
+    """An address the pods need is held by a process the supervisor did not start."""
+
+
+def _can_bind(address: str) -> bool:
+    try:
+        where = parse_hostport(address)
+    except PodkitError:
+        return True
+    family = socket.AF_INET6 if ":" in where.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR: a port left in TIME_WAIT by our own last run is free; a listener
+        # (another project) still makes bind fail.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((where.host, where.port))
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE
+    return True
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=IN_USE_TIMEOUT):
+            return True
+    except OSError:
+        return False
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -56,7 +56,8 @@ class SizeType(click.ParamType):  # type: ignore[type-arg]  # generic only from 
 
 
 class HostPortType(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2
-    """An address ``HOST:PORT``; converts to :class:`HostPort`."""
+    """An address ``HOST:PORT``; converts to :class:`HostPort`. The host is required: ``:8090``
+    is an error that shows both ``127.0.0.1:8090`` and ``0.0.0.0:8090``."""
 
     name = "host:port"
 
@@ -66,7 +67,7 @@ class HostPortType(click.ParamType):  # type: ignore[type-arg]  # generic only f
         if isinstance(value, HostPort):
             return value
         try:
-            return parse_hostport(value)
+            return parse_hostport(value, default_host=None)
         except ConfigError as exc:
             self.fail(exc.reason, param, ctx)
 

@@ -22,32 +22,72 @@ import inspect
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from podkit.errors import PodkitError
-from podkit.runtime.config import HostPort
+from podkit.errors import ConfigError, PodkitError
+from podkit.runtime.config import HostPort, parse_duration, parse_hostport
 from podkit.runtime.httpserver import Handler, Request, Response, SimpleHTTPServer
 from podkit.runtime.lifecycle import Lifecycle, Phase
-from podkit.runtime.logging import LogFormat, configure_logging, get_logger
+from podkit.runtime.logging import LOG_LEVELS, LogFormat, configure_logging, get_logger
 from podkit.runtime.metrics import CONTENT_TYPE_LATEST, new_registry, render
 
 DEFAULT_DRAIN_TIMEOUT = 10.0  # below Kubernetes' 30 s terminationGracePeriodSeconds
 
 ReloadHook = Callable[[], Awaitable[None] | None]
+# A component's live figures for ``GET /status``: plain JSON values, and a one-line
+# ``summary`` for people (``podkit status`` shows it).
+StatusProvider = Callable[[], Mapping[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RuntimeOptions:
-    """What every component shares, parsed from ``--admin``, ``--drain-timeout``, ``--log-*``."""
+    """What every component shares, parsed from ``--admin``, ``--drain-timeout``, ``--log-*``.
 
-    admin: HostPort | None = None
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    log_format: LogFormat = "json"
-    log_level: str = "info"
+    Args:
+        admin: where to serve the admin endpoint: a :class:`HostPort` or ``"HOST:PORT"``;
+            None for no admin endpoint.
+        drain_timeout: seconds, or a duration such as ``"10s"``.
+        log_format: ``"json"`` or ``"text"``.
+        log_level: ``"debug"``, ``"info"``, ``"warning"`` or ``"error"``.
+
+    Raises:
+        ConfigError: a value has the wrong form (naming the field).
+    """
+
+    admin: HostPort | None
+    drain_timeout: float
+    log_format: LogFormat
+    log_level: str
+
+    def __init__(
+        self,
+        admin: HostPort | str | None = None,
+        drain_timeout: float | str = DEFAULT_DRAIN_TIMEOUT,
+        log_format: LogFormat = "json",
+        log_level: str = "info",
+    ) -> None:
+        if isinstance(admin, str):
+            admin = parse_hostport(admin, field="admin", default_host=None)
+        elif admin is not None and not isinstance(admin, HostPort):
+            raise ConfigError(
+                f"expected HOST:PORT or a HostPort, got {type(admin).__name__}", path="admin"
+            )
+        if log_format not in get_args(LogFormat):
+            raise ConfigError(f"expected json or text, got {log_format!r}", path="log_format")
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}", path="log_level"
+            )
+        object.__setattr__(self, "admin", admin)
+        object.__setattr__(
+            self, "drain_timeout", parse_duration(drain_timeout, field="drain_timeout")
+        )
+        object.__setattr__(self, "log_format", log_format)
+        object.__setattr__(self, "log_level", log_level)
 
 
 class Runtime:
@@ -64,6 +104,7 @@ class Runtime:
         self.draining = asyncio.Event()
         self._reload_hooks: list[ReloadHook] = []
         self._routes: dict[str, Handler] = {}
+        self._status: list[StatusProvider] = []
         self._phase_gauge = Gauge(
             "podkit_lifecycle_phase",
             "Current lifecycle phase of the component (1 for the current phase).",
@@ -110,6 +151,29 @@ class Runtime:
         """Call ``hook`` on SIGHUP (or an admin ``POST /reload``)."""
         self._reload_hooks.append(hook)
 
+    def add_status(self, provider: StatusProvider) -> None:
+        """Add the figures ``provider()`` returns to ``GET /status`` (called per request).
+
+        By convention a ``summary`` key holds one short line for people, such as
+        ``backends 3/3 ready``; the other keys are the figures as plain JSON values.
+        """
+        self._status.append(provider)
+
+    def status(self) -> dict[str, Any]:
+        """The body of ``GET /status``: the lifecycle phase and every provider's figures."""
+        snap = self.lifecycle.statistics()
+        body: dict[str, Any] = {
+            "component": self.name,
+            "phase": snap.phase.value,
+            "reason": snap.reason,
+        }
+        for provider in self._status:
+            try:
+                body.update(provider())
+            except Exception:
+                self.log.exception("status figures failed")
+        return body
+
     def add_route(self, path: str, handler: Handler) -> None:
         """Serve ``handler`` on the admin endpoint at ``path`` (exact match)."""
         self._routes[path] = handler
@@ -140,9 +204,7 @@ class Runtime:
             await self.reload()
             return Response.text(200, "reloaded\n")
         if path == "/status":
-            snap = self.lifecycle.statistics()
-            body = {"component": self.name, "phase": snap.phase.value, "reason": snap.reason}
-            return Response.json(200, json.dumps(body))
+            return Response.json(200, json.dumps(self.status()))
         handler = self._routes.get(path)
         if handler is not None:
             return await handler(request)
@@ -225,7 +287,12 @@ async def serve_component(
             code = 0
         except PodkitError:
             raise
-        except Exception:
+        except Exception as exc:
+            known = _podkit_error_in(exc)
+            if known is not None:
+                # A TaskGroup wrapped it (a server that could not listen, a backend that
+                # cannot be reached): the CLI prints it as its one line.
+                raise known from exc
             rt.log.exception("component failed")
             code = 1
         finally:
@@ -242,6 +309,25 @@ async def serve_component(
             task.cancel()
         if admin is not None:
             await admin.aclose()
+
+
+def _podkit_error_in(exc: BaseException) -> PodkitError | None:
+    """The first :class:`PodkitError` of an exception group made only of them, else None."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        item = pending.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    if leaves and all(isinstance(leaf, PodkitError) for leaf in leaves):
+        first = leaves[0]
+        assert isinstance(first, PodkitError)
+        return first
+    return None
 
 
 def run_component(name: str, main: ComponentMain, options: RuntimeOptions) -> int:

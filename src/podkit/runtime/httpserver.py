@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httptools
 
-from podkit.errors import PodkitError
+from podkit.errors import ListenError
 from podkit.runtime.logging import get_logger
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # whoami echoes bodies; admin takes tiny ones
@@ -87,7 +87,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class _BadRequest(Exception):
-    pass
+    """A request this server refuses, with the status to answer (400, 413, 431)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 class _Parser:
@@ -115,13 +119,13 @@ class _Parser:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self.max_header:
-            raise _BadRequest("request header too large")
+            raise _BadRequest("request header too large", 431)
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_body(self, body: bytes) -> None:
         self._body += body
         if len(self._body) > self.max_body:
-            raise _BadRequest("request body too large")
+            raise _BadRequest("request body too large", 413)
 
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode("ascii")
@@ -142,6 +146,11 @@ class _Parser:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             raise _BadRequest("protocol upgrade is not supported here") from None
+        except httptools.HttpParserCallbackError as exc:
+            # A limit raised inside a callback: llhttp wraps it; answer with the limit's own.
+            if isinstance(exc.__context__, _BadRequest):
+                raise exc.__context__ from None
+            raise _BadRequest("malformed request") from exc
         except httptools.HttpParserError as exc:
             raise _BadRequest(str(exc) or "malformed request") from exc
 
@@ -215,9 +224,7 @@ class SimpleHTTPServer:
                 if exc.errno == errno.EADDRINUSE
                 else exc.strerror or str(exc)
             )
-            raise PodkitError(
-                f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}"
-            ) from exc
+            raise ListenError(self.host, self.port, reason) from exc
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
 
@@ -283,7 +290,7 @@ class SimpleHTTPServer:
                 try:
                     parser.feed(data)
                 except _BadRequest as exc:
-                    await self._send_error(writer, str(exc))
+                    await self._send_error(writer, exc)
                     return
                 continue
             method, target, headers, body, version, keep_alive = parser.done.pop(0)
@@ -302,11 +309,10 @@ class SimpleHTTPServer:
             if not keep_alive:
                 return
 
-    async def _send_error(self, writer: asyncio.StreamWriter, reason: str) -> None:
-        body = f"bad request: {reason}\n".encode()
-        status = 413 if "body too large" in reason else 431 if "header too large" in reason else 400
+    async def _send_error(self, writer: asyncio.StreamWriter, error: _BadRequest) -> None:
+        body = f"{error}\n".encode()
         writer.write(
-            _status_line(status)
+            _status_line(error.status)
             + b"Content-Type: text/plain\r\nConnection: close\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
@@ -317,18 +323,30 @@ class SimpleHTTPServer:
         self, writer: asyncio.StreamWriter, request: Request, response: Response, keep_alive: bool
     ) -> None:
         head = [_status_line(response.status)]
+        # A streamed body whose handler names its length is sent with that Content-Length;
+        # the framing fields are otherwise this server's own.
+        length: int | None = None
         for key, value in response.headers:
+            lkey = key.lower()
+            if lkey == "content-length":
+                if value.isdigit() and not isinstance(response.body, bytes):
+                    length = int(value)
+                continue
+            if lkey in ("transfer-encoding", "connection", "keep-alive"):
+                continue
             head.append(f"{key}: {value}\r\n".encode("latin-1"))
         if self.server_header:
             head.append(f"Server: {self.server_header}\r\n".encode("latin-1"))
         no_body = request.method == "HEAD" or response.status in (204, 304) or response.status < 200
         streamed = not isinstance(response.body, bytes)
         http10 = request.http_version == "1.0"
-        if streamed and http10:
+        if streamed and http10 and length is None:
             keep_alive = False  # a 1.0 client learns the end of a streamed body from the close
         if isinstance(response.body, bytes):
             if response.status not in (204, 304) and response.status >= 200:
                 head.append(f"Content-Length: {len(response.body)}\r\n".encode())
+        elif length is not None:
+            head.append(f"Content-Length: {length}\r\n".encode())
         elif not http10 and not no_body:
             head.append(b"Transfer-Encoding: chunked\r\n")
         if not keep_alive:
@@ -341,7 +359,7 @@ class SimpleHTTPServer:
             await writer.drain()
             return
         writer.write(b"".join(head))
-        chunked = not http10 and not no_body
+        chunked = not http10 and not no_body and length is None
         async for chunk in response.body:
             if no_body or not chunk:
                 continue

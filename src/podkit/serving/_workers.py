@@ -19,7 +19,7 @@ import click
 from prometheus_client import CollectorRegistry
 
 from podkit.engines.workers import DEFAULT_COMMAND_TIMEOUT
-from podkit.errors import PodkitError
+from podkit.errors import ListenError
 from podkit.runtime import format_duration
 from podkit.runtime.cli_options import DURATION
 
@@ -61,7 +61,7 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise PodkitError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+            raise ListenError(host, port, exc.strerror or str(exc)) from exc
         yield int(sock.getsockname()[1])
     finally:
         sock.close()

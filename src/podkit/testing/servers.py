@@ -6,13 +6,17 @@ binary is an error that says how to install it; it never skips silently.
 
 from __future__ import annotations
 
+import glob
+import os
+import pwd
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
 
 from podkit.errors import PodkitError
-from podkit.testing.net import free_port, wait_port
+from podkit.testing.net import free_port, wait_for, wait_port
 from podkit.testing.processes import ServerProcess
 
 _APT_PACKAGE = {
@@ -21,7 +25,14 @@ _APT_PACKAGE = {
     "etcdctl": "etcd-client",
     "memcached": "memcached",
     "nutcracker": "nutcracker",
+    "nginx": "nginx",
+    "haproxy": "haproxy",
+    "promtool": "prometheus",
+    "initdb": "postgresql",
+    "postgres": "postgresql",
 }
+# Debian keeps PostgreSQL's server programs off PATH, in one directory per major version.
+_POSTGRES_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
 
 def require_binary(name: str) -> str:
@@ -33,6 +44,9 @@ def require_binary(name: str) -> str:
     path = shutil.which(name) or (
         f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
     )
+    if path is None:
+        found = sorted(glob.glob(f"{_POSTGRES_BIN_GLOB}/{name}"))
+        path = found[-1] if found else None  # the newest major version
     if path is None:
         package = _APT_PACKAGE.get(name, name)
         raise PodkitError(
@@ -196,6 +210,142 @@ class MemcachedServer(_Server):
     @property
     def url(self) -> str:
         return f"memcached://{self.host}:{self.port}"
+
+
+class PostgresServer(_Server):
+    """A PostgreSQL cluster made with ``initdb`` (trust logins on loopback, no fsync).
+
+    PostgreSQL refuses to run as root; when the tests run as root, the cluster belongs to the
+    unprivileged ``postgres`` user (which Debian's package creates) and runs under
+    ``runuser``. ``.url`` is ``postgresql://postgres@127.0.0.1:PORT/postgres``.
+    """
+
+    binary = "postgres"
+    user = "postgres"
+
+    def _as_user(self) -> list[str]:
+        if os.geteuid() != 0:
+            return []
+        return [require_binary("runuser"), "-u", self.user, "--"]
+
+    def _initdb(self) -> None:
+        data = self.dir / "data"
+        if data.exists():
+            return
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+        argv = [
+            *self._as_user(),
+            require_binary("initdb"),
+            "-D", str(data),
+            "-U", "postgres",
+            "--auth=trust",
+            "-E", "UTF8",
+            "--no-sync",
+        ]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise PodkitError(f"initdb failed: {(done.stderr or done.stdout)[-2000:]}")
+
+    def argv(self) -> list[str]:
+        return [
+            *self._as_user(),
+            require_binary("postgres"),
+            "-D", str(self.dir / "data"),
+            "-p", str(self.port),
+            "-k", str(self.dir),
+            "-c", f"listen_addresses={self.host}",
+            "-c", "fsync=off",
+            "-c", "synchronous_commit=off",
+            "-c", "full_page_writes=off",
+        ]  # fmt: skip
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        self._initdb()
+        super().start(timeout=timeout)
+        # The port opens before the server takes logins ("the database system is starting up").
+        ready = [require_binary("pg_isready"), "-q", "-h", self.host, "-p", str(self.port)]
+        wait_for(
+            lambda: subprocess.run(ready, check=False).returncode == 0,
+            timeout=timeout,
+            what=f"postgres on {self.host}:{self.port} to take logins",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+
+
+class NginxServer(_Server):
+    """``nginx`` serving a small static site on ``port`` and ``stub_status`` at ``/status``.
+
+    ``.status_url`` is the stub_status page; ``GET /`` answers a short text.
+    """
+
+    binary = "nginx"
+
+    def _config(self) -> Path:
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        d = self.dir
+        conf = d / "nginx.conf"
+        conf.write_text(
+            f"{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\n"
+            f"error_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\n"
+            "http {\n"
+            f"  access_log {d}/access.log;\n"
+            f"  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n"
+            f"  fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi;\n"
+            f"  scgi_temp_path {d}/scgi;\n"
+            f"  server {{\n    listen {self.host}:{self.port};\n"
+            "    location = /status { stub_status; }\n"
+            '    location / { default_type text/plain; return 200 "hello\\n"; }\n  }\n}\n'
+        )
+        return conf
+
+    def argv(self) -> list[str]:
+        return [require_binary("nginx"), "-p", str(self.dir), "-c", str(self._config())]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://{self.host}:{self.port}/status"
+
+
+class HAProxyServer(_Server):
+    """``haproxy`` in the foreground: a frontend on ``port`` to ``upstream`` (HOST:PORT) and
+    its statistics page on ``stats_port`` (``.stats_url``, CSV with ``;csv``)."""
+
+    binary = "haproxy"
+
+    def __init__(self, upstream: str, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(port=port, host=host)
+        self.upstream = upstream
+        self.stats_port = free_port(host)
+
+    def argv(self) -> list[str]:
+        conf = self.dir / "haproxy.cfg"
+        conf.write_text(
+            "global\n  maxconn 256\n"
+            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n"
+            "  timeout server 10s\n"
+            f"frontend web\n  bind {self.host}:{self.port}\n  default_backend app\n"
+            f"backend app\n  server app1 {self.upstream}\n"
+            f"listen stats\n  bind {self.host}:{self.stats_port}\n  stats enable\n"
+            "  stats uri /stats\n"
+        )
+        return [require_binary("haproxy"), "-db", "-f", str(conf)]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://{self.host}:{self.stats_port}/stats"
 
 
 class NutcrackerServer(_Server):

@@ -13,10 +13,15 @@ raw text, so no line is ever dropped for being unparseable. The formats:
   (5xx error, 4xx warning, else info) and the time becomes ISO 8601;
 * ``syslog`` — RFC 5424, RFC 3164 (with or without ``<PRI>``, as rsyslog writes files) and
   rsyslog's high-precision ISO form; the level follows the severity. RFC 3164 has no year,
-  so the parser is given one (the caller passes the current year: parsers read no clock).
+  so the parser is given one (the caller passes the current year: parsers read no clock);
+* ``python`` — the lines of Python's ``logging``: ``2026-12-07 03:00:00,123 ERROR app:
+  text`` (``asctime``, ``levelname``, optional ``name`` and separators ``-``, ``:``,
+  ``[LEVEL]``), ``asctime - name - LEVEL - text`` (the logging cookbook's) and
+  ``basicConfig``'s ``LEVEL:name:text``; a record that starts with ``Traceback (most
+  recent call last):`` (an uncaught exception) is an error whose message is the exception.
 
-``auto`` tries the strict parser (json, access, syslog) that last matched first, then the
-other strict ones, then logfmt, which accepts almost anything with a ``key=value`` in it.
+``auto`` tries the strict parser (json, access, syslog, python) that last matched first, then
+the other strict ones, then logfmt, which accepts almost anything with a ``key=value`` in it.
 Levels are normalised to ``debug``, ``info``, ``notice``, ``warning``, ``error`` and
 ``critical`` where the source uses a known synonym; unknown levels pass through lower-cased.
 """
@@ -29,8 +34,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-FormatName = Literal["auto", "json", "logfmt", "nginx", "apache", "syslog"]
-FORMATS: Final[tuple[str, ...]] = ("auto", "json", "logfmt", "nginx", "apache", "syslog")
+FormatName = Literal["auto", "json", "logfmt", "nginx", "apache", "syslog", "python"]
+FORMATS: Final[tuple[str, ...]] = (
+    "auto",
+    "json",
+    "logfmt",
+    "nginx",
+    "apache",
+    "syslog",
+    "python",
+)
 
 MAX_LINE_CHARS = 1 << 20  # lines longer than 1 MiB are kept raw: no parser backtracks on them
 
@@ -40,6 +53,7 @@ _MESSAGE_KEYS: Final = ("message", "msg", "text", "log")
 
 _LEVELS: Final[dict[str, str]] = {
     "trace": "debug",
+    "notset": "debug",
     "debug": "debug",
     "dbg": "debug",
     "info": "info",
@@ -195,6 +209,9 @@ _ACCESS = re.compile(
 )
 
 
+ACCESS_PATTERN: Final = _ACCESS  # the fast path of the log adapter matches with it too
+
+
 def access_time_to_iso(text: str) -> str:
     """``10/Oct/2000:13:55:36 -0700`` → ``2000-10-10T13:55:36-07:00`` (the text if not that)."""
     if len(text) != 26 or text[2] != "/" or text[20] != " ":
@@ -337,6 +354,61 @@ def syslog_parser(*, year: int) -> Parser:
     return parse
 
 
+_PY_LEVEL = r"(?P<level>DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL|NOTSET)"
+_PY_TIME = r"(?P<ts>\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[,.]\d{1,9})?(?:Z|[+-]\d{2}:?\d{2})?)"
+# asctime LEVEL [name[pid]][:|-] message  (also [LEVEL] and " - " separators)
+_PYTHON_LINE = re.compile(
+    _PY_TIME + r"\s+(?:-\s+)?\[?" + _PY_LEVEL + r"\]?\s+(?:-\s+)?"
+    r"(?:(?P<logger>[\w.\-]+)(?:\[(?P<pid>\d+)\])?(?::|\s+-)\s+)?(?P<msg>.*)$",
+    re.DOTALL,
+)
+# asctime - name - LEVEL - message  (the logging cookbook's format)
+_PYTHON_COOKBOOK = re.compile(
+    _PY_TIME + r" - (?P<logger>[\w.\-]+) - " + _PY_LEVEL + r" - (?P<msg>.*)$", re.DOTALL
+)
+# LEVEL:name:message  (logging.basicConfig's default)
+_PYTHON_BASIC = re.compile(_PY_LEVEL + r":(?P<logger>[^:\s]*):(?P<msg>.*)$", re.DOTALL)
+TRACEBACK_START: Final = "Traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<msg>.*))?$")
+
+
+def exception_of(text: str) -> tuple[str, str] | None:
+    """``(type, message)`` of the last exception in a Python traceback inside ``text``."""
+    lines = text.splitlines()
+    if not any(line.startswith(TRACEBACK_START) for line in lines):
+        return None
+    for line in reversed(lines):
+        if not line or line[0].isspace():
+            continue
+        match = _EXCEPTION_LINE.match(line)
+        if match is not None and not line.startswith(TRACEBACK_START):
+            return match["type"], match["msg"] or ""
+    return None
+
+
+def parse_python(line: str) -> LogEntry | None:
+    """A line (or joined record) of Python's ``logging``, or a bare traceback."""
+    if line.startswith(TRACEBACK_START):
+        found = exception_of(line)
+        message = f"{found[0]}: {found[1]}" if found and found[1] else (found or ("",))[0]
+        return LogEntry(message or line, None, "error", {}, "python")
+    match = _PYTHON_LINE.match(line) or _PYTHON_COOKBOOK.match(line)
+    if match is not None:
+        fields: dict[str, Any] = {}
+        if match["logger"]:
+            fields["logger"] = match["logger"]
+        if "pid" in match.groupdict() and match["pid"]:
+            fields["pid"] = int(match["pid"])
+        return LogEntry(
+            match["msg"], match["ts"], normalise_level(match["level"]), fields, "python"
+        )
+    match = _PYTHON_BASIC.match(line)
+    if match is not None:
+        fields = {"logger": match["logger"]} if match["logger"] else {}
+        return LogEntry(match["msg"], None, normalise_level(match["level"]), fields, "python")
+    return None
+
+
 def auto_parser(*, year: int) -> Parser:
     """Try the strict parser that matched last first (a file rarely changes format), then
     the other strict ones, and logfmt only when none of them matched.
@@ -354,6 +426,7 @@ def auto_parser(*, year: int) -> Parser:
         (parse_json, lambda line: line.startswith("{")),
         (access, lambda line: '] "' in line),
         (syslog, _may_be_syslog),
+        (parse_python, _may_be_python),
     ]
     last = [strict[0]]
 
@@ -383,6 +456,12 @@ def _may_be_syslog(line: str) -> bool:
     )
 
 
+def _may_be_python(line: str) -> bool:
+    """An ISO date, a level word and ``:`` (basicConfig) or a traceback: Python lines."""
+    first = line[:1]
+    return (line[:4].isdigit() and line[4:5] == "-") or (first.isupper() and ":" in line[:12])
+
+
 def make_parser(name: str, *, year: int) -> Parser:
     """The parser for a ``--format`` name.
 
@@ -401,6 +480,8 @@ def make_parser(name: str, *, year: int) -> Parser:
         return _access_parser("apache")
     if name == "syslog":
         return syslog_parser(year=year)
+    if name == "python":
+        return parse_python
     raise ValueError(f"unknown log format {name!r}: expected one of {', '.join(FORMATS)}")
 
 

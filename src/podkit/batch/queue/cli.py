@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import datetime
 import json
+import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ from podkit.batch.queue.states import (
     DEFAULT_MAX_ATTEMPTS,
 )
 from podkit.batch.queue.worker import DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, load_handler
-from podkit.cli import PodkitGroup
+from podkit.cli import BytesArgument, PodkitGroup
 from podkit.runtime import Runtime, RuntimeOptions, format_duration, run_async, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
 
@@ -48,9 +49,11 @@ _url = click.argument("url")
 _name = click.argument("name")
 
 
-def _run(make: Callable[[Queue], Awaitable[T]], url: str, name: str) -> T:
+def _run(
+    make: Callable[[Queue], Awaitable[T]], url: str, name: str, *, read_only: bool = False
+) -> T:
     async def main() -> T:
-        async with Queue(url, name) as queue:
+        async with Queue(url, name, read_only=read_only) as queue:
             return await make(queue)
 
     result: T = run_async(main())
@@ -68,7 +71,7 @@ def group() -> None:
 @group.command()
 @_url
 @_name
-@click.argument("item", required=False)
+@click.argument("item", required=False, cls=BytesArgument)
 @click.option("--key", default=None, help="Idempotency key: a put with a known key is a no-op.")
 @click.option(
     "--content-key",
@@ -125,7 +128,7 @@ def put(
         if key is not None and len(bodies) > 1:
             raise click.UsageError("--key names one item; use --content-key with -")
     else:
-        bodies = [item.encode()]
+        bodies = [os.fsencode(item)]  # the bytes given, even when they are not UTF-8
     values: list[Any] = []
     for body in bodies:
         if as_json:
@@ -157,7 +160,7 @@ def put(
 @group.command(context_settings={"ignore_unknown_options": True})
 @_url
 @_name
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, cls=BytesArgument)
 @click.option(
     "--handler",
     default=None,
@@ -301,7 +304,7 @@ def work(
 @group.command(context_settings={"ignore_unknown_options": True})
 @_url
 @_name
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, cls=BytesArgument)
 @click.option(
     "--every",
     type=DURATION,
@@ -374,7 +377,7 @@ def source(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(url: str, name: str, as_json: bool) -> None:
     """Counts of queue NAME (ready, delayed, leased, dead), rates per second and totals."""
-    result = _run(lambda q: q.stats(), url, name)
+    result = _run(lambda q: q.stats(), url, name, read_only=True)
     if as_json:
         click.echo(json.dumps({"queue": name, **dataclasses.asdict(result)}))
         return
@@ -430,7 +433,7 @@ def dead(url: str, name: str, retry: bool, ids: tuple[str, ...], limit: int, as_
         moved = _run(lambda q: q.retry_dead(list(ids) if ids else None), url, name)
         click.echo(f"requeued {moved}")
         return
-    items = _run(lambda q: q.dead(limit), url, name)
+    items = _run(lambda q: q.dead(limit), url, name, read_only=True)
     for item in items:
         if as_json:
             click.echo(json.dumps(_dead_json(item)))

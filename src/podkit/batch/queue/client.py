@@ -168,6 +168,8 @@ class Queue:
         clock: wall-clock source (seconds since the epoch); all processes must agree on it.
         rand: random source in [0, 1) for the jitter.
         backend: a backend to use instead of opening one from ``url``.
+        read_only: only look (stats, dead letters): a SQLite file is opened read-only and
+            never created; a missing one is a :class:`~podkit.errors.BackendError`.
 
     Raises:
         ConfigError: invalid URL or name.
@@ -184,6 +186,7 @@ class Queue:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         backend: QueueBackend | None = None,
+        read_only: bool = False,
     ) -> None:
         self.url = url
         self.name = check_queue_name(name)
@@ -192,7 +195,7 @@ class Queue:
         self.max_item_bytes = max_item_bytes
         self.clock = clock
         self.rand = rand
-        self.backend = backend if backend is not None else open_backend(url)
+        self.backend = backend if backend is not None else open_backend(url, read_only=read_only)
 
     async def __aenter__(self) -> Queue:
         return self

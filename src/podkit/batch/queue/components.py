@@ -62,6 +62,23 @@ def _stats_json(stats: QueueStats | None, **extra: Any) -> Response:
     return Response.json(200, json.dumps(body))
 
 
+def queue_status(
+    stats: QueueStats | None, *, workers: int, queue: str, running: int | None = None
+) -> dict[str, Any]:
+    """The queue's figures for ``GET /status``: depth (items ready), leased, workers."""
+    body: dict[str, Any] = {"queue": queue, "workers": workers}
+    busy = f", {running} running" if running is not None else ""
+    if stats is None:
+        body["summary"] = f"{queue}: depth not read yet; {workers} workers{busy}"
+        return body
+    body.update(depth=stats.ready, leased=stats.leased, delayed=stats.delayed, dead=stats.dead)
+    body["summary"] = (
+        f"{queue}: depth {stats.ready}, {stats.leased} leased, {stats.delayed} delayed, "
+        f"{stats.dead} dead; {workers} workers{busy}"
+    )
+    return body
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """What ``podkit queue work`` runs: the handler, the pace and the pool bounds."""
@@ -117,6 +134,11 @@ async def serve_worker(rt: Runtime, settings: WorkerSettings) -> None:
                 )
 
             rt.add_route("/queue", view)
+            rt.add_status(
+                lambda: queue_status(
+                    worker.last_stats, workers=1, running=worker.running, queue=settings.name
+                )
+            )
             stop = asyncio.Event()
             async with asyncio.TaskGroup() as tasks:
                 serving = tasks.create_task(worker.serve(stop))
@@ -263,6 +285,9 @@ async def serve_pool(
         return _stats_json(last["stats"], queue=settings.name, workers=len(pool.active))
 
     rt.add_route("/queue", view)
+    rt.add_status(
+        lambda: queue_status(last["stats"], workers=len(pool.active), queue=settings.name)
+    )
     async with Queue(settings.url, settings.name) as queue:
         rt.set_ready()
         try:

@@ -33,6 +33,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -130,6 +131,11 @@ def python_handler(
 def load_handler(spec: str) -> Callable[[Item], Any]:
     """The function named ``module:function`` (dotted attribute paths allowed).
 
+    The module is imported from the current directory first, then ``sys.path``, as
+    Celery's ``-A`` does: ``podkit queue work ... --handler tasks:resize`` run beside
+    ``tasks.py`` finds it, whether podkit was started as ``python -m podkit`` or through its
+    console script (whose ``sys.path`` starts with the script's own directory).
+
     Raises:
         UsageError: the spec is malformed, the module cannot be imported or has no such
             callable.
@@ -137,6 +143,9 @@ def load_handler(spec: str) -> Callable[[Item], Any]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"handler {spec!r}: use module:function")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:

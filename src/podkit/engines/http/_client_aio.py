@@ -110,9 +110,11 @@ async def pool_send(
     attempts = 2 if replayable else 1
     for attempt in range(attempts):
         self.counters["requests"] += 1
+        request.upstream = upstream.authority
+        request.upstream_start = self.loop.time()
         conn = self._take_idle(upstream) or await self._acquire(upstream)
         waiter: asyncio.Future[Response] = self.loop.create_future()
-        conn.begin(request.method, wait, waiter)
+        conn.begin(request.method, wait, waiter, request)
         self._busy.add(conn)
         try:
             assert conn.transport is not None
@@ -209,6 +211,7 @@ async def pool_connect(self: UpstreamPool, upstream: Upstream) -> _UpstreamConne
                 upstream.port,
                 ssl=context,
                 server_hostname=upstream.host if context is not None else None,
+                local_addr=(self.source_address, 0) if self.source_address else None,
             )
     except TimeoutError as exc:
         self.counters["connect_errors"] += 1

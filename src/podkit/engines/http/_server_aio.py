@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+from collections.abc import Callable
 from typing import Any, cast
 
 from podkit.engines._closing import finish_closing
@@ -20,15 +21,17 @@ from podkit.engines.errors import UpstreamError
 from podkit.engines.http.messages import Body, Handler, Request, Response, close_body
 from podkit.engines.http.rules import BodyMode, response_framing, response_head
 from podkit.engines.http.server import (
+    CLIENT_CLOSED,
     HTTPServer,
     _Connection,
     _error,
     _error_reason,
     _record_sni,
     _ServerCollector,
+    _TLSAccept,
     log,
 )
-from podkit.errors import PodkitError, ProtocolError, RemoteProtocolError
+from podkit.errors import ListenError, PodkitError, ProtocolError, RemoteProtocolError
 
 
 async def connection_drain(self: _Connection) -> None:
@@ -59,7 +62,7 @@ async def connection_finish_stream(
             self.transport.abort()
         return
     finally:
-        self.server.counters.response(response.status, self.loop.time() - started)
+        self._answered(request, response.status, started, response)
     self._next()
 
 
@@ -69,16 +72,20 @@ async def connection_respond(
     self.handler_started = True
     server = self.server
     started = self.loop.time()
-    status = 500
+    status = CLIENT_CLOSED  # until there is a response: the client may leave before it
+    response: Response | None = None
+    self.sent = 0
     try:
         try:
             response = await (handler or server.handler)(request)
+            if request.upstream_start:
+                request.upstream_time = self.loop.time() - request.upstream_start
         except asyncio.CancelledError:
             raise
         except (ProtocolError, UpstreamError) as exc:
             status = exc.status
             server.counters.error(_error_reason(exc, status))
-            response = _error(status, exc)
+            response = _error(status, exc, request)
         except Exception as exc:
             log.exception("handler failed", extra={"target": request.target})
             server.counters.error("handler_failed")
@@ -91,7 +98,9 @@ async def connection_respond(
             await close_body(response.body)
             raise
     except asyncio.CancelledError:
-        return  # the client went away; the handler's upstream work was cancelled with it
+        # The client went away; the handler's upstream work was cancelled with it.
+        log.debug("client closed the connection", extra={"target": request.target})
+        return
     except (ConnectionError, PodkitError, OSError) as exc:
         # the body stream broke after the head was sent: the client must see a truncation
         server.counters.error("response_aborted")
@@ -100,7 +109,7 @@ async def connection_respond(
             self.transport.abort()
         return
     finally:
-        server.counters.response(status, self.loop.time() - started)
+        self._answered(request, status, started, response)
     if self.tunnel is None:
         self._next()
 
@@ -140,14 +149,16 @@ async def connection_stream_response(
         )
     )
     sent = 0
+    self.sent = 0
     try:
         async for chunk in out:
             if not chunk or mode is BodyMode.NONE:
                 continue
+            sent += len(chunk)
+            self.sent = sent
             if mode is BodyMode.CHUNKED:
                 transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             else:
-                sent += len(chunk)
                 transport.write(chunk)
             if self.write_paused or self.closed:
                 await self._drain()
@@ -178,17 +189,19 @@ async def server_start(self: HTTPServer) -> None:
     self.loop = asyncio.get_running_loop()
     if self.ssl is not None:
         _record_sni(self.ssl)
+    # HTTPS: accepted as plain TCP and upgraded by _TLSAccept, so that a client counts from
+    # accept and its handshake has a deadline of our own.
+    factory: Callable[[], asyncio.Protocol] = (
+        (lambda: _Connection(self)) if self.ssl is None else (lambda: _TLSAccept(self))
+    )
     try:
         if self.sock is not None:
-            self._server = await self.loop.create_server(
-                lambda: _Connection(self), sock=self.sock, ssl=self.ssl, backlog=1024
-            )
+            self._server = await self.loop.create_server(factory, sock=self.sock, backlog=1024)
         else:
             self._server = await self.loop.create_server(
-                lambda: _Connection(self),
+                factory,
                 self.host,
                 self.port,
-                ssl=self.ssl,
                 reuse_port=self.reuse_port or None,
                 backlog=1024,
             )
@@ -196,12 +209,12 @@ async def server_start(self: HTTPServer) -> None:
         reason = (
             "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
         )
-        raise PodkitError(
-            f"{self.name}: cannot listen on {self.host}:{self.port}: {reason}"
-        ) from exc
+        raise ListenError(self.host, self.port, reason) from exc
     # uvloop's Server.sockets is a list where typeshed says tuple: read it untyped.
     sockets: Any = cast(Any, self._server).sockets
     self.port = int(sockets[0].getsockname()[1])
+    if self._access_settings is not None and self.access_log is None:
+        self.access_log = self._access_settings.open(self.name)
     self._ticker = self.loop.create_task(self._tick(), name=f"{self.name}-timeouts")
     if self._registry is not None:
         self._collector = _ServerCollector(self)
@@ -217,6 +230,8 @@ async def server_tick(self: HTTPServer) -> None:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.check_deadline(now)
+        if self.access_log is not None:
+            self.access_log.flush()
 
 
 async def server_drain(self: HTTPServer, timeout: float) -> None:
@@ -224,6 +239,8 @@ async def server_drain(self: HTTPServer, timeout: float) -> None:
     self.draining = True
     if self._server is not None:
         self._server.close()
+    for accept in list(self.handshaking):
+        accept.abort()  # no request yet: nothing to finish
     for conn in list(self.connections):
         idle = conn.active is None and not conn.queue and conn.reading is None
         if idle and conn.tunnel is None and conn.transport is not None:
@@ -244,6 +261,16 @@ async def server_aclose(self: HTTPServer) -> None:
     for conn in list(self.connections):
         if conn.transport is not None:
             conn.transport.abort()
+    for accept in list(self.handshaking):
+        accept.abort()
+    self.handshaking.clear()
     ticker, server, collector = self._ticker, self._server, self._collector
     self._ticker = self._server = self._collector = None
-    await finish_closing(ticker, server, self._registry, collector)
+    try:
+        await finish_closing(ticker, server, self._registry, collector)
+    finally:
+        if self._access_settings is not None and self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
+        elif self.access_log is not None:
+            self.access_log.flush()

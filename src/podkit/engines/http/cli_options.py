@@ -9,11 +9,13 @@ whichever of them runs.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import click
 
+from podkit.engines.http.access_log import FORMATS, AccessLogSettings
 from podkit.engines.http.rules import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -43,6 +45,7 @@ LIMIT_PARAMS: tuple[str, ...] = (
     "keepalive_timeout",
     "max_connections",
     "max_pipeline",
+    "underscores_in_headers",
 )
 
 
@@ -57,6 +60,7 @@ def server_limits(
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_pipeline: int = DEFAULT_MAX_PIPELINE,
+    underscores_in_headers: bool = False,
 ) -> ServerLimits:
     """Validated :class:`ServerLimits` from the values of :func:`server_limit_options`.
 
@@ -91,6 +95,7 @@ def server_limits(
         keepalive_timeout=keepalive_timeout,
         max_connections=max_connections,
         max_pipeline=max_pipeline,
+        underscores_in_headers=underscores_in_headers,
     )
 
 
@@ -98,9 +103,10 @@ def server_limit_options(func: F) -> F:
     """Add the engine's client-facing limits to a command (see :class:`ServerLimits`).
 
     ``--max-header-bytes``, ``--max-header-count``, ``--max-uri-bytes``, ``--max-body-bytes``,
-    ``--header-timeout``, ``--body-timeout``, ``--keepalive-timeout``, ``--max-connections``
-    and ``--max-pipeline`` reach the command folded into one ``limits: ServerLimits`` keyword
-    argument, validated by :func:`server_limits` (a value out of range exits 2 with one line).
+    ``--header-timeout``, ``--body-timeout``, ``--keepalive-timeout``, ``--max-connections``,
+    ``--max-pipeline`` and ``--underscores-in-headers`` reach the command folded into one
+    ``limits: ServerLimits`` keyword argument, validated by :func:`server_limits` (a value
+    out of range exits 2 with one line).
     """
     options = [
         click.option(
@@ -167,6 +173,13 @@ def server_limit_options(func: F) -> F:
             help="Pipelined requests queued per connection behind the one in progress "
             "(503 beyond).",
         ),
+        click.option(
+            "--underscores-in-headers/--no-underscores-in-headers",
+            default=False,
+            show_default=True,
+            help="Keep request header fields whose names contain '_' (dropped by default, "
+            "as nginx does: apps may read X_Client_Cert as X-Client-Cert).",
+        ),
     ]
 
     def fold(kwargs: dict[str, Any]) -> None:
@@ -176,14 +189,72 @@ def server_limit_options(func: F) -> F:
     return _folding(func, options, fold)
 
 
+def parse_fraction(text: str, *, field: str) -> float:
+    """``10%`` or ``0.1`` as 0.1.
+
+    Raises:
+        ConfigError: not a number or a percentage.
+    """
+    value = text.strip()
+    try:
+        number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise ConfigError(f"expected a percentage such as 10%, got {text!r}", path=field) from None
+    return number
+
+
+def access_log_options(func: F) -> F:
+    """Add ``--access-log``, ``--access-log-format`` and ``--access-log-sample``.
+
+    They reach the command folded into one ``access_log:``
+    :class:`~podkit.engines.http.access_log.AccessLogSettings` keyword argument.
+    """
+    options = [
+        click.option(
+            "--access-log",
+            "access_log_destination",
+            default="-",
+            show_default=True,
+            metavar="off|FILE|-",
+            help="Where to write one line per request: '-' (standard output), a file "
+            "(appended to, reopened on SIGHUP) or 'off'.",
+        ),
+        click.option(
+            "--access-log-format",
+            type=click.Choice(list(FORMATS)),
+            default="json",
+            show_default=True,
+            help="json: one object per line (time, client, method, target, status, bytes, "
+            "duration, upstream, upstream_time, cache, request_id); combined: nginx's format.",
+        ),
+        click.option(
+            "--access-log-sample",
+            default="100%",
+            show_default=True,
+            help="Fraction of 1xx-3xx answers logged at high rates (every 4xx and 5xx is).",
+        ),
+    ]
+
+    def fold(kwargs: dict[str, Any]) -> None:
+        kwargs["access_log"] = AccessLogSettings(
+            destination=kwargs.pop("access_log_destination"),
+            format=kwargs.pop("access_log_format"),
+            sample=parse_fraction(kwargs.pop("access_log_sample"), field="--access-log-sample"),
+        )
+
+    return _folding(func, options, fold)
+
+
 def upstream_timeout_options(
     *, connect_timeout: float, response_timeout: float, peer: str = "upstream"
 ) -> Callable[[F], F]:
-    """Add ``--connect-timeout`` and ``--timeout`` (the time allowed to the upstream).
+    """Add ``--connect-timeout`` and ``--timeout`` (the time allowed to the upstream), and
+    ``--source-address`` (the local address connections to it leave from).
 
     Each command keeps its own defaults (``connect_timeout``, ``response_timeout`` in
     seconds) and names what it forwards to (``peer``: upstream, backend, origin). The command
-    receives ``connect_timeout`` and ``response_timeout`` in seconds, both more than 0.
+    receives ``connect_timeout`` and ``response_timeout`` in seconds, both more than 0, and
+    ``source_address`` (an IP address, or None for the system's choice).
     """
     options = [
         click.option(
@@ -202,6 +273,13 @@ def upstream_timeout_options(
             help=f"Silence allowed from the {peer} while a response is awaited or "
             "streams (504 after it).",
         ),
+        click.option(
+            "--source-address",
+            default=None,
+            metavar="IP",
+            help=f"Connect to the {peer} from this local address (nginx's proxy_bind); in a "
+            "pod, the pod's own address, so the next hop can trust it.",
+        ),
     ]
 
     def fold(kwargs: dict[str, Any]) -> None:
@@ -212,6 +290,15 @@ def upstream_timeout_options(
             value = kwargs[name]
             if not value > 0:
                 raise ConfigError(f"must be more than 0, got {value:g}", path=flag)
+        source = kwargs["source_address"]
+        if source is not None:
+            try:
+                kwargs["source_address"] = str(ipaddress.ip_address(source.strip()))
+            except ValueError:
+                raise ConfigError(
+                    f"expected an IP address such as 127.0.1.1, got {source!r}",
+                    path="--source-address",
+                ) from None
 
     def decorate(func: F) -> F:
         return _folding(func, options, fold)
@@ -249,6 +336,8 @@ def _folding(
 
 __all__ = [
     "LIMIT_PARAMS",
+    "access_log_options",
+    "parse_fraction",
     "server_limit_options",
     "server_limits",
     "upstream_timeout_options",

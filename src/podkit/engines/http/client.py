@@ -75,6 +75,7 @@ class Upstream:
     port: int
     tls: bool = False
     _hash: int = field(init=False, compare=False, repr=False, default=0)
+    _authority: str = field(init=False, compare=False, repr=False, default="")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_dataclass(self)  # picklable when compiled (see podkit._pickling)
@@ -82,6 +83,8 @@ class Upstream:
     def __post_init__(self) -> None:
         # The pool looks an upstream up on every request: hash it once.
         object.__setattr__(self, "_hash", hash((self.host, self.port, self.tls)))
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        object.__setattr__(self, "_authority", f"{host}:{self.port}")
 
     def __hash__(self) -> int:
         return self._hash
@@ -114,8 +117,7 @@ class Upstream:
     @property
     def authority(self) -> str:
         """``host:port`` (IPv6 addresses in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return self._authority
 
     def __str__(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.authority}"
@@ -215,11 +217,13 @@ class _UpstreamConnection(asyncio.Protocol):
         self.pending_size = 0
         self.got_bytes = False
         self.interim = False
+        self.interim_for: Request | None = None  # whose client 1xx responses are relayed to
         self.until_close = False
         self.response_done = False
         self.request_done = False
         self.reusable = False
         # flow control and tunnel
+        self.read_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.client: asyncio.Transport | None = None
@@ -363,6 +367,12 @@ class _UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if status < 200 and status != 101:
             self.interim = True  # 100 Continue, 103 Early Hints: the final response follows
+            request = self.interim_for
+            # RFC 9110 §15.2: a proxy forwards 1xx responses, except a 100 Continue, which
+            # answered our own request's expectation (the server sends the client its own).
+            if status != 100 and request is not None and request.interim is not None:
+                fields = [(n, v) for n, v in self.headers if n.lower() not in HOP_BY_HOP]
+                request.interim(request, status, fields)
             return
         headers: Headers = []
         lines: list[bytes] = []  # the same fields minus Content-Length, as wire lines
@@ -382,6 +392,13 @@ class _UpstreamConnection(asyncio.Protocol):
                     named = tokens if named is None else named | tokens
                 elif lname == b"transfer-encoding":
                     chunked = True
+                    if value.strip(b" \t").lower() != b"chunked":
+                        # Another coding (gzip, or "gzip, chunked") could be neither removed
+                        # nor passed on faithfully: refuse the response, as nginx does.
+                        raise RemoteProtocolError(
+                            "upstream response has a transfer coding other than chunked",
+                            status=502,
+                        )
                 if status != 101 or lname != b"upgrade":
                     continue
             elif lname == b"content-length":
@@ -488,19 +505,24 @@ class _UpstreamConnection(asyncio.Protocol):
     def _release(self) -> None:
         self.waiter = None
         if self.reusable and not self.closed:
+            # A connection is idle only while it is read: the next response on it (and the
+            # upstream closing it) must be seen, whatever the last body's consumer did.
+            self._resume_reading()
             self.pool._release(self)
         else:
             self.abort()
 
     def _pause_reading(self) -> None:
-        if self.transport is not None and not self.response_done:
+        if self.transport is not None and not self.response_done and not self.read_paused:
+            self.read_paused = True
             self.transport.pause_reading()
             self.deadline = 0.0  # our client is slow, not the upstream: no timeout meanwhile
 
     def _resume_reading(self) -> None:
-        if self.transport is not None and not self.response_done and not self.closed:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
             self.transport.resume_reading()
-            if self.timeout:
+            if self.timeout and not self.response_done:
                 self.deadline = self.loop.time() + self.timeout
 
     def _body_closed(self, finished: bool) -> None:
@@ -520,9 +542,16 @@ class _UpstreamConnection(asyncio.Protocol):
 
     # --- the exchange ---------------------------------------------------------------------------
 
-    def begin(self, method: str, timeout: float, sink: ResponseSink | None = None) -> ResponseSink:
+    def begin(
+        self,
+        method: str,
+        timeout: float,
+        sink: ResponseSink | None = None,
+        request: Request | None = None,
+    ) -> ResponseSink:
         self.uses += 1
         self.method = method
+        self.interim_for = request
         self.got_bytes = False
         self.interim = False
         self.until_close = False
@@ -684,6 +713,8 @@ class UpstreamPool:
         buffer_bytes: response bytes buffered before the upstream is no longer read.
         ssl: the client context for ``https`` upstreams (default: system trust store).
         registry: a Prometheus registry to export the pool's metrics to.
+        source_address: the local IP address connections leave from (default: the
+            system's choice).
     """
 
     def __init__(
@@ -700,8 +731,10 @@ class UpstreamPool:
         ssl: ssl_module.SSLContext | None = None,
         registry: CollectorRegistry | None = None,
         metrics_prefix: str = "podkit_upstream",
+        source_address: str | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.source_address = source_address
         self.response_timeout = response_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections_per_upstream
@@ -770,9 +803,13 @@ class UpstreamPool:
         if conn is None:
             return None
         self.counters["requests"] += 1
+        request.upstream = upstream.authority
+        request.upstream_start = self.loop.time()
         head = _request_head(request, headers, upstream, None, False)
         waiter = self.loop.create_future()
-        conn.begin(request.method, self.response_timeout if timeout is None else timeout, waiter)
+        conn.begin(
+            request.method, self.response_timeout if timeout is None else timeout, waiter, request
+        )
         self._busy.add(conn)
         assert conn.transport is not None
         conn.transport.write(head)
@@ -800,7 +837,11 @@ class UpstreamPool:
         if conn is None:
             return None
         self.counters["requests"] += 1
-        conn.begin(request.method, self.response_timeout if timeout is None else timeout, sink)
+        request.upstream = upstream.authority
+        request.upstream_start = self.loop.time()
+        conn.begin(
+            request.method, self.response_timeout if timeout is None else timeout, sink, request
+        )
         self._busy.add(conn)
         transport = conn.transport
         assert transport is not None

@@ -180,8 +180,9 @@ class Body:
                 self._pause()
 
     def finish(self) -> None:
-        """Mark the end of the body."""
+        """Mark the end of the body; the producer is no longer paused or resumed from here."""
         self._done = True
+        self._pause = self._resume = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -192,6 +193,7 @@ class Body:
             return
         self._error = exc
         self._done = True
+        self._pause = self._resume = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -237,6 +239,10 @@ class TLSInfo:
     peer_cert: dict[str, Any] | None
 
 
+InterimSink = Callable[["Request", int, Headers], None]
+"""Relays an interim (1xx) response for a request to its client: ``(request, status, fields)``."""
+
+
 class Request:
     """An HTTP request, as the server received it or as a policy builds it.
 
@@ -252,6 +258,13 @@ class Request:
         tls: :class:`TLSInfo` for TLS connections, else None.
         framing: what the head said about body and upgrade (None for policy-built requests).
         keep_alive: whether the client's connection stays open after the response.
+        request_id: the ``X-Request-Id`` the server found or gave it (empty when none).
+        upstream: the ``host:port`` it was last sent to (None before), for the access log.
+        upstream_start: the loop time it was last sent upstream (0.0 before).
+        upstream_time: seconds from being sent upstream to the response head, or None.
+        interim: set by the server for HTTP/1.1 clients: relays an interim (1xx) response
+            to the client before the final one, called as ``interim(request, status,
+            fields)``; the upstream pool calls it for each 1xx but ``100`` it receives.
     """
 
     __slots__ = (
@@ -260,11 +273,16 @@ class Request:
         "framing",
         "headers",
         "http_version",
+        "interim",
         "keep_alive",
         "method",
+        "request_id",
         "scheme",
         "target",
         "tls",
+        "upstream",
+        "upstream_start",
+        "upstream_time",
     )
 
     def __init__(
@@ -291,6 +309,11 @@ class Request:
         self.tls = tls
         self.framing = framing
         self.keep_alive = keep_alive
+        self.request_id = b""
+        self.upstream: str | None = None
+        self.upstream_start = 0.0
+        self.upstream_time: float | None = None
+        self.interim: InterimSink | None = None
 
     @property
     def path(self) -> str:

@@ -44,6 +44,7 @@ DEFAULT_KEEPALIVE_TIMEOUT = 60.0  # idle time between requests; nginx 75 s, HAPr
 DEFAULT_MAX_CONNECTIONS = 10_000  # below a default 'ulimit -n' of a server host
 DEFAULT_BUFFER_BYTES = 256 * 1024  # per-stream buffer before reading pauses (back-pressure)
 DEFAULT_MAX_PIPELINE = 64  # requests queued behind the one being answered (503 beyond it)
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # a TLS handshake on a live client takes milliseconds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +63,12 @@ class ServerLimits:
         buffer_bytes: bytes buffered per body stream before the sender is paused.
         max_pipeline: pipelined requests queued behind the one in progress; reading pauses
             at a quarter of it, and a client that still sends more is answered 503.
+        handshake_timeout: seconds from accept to a completed TLS handshake (HTTPS only);
+            a client still handshaking then is closed. Handshaking clients count against
+            ``max_connections``.
+        underscores_in_headers: keep request fields whose names contain ``_``. Off by default
+            (nginx's ``underscores_in_headers off``): CGI and WSGI apps read ``X_Client_Cert``
+            as ``X-Client-Cert``, so a client could forge a field that a proxy sets.
     """
 
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
@@ -74,6 +81,8 @@ class ServerLimits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     max_pipeline: int = DEFAULT_MAX_PIPELINE
+    underscores_in_headers: bool = False
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
     def __reduce__(self) -> tuple[Any, ...]:
         return reduce_dataclass(self)  # picklable when compiled (see podkit._pickling)
@@ -124,6 +133,38 @@ class RequestFraming:
 
 def _reject(reason: str, status: int = 400) -> RemoteProtocolError:
     return RemoteProtocolError(reason, status=status)
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """``(origin-form target, authority)`` of an absolute-form request target, else None.
+
+    ``GET http://a.example:8080/p?q HTTP/1.1`` becomes ``/p?q`` with Host ``a.example:8080``
+    (RFC 9112 §3.2.2: the target's authority replaces the Host field). Targets in origin-form
+    (``/p``), asterisk-form and authority-form (CONNECT) give None.
+
+    Raises:
+        RemoteProtocolError: 400 for an absolute target that is not ``http`` or ``https``,
+            has no host, or carries userinfo (``user@host``, deprecated by RFC 9110 §4.2.4).
+    """
+    if not target or target[0] in b"/*":
+        return None
+    scheme, sep, rest = target.partition(b"://")
+    if not sep:
+        return None  # authority-form; CONNECT is refused elsewhere
+    if scheme.lower() not in (b"http", b"https"):
+        raise _reject("request target scheme must be http or https")
+    end = len(rest)
+    for mark in b"/?#":
+        index = rest.find(bytes((mark,)))
+        if index != -1 and index < end:
+            end = index
+    authority, tail = rest[:end], rest[end:]
+    if not authority or b"@" in authority or not _valid_host(authority):
+        raise _reject("invalid host in the request target")
+    tail = tail.partition(b"#")[0]
+    if not tail.startswith(b"/"):
+        tail = b"/" + tail
+    return tail, authority
 
 
 def parse_content_length(values: Sequence[bytes]) -> int:
@@ -347,9 +388,14 @@ class Forwarding:
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
-_FORWARDED = frozenset({_XFF, _XFP, _XFH})
+# Fields that describe the client's path: kept from a trusted proxy, dropped from anyone else
+# (a client must not forge its address or scheme). X-Forwarded-* are then written anew.
+_CLIENT_DESCRIPTIONS = frozenset({b"forwarded", b"x-real-ip"})
+_FORWARDED = frozenset({_XFF, _XFP, _XFH}) | _CLIENT_DESCRIPTIONS
+# Fields a request cannot do without: ``Connection`` naming them does not remove them.
+_NEVER_NAMED = frozenset({b"host"})
 # Connection options that name no field left to remove ("Close" is a reserved field name).
-_NAMES_NO_FIELD = HOP_BY_HOP | {b"close"}
+_NAMES_NO_FIELD = HOP_BY_HOP | _NEVER_NAMED | {b"close"}
 # Every field forwarded_headers drops or rewrites; the others are copied as they are.
 _REWRITTEN = HOP_BY_HOP | _FORWARDED | {b"content-length", b"via"}
 
@@ -400,14 +446,17 @@ def forwarded_headers(
                     prior_for.append(value)
                 elif lname == _XFP:
                     prior_proto = value
-                else:
+                elif lname == _XFH:
                     prior_host = value
+                else:
+                    out.append((name, value))
             continue
         if lname == b"via" and forwarding.via:
             prior_via.append(value)
             continue
         out.append((name, value))
-    if named and not named <= HOP_BY_HOP:  # "Connection: keep-alive" names nothing left
+    if named and not named <= _NAMES_NO_FIELD:  # "Connection: keep-alive" names nothing left
+        named -= _NEVER_NAMED
         out = [(n, v) for n, v in out if n.lower() not in named]
     if forwarding.forwarded_for:
         chain = b", ".join([*prior_for, client_ip.encode("ascii")])
@@ -463,8 +512,10 @@ def forwarded_request_head(
                     prior_for.append(value)
                 elif lname == _XFP:
                     prior_proto = value
-                else:
+                elif lname == _XFH:
                     prior_host = value
+                else:
+                    parts += (name, b": ", value, b"\r\n")
         elif keep_via:  # Via, with no Via entry of our own to add
             parts += (name, b": ", value, b"\r\n")
         elif prior_via is None:

@@ -37,6 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from podkit.engines.errors import UpstreamError
+from podkit.engines.http.access_log import AccessLog, AccessLogSettings, new_request_id
 from podkit.engines.http.client import StaleConnection
 from podkit.engines.http.messages import (
     EMPTY_BODY,
@@ -54,6 +55,7 @@ from podkit.engines.http.rules import (
     add_via,
     check_request_head,
     error_response,
+    origin_form,
     response_framing,
     response_head,
     status_line,
@@ -190,6 +192,7 @@ class _DirectExchange:
         self.finished = True
         if self.abandon is not None:
             self.abandon()
+        self.conn._client_closed(self.request, self.started)
         return True
 
 
@@ -256,6 +259,88 @@ def _record_sni(context: ssl_module.SSLContext) -> None:
     context.sni_callback = record
 
 
+class _TLSAccept(asyncio.Protocol):
+    """A client of an HTTPS server from accept until its TLS handshake completes.
+
+    The listener accepts plain TCP; this protocol's ``connection_made`` counts the client
+    against ``max_connections`` at once (one that never finishes its handshake still holds a
+    socket), then puts the loop's own SSL protocol in front of a :class:`_Connection`, as
+    ``create_server(ssl=...)`` would, with ``handshake_timeout`` as its deadline. The
+    handshake's outcome ends the count here; the connection counts itself from then on.
+    """
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        raw = cast(asyncio.Transport, transport)
+        server.counters.connections_total += 1
+        if server.open_connections() >= server.limits.max_connections or server.draining:
+            server.counters.error("max_connections")
+            raw.abort()  # nothing can be answered before the handshake
+            return
+        assert server.ssl is not None
+        peer = raw.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
+        self.transport = raw
+        server.handshaking.add(self)
+        loop = server.loop
+        handshake: asyncio.Future[None] = loop.create_future()
+        handshake.add_done_callback(self._handshake_done)
+        tls = _ssl_protocol_class(loop)(
+            loop,
+            _Connection(server),
+            server.ssl,
+            handshake,
+            server_side=True,
+            ssl_handshake_timeout=server.limits.handshake_timeout,
+        )
+        raw.set_protocol(tls)
+        tls.connection_made(raw)
+
+    def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
+        server = self.server
+        server.handshaking.discard(self)
+        if handshake.cancelled():
+            return
+        exc = handshake.exception()
+        if exc is None:
+            return
+        if self.transport is not None:
+            self.transport.abort()
+        timed_out = "longer than" in str(exc) or isinstance(exc, TimeoutError)
+        server.counters.error("tls_handshake_timeout" if timed_out else "tls_handshake")
+        log.warning(
+            "TLS handshake failed",
+            extra={
+                "client": self.client,
+                "reason": "no handshake within the timeout"
+                if timed_out
+                else str(exc) or type(exc).__name__,
+            },
+        )
+
+    def abort(self) -> None:
+        """Close a client still in its handshake (the server stops)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The SSL protocol of ``loop``'s own kind (uvloop's compiled one under uvloop)."""
+    module = type(loop).__module__
+    if module.startswith("uvloop"):
+        import uvloop.loop
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    import asyncio.sslproto
+
+    return asyncio.sslproto.SSLProtocol
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parse, dispatch in order, write responses, tunnel after 101."""
 
@@ -280,6 +365,7 @@ class _Connection(asyncio.Protocol):
         # the handler task, or a direct exchange
         self.active: asyncio.Future[Any] | _DirectExchange | None = None
         self.active_request: Request | None = None
+        self.interim_sink = self._send_interim  # bound once, handed to every 1.1 request
         self.queue: deque[Request | _Rejection] = deque()
         self.must_close = False
         self.closed = False
@@ -296,14 +382,16 @@ class _Connection(asyncio.Protocol):
         # upgrade
         self.upgrade_tail: bytes | None = None
         self.tunnel: Any = None
+        self.sent = 0  # body bytes of the last response written (for the access log)
 
     # --- transport callbacks --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         server = self.server
-        server.counters.connections_total += 1
-        if len(server.connections) >= self.limits.max_connections or server.draining:
+        if server.ssl is None:
+            server.counters.connections_total += 1  # HTTPS: counted at accept (_TLSAccept)
+        if server.open_connections() >= self.limits.max_connections or server.draining:
             server.counters.error("max_connections")
             self.transport.write(error_response(503, "too many connections"))
             self.transport.close()
@@ -388,7 +476,9 @@ class _Connection(asyncio.Protocol):
                 self._refuse(400, "malformed request")
             return
         except httptools.HttpParserError as exc:
-            self._refuse(400, str(exc) or "malformed request")
+            # The parser's words stay in the log; the client learns only that it was refused.
+            log.debug("malformed request", extra={"client": self.client[0], "error": str(exc)})
+            self._refuse(400, "malformed request")
             return
         if self.in_head:
             self.head_raw += len(data)
@@ -412,10 +502,17 @@ class _Connection(asyncio.Protocol):
             raise RemoteProtocolError("request target too long", status=414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.limits.max_header_bytes:
             raise RemoteProtocolError("request header fields too large", status=431)
+        if not self.in_head:
+            # A trailer field of a chunked body: never merged into the header section (a
+            # trailer could otherwise add Host or Authorization after the checks); dropped,
+            # as RFC 9110 §6.5.1 allows.
+            return
+        if b"_" in name and not self.limits.underscores_in_headers:
+            return  # X_Forwarded_For reads as X-Forwarded-For to CGI and WSGI apps
+        self.headers.append((name, value))
         if len(self.headers) > self.limits.max_header_count:
             raise RemoteProtocolError("too many request header fields", status=431)
 
@@ -429,9 +526,26 @@ class _Connection(asyncio.Protocol):
             if len(_METHODS) < 64:
                 _METHODS[raw_method] = method
         version = parser.get_http_version()
+        if self.url[:1] != b"/":
+            absolute = origin_form(self.url)
+            if absolute is not None:
+                # RFC 9112 §3.2.2: forwarded in origin-form, Host taken from the target.
+                self.url, authority = absolute
+                self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
+                self.headers.append((b"Host", authority))
         framing = check_request_head(
             method, version, self.headers, max_body_bytes=self.limits.max_body_bytes
         )
+        request_id = b""
+        if self.server.request_ids:
+            for name, value in self.headers:
+                if len(name) == 12 and name.lower() == b"x-request-id":
+                    request_id = value
+                    break
+            else:
+                # Generated when absent, and sent upstream with the request's own fields.
+                request_id = new_request_id()
+                self.headers.append((b"X-Request-Id", request_id))
         body: Body = EMPTY_BODY
         if framing.chunked or framing.content_length:
             body = Body(
@@ -459,6 +573,9 @@ class _Connection(asyncio.Protocol):
             framing=framing,
             keep_alive=parser.should_keep_alive(),
         )
+        request.request_id = request_id
+        if version == "1.1":
+            request.interim = self.interim_sink  # HTTP/1.0 clients get no 1xx (RFC 9110 §15.2)
         self.reading = request
         if self.active is None and not self.queue:
             self._start(request)
@@ -521,6 +638,16 @@ class _Connection(asyncio.Protocol):
         ):
             self.transport.write(_CONTINUE)
 
+    def _send_interim(self, request: Request, status: int, fields: Headers) -> None:
+        """Relay an upstream's 1xx (103 Early Hints, 102...) to the client, before the final
+        response; not once another request is being answered or the client is gone."""
+        if request is not self.active_request or self.closed or self.transport is None:
+            return
+        lines = [status_line(status)]
+        lines += (name + b": " + value + b"\r\n" for name, value in fields)
+        lines.append(b"\r\n")
+        self.transport.write(b"".join(lines))
+
     def _request_body_closed(self, finished: bool) -> None:
         if not finished:
             self.must_close = (
@@ -561,7 +688,8 @@ class _Connection(asyncio.Protocol):
     def _write_refusal(self, status: int, reason: str) -> None:
         counters = self.server.counters
         counters.error(_REASONS.get(status, f"status_{status}"))
-        counters.response(status, 0.0)
+        self.sent = 0
+        self._answered(None, status, self.loop.time(), None)
         if self.transport is not None and not self.closed:
             self.transport.write(error_response(status, reason))
             self._close_gracefully()
@@ -647,11 +775,13 @@ class _Connection(asyncio.Protocol):
         if result is not None:
             response = result
             via = direct.via  # added while the head is written (ProxyHandler.finish's work)
+            if request.upstream_start:
+                request.upstream_time = self.loop.time() - request.upstream_start
         elif exc is None:
             raise AssertionError("an exchange ends with a response or an error")
         elif isinstance(exc, ProtocolError | UpstreamError):
             server.counters.error(_error_reason(exc, exc.status))
-            response = _error(exc.status, exc)
+            response = _error(exc.status, exc, request)
         else:
             log.error("forwarding failed", exc_info=exc, extra={"target": request.target})
             server.counters.error("handler_failed")
@@ -666,11 +796,35 @@ class _Connection(asyncio.Protocol):
             server.counters.error("response_aborted")
             if self.transport is not None:
                 self.transport.abort()
-            server.counters.response(response.status, self.loop.time() - started)
+            self._answered(request, response.status, started, response)
             return
-        server.counters.response(response.status, self.loop.time() - started)
+        self._answered(request, response.status, started, response)
         if self.tunnel is None:
             self._next()
+
+    def _client_closed(self, request: Request, started: float) -> None:
+        """Count a request whose client left before its response (499, as nginx logs it)."""
+        self.sent = 0
+        self._answered(request, CLIENT_CLOSED, started, None)
+        log.debug("client closed the connection", extra={"target": request.target})
+
+    def _answered(
+        self, request: Request | None, status: int, started: float, response: Response | None
+    ) -> None:
+        """Count an answered request and write its access-log line."""
+        server = self.server
+        duration = self.loop.time() - started
+        server.counters.response(status, duration)
+        access_log = server.access_log
+        if access_log is not None:
+            access_log.record(
+                request,
+                status,
+                duration=duration,
+                sent=self.sent,
+                response=response,
+                client=self.client[0],
+            )
 
     def _finish_stream(
         self, request: Request, response: Response, started: float
@@ -762,6 +916,7 @@ class _Connection(asyncio.Protocol):
                 out.close()
             if not keep_alive:
                 self.must_close = True
+            self.sent = len(data)
             return True
         head = response_head(
             response.status,
@@ -774,6 +929,7 @@ class _Connection(asyncio.Protocol):
             via=via,
         )
         transport.write(head + data if mode is not BodyMode.NONE and data else head)
+        self.sent = len(data) if mode is not BodyMode.NONE else 0
         if isinstance(out, Body):
             out.close()
         if not keep_alive:
@@ -821,11 +977,34 @@ class _Connection(asyncio.Protocol):
         self._resume_reading()
 
 
-def _error(status: int, exc: BaseException) -> Response:
-    text = str(exc) or type(exc).__name__
-    if status >= 500 and not isinstance(exc, UpstreamError | ProtocolError):
+# What a client is told of an upstream failure: the kind, never the address or the details
+# (those go to the error log).
+_UPSTREAM_REASONS = {502: "the upstream did not answer properly", 503: "no upstream available",
+                     504: "the upstream did not answer in time"}  # fmt: skip
+
+
+def _error(status: int, exc: BaseException, request: Request | None = None) -> Response:
+    """The response for a failed exchange; an upstream failure is logged as a warning."""
+    if isinstance(exc, UpstreamError):
+        log.warning(
+            "upstream failed",
+            extra={
+                "status": status,
+                "upstream": exc.upstream,
+                "reason": str(exc),
+                "error": _error_reason(exc, status),
+                "target": request.target if request is not None else None,
+            },
+        )
+        text = _UPSTREAM_REASONS.get(status, "upstream error")
+    elif isinstance(exc, ProtocolError):
+        text = str(exc) or type(exc).__name__
+    else:
         text = "internal error"
     return Response.text(status, f"{status} {_phrase(status)}: {text}\n")
+
+
+CLIENT_CLOSED = 499  # nginx's code for a client that left before its response
 
 
 def _phrase(status: int) -> str:
@@ -918,6 +1097,10 @@ class HTTPServer:
         registry: a Prometheus registry to export the server's metrics to.
         metrics_prefix: the metric name prefix.
         name: used in log lines and errors.
+        access_log: where each answered request is logged: an :class:`AccessLog`, or the
+            settings of one the server opens and closes itself (None: nowhere).
+        request_ids: give each request without an ``X-Request-Id`` a new one (sent upstream
+            with the request's fields and logged).
     """
 
     def __init__(
@@ -933,6 +1116,8 @@ class HTTPServer:
         registry: CollectorRegistry | None = None,
         metrics_prefix: str = "podkit_http",
         name: str = "http",
+        access_log: AccessLog | AccessLogSettings | None = None,
+        request_ids: bool = True,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -945,6 +1130,12 @@ class HTTPServer:
         self.metrics_prefix = metrics_prefix
         self.counters = _Counters()
         self.connections: set[_Connection] = set()
+        self.handshaking: set[_TLSAccept] = set()  # HTTPS clients before their handshake
+        # An AccessLog given is the caller's; one made from settings is opened by start()
+        # and closed by aclose().
+        self.access_log = access_log if isinstance(access_log, AccessLog) else None
+        self._access_settings = access_log if isinstance(access_log, AccessLogSettings) else None
+        self.request_ids = request_ids
         self.draining = False
         self.started_at = time.time()
         self._server: asyncio.Server | None = None
@@ -973,11 +1164,20 @@ class HTTPServer:
     def _tick(self) -> Coroutine[Any, Any, None]:
         return _aio.server_tick(self)
 
+    def reopen_access_log(self) -> None:
+        """Reopen the access log's file (after logrotate moved it; a SIGHUP hook)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    def open_connections(self) -> int:
+        """Client connections open now, counting HTTPS clients still in their handshake."""
+        return len(self.connections) + len(self.handshaking)
+
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters."""
         counters = self.counters
         return ServerStatistics(
-            connections_open=len(self.connections),
+            connections_open=self.open_connections(),
             connections_total=counters.connections_total,
             requests_total=counters.requests_total,
             responses=dict(counters.responses),

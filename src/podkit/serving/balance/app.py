@@ -34,7 +34,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +59,7 @@ from podkit.engines.http import (
     UpstreamPool,
     upstream_request_headers,
 )
+from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.http.rules import add_via
 from podkit.engines.workers import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -134,6 +135,7 @@ class BalanceOptions:
         health: rise, fall, ejection and slow-start thresholds.
         timeout: seconds of backend silence allowed while a response is awaited.
         connect_timeout: seconds to connect to a backend.
+        source_address: the local address connections to backends (and probes) leave from.
         limits: the client-facing limits of the HTTP server (sizes, timeouts, connections).
         reuse_port: share the port with other worker processes (SO_REUSEPORT).
     """
@@ -157,7 +159,9 @@ class BalanceOptions:
     health: HealthPolicy = field(default_factory=HealthPolicy)
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    source_address: str | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     reuse_port: bool = False
 
 
@@ -706,11 +710,13 @@ async def open_balancer(
             response_timeout=options.timeout,
             registry=registry,
             metrics_prefix="podkit_balance_upstream",
+            source_address=options.source_address,
         ) as upstreams,
         UpstreamPool(
             connect_timeout=options.probe_timeout,
             response_timeout=options.probe_timeout,
             max_idle_per_upstream=1,
+            source_address=options.source_address,
         ) as probes,
     ):
         balancer = Balancer(
@@ -728,6 +734,16 @@ async def open_balancer(
             finally:
                 for task in tasks:
                     task.cancel()
+
+
+def backends_status(view: Mapping[str, Any]) -> dict[str, Any]:
+    """The balancer's figures for ``GET /status``: backends ready out of all."""
+    ready, total = int(view["ready"]), int(view["total"])
+    return {
+        "backends_ready": ready,
+        "backends": total,
+        "summary": f"backends {ready}/{total} ready",
+    }
 
 
 async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
@@ -749,6 +765,7 @@ async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
 
         rt.on_reload(reload_backends)
         rt.add_route("/backends", balancer.admin_backends)
+        rt.add_status(lambda: backends_status(balancer.backends_view()))
 
         rt.add_route("/backends/drain", balancer.admin_drain)
         rt.add_route("/backends/undrain", balancer.admin_drain)
@@ -768,7 +785,9 @@ async def serve_balance(rt: Runtime, options: BalanceOptions) -> None:
             registry=rt.registry,
             metrics_prefix="podkit_balance_http",
             name="balance",
+            access_log=options.access_log,
         ) as server:
+            rt.on_reload(server.reopen_access_log)
             rt.log.info(
                 "listening",
                 extra={
@@ -920,6 +939,7 @@ async def serve_balance_workers(
     rt.add_route("/backends", admin_backends)
     rt.add_route("/backends/drain", admin_drain)
     rt.add_route("/backends/undrain", admin_drain)
+    rt.add_status(lambda: backends_status(view()))
     # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
     # no connections): port 0 becomes one port every worker shares.
     with reserve_port(options.host, options.port) as port:

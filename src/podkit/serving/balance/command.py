@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
+from podkit.cli import PodkitCommand
+from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.http.cli_options import (
+    access_log_options,
     server_limit_options,
     upstream_timeout_options,
 )
@@ -51,7 +54,7 @@ from podkit.serving.balance.app import (
 MAX_WORKERS = 64  # more processes than this on one host is a typo
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,
@@ -212,6 +215,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Processes sharing the listening port (SO_REUSEPORT); each probes on its own. "
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
+@access_log_options
 @server_limit_options
 @workers_timeout_option("a drain or undrain by hand")
 @runtime_options
@@ -239,8 +243,10 @@ def command(
     slow_start: float,
     connect_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     workers: int,
     limits: ServerLimits,
+    access_log: AccessLogSettings,
     workers_timeout: float,
     runtime: RuntimeOptions,
 ) -> int:
@@ -252,6 +258,23 @@ def command(
     """
     if not backends and backends_file is None:
         raise click.UsageError("give at least one --backend or a --backends-file")
+    if policy != "hash":
+        ctx = click.get_current_context()
+        given = [
+            flag
+            for name, flag in (
+                ("hash_on", "--hash-on"),
+                ("hash_algorithm", "--hash-algorithm"),
+                ("bounded_load", "--bounded-load"),
+            )
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        ]
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            raise click.UsageError(
+                f"{' and '.join(given)} {verb} only to --policy hash (the policy is {policy}): "
+                "add --policy hash"
+            )
     if probe is not None and not probe.startswith("/"):
         raise click.UsageError(f"--probe takes a path starting with /, got {probe!r}")
     if max_ejection_time < ejection_time or ejection_time <= 0:
@@ -288,7 +311,9 @@ def command(
         ),
         timeout=response_timeout,
         connect_timeout=connect_timeout,
+        source_address=source_address,
         limits=limits,
+        access_log=access_log,
     )
 
     async def main(rt: Runtime) -> None:

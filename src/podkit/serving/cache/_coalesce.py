@@ -70,6 +70,10 @@ class CoalescingTable(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether a flight for ``key`` is open (a request could wait for it)."""
+        return key in self._flights
+
     def join(self, key: str, now: float) -> tuple[Flight[T], bool]:
         """Join the open flight for ``key`` or open one.
 

@@ -28,18 +28,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from podkit.serving.cache._ranges import (
+    DEFAULT_MAX_RANGES,
+    RangeSpec,
+    combine,
+    content_range,
+    multipart_byteranges,
+    parse_range,
+    resolve,
+)
 from podkit.serving.cache._rules import (
     DEFAULT_MAX_HEURISTIC,
+    DEFAULT_TARGETED,
     Headers,
     Storability,
-    cache_control,
     current_age,
     delta_seconds,
+    field_names,
     freshness_lifetime,
     header,
+    header_values,
     parse_cache_control,
+    parse_entity_tag,
+    parse_entity_tags,
     parse_http_date,
+    partial_range,
+    qualified,
+    response_directives,
     storable,
+    strong_match,
+    weak_match,
 )
 from podkit.serving.cache._store import ObjectStore, StoredResponse, variant_for
 
@@ -66,6 +84,15 @@ class LookupKind(enum.Enum):
     VALIDATE = "validate"
     MISS = "miss"
     GATEWAY_TIMEOUT = "gateway_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class RangeAnswer:
+    """A 206 or 416 built from stored bytes: status, fields (without ``Age``) and body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +143,23 @@ class CachePolicy:
     Args:
         store: where responses are kept.
         max_heuristic: cap of heuristic freshness, in seconds.
+        targeted: targeted cache-control fields obeyed over ``Cache-Control``, first one
+            present wins (RFC 9213).
+        max_ranges: a ``Range`` with more ranges than this is answered in full.
     """
 
-    def __init__(self, store: ObjectStore, *, max_heuristic: float = DEFAULT_MAX_HEURISTIC) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        max_heuristic: float = DEFAULT_MAX_HEURISTIC,
+        targeted: Sequence[str] = DEFAULT_TARGETED,
+        max_ranges: int = DEFAULT_MAX_RANGES,
+    ) -> None:
         self.store = store
         self.max_heuristic = max_heuristic
+        self.targeted = tuple(targeted)
+        self.max_ranges = max_ranges
 
     def lifetime(self, entry: StoredResponse) -> float:
         """The stored response's freshness lifetime in seconds."""
@@ -131,6 +170,7 @@ class CachePolicy:
                 entry.headers,
                 response_time=entry.response_time,
                 max_heuristic=self.max_heuristic,
+                targeted=self.targeted,
             )
         return float(lifetime)
 
@@ -147,12 +187,14 @@ class CachePolicy:
             )
         return float(initial) + max(0.0, now - entry.response_time)
 
-    @staticmethod
-    def directives(entry: StoredResponse) -> dict[str, str | None]:
-        """The stored response's parsed ``Cache-Control`` (parsed once)."""
+    def directives(self, entry: StoredResponse) -> dict[str, str | None]:
+        """The stored response's cache directives: its targeted field or ``Cache-Control``
+        (parsed once)."""
         directives: dict[str, str | None] | None = entry.derived.get("directives")
         if directives is None:
-            directives = entry.derived["directives"] = cache_control(entry.headers)
+            directives = entry.derived["directives"] = response_directives(
+                entry.headers, self.targeted
+            )
         return directives
 
     def lookup(self, method: str, key: str, request_headers: Headers, now: float) -> Lookup:
@@ -165,10 +207,138 @@ class CachePolicy:
             if "only-if-cached" in request_cc:
                 return Lookup(LookupKind.GATEWAY_TIMEOUT, key)
             return Lookup(LookupKind.MISS, key)
+        return self._decide(key, entry, request_cc, now)
+
+    def lookup_partial(
+        self, key: str, request_headers: Headers, ranges: Sequence[RangeSpec], now: float
+    ) -> Lookup:
+        """A fresh stored 206 that holds every byte a ``Range`` request asks for: ``HIT``
+        with it, else ``MISS`` (RFC 9111 §3.3: a partial response may answer a request for
+        bytes it holds)."""
+        entry = self.store.lookup(key, request_headers, partial=True)
+        held = partial_range(entry.headers) if entry is not None else None
+        if entry is None or held is None or not self.if_range_holds(request_headers, entry):
+            return Lookup(LookupKind.MISS, key)
+        first, last, length = held
+        wanted = resolve(ranges, length)
+        if not wanted or any(a < first or b > last for a, b in wanted):
+            return Lookup(LookupKind.MISS, key)
+        decision = self._decide(key, entry, _request_cc(request_headers), now)
+        return decision if decision.kind is LookupKind.HIT else Lookup(LookupKind.MISS, key)
+
+    @staticmethod
+    def if_range_holds(request_headers: Headers, entry: StoredResponse) -> bool:
+        """Whether ``If-Range`` (RFC 9110 §13.1.5) lets ``Range`` apply to ``entry``: absent,
+        an entity-tag that matches its strong ``ETag``, or exactly its ``Last-Modified``."""
+        condition = header(request_headers, "if-range")
+        if condition is None:
+            return True
+        condition = condition.strip(" \t")
+        if condition.startswith(('"', "W/", "w/")):
+            asked = parse_entity_tag(condition)
+            etag = parse_entity_tag(header(entry.headers, "etag"))
+            return asked is not None and etag is not None and strong_match(asked, etag)
+        last_modified = header(entry.headers, "last-modified")
+        return last_modified is not None and last_modified.strip(" \t") == condition
+
+    def range_answer(
+        self, entry: StoredResponse, request_headers: Headers, *, boundary: str
+    ) -> RangeAnswer | None:
+        """The 206 or 416 answering the request's ``Range`` from ``entry`` (RFC 9110 §14), or
+        None to answer in full (no usable ``Range``, or ``If-Range`` does not hold).
+
+        Args:
+            entry: a complete 200, or a stored 206 that holds the bytes asked for.
+            request_headers: the request (``Range``, ``If-Range``).
+            boundary: the multipart delimiter when several ranges are asked for.
+        """
+        if entry.status not in (200, 206):
+            return None
+        ranges = parse_range(header(request_headers, "range"), max_ranges=self.max_ranges)
+        if ranges is None or not self.if_range_holds(request_headers, entry):
+            return None
+        if entry.status == 206:
+            held = partial_range(entry.headers)
+            if held is None or len(entry.body) != held[1] - held[0] + 1:
+                return None  # not a part it can slice: answer with it as it is
+            offset, end, length = held
+        else:
+            offset, end, length = 0, len(entry.body) - 1, len(entry.body)
+        kept = [
+            (n, v)
+            for n, v in entry.headers
+            if n.lower() not in ("content-length", "content-range", "age")
+            and n.lower() not in entry.omitted
+        ]
+        wanted = resolve(ranges, length)
+        if not wanted:
+            return RangeAnswer(416, [("Content-Range", f"bytes */{length}")], b"")
+        if any(first < offset or last > end for first, last in wanted):
+            return None  # a part that lacks some of the bytes: answer with the part itself
+        if len(wanted) == 1:
+            first, last = wanted[0]
+            body = entry.body[first - offset : last + 1 - offset]
+            return RangeAnswer(
+                206, [*kept, ("Content-Range", content_range(first, last, length))], body
+            )
+        content_type = header(entry.headers, "content-type")
+        body = multipart_byteranges(
+            entry.body,
+            wanted,
+            length=length,
+            content_type=content_type,
+            boundary=boundary,
+            offset=offset,
+        )
+        fields = [(n, v) for n, v in kept if n.lower() != "content-type"]
+        fields.append(("Content-Type", f"multipart/byteranges; boundary={boundary}"))
+        return RangeAnswer(206, fields, body)
+
+    def combined(self, entry: StoredResponse) -> StoredResponse:
+        """What to store for a new 206 (RFC 9111 §3.4): a complete 200 when it holds every
+        byte, alone or with the stored 206 of its variant; the two merged when they share a
+        strong entity-tag and overlap or touch; else ``entry`` as it is."""
+        held = partial_range(entry.headers)
+        if entry.status != 206 or held is None:
+            return entry
+        first, last, length = held
+        body = entry.body
+        stored = self.store.partial_of(entry)
+        before = partial_range(stored.headers) if stored is not None else None
+        if stored is not None and before is not None and before[2] == length:
+            new_tag = parse_entity_tag(header(entry.headers, "etag"))
+            old_tag = parse_entity_tag(header(stored.headers, "etag"))
+            if new_tag is not None and old_tag is not None and strong_match(new_tag, old_tag):
+                merged = combine((before[0], before[1], stored.body), (first, last, body))
+                if merged is not None:
+                    first, last, body = merged
+        headers = [(n, v) for n, v in entry.headers if n.lower() != "content-range"]
+        status = 200
+        if (first, last) != (0, length - 1):
+            status = 206
+            headers.append(("Content-Range", content_range(first, last, length)))
+        if status == 206 and body is entry.body:
+            return entry
+        return StoredResponse(
+            key=entry.key,
+            status=status,
+            headers=headers,
+            body=body,
+            request_time=entry.request_time,
+            response_time=entry.response_time,
+            variant=entry.variant,
+            omitted=entry.omitted,
+        )
+
+    def _decide(
+        self, key: str, entry: StoredResponse, request_cc: dict[str, str | None], now: float
+    ) -> Lookup:
         age = self.age(entry, now)
         lifetime = self.lifetime(entry)
         response_cc = self.directives(entry)
-        if "no-cache" in response_cc or "no-cache" in request_cc:
+        # A qualified no-cache="field" only keeps those fields out of a reuse (make_entry).
+        no_cache = "no-cache" in response_cc and not qualified(response_cc, "no-cache")
+        if no_cache or "no-cache" in request_cc:
             return self._validate(key, entry, age, request_cc)
         request_max_age = delta_seconds(request_cc, "max-age")
         if request_max_age is not None and age > request_max_age:
@@ -208,21 +378,61 @@ class CachePolicy:
 
     @staticmethod
     def conditional_headers(entry: StoredResponse) -> list[tuple[str, str]]:
-        """Validators to send when revalidating ``entry`` (RFC 9111 §4.3.1)."""
+        """Validators to send when revalidating ``entry`` (RFC 9111 §4.3.1); an unquoted
+        stored ``ETag`` is sent quoted."""
         validators = []
-        etag = header(entry.headers, "etag")
+        etag = parse_entity_tag(header(entry.headers, "etag"))
         if etag is not None:
-            validators.append(("If-None-Match", etag))
+            validators.append(("If-None-Match", str(etag)))
         last_modified = header(entry.headers, "last-modified")
         if last_modified is not None:
             validators.append(("If-Modified-Since", last_modified))
         return validators
 
+    @staticmethod
+    def client_conditionals(request_headers: Headers) -> list[tuple[str, str]]:
+        """The client's ``If-None-Match`` (entity-tags quoted) and ``If-Modified-Since``, to
+        forward on a miss (RFC 9111 §4.3.2 lets the origin answer them)."""
+        forwarded: list[tuple[str, str]] = []
+        inm = header_values(request_headers, "if-none-match")
+        if inm:
+            tags = parse_entity_tags(inm)
+            if tags is None:
+                forwarded.append(("If-None-Match", "*"))
+            elif tags:
+                forwarded.append(("If-None-Match", ", ".join(map(str, tags))))
+        since = header(request_headers, "if-modified-since")
+        if since is not None and not inm:  # §13.1.3: ignored when If-None-Match is present
+            forwarded.append(("If-Modified-Since", since))
+        return forwarded
+
+    def head_updates(self, entry: StoredResponse, status: int, head_headers: Headers) -> bool:
+        """Whether a ``200`` to ``HEAD`` describes the stored response, so that it may update
+        its fields (RFC 9111 §4.3.5): the same entity-tag, else the same ``Last-Modified``,
+        else neither has a validator and the ``Content-Length`` agrees."""
+        if status != 200 or entry.status != 200:
+            return False
+        stored_etag = parse_entity_tag(header(entry.headers, "etag"))
+        new_etag = parse_entity_tag(header(head_headers, "etag"))
+        if stored_etag is not None or new_etag is not None:
+            return (
+                stored_etag is not None
+                and new_etag is not None
+                and stored_etag.weak == new_etag.weak
+                and weak_match(stored_etag, new_etag)
+            )
+        stored_lm = header(entry.headers, "last-modified")
+        new_lm = header(head_headers, "last-modified")
+        if stored_lm is not None or new_lm is not None:
+            return stored_lm == new_lm
+        length = header(head_headers, "content-length")
+        return length is None or length.strip() == str(len(entry.body))
+
     def storability(
         self, method: str, request_headers: Headers, status: int, response_headers: Headers
     ) -> Storability:
         """Whether the origin's answer may be stored (and, if not, why)."""
-        return storable(method, request_headers, status, response_headers)
+        return storable(method, request_headers, status, response_headers, targeted=self.targeted)
 
     def make_entry(
         self,
@@ -235,16 +445,27 @@ class CachePolicy:
         request_time: float,
         response_time: float,
     ) -> StoredResponse:
-        """Build the stored form of an origin answer (its variant computed from ``Vary``)."""
+        """Build the stored form of an origin answer (its variant computed from ``Vary``).
+
+        Fields named by a qualified ``no-cache="..."`` or ``private="..."`` are recorded in
+        ``omitted``: they reach the client of this fetch, never one served from the store
+        (RFC 9111 §5.2.2.4, §5.2.2.7).
+        """
         return StoredResponse(
             key=key,
             status=status,
             headers=list(response_headers),
+            omitted=self.omitted_fields(response_headers),
             body=body,
             request_time=request_time,
             response_time=response_time,
             variant=variant_for(request_headers, response_headers),
         )
+
+    def omitted_fields(self, response_headers: Headers) -> frozenset[str]:
+        """Fields a reuse must not send: those a qualified ``no-cache`` or ``private`` names."""
+        directives = response_directives(response_headers, self.targeted)
+        return field_names(directives, "no-cache") | field_names(directives, "private")
 
     def worth_storing(self, entry: StoredResponse) -> bool:
         """Whether keeping ``entry`` could ever save an origin request.
@@ -252,6 +473,9 @@ class CachePolicy:
         A response that is stale on arrival, has no validator and no stale-serving
         extension would only take space.
         """
+        held = partial_range(entry.headers) if entry.status == 206 else None
+        if entry.status == 206 and (held is None or len(entry.body) != held[1] - held[0] + 1):
+            return False  # a 206 whose body is not the range it claims could not be served
         if self.lifetime(entry) > self.age(entry, entry.response_time):
             return True
         cc = self.directives(entry)
@@ -289,14 +513,21 @@ class CachePolicy:
             request_time=request_time,
             response_time=response_time,
             variant=entry.variant,
+            omitted=self.omitted_fields(headers),
         )
         self.store.replace(entry, fresh)
         return fresh
 
     @staticmethod
     def not_modified(request_headers: Headers, entry: StoredResponse) -> bool:
-        """Whether the client's own conditional request matches ``entry`` (send it a 304)."""
-        if entry.status != 200:
+        """Whether the client's own conditional request matches ``entry`` (send it a 304).
+
+        RFC 9110 §13.1.2 / §13.2.2: ``If-None-Match`` with the weak comparison (``*`` matches
+        any stored response); without it, ``If-Modified-Since`` against ``Last-Modified``,
+        else ``Date``, else when the response was received (RFC 9111 §4.3.2). An invalid
+        date is ignored.
+        """
+        if not 200 <= entry.status < 300 or entry.status == 206:
             return False
         inm: list[str] = []
         since_text: str | None = None
@@ -308,22 +539,32 @@ class CachePolicy:
                 inm.append(value)
             elif lname == "if-modified-since" and since_text is None:
                 since_text = value
-        if not inm and since_text is None:
-            return False
         if inm:
-            etag = header(entry.headers, "etag")
-            if etag is None:
-                return False
-            tags = {t.strip() for v in inm for t in v.split(",")}
-            return "*" in tags or _weak(etag) in {_weak(t) for t in tags}
-        since = parse_http_date(since_text)
-        last_modified = parse_http_date(header(entry.headers, "last-modified"))
-        return since is not None and last_modified is not None and last_modified <= since
+            tags = parse_entity_tags(inm)
+            if tags is None:
+                return True
+            etag = parse_entity_tag(header(entry.headers, "etag"))
+            return etag is not None and any(weak_match(tag, etag) for tag in tags)
+        if since_text is None:
+            return False
+        since = parse_http_date(since_text, now=entry.response_time)
+        if since is None:
+            return False
+        modified = parse_http_date(header(entry.headers, "last-modified"), now=entry.response_time)
+        if modified is None:
+            modified = parse_http_date(header(entry.headers, "date"), now=entry.response_time)
+        if modified is None:
+            modified = entry.response_time
+        return modified <= since
 
     @staticmethod
     def not_modified_headers(entry: StoredResponse) -> list[tuple[str, str]]:
         """The stored headers a 304 to the client repeats (RFC 9110 §15.4.5)."""
-        return [(n, v) for n, v in entry.headers if n.lower() in NOT_MODIFIED_HEADERS]
+        return [
+            (n, v)
+            for n, v in entry.headers
+            if n.lower() in NOT_MODIFIED_HEADERS and n.lower() not in entry.omitted
+        ]
 
     def invalidate_after(
         self, method: str, status: int, key: str, host: str | None, response_headers: Headers
@@ -352,10 +593,6 @@ class CachePolicy:
         for k in keys:
             self.store.invalidate(k)
         return keys
-
-
-def _weak(tag: str) -> str:
-    return tag[2:] if tag.startswith("W/") else tag
 
 
 def strip_headers(headers: Headers, names: Sequence[str]) -> list[tuple[str, str]]:

@@ -36,8 +36,9 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,7 @@ from podkit.engines.http import (
     strip_hop_by_hop,
     upstream_request_headers,
 )
+from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.workers import (
     DEFAULT_COMMAND_TIMEOUT,
     CommandError,
@@ -79,6 +81,8 @@ from podkit.serving.cache._policy import (
     LookupKind,
     cache_key,
 )
+from podkit.serving.cache._ranges import DEFAULT_MAX_RANGES, parse_range
+from podkit.serving.cache._rules import DEFAULT_TARGETED
 from podkit.serving.cache._store import (
     DEFAULT_MAX_OBJECT,
     DEFAULT_MAX_SIZE,
@@ -114,12 +118,16 @@ class CacheOptions:
         coalesce_timeout: how long a request waits for a concurrent fetch of the same object.
         timeout: origin silence allowed while a response is awaited.
         connect_timeout: time to connect to the origin.
+        source_address: the local address connections to the origin leave from.
         trusted_proxies: peers whose ``X-Forwarded-For`` is kept and extended.
         limits: the client-facing limits of the HTTP server (sizes, timeouts, connections).
         workers: how many processes serve the cache; above 1 this process is one of them:
             it shares the port (SO_REUSEPORT), has its own store, and leaves the hit-ratio
             gauge out of its metrics (ratios do not add up when the workers' are merged).
         workers_timeout: with several workers, how long a purge waits for each worker.
+        targeted: targeted cache-control fields obeyed over ``Cache-Control`` (RFC 9213),
+            by precedence; ``CDN-Cache-Control`` is always last.
+        max_ranges: a ``Range`` with more ranges than this is answered with the whole body.
     """
 
     host: str = "127.0.0.1"
@@ -133,10 +141,14 @@ class CacheOptions:
     coalesce_timeout: float = DEFAULT_COALESCE_TIMEOUT
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    source_address: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     limits: ServerLimits = field(default_factory=ServerLimits)
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
     workers: int = 1
     workers_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    targeted: tuple[str, ...] = DEFAULT_TARGETED
+    max_ranges: int = DEFAULT_MAX_RANGES
 
 
 def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -322,7 +334,9 @@ class CachingProxy:
         self.log = get_logger("cache")
         self.origin = Upstream.parse(options.upstream)
         self.store = ObjectStore(max_bytes=options.max_size, max_object=options.max_object)
-        self.policy = CachePolicy(self.store)
+        self.policy = CachePolicy(
+            self.store, targeted=options.targeted, max_ranges=options.max_ranges
+        )
         self.flights: CoalescingTable[_Fetched] = CoalescingTable()
         self.forwarding = Forwarding(trusted_proxies=options.trusted_proxies)
         self._revalidating: set[str] = set()
@@ -405,7 +419,43 @@ class CachingProxy:
             return await self._validate(request, request_headers, key, lookup.entry)
         if request.method != "GET":
             return self._tag(await self._forward_plain(request, "pass"), "MISS")
+        forwarded = self.policy.client_conditionals(request_headers)
+        asked = request.header("range")
+        ranges = parse_range(asked, max_ranges=self.policy.max_ranges)
+        if ranges is not None and asked is not None:
+            partial = self.policy.lookup_partial(key, request_headers, ranges, self.clock())
+            if partial.kind is LookupKind.HIT and partial.entry is not None:
+                return self._serve(request, request_headers, partial.entry, "HIT")
+            forwarded.append(("Range", asked))
+            if_range = request.header("if-range")
+            if if_range is not None:
+                forwarded.append(("If-Range", if_range))
+        if forwarded and key not in self.flights:
+            return await self._forwarded_miss(request, request_headers, key, forwarded)
+        # A whole representation is on its way (or wanted): wait for it, then answer the
+        # client's validators or Range from it (_serve).
         return await self._miss(request, request_headers, key)
+
+    async def _forwarded_miss(
+        self,
+        request: Request,
+        request_headers: list[tuple[str, str]],
+        key: str,
+        forwarded: list[tuple[str, str]],
+    ) -> Response:
+        """A miss that asks the origin for less than the whole representation: the client's
+        own validators (a 304 is passed on, not stored) or its ``Range`` (a 206 is stored and
+        combined with the stored part, RFC 9111 §3.4). A full answer is stored as any miss.
+        Not coalesced: the answer may fit only this request."""
+        try:
+            fetched = await self._fetch(
+                request, request_headers, key, kind="fetch", extra=forwarded
+            )
+        except UpstreamError as exc:
+            return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
+        if fetched.status == 304:
+            return self._tag(Response(304, _bytes(fetched.headers)), "MISS")
+        return self._answer(request, request_headers, fetched, "MISS")
 
     def _tag(self, response: Response, result: str) -> Response:
         response.headers = [(n, v) for n, v in response.headers if n.lower() != b"x-cache"]
@@ -418,15 +468,28 @@ class CachingProxy:
         request_headers: list[tuple[str, str]],
         entry: StoredResponse,
         result: str,
+        *,
+        fetched: bool = False,
     ) -> Response:
+        """Answer from ``entry``; ``fetched`` when it is the answer this request fetched (its
+        fields are then all sent, even those a reuse leaves out)."""
         age = str(int(self.policy.age(entry, self.clock())))
         if self.policy.not_modified(request_headers, entry):
             not_modified = [*self.policy.not_modified_headers(entry), ("Age", age)]
             return self._tag(Response(304, _bytes(not_modified)), result)
-        wire: list[tuple[bytes, bytes]] | None = entry.derived.get("wire")
+        if request.method == "GET" and request.header("range") is not None:
+            ranged = self.policy.range_answer(
+                entry, request_headers, boundary=secrets.token_hex(12)
+            )
+            if ranged is not None:
+                fields = _bytes([*ranged.headers, ("Age", age)])
+                return self._tag(Response(ranged.status, fields, ranged.body), result)
+        slot = "wire_fetched" if fetched else "wire"
+        wire: list[tuple[bytes, bytes]] | None = entry.derived.get(slot)
         if wire is None:
-            wire = entry.derived["wire"] = _bytes(
-                [(n, v) for n, v in entry.headers if n.lower() not in ("age", "content-length")]
+            left_out = {"age", "content-length"} | (set() if fetched else entry.omitted)
+            wire = entry.derived[slot] = _bytes(
+                [(n, v) for n, v in entry.headers if n.lower() not in left_out]
             )
         fields = [*wire, (b"Age", age.encode())]
         body = entry.body
@@ -570,6 +633,7 @@ class CachingProxy:
             request_time=request_time,
             response_time=response_time,
         )
+        entry = self.policy.combined(entry)  # a 206 with the stored part of its variant
         evicted = self.policy.keep(entry)
         if evicted:
             self.log.debug("evicted", extra={"objects": len(evicted)})
@@ -602,7 +666,7 @@ class CachingProxy:
         result: str,
     ) -> Response:
         if fetched.entry is not None:
-            return self._serve(request, request_headers, fetched.entry, result)
+            return self._serve(request, request_headers, fetched.entry, result, fetched=True)
         if fetched.response is not None:
             return self._tag(fetched.response, result)
         return self._tag(
@@ -722,6 +786,15 @@ class CachingProxy:
                 return self._serve(request, request_headers, entry, "STALE")
             return self._tag(Response.text(exc.status, f"origin failed: {exc}\n"), "MISS")
         if fetched.status == 304 and validators:
+            now = self.clock()
+            fresh = self.policy.freshen(entry, fetched.headers, request_time=now, response_time=now)
+            return self._serve(request, request_headers, fresh, "HIT")
+        if request.method == "HEAD" and self.policy.head_updates(
+            entry, fetched.status, fetched.headers
+        ):
+            # RFC 9111 §4.3.5: a 200 to HEAD that describes the stored response updates it.
+            if fetched.response is not None:
+                await fetched.response.aclose()
             now = self.clock()
             fresh = self.policy.freshen(entry, fetched.headers, request_time=now, response_time=now)
             return self._serve(request, request_headers, fresh, "HIT")
@@ -907,10 +980,27 @@ async def open_cache(
             response_timeout=options.timeout,
             registry=registry,
             metrics_prefix="podkit_cache_upstream",
+            source_address=options.source_address,
         ) as upstreams,
         asyncio.TaskGroup() as group,
     ):
         yield CachingProxy(options, upstreams=upstreams, group=group, registry=registry)
+
+
+def cache_status(view: Mapping[str, Any]) -> dict[str, Any]:
+    """The cache's figures for ``GET /status``: hit ratio, lookups and objects stored."""
+    requests = view["requests"]
+    hits = int(requests.get("hit", 0)) + int(requests.get("stale", 0))
+    lookups = hits + int(requests.get("miss", 0))
+    ratio = float(view["hit_ratio"])
+    return {
+        "hit_ratio": ratio,
+        "hits": hits,
+        "lookups": lookups,
+        "objects": int(view["objects"]),
+        "summary": f"hit ratio {ratio:.0%} ({hits} of {lookups} lookups), "
+        f"{int(view['objects'])} objects",
+    }
 
 
 async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
@@ -920,6 +1010,7 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
     async with open_cache(options, registry=rt.registry) as proxy:
         rt.add_route("/cache", proxy.admin_cache)
         rt.add_route("/purge", proxy.admin_purge)
+        rt.add_status(lambda: cache_status(proxy.statistics_view()))
         link = worker_link()
         if link is not None:
             proxy.serve_worker_commands(link)  # one worker of serve_cache_workers
@@ -932,7 +1023,9 @@ async def serve_cache(rt: Runtime, options: CacheOptions) -> None:
             registry=rt.registry,
             metrics_prefix="podkit_cache_http",
             name="cache",
+            access_log=dataclasses.replace(options.access_log, cache_header="X-Cache"),
         ) as server:
+            rt.on_reload(server.reopen_access_log)
             rt.log.info(
                 "listening",
                 extra={"listen": f"{options.host}:{server.port}", "upstream": options.upstream},
@@ -1029,6 +1122,11 @@ async def serve_cache_workers(rt: Runtime, options: CacheOptions) -> None:
 
     rt.add_route("/cache", admin_cache)
     rt.add_route("/purge", admin_purge)
+    rt.add_status(
+        lambda: cache_status(
+            workers_cache_view(merged_samples(rt.registry, "podkit_cache_"), options=options)
+        )
+    )
     # Hold the port for the workers (bound with SO_REUSEPORT, never listening, so it takes
     # no connections): port 0 becomes one port every worker shares.
     with reserve_port(options.host, options.port) as port:

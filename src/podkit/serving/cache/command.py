@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
-from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.cli import PodkitCommand
+from podkit.engines.http.access_log import AccessLogSettings
+from podkit.engines.http.cli_options import (
+    access_log_options,
+    server_limit_options,
+    upstream_timeout_options,
+)
 from podkit.engines.http.rules import ServerLimits
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
@@ -12,6 +20,8 @@ from podkit.serving._workers import workers_timeout_option
 from podkit.serving.balance._affinity import parse_networks
 from podkit.serving.balance._backends_file import normalise_url
 from podkit.serving.cache._coalesce import DEFAULT_COALESCE_TIMEOUT
+from podkit.serving.cache._ranges import DEFAULT_MAX_RANGES
+from podkit.serving.cache._rules import DEFAULT_TARGETED
 from podkit.serving.cache.app import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_PURGE_ALLOW,
@@ -22,9 +32,26 @@ from podkit.serving.cache.app import (
 )
 
 MAX_WORKERS = 64  # more processes than this on one host is a typo
+MAX_MAX_RANGES = 1000  # a higher --max-ranges would only serve multipart amplification
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.1 token
 
 
-@click.command()
+def targeted_fields(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The targeted fields by precedence: the given ones, then ``CDN-Cache-Control``.
+
+    Raises:
+        click.BadParameter: a name is not a field name, or is Cache-Control itself.
+    """
+    for name in names:
+        if not _FIELD_NAME.fullmatch(name) or name.lower() == "cache-control":
+            raise click.BadParameter(
+                f"{name!r} is not a targeted field name (e.g. Podkit-Cache-Control)",
+                param_hint="--targeted-cache-control",
+            )
+    return tuple(dict.fromkeys([*names, *DEFAULT_TARGETED], None))
+
+
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,
@@ -76,6 +103,22 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Peer whose X-Forwarded-For is kept and extended; repeat for more.",
 )
 @click.option(
+    "--targeted-cache-control",
+    "targeted",
+    multiple=True,
+    metavar="FIELD",
+    help="A targeted cache-control response field (RFC 9213) obeyed instead of "
+    "Cache-Control, e.g. Podkit-Cache-Control; repeat for more, first present wins. "
+    "CDN-Cache-Control is always honoured after these.",
+)
+@click.option(
+    "--max-ranges",
+    type=click.IntRange(1, MAX_MAX_RANGES),
+    default=DEFAULT_MAX_RANGES,
+    show_default=True,
+    help="Most ranges one Range request may ask for; above it the whole body is sent.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, MAX_WORKERS),
     default=1,
@@ -83,6 +126,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     help="Processes sharing the listening port (SO_REUSEPORT), each with its own store. "
     "One admin endpoint, merged metrics; a worker that dies is started again.",
 )
+@access_log_options
 @server_limit_options
 @workers_timeout_option("a purge")
 @runtime_options
@@ -95,9 +139,13 @@ def command(
     coalesce_timeout: float,
     connect_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     trusted: tuple[str, ...],
+    targeted: tuple[str, ...],
+    max_ranges: int,
     workers: int,
     limits: ServerLimits,
+    access_log: AccessLogSettings,
     workers_timeout: float,
     runtime: RuntimeOptions,
 ) -> int:
@@ -119,9 +167,13 @@ def command(
         coalesce_timeout=coalesce_timeout,
         timeout=response_timeout,
         connect_timeout=connect_timeout,
+        source_address=source_address,
         trusted_proxies=parse_networks(trusted),
+        targeted=targeted_fields(targeted),
+        max_ranges=max_ranges,
         workers=workers,
         limits=limits,
+        access_log=access_log,
         workers_timeout=workers_timeout,
     )
 

@@ -6,8 +6,12 @@ Two forms share one command::
     podkit elect status --backend URL --name NAME [--json]
 
 The first campaigns; while it leads it runs COMMAND with ``PODKIT_FENCING_TOKEN``,
-``PODKIT_LEADER_ID`` and ``PODKIT_ELECTION`` in its environment. When leadership is lost it
-sends SIGTERM to the command's process group, SIGKILL after ``--grace``, and campaigns again.
+``PODKIT_LEADER_ID`` and ``PODKIT_ELECTION`` in its environment. A command that exits by
+itself ends the term: after ``--restart-delay`` this process campaigns again and runs it
+again when it wins. With ``--once`` it runs once per term: this process keeps leading without
+it until the term ends. When leadership is lost it sends SIGTERM to the command's process
+group, SIGKILL after ``--grace``, and campaigns again. A backend that cannot be reached is
+retried with backoff; after ``--backend-timeout`` of failures the process exits 1.
 The command is also killed if ``podkit elect`` itself dies (Linux: parent-death signal), so a
 leader killed with SIGKILL leaves no command behind.
 """
@@ -22,7 +26,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +34,7 @@ import click
 from prometheus_client import Counter, Gauge
 
 from podkit.backends.leases import open_lease_backend
-from podkit.cli import PodkitCommand
+from podkit.cli import BytesArgument, PodkitCommand, PodkitGroup, check_text_parameters
 from podkit.runtime import Request, Response, Runtime, RuntimeOptions, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
 from podkit.runtime.config import format_duration
@@ -41,6 +44,7 @@ from podkit.serving.election.lease import DEFAULT_TTL
 DEFAULT_BACKEND = "sqlite:///.podkit/election.db"
 DEFAULT_GRACE = 2.0  # after SIGTERM, how long a command that lost leadership may take to exit
 DEFAULT_RESTART_DELAY = 1.0  # lets another replica take over a command that keeps exiting
+DEFAULT_BACKEND_TIMEOUT = 60.0  # an outage longer than a backend restart: exit and say so
 _PR_SET_PDEATHSIG = 1
 
 
@@ -68,6 +72,7 @@ class ElectOptions:
     grace: float
     restart_delay: float
     argv: list[str]
+    backend_timeout: float = DEFAULT_BACKEND_TIMEOUT
 
 
 class CommandRunner:
@@ -95,10 +100,7 @@ class CommandRunner:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        self.rt.log.info(
-            "command started",
-            extra={"pid": process.pid, "token": term.fencing_token, "monotonic": time.monotonic()},
-        )
+        self.rt.log.info("command started", extra={"pid": process.pid, "token": term.fencing_token})
         exited = asyncio.ensure_future(process.wait())
         lost = asyncio.ensure_future(term.lost.wait())
         try:
@@ -138,11 +140,11 @@ class CommandRunner:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-async def serve_elect(rt: Runtime, options: ElectOptions) -> int | None:
-    """Campaign and run the command while leading, until drained (or once with ``--once``).
+async def serve_elect(rt: Runtime, options: ElectOptions) -> None:
+    """Campaign and run the command while leading, until drained.
 
-    Returns:
-        The command's last exit status with ``--once``, else None.
+    Raises:
+        BackendUnavailable: the backend was unreachable for ``options.backend_timeout``.
     """
     is_leader = Gauge(
         "elect_is_leader", "1 while this process leads the election.", registry=rt.registry
@@ -158,7 +160,10 @@ async def serve_elect(rt: Runtime, options: ElectOptions) -> int | None:
     )  # fmt: skip
 
     def on_event(event: str, fields: dict[str, Any]) -> None:
-        extra = {**fields, "monotonic": time.monotonic()}
+        extra = dict(fields)
+        for key in ("lease_left", "retry_in"):  # durations, written as on the command line
+            if key in extra:
+                extra[key] = format_duration(round(extra[key], 3))
         if event == "leading":
             is_leader.set(1)
             token_gauge.set(fields["token"])
@@ -177,7 +182,7 @@ async def serve_elect(rt: Runtime, options: ElectOptions) -> int | None:
 
     election = Election(
         options.backend, options.name, identity=options.identity, ttl=options.ttl,
-        on_event=on_event,
+        on_event=on_event, backend_timeout=options.backend_timeout,
     )  # fmt: skip
     runner = CommandRunner(rt, options)
 
@@ -197,19 +202,42 @@ async def serve_elect(rt: Runtime, options: ElectOptions) -> int | None:
 
     rt.add_route("/election", election_view)
 
-    async def terms_loop() -> int | None:
+    def election_status() -> dict[str, Any]:
+        stats = election.statistics()
+        seen = stats.last_seen_leader
+        leader: str | None
+        token: int | None
+        if stats.role == "leader":
+            leader, token = stats.identity, stats.fencing_token
+        else:
+            leader = seen.identity if seen is not None else None
+            token = seen.token if seen is not None else None
+        if leader is None:
+            summary = f"{stats.role}; no leader seen"
+        else:
+            summary = f"{stats.role}; leader {leader}, token {token}"
+        return {"role": stats.role, "leader": leader, "fencing_token": token, "summary": summary}
+
+    rt.add_status(election_status)
+
+    async def terms_loop() -> None:
         while True:
             rt.log.info(
                 "campaigning", extra={"election": options.name, "identity": election.identity}
             )
             async with election.leadership() as term:
                 status, exited = await runner.run(term)
-            if options.once:
-                return status
-            if exited:
+                if exited and options.once:
+                    rt.log.info(
+                        "the command ran once this term: leading without it until the term ends",
+                        extra={"status": status, "token": term.fencing_token},
+                    )
+                    await term.wait_lost()
+            if exited and not options.once:
+                # Leadership was given up with the exit: after the pause another replica may
+                # take over a command that keeps failing, or this one runs it again.
                 await asyncio.sleep(options.restart_delay)
 
-    result: int | None = None
     async with election:
         rt.set_ready()
         work = asyncio.ensure_future(terms_loop())
@@ -222,11 +250,10 @@ async def serve_elect(rt: Runtime, options: ElectOptions) -> int | None:
                 work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(draining, return_exceptions=True)
-                result = await work
-        return result
+                await work
 
 
-class ElectGroup(click.Group):
+class ElectGroup(PodkitGroup):
     """``podkit elect [OPTIONS] -- COMMAND...`` runs; ``podkit elect status ...`` observes.
 
     A first argument naming a subcommand selects it; anything else is the run form, whose
@@ -247,13 +274,14 @@ class ElectGroup(click.Group):
             assert cmd_name is not None
             with cmd.make_context(cmd_name, rest, parent=ctx) as sub_ctx:
                 return cmd.invoke(sub_ctx)
+        check_text_parameters(ctx)
         return click.Command.invoke(self, ctx)
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         return ["[OPTIONS] -- COMMAND [ARGS]..."]
 
 
-class _CommandArgument(click.Argument):
+class _CommandArgument(BytesArgument):
     """The command to run. It stays out of usage lines: ``podkit elect status`` would
     otherwise show it in its own path."""
 
@@ -300,7 +328,8 @@ def _name_option(func: Any) -> Any:
 @click.option(
     "--once",
     is_flag=True,
-    help="Lead once: exit with the command's status when its term ends.",
+    help="Run the command once per term (a job that runs once per leadership) and keep "
+    "leading; without it a command that exits is run again (after --restart-delay).",
 )
 @click.option(
     "--grace",
@@ -316,6 +345,13 @@ def _name_option(func: Any) -> Any:
     show_default=True,
     help="Without --once: pause after the command exits by itself before campaigning again.",
 )
+@click.option(
+    "--backend-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_BACKEND_TIMEOUT),
+    show_default=True,
+    help="Exit 1 when the backend has been unreachable this long (retried with backoff).",
+)
 @click.argument(
     "command", cls=_CommandArgument, nargs=-1, type=click.UNPROCESSED, metavar="COMMAND"
 )
@@ -328,21 +364,25 @@ def command(
     once: bool,
     grace: float,
     restart_delay: float,
+    backend_timeout: float,
     command: Sequence[str],
     runtime: RuntimeOptions,
 ) -> int:
     """Run COMMAND only while this process leads the election NAME.
 
     The command gets PODKIT_FENCING_TOKEN (larger in every new term), PODKIT_LEADER_ID and
-    PODKIT_ELECTION in its environment. On losing leadership it gets SIGTERM, then SIGKILL
-    after --grace, and this process campaigns again. `podkit elect status --help` shows how
-    to see who leads.
+    PODKIT_ELECTION in its environment. When it exits it is run again, after --restart-delay
+    and a new campaign (--once: it runs once per term and this process keeps leading). On
+    losing leadership it gets SIGTERM, then SIGKILL after --grace, and this process campaigns
+    again. `podkit elect status --help` shows how to see who leads.
     """
     if not command:
         raise click.UsageError("give the command to run after --, e.g. -- python job.py")
     if shutil.which(command[0]) is None:
         raise click.UsageError(f"command not found: {command[0]}")
     open_lease_backend(backend)  # validate the URL now: a bad one is a usage error (exit 2)
+    if backend_timeout <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="'--backend-timeout'")
     options = ElectOptions(
         backend=backend,
         name=name,
@@ -352,16 +392,13 @@ def command(
         grace=grace,
         restart_delay=restart_delay,
         argv=list(command),
+        backend_timeout=backend_timeout,
     )
-    outcome: list[int | None] = [None]
 
     async def main(rt: Runtime) -> None:
-        outcome[0] = await serve_elect(rt, options)
+        await serve_elect(rt, options)
 
-    code = run_component("elect", main, runtime)
-    if once and outcome[0] is not None:
-        return outcome[0]
-    return code
+    return run_component("elect", main, runtime)
 
 
 @command.command("status", cls=PodkitCommand)
@@ -372,7 +409,7 @@ def status(backend: str, name: str, as_json: bool) -> int:
     """Print the leader of election NAME, its fencing token and the time left on its lease."""
 
     async def observe() -> dict[str, Any]:
-        async with open_lease_backend(backend) as opened:
+        async with open_lease_backend(backend, read_only=True) as opened:
             election = Election(opened, name)
             holder = await election.leader()
         return {

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import secrets
 import socket
 import time
@@ -22,7 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from podkit.backends.leases import Grant, Holder, LeaseBackend, check_name, open_lease_backend
-from podkit.errors import BackendError, LeaseLost, UsageError
+from podkit.errors import BackendError, BackendUnavailable, ConfigError, LeaseLost, UsageError
 from podkit.serving.election.lease import (
     DEFAULT_TTL,
     Action,
@@ -114,11 +115,15 @@ class Election:
         ttl: seconds a lease lasts without renewal; failover takes about this long.
         timing: full timing control (overrides ``ttl``).
         on_event: called with ``(event, fields)`` for ``leading``, ``renewed``, ``lost``,
-            ``backend_error`` (for logs and metrics).
+            ``backend_error`` (for logs and metrics). Times in the fields are durations in
+            seconds (``lease_left``, ``retry_in``), never readings of the monotonic clock.
         clock: a monotonic clock in seconds.
+        backend_timeout: seconds the backend may stay unreachable (every request failing,
+            retried with backoff) before :meth:`leadership` raises
+            :class:`~podkit.errors.BackendUnavailable`; None retries forever.
 
     Raises:
-        ConfigError: a bad name, ttl or URL.
+        ConfigError: a bad name, ttl, URL or backend timeout.
     """
 
     def __init__(
@@ -131,12 +136,19 @@ class Election:
         timing: LeaseTiming | None = None,
         on_event: EventHook | None = None,
         clock: Callable[[], float] = time.monotonic,
+        backend_timeout: float | None = None,
     ) -> None:
+        if backend_timeout is not None and not backend_timeout > 0:
+            raise ConfigError("must be more than 0", path="backend_timeout")
         self.name = check_name(name)
         self.identity = identity or default_identity()
         self.timing = timing or LeaseTiming.for_ttl(ttl)
         self._owns_backend = isinstance(backend, str)
         self.backend = open_lease_backend(backend) if isinstance(backend, str) else backend
+        self._backend_name = backend if isinstance(backend, str) else type(backend).__name__
+        self.backend_timeout = backend_timeout
+        self._unreachable_since: float | None = None  # first failure of the current outage
+        self._random = random.Random()
         self._on_event = on_event
         self._clock = clock
         self._busy = False
@@ -181,7 +193,9 @@ class Election:
             self._elector, self._grant, self._term, self._released = elector, grant, term, False
             self._terms += 1
             self._emit(
-                "leading", token=grant.token, valid_until=elector.valid_until, now=self._clock()
+                "leading",
+                token=grant.token,
+                lease_left=max(0.0, elector.valid_until - self._clock()),
             )
             keeper = asyncio.get_running_loop().create_task(
                 self._keep(elector, grant, term), name=f"election-{self.name}-renew"
@@ -197,7 +211,7 @@ class Election:
                     if elector.role is Role.LEADER:
                         elector.step_down("released")
                         term._lose("released")
-                        self._emit("released", token=grant.token, now=self._clock())
+                        self._emit("released", token=grant.token)
                     await self._release(grant)
         finally:
             self._busy = False
@@ -224,7 +238,7 @@ class Election:
             return
         elector.step_down("resigned")
         term._lose("resigned")
-        self._emit("resigned", token=grant.token, now=self._clock())
+        self._emit("resigned", token=grant.token)
         self._wake.set()
         self._released = True
         await self.backend.release(grant)
@@ -264,6 +278,34 @@ class Election:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _reached(self) -> None:
+        """The backend answered: an outage, if any, is over."""
+        self._unreachable_since = None
+
+    def _give_up_at(self) -> float:
+        """When the current outage reaches ``backend_timeout`` (infinity without one)."""
+        if self.backend_timeout is None or self._unreachable_since is None:
+            return math.inf
+        return self._unreachable_since + self.backend_timeout
+
+    def _unreachable(self, now: float, exc: BaseException) -> None:
+        """A request got no answer; give up once the outage outlasts ``backend_timeout``.
+
+        Raises:
+            BackendUnavailable: the backend has been unreachable for ``backend_timeout``.
+        """
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        down_for = now - self._unreachable_since
+        if self.backend_timeout is not None and down_for >= self.backend_timeout:
+            error = _describe(exc)
+            if self._backend_name not in error:
+                error = f"{self._backend_name}: {error}"
+            raise BackendUnavailable(
+                f"could not reach the backend for {_seconds(down_for):g}s "
+                f"(backend timeout {_seconds(self.backend_timeout):g}s): {error}"
+            ) from exc
+
     def _emit(self, event: str, **fields: Any) -> None:
         if self._on_event is not None:
             self._on_event(event, {"election": self.name, "identity": self.identity, **fields})
@@ -279,7 +321,7 @@ class Election:
                 decision = elector.next(now)
                 if decision.action is Action.WAIT:
                     await self.backend.wait_for_change(self.name, timeout=decision.at - now)
-                    elector.rejected(now=self._clock(), soon=True)
+                    elector.wake(now=self._clock())
                     continue
                 self._attempts += 1
                 started = self._clock()
@@ -290,9 +332,19 @@ class Election:
                         )
                 except (BackendError, TimeoutError) as exc:
                     self._backend_errors += 1
-                    self._emit("backend_error", during="acquire", error=_describe(exc))
-                    elector.rejected(now=self._clock())
+                    now = self._clock()
+                    self._unreachable(now, exc)
+                    delay = elector.unreachable(
+                        now=now, rand=self._random.random(), not_after=self._give_up_at()
+                    )
+                    self._emit(
+                        "backend_error",
+                        during="acquire",
+                        error=_describe(exc),
+                        retry_in=delay,
+                    )
                     continue
+                self._reached()
                 claim = result.claim
                 if result.grant is None:
                     self._last_seen = result.holder
@@ -336,7 +388,7 @@ class Election:
                 reason = elector.lost_reason or "the lease could not be renewed in time"
                 elector.step_down(reason)
                 term._lose(reason)
-                self._emit("lost", token=grant.token, reason=reason, now=self._clock())
+                self._emit("lost", token=grant.token, reason=reason)
                 return
             if decision.action is Action.WAIT:
                 self._wake.clear()
@@ -353,14 +405,21 @@ class Election:
             except (BackendError, TimeoutError) as exc:
                 self._renew_failures += 1
                 self._backend_errors += 1
+                if self._unreachable_since is None:
+                    self._unreachable_since = self._clock()
                 self._emit("backend_error", during="renew", error=_describe(exc))
                 elector.renew_failed(now=self._clock(), definite=False)
                 continue
+            self._reached()
             if renewed:
                 if elector.renewed(started=started, now=self._clock()):
                     term.valid_until = elector.valid_until
                     self._renewals += 1
-                    self._emit("renewed", token=grant.token, valid_until=elector.valid_until)
+                    self._emit(
+                        "renewed",
+                        token=grant.token,
+                        lease_left=max(0.0, elector.valid_until - self._clock()),
+                    )
             else:
                 self._renew_failures += 1
                 elector.renew_failed(now=self._clock(), definite=True)
@@ -376,6 +435,11 @@ class Election:
             # Not fatal: the lease expires after its ttl; others just wait a little longer.
             self._backend_errors += 1
             self._emit("backend_error", during="release", error=_describe(exc))
+
+
+def _seconds(duration: float) -> float:
+    """A duration for logs and messages: seconds to the millisecond."""
+    return round(max(0.0, duration), 3)
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,7 +17,10 @@ shorter than the election's ttl), the term runs on :meth:`LeaseTiming.scaled` ti
 
 Liveness: the leader renews every ``renew_interval`` (well before expiry) and retries failed
 renewals every ``retry_interval`` until ``valid_until``; a candidate tries every
-``retry_interval`` (sooner when the backend reports a change).
+``retry_interval`` (sooner when the backend reports a change). A candidate whose backend
+cannot be reached backs off instead: ``retry_interval`` doubling per failure up to
+:data:`MAX_UNREACHABLE_BACKOFF`, with jitter so that the candidates of a fleet do not retry in
+step; any answer from the backend resets it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ MAX_RETRY_INTERVAL = 1.0  # a free lease is noticed within a second whatever the
 SAFETY_FRACTION = 0.1  # 10% of the ttl covers clock drift (ppm) and timer lateness (ms)
 MAX_SAFETY_MARGIN = 1.0
 MIN_TTL = 0.1  # below this, scheduling noise alone exceeds the safety margin
+MAX_UNREACHABLE_BACKOFF = 5.0  # a backend that is back is tried within 5 s; a warning per 5 s
+UNREACHABLE_JITTER = 0.2  # ±20 % on each backoff delay, so candidates do not retry in step
 
 
 class Role(enum.Enum):
@@ -160,6 +165,7 @@ class LeaseElector:
         self.lost_reason: str | None = None
         self._next_attempt = -math.inf
         self._next_renew = math.inf
+        self.unreachable_in_a_row = 0
 
     def _move(self, role: Role) -> None:
         if role not in TRANSITIONS[self.role]:
@@ -228,6 +234,7 @@ class LeaseElector:
         """
         if self.role is not Role.CANDIDATE:
             raise IllegalTransition(f"acquired while {self.role.value}")
+        self.unreachable_in_a_row = 0
         timing = self.timing if ttl is None else self.timing.scaled(ttl)
         valid_until = started + timing.ttl - timing.safety_margin
         if now >= valid_until:
@@ -241,9 +248,36 @@ class LeaseElector:
         return True
 
     def rejected(self, *, now: float, soon: bool = False) -> None:
-        """The attempt found the lease held by someone else (or failed)."""
+        """The attempt found the lease held by someone else."""
+        self.unreachable_in_a_row = 0
         if self.role is Role.CANDIDATE:
             self._next_attempt = now if soon else now + self.timing.retry_interval
+
+    def wake(self, *, now: float) -> None:
+        """A wait ended (its time came, or the backend reported a change): try at ``now``."""
+        if self.role is Role.CANDIDATE:
+            self._next_attempt = min(self._next_attempt, now)
+
+    def unreachable(self, *, now: float, rand: float, not_after: float = math.inf) -> float:
+        """The attempt got no answer (backend down, timed out): back off.
+
+        Args:
+            rand: a uniform random number in ``[0, 1)`` for the jitter.
+            not_after: the latest time for the next attempt (the caller's deadline: the
+                last attempt is made at it, not a backoff later).
+
+        Returns:
+            The seconds until the next attempt: ``retry_interval * 2**(n-1)`` for the n-th
+            failure in a row, at most :data:`MAX_UNREACHABLE_BACKOFF`, ±20 %.
+        """
+        self.unreachable_in_a_row += 1
+        if self.role is not Role.CANDIDATE:
+            return 0.0
+        exponent = min(self.unreachable_in_a_row - 1, 32)  # 2**32 is past any cap
+        base = min(MAX_UNREACHABLE_BACKOFF, self.timing.retry_interval * 2.0**exponent)
+        delay = base * (1 + UNREACHABLE_JITTER * (2 * rand - 1))
+        self._next_attempt = max(now, min(now + delay, not_after))
+        return self._next_attempt - now
 
     def renewed(self, *, started: float, now: float) -> bool:
         """The renewal sent at ``started`` succeeded.

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.errors import ConfigError
 from podkit.runtime import Request, Response, Runtime, RuntimeOptions, run_component
 from podkit.runtime.cli_options import DURATION, runtime_options
-from podkit.runtime.config import format_duration
+from podkit.runtime.config import format_duration, read_text_file
 from podkit.sidecar._retry import Backoff
 from podkit.sidecar.configsync._core import Readiness
 from podkit.sidecar.configsync._notify import (
@@ -86,7 +86,7 @@ def _split(command: str | None, flag: str) -> tuple[str, ...]:
     return argv
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--source",
     "source_url",
@@ -194,7 +194,7 @@ def command(
         notifier = PostNotifier(post_url)
     template_text = None
     if template is not None:
-        template_text = Path(template).read_text(encoding="utf-8")
+        template_text = read_text_file(template)
     config = ConfigSyncConfig(
         dest=dest,
         every=every,

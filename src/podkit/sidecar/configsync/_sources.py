@@ -1,9 +1,13 @@
 """Where configuration comes from: an HTTP endpoint or an etcd key or prefix.
 
 HTTP: a conditional GET (``If-None-Match`` with the last ``ETag``, ``If-Modified-Since`` with
-the last ``Last-Modified``); ``304 Not Modified`` means nothing to do. In watch mode the
-request also carries ``Prefer: wait=N`` (RFC 7240), which long-poll servers honour by holding
-the request until the content changes; a server that answers at once is polled instead.
+the last ``Last-Modified``); ``304 Not Modified`` means nothing to do. The validators sent are
+those of the last version *applied* (:meth:`Source.accept`), never of a version that failed to
+parse, render or validate: a rejected version is fetched in full again on the next round and
+keeps failing (and the sidecar unready) until the source serves one that is applied. In
+watch mode the request also carries ``Prefer: wait=N`` (RFC 7240), which long-poll servers
+honour by holding the request until the content changes; a server that answers at once is
+polled instead.
 
 etcd (``etcd://host:port/key``, or ``etcd://host:port/prefix/`` for every key under a prefix,
 rendered as one JSON object ``{"relative/key": value}``, values parsed as JSON when they are):
@@ -57,6 +61,11 @@ class Source(Protocol):
         """
         ...
 
+    def accept(self) -> None:
+        """The last snapshot fetched was applied: later fetches may answer None until the
+        source changes again. Until this is called, every fetch returns the content."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -75,6 +84,8 @@ class HTTPSource:
         self._client = httpx.AsyncClient(timeout=timeout)
         self._etag: str | None = None
         self._last_modified: str | None = None
+        # The validators of the last answer, kept apart until its content is applied.
+        self._fetched: tuple[str | None, str | None] = (None, None)
 
     @property
     def description(self) -> str:
@@ -108,9 +119,13 @@ class HTTPSource:
             raise SyncFailure(Stage.FETCH, f"{self.url}: answered {response.status_code}")
         if len(response.content) > MAX_CONFIG_BYTES:
             raise SyncFailure(Stage.FETCH, f"{self.url}: more than {MAX_CONFIG_BYTES} bytes")
-        self._etag = response.headers.get("etag")
-        self._last_modified = response.headers.get("last-modified")
-        return Snapshot(response.content, self._etag or self._last_modified)
+        etag = response.headers.get("etag")
+        last_modified = response.headers.get("last-modified")
+        self._fetched = (etag, last_modified)
+        return Snapshot(response.content, etag or last_modified)
+
+    def accept(self) -> None:
+        self._etag, self._last_modified = self._fetched
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -138,6 +153,7 @@ class EtcdSource:
         # values. Revisions alone repeat when etcd comes back empty (its data lost) and is
         # written again; the digest tells that content apart.
         self._seen: tuple[str, str] | None = None
+        self._fetched: tuple[str, str] | None = None  # what the last fetch returned
 
     @property
     def description(self) -> str:
@@ -178,7 +194,7 @@ class EtcdSource:
         seen = (version, digest.hexdigest())
         if seen == self._seen:
             return None
-        self._seen = seen
+        self._fetched = seen
         if not self.prefix:
             return Snapshot(result.kvs[0].value, version)
         tree: dict[str, Any] = {}
@@ -191,6 +207,9 @@ class EtcdSource:
                 tree[name] = text
         body = json.dumps(tree, indent=2, sort_keys=True).encode() + b"\n"
         return Snapshot(body, version)
+
+    def accept(self) -> None:
+        self._seen = self._fetched
 
     async def aclose(self) -> None:
         await self._client.aclose()

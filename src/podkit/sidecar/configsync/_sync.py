@@ -252,12 +252,16 @@ class ConfigSync:
         content = render(snapshot.body, self.template, source=self.source.description)
         current = self._read_dest()
         if current == content:
+            self.source.accept()
             self.health.good_file()
             self._last_version = snapshot.version
             await self._pay_notify_debt()
             self._succeeded("unchanged")
             return False
         await self._write(content)
+        # Only now may the source answer "not modified" for this version: a version that
+        # failed to parse, render, validate or be written is fetched and judged again.
+        self.source.accept()
         self._last_version = snapshot.version
         self.health.good_file()
         self._changes += 1

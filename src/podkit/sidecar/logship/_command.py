@@ -7,6 +7,7 @@ import json
 import click
 
 from podkit.adapter.logs.parsers import FORMATS
+from podkit.cli import PodkitCommand
 from podkit.runtime import Request, Response, Runtime, RuntimeOptions, run_component
 from podkit.runtime.cli_options import DURATION, SIZE, runtime_options
 from podkit.runtime.config import format_duration
@@ -16,7 +17,12 @@ from podkit.sidecar.logship._batch import (
     DEFAULT_BUFFER_BATCHES,
     DEFAULT_FLUSH_AFTER,
 )
-from podkit.sidecar.logship._shipper import DEFAULT_POLL, LogshipConfig, LogShipper
+from podkit.sidecar.logship._shipper import (
+    DEFAULT_POLL,
+    LogshipConfig,
+    LogShipper,
+    why_unmatched,
+)
 from podkit.sidecar.logship._sinks import DEFAULT_SINK_TIMEOUT, close_quietly, open_sink
 from podkit.sidecar.logship._tail import DEFAULT_CLOSE_AFTER, DEFAULT_MAX_LINE_BYTES
 
@@ -39,13 +45,21 @@ async def serve_logship(rt: Runtime, config: LogshipConfig, *, to: str) -> None:
             "shipping",
             extra={"paths": list(config.paths), "sink": sink.description, "format": config.format},
         )
+        for pattern in config.paths:
+            why = why_unmatched(pattern)
+            if why is not None:
+                # Not an error: an application often creates its log after its sidecar starts.
+                rt.log.warning(
+                    "--path matches no file; waiting for one to appear",
+                    extra={"path": pattern, "reason": why},
+                )
         rt.set_ready()
         await shipper.serve(rt.draining)
     finally:
         await close_quietly(sink)
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--path",
     "paths",
@@ -66,6 +80,14 @@ async def serve_logship(rt: Runtime, config: LogshipConfig, *, to: str) -> None:
     default="auto",
     show_default=True,
     help="How to parse each line; a line the parser does not understand is shipped raw.",
+)
+@click.option(
+    "--schema",
+    type=click.Choice(["podkit", "otel", "ecs"]),
+    default="podkit",
+    show_default=True,
+    help="Record schema: podkit's own, the OpenTelemetry log data model, or Elastic Common "
+    "Schema (as podkit adapt logs writes them).",
 )
 @click.option(
     "--state",
@@ -141,6 +163,7 @@ def command(
     paths: tuple[str, ...],
     to: str,
     log_format_name: str,
+    schema: str,
     state: str | None,
     batch: int,
     flush: float,
@@ -162,6 +185,7 @@ def command(
     config = LogshipConfig(
         paths=paths,
         format=log_format_name,
+        schema=schema,
         state=state,
         batch=batch,
         flush=flush,

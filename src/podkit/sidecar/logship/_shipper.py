@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import glob
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from podkit.adapter.logs.parsers import FORMATS, Parser, make_parser, parse_line
+from podkit.adapter.logs.schema import rfc3339, to_ecs, to_otel
 from podkit.errors import ConfigError
 from podkit.runtime.logging import get_logger
 from podkit.sidecar._files import atomic_write
@@ -84,6 +86,9 @@ except ImportError:  # pragma: no cover - depends on the installed extras
     ENCODER = "json"
 
 
+SCHEMAS: Final = ("podkit", "otel", "ecs")
+
+
 @dataclass(frozen=True, slots=True)
 class LogshipConfig:
     """Everything ``podkit logship`` is told on its command line.
@@ -99,6 +104,9 @@ class LogshipConfig:
         give_up_after: seconds a batch is retried before it is dropped (and counted);
             None retries forever.
         backoff: delays between retries of a batch (``--retry-max`` is its cap).
+        schema: ``podkit`` (the record below), ``otel`` (OpenTelemetry log data model) or
+            ``ecs`` (Elastic Common Schema), as ``podkit adapt logs`` writes them, with the
+            file in ``log.file.path`` and the offset in ``log.offset``.
     """
 
     paths: tuple[str, ...]
@@ -113,10 +121,23 @@ class LogshipConfig:
     give_up_after: float | None = None
     sink_timeout: float = DEFAULT_SINK_TIMEOUT
     backoff: Backoff = field(default_factory=Backoff)
+    schema: str = "podkit"
 
     def __post_init__(self) -> None:
+        if self.schema not in SCHEMAS:
+            raise ConfigError(
+                f"unknown schema {self.schema!r}: expected one of {', '.join(SCHEMAS)}",
+                path="--schema",
+            )
         if not self.paths:
             raise ConfigError("give at least one --path GLOB", path="--path")
+        for pattern in self.paths:
+            if not glob.has_magic(pattern) and os.path.isdir(pattern):
+                example = os.path.join(pattern, "*.log")
+                raise ConfigError(
+                    f"{pattern} is a directory: give a glob of its files, such as {example!r}",
+                    path="--path",
+                )
         if self.format not in FORMATS:
             raise ConfigError(
                 f"unknown format {self.format!r}: expected one of {', '.join(FORMATS)}",
@@ -285,6 +306,21 @@ def write_checkpoint(path: str, entries: list[CheckpointEntry]) -> None:
     atomic_write(path, json.dumps(body, indent=1).encode() + b"\n")
 
 
+def why_unmatched(pattern: str) -> str | None:
+    """Why the glob ``pattern`` matches no regular file now (None when it matches one): the
+    directory it looks in is missing, or nothing there matches yet."""
+    for path in glob.iglob(pattern, recursive=True):
+        if os.path.isfile(path):
+            return None
+    parts = Path(pattern).parts
+    fixed = Path(*parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), -1)])
+    if glob.has_magic(pattern) and str(fixed) not in ("", ".") and not fixed.is_dir():
+        return f"its directory {fixed} does not exist"
+    if not glob.has_magic(pattern) and not Path(pattern).parent.is_dir():
+        return f"its directory {Path(pattern).parent} does not exist"
+    return "no file matches it yet"
+
+
 def _stat_file(path: str) -> FileStat | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -323,6 +359,8 @@ class LogShipper:
         self.config = config
         self.sink = sink
         self.clock = clock
+        # Source times without a zone (RFC 3164 syslog) are this machine's local time.
+        self._zone = datetime.datetime.now().astimezone().tzinfo or datetime.UTC
         self.log = get_logger("podkit.logship")
         self.metrics = _Metrics(registry if registry is not None else CollectorRegistry())
         self.tracker = TailTracker(close_after=config.close_after)
@@ -582,6 +620,9 @@ class LogShipper:
         metrics = self.metrics
         unparsed = 0
         last = len(lines) - 1
+        schema = self.config.schema
+        to_schema = to_otel if schema == "otel" else to_ecs
+        observed = rfc3339(time.time()) if schema != "podkit" else ""
         batcher.note_start(self.clock())
         out = batcher.current.lines
         for index, raw in enumerate(lines):
@@ -592,19 +633,31 @@ class LogShipper:
             entry = parse_line(raw.decode("utf-8", "replace"), parser)
             if entry.format == "raw":
                 unparsed += 1
-            out.append(
-                encode(
-                    {
-                        "timestamp": entry.timestamp,
-                        "level": entry.level,
-                        "message": entry.message,
-                        "fields": entry.fields,
-                        "format": entry.format,
-                        "source": path,
-                        "offset": start,
-                    }
+            if schema != "podkit":
+                out.append(
+                    encode(
+                        to_schema(
+                            entry,
+                            observed=observed,
+                            zone=self._zone,
+                            attributes={"log.file.path": path, "log.offset": start},
+                        )
+                    )
                 )
-            )
+            else:
+                out.append(
+                    encode(
+                        {
+                            "timestamp": entry.timestamp,
+                            "level": entry.level,
+                            "message": entry.message,
+                            "fields": entry.fields,
+                            "format": entry.format,
+                            "source": path,
+                            "offset": start,
+                        }
+                    )
+                )
             if len(out) >= batcher.size:
                 batcher.current.marks[stream_id] = offset
                 self.tracker.advance(stream_id, offset, at_eof=False)

@@ -9,11 +9,18 @@ from collections.abc import Iterator
 
 import click
 
+from podkit.cli import PodkitCommand
 from podkit.engines.http import Forwarding, ServerLimits, Upstream
-from podkit.engines.http.cli_options import server_limit_options, upstream_timeout_options
+from podkit.engines.http.access_log import AccessLogSettings
+from podkit.engines.http.cli_options import (
+    access_log_options,
+    server_limit_options,
+    upstream_timeout_options,
+)
 from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
+from podkit.engines.http.rules import DEFAULT_HANDSHAKE_TIMEOUT
 from podkit.engines.workers import serve_workers
-from podkit.errors import ConfigError, PodkitError
+from podkit.errors import ConfigError, ListenError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
 from podkit.sidecar.tls._context import MIN_VERSIONS, CertPair, parse_sni
@@ -39,7 +46,7 @@ def _reserve_port(listen: HostPort) -> Iterator[int]:
         try:
             sock.bind((listen.host, listen.port))
         except OSError as exc:
-            raise PodkitError(f"tls: cannot listen on {listen}: {exc.strerror or exc}") from exc
+            raise ListenError(listen.host, listen.port, exc.strerror or str(exc)) from exc
         yield int(sock.getsockname()[1])
 
 
@@ -47,7 +54,7 @@ async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
     await serve_tls(rt, settings, reuse_port=True)
 
 
-@click.command()
+@click.command(cls=PodkitCommand)
 @click.option(
     "--listen",
     type=HOSTPORT,
@@ -109,6 +116,14 @@ async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
     show_default=True,
     help="How often the certificate and client CA files are checked for changes (SIGHUP: now).",
 )
+@click.option(
+    "--handshake-timeout",
+    type=DURATION,
+    default=format_duration(DEFAULT_HANDSHAKE_TIMEOUT),
+    show_default=True,
+    help="Time from accept to a completed TLS handshake; a client still handshaking is then "
+    "closed. Handshaking clients count against --max-connections.",
+)
 @upstream_timeout_options(
     connect_timeout=DEFAULT_CONNECT_TIMEOUT, response_timeout=DEFAULT_RESPONSE_TIMEOUT
 )
@@ -118,6 +133,7 @@ async def _worker_main(rt: Runtime, settings: TLSSettings) -> None:
     multiple=True,
     help="Network whose X-Forwarded-* fields are kept and extended (repeatable).",
 )
+@access_log_options
 @server_limit_options
 @runtime_options
 def command(
@@ -132,10 +148,13 @@ def command(
     workers: int,
     subject_header: str,
     reload_check: float,
+    handshake_timeout: float,
     connect_timeout: float,
     response_timeout: float,
+    source_address: str | None,
     trusted_proxies: tuple[str, ...],
     limits: ServerLimits,
+    access_log: AccessLogSettings,
     runtime: RuntimeOptions,
 ) -> int:
     """Terminate TLS (1.2/1.3, SNI, optional mutual TLS) in front of a plain-HTTP application.
@@ -147,9 +166,18 @@ def command(
     try:
         trusted = Forwarding.parse_trusted(trusted_proxies)
     except ValueError as exc:
-        raise ConfigError(str(exc), source="<flags>", path="--trusted-proxy") from exc
+        raise ConfigError(str(exc), path="--trusted-proxy") from exc
     if reload_check <= 0:
         raise ConfigError("must be more than 0", path="--reload-check")
+    if handshake_timeout <= 0:
+        raise ConfigError("must be more than 0", path="--handshake-timeout")
+    limits = dataclasses.replace(limits, handshake_timeout=handshake_timeout)
+    if "://" not in upstream:
+        # As nginx's proxy_pass: http:// or https:// is written, never assumed.
+        raise ConfigError(
+            f"expected a URL with its scheme such as http://{upstream.strip()}, got {upstream!r}",
+            path="--upstream",
+        )
     settings = TLSSettings(
         listen=listen,
         upstream=Upstream.parse(upstream),
@@ -161,9 +189,11 @@ def command(
         subject_header=subject_header,
         reload_check=reload_check,
         limits=limits,
+        access_log=access_log,
         forwarding=Forwarding(trusted_proxies=trusted),
         connect_timeout=connect_timeout,
         response_timeout=response_timeout,
+        source_address=source_address,
     )
 
     async def main(rt: Runtime) -> None:

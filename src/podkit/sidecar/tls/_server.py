@@ -31,6 +31,7 @@ from podkit.engines.http import (
     UpstreamPool,
     proxy_handler,
 )
+from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.http.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 from podkit.runtime import HostPort, Runtime
 from podkit.sidecar.tls._context import CertificateStore, CertPair, subject_text
@@ -71,6 +72,8 @@ class TLSSettings:
     forwarding: Forwarding = field(default_factory=Forwarding)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
+    source_address: str | None = None
+    access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
 
 
 def pass_client_subject(inner: Handler, *, header: str) -> Handler:
@@ -186,6 +189,7 @@ async def serve_tls(rt: Runtime, settings: TLSSettings, *, reuse_port: bool = Fa
         connect_timeout=settings.connect_timeout,
         response_timeout=settings.response_timeout,
         registry=rt.registry,
+        source_address=settings.source_address,
     ) as pool:
         handler = pass_client_subject(
             proxy_handler(pool, settings.upstream, forwarding=settings.forwarding),
@@ -201,6 +205,7 @@ async def serve_tls(rt: Runtime, settings: TLSSettings, *, reuse_port: bool = Fa
                 reuse_port=reuse_port,
                 registry=rt.registry,
                 name="tls",
+                access_log=settings.access_log,
             ) as server,
             contextlib.AsyncExitStack() as stack,
         ):
@@ -218,6 +223,7 @@ async def serve_tls(rt: Runtime, settings: TLSSettings, *, reuse_port: bool = Fa
                         name="tls-redirect",
                     )
                 )
+            rt.on_reload(server.reopen_access_log)
             rt.log.info(
                 "listening",
                 extra={
