@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "render": "podkit.pods.render:group",
     "restart": "podkit.pods.cli:restart_command",
     "scale": "podkit.pods.cli:scale_command",
+    "shard": "podkit.ambassador.shard.command:command",
     "status": "podkit.pods.cli:status_command",
     "tls": "podkit.sidecar.tls:command",
     "up": "podkit.pods.cli:up_command",
