@@ -126,3 +126,20 @@ def test_series_are_bounded_and_containers_that_left_are_forgotten() -> None:
     assert snap["figures"]["cache-1/proxy"]["error"] == "ConnectTimeout"
     core.forget(["cache-1/proxy"])
     assert list(core.snapshot({})["figures"]) == ["cache-1/proxy"]
+
+
+def test_a_shard_router_gives_its_shards_shares_rate_and_errors() -> None:
+    def shard_page(a: float, b: float, errors: float) -> str:
+        return (
+            f'podkit_shard_requests_total{{shard="10.0.0.1:11211"}} {a}\n'
+            f'podkit_shard_requests_total{{shard="10.0.0.2:11211"}} {b}\n'
+            f'podkit_shard_errors_total{{shard="10.0.0.2:11211"}} {errors}\n'
+            'podkit_shard_state{shard="10.0.0.1:11211",state="up"} 1.0\n'
+            'podkit_shard_state{shard="10.0.0.2:11211",state="up"} 1.0\n'
+        )
+
+    found = figures(parse_metrics(shard_page(0, 0, 0)), parse_metrics(shard_page(60, 20, 4)), 4.0)
+    assert found["rps"] == 20.0
+    assert found["errors"] == pytest.approx(0.05)
+    assert found["backends_of"] == "shard"
+    assert [b["share"] for b in found["backends"]] == [0.75, 0.25]

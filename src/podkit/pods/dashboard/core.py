@@ -17,7 +17,9 @@ Figures, from the metric names the components expose:
 * ``hit_ratio``: ``podkit_cache_requests_total`` hits over lookups in the interval;
 * ``backends_ready`` and each backend's state and request share:
   ``podkit_balance_ready_backends``, ``podkit_balance_backend_state``,
-  ``podkit_balance_requests_total``;
+  ``podkit_balance_requests_total``; a shard router's shards the same way, from
+  ``podkit_shard_state`` and ``podkit_shard_requests_total`` (its requests/s and errors from
+  those and ``podkit_shard_errors_total``);
 * ``leader`` and ``token``: ``elect_is_leader``, ``elect_fencing_token``;
 * ``depth`` and ``workers``: ``podkit_queue_backlog``, ``podkit_queue_workers``.
 """
@@ -93,19 +95,25 @@ def _requests(samples: Samples) -> tuple[float, float] | None:
         lambda n: n.endswith("_http_responses_total"),
         lambda n: n == "whoami_requests_total",
         lambda n: n == "podkit_queue_items_processed_total",
+        lambda n: n == "podkit_shard_requests_total",
     )
     for predicate in names:
         rows = list(_select(samples, predicate))
-        if rows:
-            total = sum(v for _n, _l, v in rows)
-            errors = sum(v for _n, labels, v in rows if _is_error(labels))
-            if any(n == "podkit_queue_items_processed_total" for n, _l, _v in rows):
-                failed = sum(
-                    v for n, _l, v in _select(samples, lambda n: n.endswith("items_failed_total"))
-                )
-                return total + failed, failed
-            return total, errors
+        if not rows:
+            continue
+        total = sum(v for _n, _l, v in rows)
+        name = rows[0][0]
+        if name == "podkit_queue_items_processed_total":
+            failed = _sum(samples, "podkit_queue_items_failed_total")
+            return total + failed, failed
+        if name == "podkit_shard_requests_total":
+            return total, _sum(samples, "podkit_shard_errors_total")
+        return total, sum(v for _n, labels, v in rows if _is_error(labels))
     return None
+
+
+def _sum(samples: Samples, name: str) -> float:
+    return sum(v for _n, _l, v in _select(samples, lambda n: n == name))
 
 
 def _buckets(samples: Samples) -> dict[float, float]:
@@ -197,27 +205,40 @@ def figures(previous: Samples | None, current: Samples, seconds: float) -> dict[
     leader = _gauge(current, "elect_is_leader")
     if leader is not None:
         out["leader"] = leader >= 1
-    states = [
-        (labels["backend"], labels.get("state", ""))
-        for _n, labels, v in _select(current, lambda n: n == "podkit_balance_backend_state")
-        if v >= 1 and "backend" in labels
-    ]
-    if states:
-        shares = _shares(previous, current)
-        out["backends"] = [
-            {"url": url, "state": state, "share": shares.get(url)} for url, state in sorted(states)
+    for kind, label in (("balance", "backend"), ("shard", "shard")):
+        states = [
+            (labels[label], labels.get("state", ""))
+            for _n, labels, v in _select(current, lambda n, k=kind: n == _STATE_METRIC[k])
+            if v >= 1 and label in labels
         ]
+        if states:
+            shares = _shares(previous, current, kind=kind, label=label)
+            out["backends_of"] = kind  # a balancer's backends can be drained; shards cannot
+            out["backends"] = [
+                {"url": url, "state": state, "share": shares.get(url)}
+                for url, state in sorted(states)
+            ]
+            break
     return out
 
 
-def _shares(previous: Samples | None, current: Samples) -> dict[str, float]:
-    """Each backend's share of the balancer's requests in the interval."""
+_STATE_METRIC = {"balance": "podkit_balance_backend_state", "shard": "podkit_shard_state"}
+_REQUESTS_METRIC = {
+    "balance": "podkit_balance_requests_total",
+    "shard": "podkit_shard_requests_total",
+}
+
+
+def _shares(
+    previous: Samples | None, current: Samples, *, kind: str, label: str
+) -> dict[str, float]:
+    """Each backend's (or shard's) share of the requests in the interval."""
 
     def per_backend(samples: Samples) -> dict[str, float]:
         found: dict[str, float] = {}
-        for _n, labels, v in _select(samples, lambda n: n == "podkit_balance_requests_total"):
-            if "backend" in labels:
-                found[labels["backend"]] = found.get(labels["backend"], 0.0) + v
+        for _n, labels, v in _select(samples, lambda n: n == _REQUESTS_METRIC[kind]):
+            if label in labels:
+                found[labels[label]] = found.get(labels[label], 0.0) + v
         return found
 
     now, before = per_backend(current), per_backend(previous or {})
