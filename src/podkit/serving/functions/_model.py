@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 SPEC_ATTRIBUTE = "__podkit_function__"
 DEFAULT_CONCURRENCY = 8  # invocations of one function at a time in one process
 MAX_CONCURRENCY = 1000
+MAX_WORKERS = 256  # processes of one function on one machine
 DEFAULT_MAX_ATTEMPTS = 5  # deliveries of an event or item before it is dead-lettered
 DEFAULT_MAX_AGE = 3600.0  # an event older than this is dead-lettered without running
 DEFAULT_BACKOFF = 1.0  # first retry waits this long, doubling per attempt (with jitter)
@@ -122,6 +123,8 @@ class FunctionSpec:
         max_age: seconds after which an undelivered event is dead-lettered unrun.
         backoff, backoff_cap: the retry policy of events and items.
         then: a sequence: the function's result is emitted as an event of this type.
+        workers: the most worker processes of the function (None: the runner's --workers).
+        idle: seconds a worker may do nothing before it stops (None: the runner's --idle).
     """
 
     name: str
@@ -133,6 +136,8 @@ class FunctionSpec:
     backoff: float = DEFAULT_BACKOFF
     backoff_cap: float = DEFAULT_BACKOFF_CAP
     then: str | None = None
+    workers: int | None = None
+    idle: float | None = None
 
     @property
     def queue_name(self) -> str:
@@ -168,7 +173,9 @@ def _options(**options: Any) -> dict[str, Any]:
         _positive_int(changes["concurrency"], "concurrency", MAX_CONCURRENCY)
     if "max_attempts" in changes:
         _positive_int(changes["max_attempts"], "max_attempts", 1000)
-    for key in ("max_age", "backoff", "backoff_cap"):
+    if "workers" in changes:
+        _positive_int(changes["workers"], "workers", MAX_WORKERS)
+    for key in ("max_age", "backoff", "backoff_cap", "idle"):
         if key in changes:
             changes[key] = parse_duration(changes[key], field=key)
     return changes
@@ -198,7 +205,12 @@ def _add_trigger(
 
 
 def on_http(
-    route: str, *, name: str | None = None, concurrency: int | None = None
+    route: str,
+    *,
+    name: str | None = None,
+    concurrency: int | None = None,
+    workers: int | None = None,
+    idle: str | float | None = None,
 ) -> Callable[[F], F]:
     """Serve the function at ``route`` (``"POST /signup"``, ``"GET /users/{id}"``).
 
@@ -217,9 +229,8 @@ def on_http(
     if path.startswith(RESERVED_PREFIXES):
         raise UsageError(f"routes under {', '.join(RESERVED_PREFIXES)} are the runner's: {route!r}")
     trigger = HttpTrigger(method, path)
-    return lambda fn: _add_trigger(
-        fn, trigger, name=name, options=_options(concurrency=concurrency)
-    )
+    options = _options(concurrency=concurrency, workers=workers, idle=idle)
+    return lambda fn: _add_trigger(fn, trigger, name=name, options=options)
 
 
 def on_event(
@@ -233,6 +244,8 @@ def on_event(
     backoff: str | float | None = None,
     backoff_cap: str | float | None = None,
     then: str | None = None,
+    workers: int | None = None,
+    idle: str | float | None = None,
 ) -> Callable[[F], F]:
     """Run the function for each event of ``type`` (a CloudEvent; its payload is ``.data``).
 
@@ -251,6 +264,8 @@ def on_event(
         backoff=backoff,
         backoff_cap=backoff_cap,
         then=then,
+        workers=workers,
+        idle=idle,
     )
     return lambda fn: _add_trigger(fn, trigger, name=name, options=options)
 
@@ -263,6 +278,8 @@ def on_queue(
     max_attempts: int | None = None,
     backoff: str | float | None = None,
     backoff_cap: str | float | None = None,
+    workers: int | None = None,
+    idle: str | float | None = None,
 ) -> Callable[[F], F]:
     """Run the function for each item of the work queue ``queue`` (it gets the item's value)."""
     from podkit.backends.queues import QUEUE_NAME_PATTERN
@@ -274,12 +291,19 @@ def on_queue(
         max_attempts=max_attempts,
         backoff=backoff,
         backoff_cap=backoff_cap,
+        workers=workers,
+        idle=idle,
     )
     return lambda fn: _add_trigger(fn, QueueTrigger(queue), name=name, options=options)
 
 
 def on_timer(
-    *, every: str | float | None = None, cron: str | None = None, name: str | None = None
+    *,
+    every: str | float | None = None,
+    cron: str | None = None,
+    name: str | None = None,
+    workers: int | None = None,
+    idle: str | float | None = None,
 ) -> Callable[[F], F]:
     """Run the function every ``every`` (``"30s"``) or at the minutes of ``cron``
     (``"*/5 * * * *"``, UTC). The function takes no argument."""
@@ -293,7 +317,8 @@ def on_timer(
     else:
         assert cron is not None
         trigger = TimerTrigger(cron=CronSchedule.parse(cron))
-    return lambda fn: _add_trigger(fn, trigger, name=name, options={})
+    options = _options(workers=workers, idle=idle)
+    return lambda fn: _add_trigger(fn, trigger, name=name, options=options)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import astuple
 from typing import Any
 
 import httpx
@@ -47,9 +48,16 @@ from podkit.serving.functions._model import (
     QueueTrigger,
     TimerTrigger,
 )
+from podkit.serving.functions._pool import WorkerPools
 from podkit.serving.functions._request import FunctionRequest, encode_result
 from podkit.serving.functions._store import FunctionStore, open_store
 from podkit.serving.functions._timers import next_interval
+from podkit.serving.functions._wire import (
+    Outcome,
+    RemoteError,
+    decode_error,
+    encode_args,
+)
 
 DEFAULT_CALL_TTL = 86400.0  # an asynchronous call's result is kept this long
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: the largest request body a function is given
@@ -67,6 +75,8 @@ def _json_response(
 
 
 def _error_response(exc: BaseException) -> Response:
+    if isinstance(exc, RemoteError) and not exc.public:
+        return _json_response(exc.status, {"error": "the function failed"})
     if isinstance(exc, FunctionError):
         headers: list[tuple[bytes, bytes]] = []
         if isinstance(exc, RateLimited):
@@ -127,6 +137,7 @@ class FunctionRunner:
         log: where to log.
         max_body: the largest request body passed to a function (413 above it).
         call_ttl: how long an asynchronous call's result is kept.
+        pools: run each function in its worker processes (None: in this process).
     """
 
     def __init__(
@@ -140,6 +151,7 @@ class FunctionRunner:
         log: logging.Logger | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         call_ttl: float = DEFAULT_CALL_TTL,
+        pools: WorkerPools | None = None,
     ) -> None:
         if visibility <= 0:
             raise UsageError("visibility must be positive")
@@ -150,6 +162,7 @@ class FunctionRunner:
         self.log = log or logging.getLogger("podkit.functions")
         self.max_body = max_body
         self.call_ttl = call_ttl
+        self.pools = pools
         self.metrics = FunctionMetrics(registry or CollectorRegistry())
         self.store: FunctionStore = open_store(backend)
         self.queues: dict[str, Queue] = {}
@@ -189,50 +202,81 @@ class FunctionRunner:
 
     # -- invoking -------------------------------------------------------------------------
 
-    async def invoke(self, spec: FunctionSpec, kind: Kind, *args: Any, wait: bool = True) -> Any:
-        """Run ``spec``'s function with ``args`` in one of its slots.
-
-        With ``wait`` False (HTTP), a function whose slots are all taken raises
-        :class:`Overloaded` at once instead of waiting. Publications made by the function
-        (``emit``) are finished before this returns.
-
-        Raises:
-            Overloaded: no free slot and ``wait`` is False.
-            Exception: whatever the function raised.
-        """
+    @contextlib.asynccontextmanager
+    async def _slot(self, spec: FunctionSpec, kind: Kind, wait: bool) -> AsyncIterator[None]:
+        """One of ``spec``'s slots for the block, with the invocation's metrics."""
         slots = self.slots[spec.name]
         if not wait and slots.locked():
             self.metrics.invocations.labels(spec.name, kind, "rejected").inc()
             raise Overloaded(f"{spec.name} runs {spec.concurrency} calls already")
         async with slots:
-            return await self._run(spec, kind, args)
-
-    async def _run(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Any:
-        ctx = InvocationContext(spec.name, kind, self)
-        started = time.perf_counter()
-        self.running[spec.name] += 1
-        self.metrics.running.labels(spec.name).inc()
-        outcome = "error"
-        try:
+            started = time.perf_counter()
+            self.running[spec.name] += 1
+            self.metrics.running.labels(spec.name).inc()
+            outcome = "error"
             try:
-                result = await start_invocation(ctx, spec.handler, *args)
+                yield
+                outcome = "ok"
             finally:
-                if ctx.pending:
-                    # the function's events are stored before its invocation counts as done
-                    await asyncio.gather(*ctx.pending)
-            if spec.then is not None and kind != "http":
-                await self.publish(
-                    CloudEvent.create(
-                        spec.then, result, now=self.clock(), source=f"podkit/functions/{spec.name}"
-                    )
-                )
-            outcome = "ok"
-            return result
+                self.running[spec.name] -= 1
+                self.metrics.running.labels(spec.name).dec()
+                self.metrics.invocations.labels(spec.name, kind, outcome).inc()
+                self.metrics.duration.labels(spec.name).observe(time.perf_counter() - started)
+
+    async def invoke(self, spec: FunctionSpec, kind: Kind, *args: Any, wait: bool = True) -> Any:
+        """Run ``spec``'s function with ``args`` in this process, in one of its slots.
+
+        With ``wait`` False, a function whose slots are all taken raises
+        :class:`Overloaded` at once instead of waiting. Publications made by the function
+        (``emit``) are finished before this returns.
+
+        Returns:
+            What the function returned.
+
+        Raises:
+            Overloaded: no free slot and ``wait`` is False.
+            Exception: whatever the function raised.
+        """
+        async with self._slot(spec, kind, wait):
+            return await self.run_local(spec, kind, args)
+
+    async def execute(
+        self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...], *, wait: bool = True
+    ) -> Outcome:
+        """Run ``spec``'s function in one of its slots, in its worker pool when the runner
+        has pools (else in this process), and return its result as an HTTP answer.
+
+        Raises:
+            Overloaded: no free slot and ``wait`` is False.
+            FunctionError: the function failed (a :class:`RemoteError` from a worker, or
+                :class:`WorkerCrashed` when its process died).
+            Exception: in this process, whatever the function raised.
+        """
+        async with self._slot(spec, kind, wait):
+            if self.pools is None:
+                return Outcome(*encode_result(await self.run_local(spec, kind, args)))
+            reply = await self.pools.get(spec.name).call(kind, encode_args(kind, args))
+            if "error" in reply:
+                raise decode_error(reply["error"])
+            return Outcome.from_json(reply["outcome"])
+
+    async def run_local(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Any:
+        """Run the function here, now (no slot): its events are published before it returns,
+        and with ``then`` its result too."""
+        ctx = InvocationContext(spec.name, kind, self)
+        try:
+            result = await start_invocation(ctx, spec.handler, *args)
         finally:
-            self.running[spec.name] -= 1
-            self.metrics.running.labels(spec.name).dec()
-            self.metrics.invocations.labels(spec.name, kind, outcome).inc()
-            self.metrics.duration.labels(spec.name).observe(time.perf_counter() - started)
+            if ctx.pending:
+                # the function's events are stored before its invocation counts as done
+                await asyncio.gather(*ctx.pending)
+        if spec.then is not None and kind != "http":
+            await self.publish(
+                CloudEvent.create(
+                    spec.then, result, now=self.clock(), source=f"podkit/functions/{spec.name}"
+                )
+            )
+        return result
 
     async def publish(self, event: CloudEvent) -> int:
         """Put ``event`` in the queue of every function subscribed to it (fan-out).
@@ -322,8 +366,7 @@ class FunctionRunner:
 
     async def _answer(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Response:
         try:
-            result = await self.invoke(spec, kind, *args, wait=False)
-            status, headers, data = encode_result(result)
+            status, headers, data = astuple(await self.execute(spec, kind, args, wait=False))
         except Exception as exc:
             if not isinstance(exc, FunctionError | UsageError):
                 self.log.exception("function failed", extra={"function": spec.name})
@@ -417,8 +460,7 @@ class FunctionRunner:
             args = self.argument(spec, body.get("payload"))
         await self._save_call(call_id, state="running", attempt=item.attempt)
         try:
-            result = await self.invoke(spec, "call", *args)
-            status, headers, data = encode_result(result)
+            status, headers, data = astuple(await self.execute(spec, "call", args))
         except Exception as exc:
             last = item.attempt >= item.receipt.max_attempts or (
                 isinstance(exc, FunctionError) and not exc.retryable
@@ -491,7 +533,7 @@ class FunctionRunner:
     async def _deliver(self, spec: FunctionSpec, queue_name: str, item: Item) -> None:
         if queue_name != spec.queue_name:  # a user's queue: the function gets the value
             try:
-                await self.invoke(spec, "queue", item.value)
+                await self.execute(spec, "queue", (item.value,))
             except FunctionError as exc:
                 if exc.retryable:
                     raise
@@ -525,7 +567,7 @@ class FunctionRunner:
             )
             return
         try:
-            await self.invoke(spec, "event", event)
+            await self.execute(spec, "event", (event,))
         except FunctionError as exc:
             if exc.retryable:
                 raise
@@ -583,7 +625,7 @@ class FunctionRunner:
             try:
                 if not await self.store.add(claim, "1", ttl=lifetime, now=self.clock()):
                     continue
-                await self.invoke(spec, "timer")
+                await self.execute(spec, "timer", ())
             except Exception as exc:
                 self.log.warning(
                     "timer function failed",

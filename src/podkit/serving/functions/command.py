@@ -4,6 +4,7 @@ dead letters, and run dead letters again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -29,11 +30,13 @@ from podkit.runtime import (
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
 from podkit.serving.functions._cloudevents import CloudEvent
 from podkit.serving.functions._model import (
+    MAX_WORKERS,
     FunctionApp,
     FunctionSpec,
     QueueTrigger,
     load_app,
 )
+from podkit.serving.functions._pool import DEFAULT_IDLE, DEFAULT_WORKERS, WorkerPools
 from podkit.serving.functions._request import encode_result
 from podkit.serving.functions._runner import FunctionRunner
 
@@ -41,6 +44,7 @@ T = TypeVar("T")
 
 DEFAULT_BACKEND = "sqlite:///functions.db"
 MAX_THREADS = 256  # threads for plain (not async) functions in one process
+RELOAD_INTERVAL = 0.5  # seconds between looks at the app's files with --reload
 
 _app_arg = click.argument("app", type=click.Path(dir_okay=False))
 _backend = click.option(
@@ -109,6 +113,33 @@ def group() -> None:
     show_default=True,
     help="Lease of an event or item: a crashed process's events are delivered again after it.",
 )
+@click.option(
+    "--isolation",
+    type=click.Choice(["process", "inline"]),
+    default="process",
+    show_default=True,
+    help="process: each function runs in its own worker processes (a crash stays there); "
+    "inline: in this process (fastest, no isolation).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, MAX_WORKERS),
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    help="Most worker processes of one function (a function's workers= overrides it).",
+)
+@click.option(
+    "--idle",
+    type=DURATION,
+    default=format_duration(DEFAULT_IDLE),
+    show_default=True,
+    help="A worker with nothing to do for this long stops; the pool scales to zero.",
+)
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Restart the workers when APP (or a Python file beside it) changes.",
+)
 @access_log_options
 @server_limit_options
 @runtime_options
@@ -117,13 +148,28 @@ def serve(
     listen: HostPort,
     backend: str,
     visibility: float,
+    isolation: str,
+    workers: int,
+    idle: float,
+    reload: bool,
     limits: ServerLimits,
     access_log: AccessLogSettings,
     runtime: RuntimeOptions,
 ) -> int:
-    """Serve the functions of APP: HTTP routes on --listen, events, queues and timers."""
+    """Serve the functions of APP: HTTP routes on --listen, events, queues and timers.
+
+    Routes are the functions' own, plus POST /functions/NAME (any function, JSON body) and
+    GET /calls/ID (the result of an asynchronous call: a request with 'Prefer:
+    respond-async' is answered 202 with a call id, and 'X-Callback-Url' gets the result).
+    """
     if visibility <= 0:
         raise click.BadParameter("must be positive", param_hint="--visibility")
+    if idle <= 0:
+        raise click.BadParameter("must be positive", param_hint="--idle")
+    if reload and isolation != "process":
+        raise click.BadParameter(
+            "restarts worker processes: use it with --isolation process", param_hint="--reload"
+        )
     functions = load_app(app)
 
     async def main(rt: Runtime) -> None:
@@ -131,21 +177,48 @@ def serve(
         loop.set_default_executor(
             ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="podkit-function")
         )
-        async with FunctionRunner(
-            functions,
-            backend=backend,
-            visibility=visibility,
-            registry=rt.registry,
-            log=rt.log,
-            max_body=limits.max_body_bytes,
-        ) as runner:
-            rt.add_status(
-                lambda: {
+        async with contextlib.AsyncExitStack() as stack:
+            pools = None
+            if isolation == "process":
+                pools = await stack.enter_async_context(
+                    WorkerPools(
+                        functions,
+                        app_path=app,
+                        backend=backend,
+                        registry=rt.registry,
+                        log=rt.log,
+                        max_workers=workers,
+                        idle=idle,
+                        log_format=runtime.log_format,
+                        log_level=runtime.log_level,
+                    )
+                )
+            runner = await stack.enter_async_context(
+                FunctionRunner(
+                    functions,
+                    backend=backend,
+                    visibility=visibility,
+                    registry=rt.registry,
+                    log=rt.log,
+                    max_body=limits.max_body_bytes,
+                    pools=pools,
+                )
+            )
+
+            def status() -> dict[str, Any]:
+                figures: dict[str, Any] = {
                     "summary": f"{len(functions.functions)} functions, "
                     f"{sum(runner.running.values())} running",
                     "running": dict(runner.running),
                 }
-            )
+                if pools is not None:
+                    stats = {name: pool.statistics() for name, pool in pools.pools.items()}
+                    figures["workers"] = {name: st.workers for name, st in stats.items()}
+                    figures["worker_pids"] = {name: st.pids for name, st in stats.items()}
+                    figures["cold_starts"] = {name: st.cold_starts for name, st in stats.items()}
+                return figures
+
+            rt.add_status(status)
             async with HTTPServer(
                 runner.handle,
                 host=listen.host,
@@ -168,6 +241,13 @@ def serve(
                 stop = asyncio.Event()
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(runner.serve_deliveries(stop), name="functions-deliveries")
+                    if pools is not None:
+                        tasks.create_task(pools.serve_reaper(stop), name="functions-reaper")
+                        if reload:
+                            tasks.create_task(
+                                pools.serve_reload(app, stop, interval=RELOAD_INTERVAL),
+                                name="functions-reload",
+                            )
                     rt.set_ready()
                     await rt.wait_draining()
                     stop.set()

@@ -1,0 +1,155 @@
+"""Messages between the runner and its worker processes: length-prefixed JSON frames.
+
+A frame is a 4-byte big-endian length and that many bytes of JSON. The runner sends
+``{"id", "kind", "function", "arg"}``; the worker answers ``{"id", "outcome"}`` (status,
+fields, body in base64) or ``{"id", "error"}`` (what the runner needs to answer or retry).
+Arguments are the JSON forms of a request or an event, or a queue item's value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from podkit.errors import UsageError
+from podkit.serving.functions._cloudevents import CloudEvent
+from podkit.serving.functions._context import Kind
+from podkit.serving.functions._errors import FunctionError, RateLimited
+from podkit.serving.functions._request import FunctionRequest
+
+MAX_FRAME = 64 << 20  # 64 MiB: far above the request body limit; a larger length is a bug
+_LENGTH = struct.Struct(">I")
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    return _LENGTH.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next message, or None at the end of the stream.
+
+    Raises:
+        UsageError: a frame longer than ``MAX_FRAME`` (the peer is not a podkit worker).
+    """
+    try:
+        head = await reader.readexactly(_LENGTH.size)
+    except asyncio.IncompleteReadError:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    if length > MAX_FRAME:
+        raise UsageError(f"worker frame of {length} bytes is over {MAX_FRAME}")
+    try:
+        data = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        return None
+    message: dict[str, Any] = json.loads(data)
+    return message
+
+
+def encode_args(kind: Kind, args: tuple[Any, ...]) -> Any:
+    """The JSON form of an invocation's arguments."""
+    if not args:
+        return None
+    arg = args[0]
+    if isinstance(arg, FunctionRequest):
+        return {"request": arg.to_json()}
+    if isinstance(arg, CloudEvent):
+        return {"event": arg.to_json()}
+    if isinstance(arg, bytes):
+        return {"bytes": base64.b64encode(arg).decode()}
+    return {"value": arg}
+
+
+def decode_args(arg: Any) -> tuple[Any, ...]:
+    if arg is None:
+        return ()
+    if "request" in arg:
+        return (FunctionRequest.from_json(arg["request"]),)
+    if "event" in arg:
+        return (CloudEvent.from_json(arg["event"]),)
+    if "bytes" in arg:
+        return (base64.b64decode(arg["bytes"]),)
+    return (arg["value"],)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A function's result as an HTTP answer: status, fields and body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "headers": self.headers,
+            "body": base64.b64encode(self.body).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        return cls(
+            int(data["status"]),
+            [(str(k), str(v)) for k, v in data["headers"]],
+            base64.b64decode(data["body"]),
+        )
+
+
+class RemoteError(FunctionError):
+    """A function failed in its worker process. ``public``: whether the message may be
+    shown to an HTTP client (it is a :class:`FunctionError` the function chose to raise)."""
+
+    def __init__(
+        self, message: str, *, status: int, retryable: bool, public: bool, kind: str
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retryable = retryable
+        self.public = public
+        self.kind = kind
+
+
+class WorkerCrashed(FunctionError):
+    """The worker process running the invocation died (it is started again for the next)."""
+
+    status = 502
+
+
+def encode_error(exc: BaseException) -> dict[str, Any]:
+    """What the runner needs to know of a function's exception."""
+    if isinstance(exc, FunctionError):
+        body: dict[str, Any] = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "status": exc.status,
+            "retryable": exc.retryable,
+            "public": True,
+        }
+        if isinstance(exc, RateLimited):
+            body["retry_after"] = exc.retry_after
+        return body
+    status = 400 if isinstance(exc, UsageError) else 500
+    return {
+        "type": type(exc).__name__,
+        "message": f"{type(exc).__name__}: {exc}",
+        "status": status,
+        "retryable": True,
+        "public": status == 400,
+    }
+
+
+def decode_error(body: dict[str, Any]) -> FunctionError:
+    if body.get("type") == "RateLimited" or "retry_after" in body:
+        return RateLimited(str(body["message"]), retry_after=float(body.get("retry_after", 1.0)))
+    return RemoteError(
+        str(body["message"]),
+        status=int(body.get("status", 500)),
+        retryable=bool(body.get("retryable", True)),
+        public=bool(body.get("public", False)),
+        kind=str(body.get("type", "Exception")),
+    )
