@@ -172,7 +172,14 @@ class FunctionRunner:
         self._opened = False
 
     async def __aenter__(self) -> FunctionRunner:
+        """Check that the backend answers (a missing SQLite directory, a Redis that cannot
+        be reached: an error now rather than at the first event)."""
         self.loop = asyncio.get_running_loop()
+        try:
+            await self.store.get("ping", now=self.clock())
+        except BaseException:
+            await self.store.aclose()
+            raise
         self._opened = True
         return self
 
