@@ -352,6 +352,22 @@ class FunctionApp:
                     routes[key] = spec.name
         return cls(by_name, source)
 
+    @classmethod
+    def collect(cls, *functions: Callable[..., Any], source: str = "<app>") -> FunctionApp:
+        """An app of the given decorated functions (for embedding and tests).
+
+        Raises:
+            UsageError: a function carries no trigger.
+            ConfigError: two functions share a name or a route.
+        """
+        specs = []
+        for fn in functions:
+            spec = spec_of(fn)
+            if spec is None:
+                raise UsageError(f"{fn!r} has no trigger (on_http, on_event, on_queue, on_timer)")
+            specs.append(spec)
+        return cls.from_specs(specs, source=source)
+
     def get(self, name: str) -> FunctionSpec:
         """The function named ``name``.
 

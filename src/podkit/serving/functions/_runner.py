@@ -63,6 +63,9 @@ DEFAULT_CALL_TTL = 86400.0  # an asynchronous call's result is kept this long
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: the largest request body a function is given
 CALLBACK_TIMEOUT = 10.0  # seconds a callback URL has to accept an async call's result
 PUBLISH_ATTEMPTS = 3  # a publication that fails (store unavailable) is tried this often
+# Puts in flight at once from one process: a function that emits thousands of events at
+# once must not open a store connection for each (redis-py's pool refuses past its limit).
+MAX_CONCURRENT_PUTS = 32
 CALL_ID_BYTES = 16
 ASYNC_PREFERENCE = "respond-async"  # RFC 7240: Prefer: respond-async asks for a 202
 
@@ -163,6 +166,7 @@ class FunctionRunner:
         self.max_body = max_body
         self.call_ttl = call_ttl
         self.pools = pools
+        self._puts = asyncio.Semaphore(MAX_CONCURRENT_PUTS)
         self.metrics = FunctionMetrics(registry or CollectorRegistry())
         self.store: FunctionStore = open_store(backend)
         self.queues: dict[str, Queue] = {}
@@ -303,7 +307,10 @@ class FunctionRunner:
             queue = self.function_queue(spec)
             for attempt in range(1, PUBLISH_ATTEMPTS + 1):
                 try:
-                    await queue.put(body, key=f"event:{event.id}", max_attempts=spec.max_attempts)
+                    async with self._puts:
+                        await queue.put(
+                            body, key=f"event:{event.id}", max_attempts=spec.max_attempts
+                        )
                     break
                 except BackendError:
                     if attempt == PUBLISH_ATTEMPTS:
