@@ -9,6 +9,7 @@ from pathlib import Path
 from podkit.engines.http import HTTPServer, Request, Response
 from podkit.functions import load_app
 from podkit.queue import Queue
+from podkit.testing import RedisServer
 
 from .conftest import serve_app, wait_until, write_app
 
@@ -312,3 +313,26 @@ async def test_an_interval_timer_runs_its_function(tmp_path: Path, sqlite_backen
     )
     async with serve_app(load_app(app_file), sqlite_backend):
         await wait_until(lambda: len(lines(log)) >= 3, what="three ticks")
+
+
+async def test_a_rate_limit_on_redis_is_shared_by_every_runner(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    app_file = write_app(
+        tmp_path,
+        """
+        from podkit.functions import on_http, rate_limit
+
+        @on_http("GET /once")
+        @rate_limit("3/m")
+        def once(request):
+            return "ok"
+        """,
+    )
+    app = load_app(app_file)
+    async with serve_app(app, redis_server.url) as one, serve_app(app, redis_server.url) as two:
+        codes = [
+            (await served.client.get("/once")).status_code for served in (one, two, one, two, one)
+        ]
+        assert sorted(codes) == [200, 200, 200, 429, 429]
+        assert codes[:3] == [200, 200, 200]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -62,9 +63,14 @@ def context() -> InvocationContext:
     return ctx
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn)
+
+
 async def call_handler(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a plain function in a thread (with this context) or await an ``async`` one."""
-    if inspect.iscoroutinefunction(fn):
+    if _is_async(fn):
         return await fn(*args)
     result = await asyncio.to_thread(fn, *args)
     if inspect.isawaitable(result):
@@ -140,10 +146,11 @@ def emit(
     return Emitted(event, None, count)
 
 
-def start_invocation(
-    ctx: InvocationContext, fn: Callable[..., Any], *args: Any
-) -> asyncio.Task[Any]:
-    """``call_handler(fn, *args)`` as a task that runs with ``ctx`` as the current invocation."""
-    copied = contextvars.copy_context()
-    copied.run(current.set, ctx)
-    return asyncio.get_running_loop().create_task(call_handler(fn, *args), context=copied)
+async def run_in_context(ctx: InvocationContext, fn: Callable[..., Any], *args: Any) -> Any:
+    """``call_handler(fn, *args)`` with ``ctx`` as the current invocation (a plain function's
+    thread gets it too: ``asyncio.to_thread`` copies the context)."""
+    token = current.set(ctx)
+    try:
+        return await call_handler(fn, *args)
+    finally:
+        current.reset(token)

@@ -29,7 +29,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from podkit.errors import PodkitError
 from podkit.serving.functions._errors import FunctionError
 from podkit.serving.functions._model import FunctionApp, FunctionSpec
 from podkit.serving.functions._scaling import (
@@ -39,7 +38,7 @@ from podkit.serving.functions._scaling import (
     per_worker_limit,
     place,
 )
-from podkit.serving.functions._wire import WorkerCrashed, frame, read_frame
+from podkit.serving.functions._wire import FrameProtocol, WorkerCrashed
 
 DEFAULT_WORKERS = 4  # processes of one function at most (--workers)
 DEFAULT_IDLE = 300.0  # a worker with nothing to do for this long stops (--idle)
@@ -55,27 +54,71 @@ class WorkerStartFailed(FunctionError):
 
 
 class WorkerProcess:
-    """One worker process of a function, seen through its connection."""
+    """One worker process of a function, seen through its connection.
 
-    def __init__(
-        self,
-        pid: int,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        now: float,
-    ) -> None:
-        self.pid = pid
-        self.reader = reader
-        self.writer = writer
+    The connection says ``hello`` (its spawn token and pid), then ``ready`` (the app loaded)
+    or ``failed``; after that it carries replies to invocations.
+    """
+
+    def __init__(self, lookup: Callable[[str], asyncio.Future[WorkerProcess] | None]) -> None:
+        self.protocol = FrameProtocol(self._on_message, self._on_close)
+        self.pid = 0
         self.inflight: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.last_used = now
+        self.last_used = 0.0
         self.closed = False
+        self.on_exit: Callable[[WorkerProcess], None] | None = None
+        self._lookup = lookup
+        self._starting: asyncio.Future[WorkerProcess] | None = None
+        self._serving = False
         self._ids = itertools.count(1)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._reading = asyncio.get_running_loop().create_task(self._read_loop())
-        self.on_exit: Callable[[WorkerProcess], None] | None = None
+        self._gone = asyncio.Event()
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if self._serving:
+            reply = self.inflight.get(int(message.get("id", 0)))
+            if reply is not None and not reply.done():
+                reply.set_result(message)
+            return
+        if self._starting is None:
+            future = self._lookup(str(message.get("hello")))
+            if future is None or future.done():
+                self._abort()
+                return
+            self._starting = future
+            self.pid = int(message.get("pid", 0))
+            return
+        if "ready" in message:
+            self._serving = True
+            self.last_used = time.monotonic()
+            if not self._starting.done():
+                self._starting.set_result(self)
+            else:  # the spawner gave up waiting
+                self._abort()
+            return
+        reason = message.get("failed", "it said something else than ready")
+        if not self._starting.done():
+            self._starting.set_exception(WorkerStartFailed(f"worker failed to start: {reason}"))
+        self._abort()
+
+    def _abort(self) -> None:
+        if self.protocol.transport is not None:
+            self.protocol.transport.close()
+
+    def _on_close(self) -> None:
+        self.closed = True
+        for future in self.inflight.values():
+            if not future.done():
+                future.set_exception(WorkerCrashed(f"worker {self.pid} died"))
+        if self._starting is not None and not self._starting.done():
+            self._starting.set_exception(
+                WorkerStartFailed("worker failed to start: it exited while starting")
+            )
+        self._idle.set()
+        self._gone.set()
+        if self._serving and self.on_exit is not None:
+            self.on_exit(self)
 
     async def call(self, kind: str, function: str, arg: Any) -> dict[str, Any]:
         """Send one invocation; its reply (``outcome`` or ``error``).
@@ -89,7 +132,7 @@ class WorkerProcess:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.inflight[call_id] = future
         self._idle.clear()
-        self.writer.write(frame({"id": call_id, "kind": kind, "function": function, "arg": arg}))
+        self.protocol.send({"id": call_id, "kind": kind, "function": function, "arg": arg})
         try:
             return await future
         finally:
@@ -101,37 +144,21 @@ class WorkerProcess:
         """Return when no invocation is in flight (or the worker has exited)."""
         await self._idle.wait()
 
-    async def _read_loop(self) -> None:
-        try:
-            while (message := await read_frame(self.reader)) is not None:
-                future = self.inflight.get(int(message.get("id", 0)))
-                if future is not None and not future.done():
-                    future.set_result(message)
-        except (OSError, PodkitError, ValueError):
-            pass  # a broken connection is the end of the worker, handled below
-        finally:
-            self.closed = True
-            for future in self.inflight.values():
-                if not future.done():
-                    future.set_exception(WorkerCrashed(f"worker {self.pid} died"))
-            self._idle.set()
-            if self.on_exit is not None:
-                self.on_exit(self)
-
     async def aclose(self) -> None:
         """Hang up (the worker exits when its invocations are done); kill it if it lingers."""
         self.closed = True
-        with contextlib.suppress(OSError):
-            self.writer.write_eof()
+        transport = self.protocol.transport
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
         try:
-            await asyncio.wait_for(asyncio.shield(self._reading), STOP_GRACE)
+            await asyncio.wait_for(self._gone.wait(), STOP_GRACE)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            if self.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
         finally:
-            self.writer.close()
-            self._reading.cancel()
-            await asyncio.gather(self._reading, return_exceptions=True)
+            self._abort()
 
 
 class Spawner:
@@ -149,12 +176,14 @@ class Spawner:
         self._server: asyncio.Server | None = None
         self._zygote: asyncio.subprocess.Process | None = None
         self._pending: dict[str, asyncio.Future[WorkerProcess]] = {}
-        self._handshakes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="podkit-functions-")
         self.socket_path = str(Path(self._dir.name) / "workers.sock")
-        self._server = await asyncio.start_unix_server(self._on_connect, self.socket_path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(
+            lambda: WorkerProcess(self._pending.get).protocol, self.socket_path
+        )
         await self._start_zygote()
 
     async def _start_zygote(self) -> None:
@@ -199,38 +228,7 @@ class Spawner:
         finally:
             self._pending.pop(token, None)
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handshakes.add(task)
-        try:
-            hello = await asyncio.wait_for(read_frame(reader), SPAWN_TIMEOUT)
-            future = self._pending.get(str((hello or {}).get("hello")))
-            if hello is None or future is None:
-                writer.close()
-                return
-            status = await asyncio.wait_for(read_frame(reader), SPAWN_TIMEOUT)
-            if status is None or "ready" not in status:
-                reason = (status or {}).get("failed", "it exited while starting")
-                writer.close()
-                if not future.done():
-                    future.set_exception(WorkerStartFailed(f"worker failed to start: {reason}"))
-                return
-            worker = WorkerProcess(int(hello["pid"]), reader, writer, now=time.monotonic())
-            if future.done():  # the spawner gave up waiting
-                await worker.aclose()
-            else:
-                future.set_result(worker)
-        except (TimeoutError, OSError, PodkitError, ValueError):
-            writer.close()
-        finally:
-            if task is not None:
-                self._handshakes.discard(task)
-
     async def aclose(self) -> None:
-        for task in list(self._handshakes):
-            task.cancel()
-        await asyncio.gather(*self._handshakes, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

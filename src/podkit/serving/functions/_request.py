@@ -42,14 +42,25 @@ class FunctionRequest:
     Attributes:
         method: ``"POST"``...
         path: the path without the query string.
-        headers: case-insensitive mapping of field values.
+        headers: case-insensitive mapping of field values (``raw_headers``: the fields as
+            the server received them, decoded on first use).
         query: query parameters (the first value of each name).
         body: the whole body.
         params: path parameters of the route (``{id}``).
         request_id: the ``X-Request-Id`` the server gave the request.
     """
 
-    __slots__ = ("_json", "body", "headers", "method", "params", "path", "query", "request_id")
+    __slots__ = (
+        "_headers",
+        "_json",
+        "_raw_headers",
+        "body",
+        "method",
+        "params",
+        "path",
+        "query",
+        "request_id",
+    )
 
     def __init__(
         self,
@@ -57,6 +68,7 @@ class FunctionRequest:
         path: str,
         *,
         headers: list[tuple[str, str]] | None = None,
+        raw_headers: list[tuple[bytes, bytes]] | None = None,
         query: str = "",
         body: bytes = b"",
         params: Mapping[str, str] | None = None,
@@ -64,15 +76,27 @@ class FunctionRequest:
     ) -> None:
         self.method = method
         self.path = path
-        self.headers = Headers(headers or [])
+        # fields as received are decoded when a function first looks at them
+        self._headers: Headers | None = Headers(headers) if headers is not None else None
+        self._raw_headers = raw_headers or []
         parsed: dict[str, str] = {}
-        for name, value in parse_qsl(query, keep_blank_values=True):
-            parsed.setdefault(name, value)
+        if query:
+            for name, value in parse_qsl(query, keep_blank_values=True):
+                parsed.setdefault(name, value)
         self.query = parsed
         self.body = body
         self.params = dict(params or {})
         self.request_id = request_id
         self._json: Any = _EMPTY
+
+    @property
+    def headers(self) -> Headers:
+        """The request's fields by case-insensitive name."""
+        if self._headers is None:
+            self._headers = Headers(
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw_headers]
+            )
+        return self._headers
 
     @property
     def json(self) -> Any:

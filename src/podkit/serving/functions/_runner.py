@@ -24,9 +24,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import astuple
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -38,7 +37,7 @@ from podkit.engines.http import Request, Response
 from podkit.errors import BackendError, PodkitError, UsageError
 from podkit.runtime.metrics import LATENCY_BUCKETS
 from podkit.serving.functions._cloudevents import CloudEvent
-from podkit.serving.functions._context import InvocationContext, Kind, start_invocation
+from podkit.serving.functions._context import InvocationContext, Kind, run_in_context
 from podkit.serving.functions._errors import FunctionError, InvalidInput, Overloaded, RateLimited
 from podkit.serving.functions._model import (
     EventTrigger,
@@ -58,6 +57,8 @@ from podkit.serving.functions._wire import (
     decode_error,
     encode_args,
 )
+
+T = TypeVar("T")
 
 DEFAULT_CALL_TTL = 86400.0  # an asynchronous call's result is kept this long
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: the largest request body a function is given
@@ -119,12 +120,32 @@ class FunctionMetrics:
             ["type"],
             registry=registry,
         )
+        self._functions: dict[str, tuple[Any, Any]] = {}
+        self._invocations: dict[tuple[str, str, str], Any] = {}
         self.dead = Counter(
             "podkit_functions_dead_lettered",
             "Events and calls moved to the dead-letter set, by function and reason.",
             ["function", "reason"],
             registry=registry,
         )
+
+    def of_function(self, name: str) -> tuple[Any, Any]:
+        """The ``running`` gauge and ``duration`` histogram of a function (looked up once)."""
+        found = self._functions.get(name)
+        if found is None:
+            found = self._functions[name] = (
+                self.running.labels(name),
+                self.duration.labels(name),
+            )
+        return found
+
+    def of_invocation(self, name: str, kind: str, outcome: str) -> Any:
+        """The ``invocations`` counter of one function, trigger and outcome."""
+        key = (name, kind, outcome)
+        found = self._invocations.get(key)
+        if found is None:
+            found = self._invocations[key] = self.invocations.labels(name, kind, outcome)
+        return found
 
 
 class FunctionRunner:
@@ -213,26 +234,29 @@ class FunctionRunner:
 
     # -- invoking -------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _slot(self, spec: FunctionSpec, kind: Kind, wait: bool) -> AsyncIterator[None]:
-        """One of ``spec``'s slots for the block, with the invocation's metrics."""
+    async def _in_slot(
+        self, spec: FunctionSpec, kind: Kind, wait: bool, run: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``await run()`` in one of ``spec``'s slots, with the invocation's metrics."""
         slots = self.slots[spec.name]
         if not wait and slots.locked():
-            self.metrics.invocations.labels(spec.name, kind, "rejected").inc()
+            self.metrics.of_invocation(spec.name, kind, "rejected").inc()
             raise Overloaded(f"{spec.name} runs {spec.concurrency} calls already")
         async with slots:
             started = time.perf_counter()
             self.running[spec.name] += 1
-            self.metrics.running.labels(spec.name).inc()
+            running, duration = self.metrics.of_function(spec.name)
+            running.inc()
             outcome = "error"
             try:
-                yield
+                result = await run()
                 outcome = "ok"
+                return result
             finally:
                 self.running[spec.name] -= 1
-                self.metrics.running.labels(spec.name).dec()
-                self.metrics.invocations.labels(spec.name, kind, outcome).inc()
-                self.metrics.duration.labels(spec.name).observe(time.perf_counter() - started)
+                running.dec()
+                self.metrics.of_invocation(spec.name, kind, outcome).inc()
+                duration.observe(time.perf_counter() - started)
 
     async def invoke(self, spec: FunctionSpec, kind: Kind, *args: Any, wait: bool = True) -> Any:
         """Run ``spec``'s function with ``args`` in this process, in one of its slots.
@@ -248,8 +272,7 @@ class FunctionRunner:
             Overloaded: no free slot and ``wait`` is False.
             Exception: whatever the function raised.
         """
-        async with self._slot(spec, kind, wait):
-            return await self.run_local(spec, kind, args)
+        return await self._in_slot(spec, kind, wait, lambda: self.run_local(spec, kind, args))
 
     async def execute(
         self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...], *, wait: bool = True
@@ -263,20 +286,22 @@ class FunctionRunner:
                 :class:`WorkerCrashed` when its process died).
             Exception: in this process, whatever the function raised.
         """
-        async with self._slot(spec, kind, wait):
-            if self.pools is None:
-                return Outcome(*encode_result(await self.run_local(spec, kind, args)))
-            reply = await self.pools.get(spec.name).call(kind, encode_args(kind, args))
-            if "error" in reply:
-                raise decode_error(reply["error"])
-            return Outcome.from_json(reply["outcome"])
+        return await self._in_slot(spec, kind, wait, lambda: self._execute(spec, kind, args))
+
+    async def _execute(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Outcome:
+        if self.pools is None:
+            return Outcome(*encode_result(await self.run_local(spec, kind, args)))
+        reply = await self.pools.get(spec.name).call(kind, encode_args(kind, args))
+        if "error" in reply:
+            raise decode_error(reply["error"])
+        return Outcome.from_json(reply["outcome"])
 
     async def run_local(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Any:
         """Run the function here, now (no slot): its events are published before it returns,
         and with ``then`` its result too."""
         ctx = InvocationContext(spec.name, kind, self)
         try:
-            result = await start_invocation(ctx, spec.handler, *args)
+            result = await run_in_context(ctx, spec.handler, *args)
         finally:
             if ctx.pending:
                 # the function's events are stored before its invocation counts as done
@@ -363,7 +388,7 @@ class FunctionRunner:
             freq = FunctionRequest(
                 request.method,
                 path,
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers],
+                raw_headers=request.headers,
                 query=request.query_string,
                 body=body,
                 params=params,
@@ -380,7 +405,8 @@ class FunctionRunner:
 
     async def _answer(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Response:
         try:
-            status, headers, data = astuple(await self.execute(spec, kind, args, wait=False))
+            outcome = await self.execute(spec, kind, args, wait=False)
+            status, headers, data = outcome.status, outcome.headers, outcome.body
         except Exception as exc:
             if not isinstance(exc, FunctionError | UsageError):
                 self.log.exception("function failed", extra={"function": spec.name})
@@ -474,7 +500,8 @@ class FunctionRunner:
             args = self.argument(spec, body.get("payload"))
         await self._save_call(call_id, state="running", attempt=item.attempt)
         try:
-            status, headers, data = astuple(await self.execute(spec, "call", args))
+            outcome = await self.execute(spec, "call", args)
+            status, headers, data = outcome.status, outcome.headers, outcome.body
         except Exception as exc:
             last = item.attempt >= item.receipt.max_attempts or (
                 isinstance(exc, FunctionError) and not exc.retryable

@@ -2,7 +2,7 @@
 
 A frame is a 4-byte big-endian length and that many bytes of JSON. The runner sends
 ``{"id", "kind", "function", "arg"}``; the worker answers ``{"id", "outcome"}`` (status,
-fields, body in base64) or ``{"id", "error"}`` (what the runner needs to answer or retry).
+fields, body as latin-1 text) or ``{"id", "error"}`` (what the runner needs to answer or retry).
 Arguments are the JSON forms of a request or an event, or a queue item's value.
 """
 
@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,30 +26,58 @@ MAX_FRAME = 64 << 20  # 64 MiB: far above the request body limit; a larger lengt
 _LENGTH = struct.Struct(">I")
 
 
+class FrameProtocol(asyncio.Protocol):
+    """Frames in, messages out: ``on_message(dict)`` per frame, ``on_close()`` at the end.
+
+    Parsing happens in ``data_received`` (no task or await per frame), so many small
+    messages cost little more than their JSON.
+    """
+
+    def __init__(
+        self,
+        on_message: Callable[[dict[str, Any]], None],
+        on_close: Callable[[], None],
+    ) -> None:
+        self.on_message = on_message
+        self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        size = len(buffer)
+        while size - start >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            if length > MAX_FRAME:
+                self._buffer.clear()
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            end = start + _LENGTH.size + length
+            if end > size:
+                break
+            message = json.loads(bytes(buffer[start + _LENGTH.size : end]))
+            start = end
+            self.on_message(message)
+        if start:
+            del buffer[:start]
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame(message))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_close()
+
+
 def frame(message: dict[str, Any]) -> bytes:
     data = json.dumps(message, separators=(",", ":")).encode()
     return _LENGTH.pack(len(data)) + data
-
-
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    """The next message, or None at the end of the stream.
-
-    Raises:
-        UsageError: a frame longer than ``MAX_FRAME`` (the peer is not a podkit worker).
-    """
-    try:
-        head = await reader.readexactly(_LENGTH.size)
-    except asyncio.IncompleteReadError:
-        return None
-    (length,) = _LENGTH.unpack(head)
-    if length > MAX_FRAME:
-        raise UsageError(f"worker frame of {length} bytes is over {MAX_FRAME}")
-    try:
-        data = await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        return None
-    message: dict[str, Any] = json.loads(data)
-    return message
 
 
 def encode_args(kind: Kind, args: tuple[Any, ...]) -> Any:
@@ -86,18 +115,15 @@ class Outcome:
     body: bytes
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "headers": self.headers,
-            "body": base64.b64encode(self.body).decode(),
-        }
+        # bytes as latin-1 text: one JSON character per byte (escaped above 127)
+        return {"status": self.status, "headers": self.headers, "body": self.body.decode("latin-1")}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcome:
         return cls(
             int(data["status"]),
             [(str(k), str(v)) for k, v in data["headers"]],
-            base64.b64decode(data["body"]),
+            str(data["body"]).encode("latin-1"),
         )
 
 

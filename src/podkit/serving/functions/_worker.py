@@ -37,30 +37,26 @@ def _quiet_signals() -> None:
 async def serve_worker(request: dict[str, Any]) -> None:
     """Connect to the runner and run invocations of one function until it hangs up."""
     from podkit.errors import PodkitError
+    from podkit.serving.functions._errors import FunctionError
     from podkit.serving.functions._model import load_app
     from podkit.serving.functions._request import encode_result
     from podkit.serving.functions._runner import FunctionRunner
-    from podkit.serving.functions._wire import (
-        Outcome,
-        decode_args,
-        encode_error,
-        frame,
-        read_frame,
-    )
+    from podkit.serving.functions._wire import FrameProtocol, Outcome, decode_args, encode_error
 
     loop = asyncio.get_running_loop()
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="podkit-function")
     )
-    reader, writer = await asyncio.open_unix_connection(request["socket"])
-    writer.write(frame({"hello": request["token"], "pid": os.getpid()}))
+    hung_up = asyncio.Event()
+    # the runner sends invocations only after "ready", when on_message is set below
+    protocol = FrameProtocol(lambda message: None, hung_up.set)
+    await loop.create_unix_connection(lambda: protocol, request["socket"])
+    protocol.send({"hello": request["token"], "pid": os.getpid()})
     try:
         app = load_app(request["app"])
         spec = app.get(request["function"])
     except PodkitError as exc:
-        writer.write(frame({"failed": str(exc)}))
-        await writer.drain()
-        writer.close()
+        protocol.send({"failed": str(exc)})
         return
     async with FunctionRunner(app, backend=request["backend"]) as runner:
         log = runner.log
@@ -72,18 +68,19 @@ async def serve_worker(request: dict[str, Any]) -> None:
                 result = await runner.run_local(spec, message["kind"], args)
                 reply["outcome"] = Outcome(*encode_result(result)).to_json()
             except Exception as exc:
-                from podkit.serving.functions._errors import FunctionError
-
                 if not isinstance(exc, FunctionError):
                     log.exception("function failed", extra={"function": spec.name})
                 reply["error"] = encode_error(exc)
-            writer.write(frame(reply))
+            protocol.send(reply)
 
-        writer.write(frame({"ready": True}))
         async with asyncio.TaskGroup() as tasks:
-            while (message := await read_frame(reader)) is not None:
+
+            def start(message: dict[str, Any]) -> None:
                 tasks.create_task(handle(message))
-    writer.close()
+
+            protocol.on_message = start
+            protocol.send({"ready": True})
+            await hung_up.wait()
 
 
 def _worker_child(request: dict[str, Any]) -> None:

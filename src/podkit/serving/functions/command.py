@@ -358,7 +358,13 @@ def emit(
 @_app_arg
 @click.argument("call_id", required=False)
 @_backend
-@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Most calls listed.",
+)
 @_json_flag
 def calls(app: str, call_id: str | None, backend: str, limit: int, as_json: bool) -> None:
     """List asynchronous calls (or show CALL_ID): state, function and result."""
@@ -386,7 +392,13 @@ def calls(app: str, call_id: str | None, backend: str, limit: int, as_json: bool
 @_app_arg
 @click.argument("name", required=False)
 @_backend
-@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Most dead letters listed per function queue.",
+)
 @_json_flag
 def dead(app: str, name: str | None, backend: str, limit: int, as_json: bool) -> None:
     """List the dead-letter set of every function of APP (or of function NAME)."""
