@@ -331,6 +331,8 @@ class FunctionApp:
 
     functions: Mapping[str, FunctionSpec]
     source: str = "<app>"
+    # routes without {parameters}, by (method, path): found without matching each route
+    static_routes: Mapping[tuple[str, str], FunctionSpec] = field(default_factory=dict)
 
     @classmethod
     def from_specs(cls, specs: list[FunctionSpec], *, source: str = "<app>") -> FunctionApp:
@@ -350,7 +352,16 @@ class FunctionApp:
                             source=source,
                         )
                     routes[key] = spec.name
-        return cls(by_name, source)
+        static = {
+            (t.method, t.path): spec
+            for spec in by_name.values()
+            for t in spec.triggers
+            if isinstance(t, HttpTrigger) and "{" not in t.path
+        }
+        for (method, path), spec in list(static.items()):
+            if method == "GET":
+                static.setdefault(("HEAD", path), spec)
+        return cls(by_name, source, static)
 
     @classmethod
     def collect(cls, *functions: Callable[..., Any], source: str = "<app>") -> FunctionApp:
@@ -382,6 +393,9 @@ class FunctionApp:
 
     def route(self, method: str, path: str) -> tuple[FunctionSpec, dict[str, str]] | None:
         """The function serving ``method path`` and its path parameters."""
+        spec = self.static_routes.get((method, path))
+        if spec is not None:
+            return spec, {}
         for spec in self.functions.values():
             for trigger in spec.triggers:
                 if isinstance(trigger, HttpTrigger):

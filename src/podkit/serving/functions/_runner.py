@@ -28,17 +28,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from podkit.batch.queue.client import DEFAULT_VISIBILITY_TIMEOUT, Item, Queue
 from podkit.batch.queue.states import RetryPolicy
 from podkit.batch.queue.worker import QueueWorker
 from podkit.engines.http import Request, Response
 from podkit.errors import BackendError, PodkitError, UsageError
-from podkit.runtime.metrics import LATENCY_BUCKETS
 from podkit.serving.functions._cloudevents import CloudEvent
 from podkit.serving.functions._context import InvocationContext, Kind, run_in_context
-from podkit.serving.functions._errors import FunctionError, InvalidInput, Overloaded, RateLimited
+from podkit.serving.functions._errors import FunctionError, Overloaded, RateLimited
 from podkit.serving.functions._model import (
     EventTrigger,
     FunctionApp,
@@ -49,6 +48,7 @@ from podkit.serving.functions._model import (
 )
 from podkit.serving.functions._pool import WorkerPools
 from podkit.serving.functions._request import FunctionRequest, encode_result
+from podkit.serving.functions._stats import FunctionStats, Slots
 from podkit.serving.functions._store import FunctionStore, open_store
 from podkit.serving.functions._timers import next_interval
 from podkit.serving.functions._wire import (
@@ -91,63 +91,6 @@ def _error_response(exc: BaseException) -> Response:
     return _json_response(500, {"error": "the function failed"})
 
 
-class FunctionMetrics:
-    """The runner's Prometheus metrics."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.invocations = Counter(
-            "podkit_functions_invocations",
-            "Invocations that finished, by function, trigger and outcome (ok, error, rejected).",
-            ["function", "trigger", "outcome"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "podkit_functions_duration_seconds",
-            "Time from the start of an invocation to its result.",
-            ["function"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.running = Gauge(
-            "podkit_functions_running",
-            "Invocations running now.",
-            ["function"],
-            registry=registry,
-        )
-        self.published = Counter(
-            "podkit_functions_events_published",
-            "Events published, by type.",
-            ["type"],
-            registry=registry,
-        )
-        self._functions: dict[str, tuple[Any, Any]] = {}
-        self._invocations: dict[tuple[str, str, str], Any] = {}
-        self.dead = Counter(
-            "podkit_functions_dead_lettered",
-            "Events and calls moved to the dead-letter set, by function and reason.",
-            ["function", "reason"],
-            registry=registry,
-        )
-
-    def of_function(self, name: str) -> tuple[Any, Any]:
-        """The ``running`` gauge and ``duration`` histogram of a function (looked up once)."""
-        found = self._functions.get(name)
-        if found is None:
-            found = self._functions[name] = (
-                self.running.labels(name),
-                self.duration.labels(name),
-            )
-        return found
-
-    def of_invocation(self, name: str, kind: str, outcome: str) -> Any:
-        """The ``invocations`` counter of one function, trigger and outcome."""
-        key = (name, kind, outcome)
-        found = self._invocations.get(key)
-        if found is None:
-            found = self._invocations[key] = self.invocations.labels(name, kind, outcome)
-        return found
-
-
 class FunctionRunner:
     """Runs the functions of an app: ``async with FunctionRunner(app, backend=url) as r:``.
 
@@ -188,11 +131,10 @@ class FunctionRunner:
         self.call_ttl = call_ttl
         self.pools = pools
         self._puts = asyncio.Semaphore(MAX_CONCURRENT_PUTS)
-        self.metrics = FunctionMetrics(registry or CollectorRegistry())
+        self.slots = {name: Slots(s.concurrency) for name, s in app.functions.items()}
+        self.metrics = FunctionStats(self.slots, registry)
         self.store: FunctionStore = open_store(backend)
         self.queues: dict[str, Queue] = {}
-        self.slots = {name: asyncio.Semaphore(s.concurrency) for name, s in app.functions.items()}
-        self.running = dict.fromkeys(app.functions, 0)
         self.loop: asyncio.AbstractEventLoop
         self._opened = False
 
@@ -234,29 +176,30 @@ class FunctionRunner:
 
     # -- invoking -------------------------------------------------------------------------
 
+    @property
+    def running(self) -> dict[str, int]:
+        """Invocations running now, by function."""
+        return {name: slots.used for name, slots in self.slots.items()}
+
     async def _in_slot(
         self, spec: FunctionSpec, kind: Kind, wait: bool, run: Callable[[], Awaitable[T]]
     ) -> T:
-        """``await run()`` in one of ``spec``'s slots, with the invocation's metrics."""
+        """``await run()`` in one of ``spec``'s slots, counted in the metrics."""
         slots = self.slots[spec.name]
-        if not wait and slots.locked():
-            self.metrics.of_invocation(spec.name, kind, "rejected").inc()
+        if wait:
+            await slots.take()
+        elif not slots.take_now():
+            self.metrics.invoked(spec.name, kind, "rejected", 0.0)
             raise Overloaded(f"{spec.name} runs {spec.concurrency} calls already")
-        async with slots:
-            started = time.perf_counter()
-            self.running[spec.name] += 1
-            running, duration = self.metrics.of_function(spec.name)
-            running.inc()
-            outcome = "error"
-            try:
-                result = await run()
-                outcome = "ok"
-                return result
-            finally:
-                self.running[spec.name] -= 1
-                running.dec()
-                self.metrics.of_invocation(spec.name, kind, outcome).inc()
-                duration.observe(time.perf_counter() - started)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await run()
+            outcome = "ok"
+            return result
+        finally:
+            slots.give()
+            self.metrics.invoked(spec.name, kind, outcome, time.perf_counter() - started)
 
     async def invoke(self, spec: FunctionSpec, kind: Kind, *args: Any, wait: bool = True) -> Any:
         """Run ``spec``'s function with ``args`` in this process, in one of its slots.
@@ -341,7 +284,7 @@ class FunctionRunner:
                     if attempt == PUBLISH_ATTEMPTS:
                         raise
                     await asyncio.sleep(0.05 * attempt)
-        self.metrics.published.labels(event.type).inc()
+        self.metrics.publish(event.type)
         return len(targets)
 
     def event_for(self, spec: FunctionSpec, data: Any) -> CloudEvent:
@@ -546,7 +489,7 @@ class FunctionRunner:
         """Move ``item`` to the dead-letter set now (its remaining attempts cannot help)."""
         last = dataclasses.replace(item.receipt, max_attempts=item.attempt)
         await self.queue(queue_name, spec).nack(last, error=error)
-        self.metrics.dead.labels(spec.name, reason).inc()
+        self.metrics.dead_lettered(spec.name, reason)
         self.log.warning(
             "dead-lettered", extra={"function": spec.name, "item_id": item.id, "error": error}
         )
@@ -557,7 +500,7 @@ class FunctionRunner:
                 await self._deliver(spec, queue_name, item)
             except Exception as exc:
                 if item.attempt >= item.receipt.max_attempts:
-                    self.metrics.dead.labels(spec.name, "attempts").inc()
+                    self.metrics.dead_lettered(spec.name, "attempts")
                 self.log.warning(
                     "delivery failed",
                     extra={
@@ -679,4 +622,4 @@ def _wants_async(request: Request) -> bool:
     return any(p.strip().lower() == ASYNC_PREFERENCE for p in prefer.split(","))
 
 
-__all__ = ["FunctionMetrics", "FunctionRunner", "InvalidInput"]
+__all__ = ["FunctionRunner"]
