@@ -29,8 +29,9 @@ _LENGTH = struct.Struct(">I")
 class FrameProtocol(asyncio.Protocol):
     """Frames in, messages out: ``on_message(dict)`` per frame, ``on_close()`` at the end.
 
-    Parsing happens in ``data_received`` (no task or await per frame), so many small
-    messages cost little more than their JSON.
+    Parsing happens in ``data_received`` (no task or await per frame), and the frames sent
+    in one turn of the event loop leave in one write: under load, many invocations share a
+    system call and a wake-up of the other process.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class FrameProtocol(asyncio.Protocol):
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -68,8 +70,20 @@ class FrameProtocol(asyncio.Protocol):
             del buffer[:start]
 
     def send(self, message: dict[str, Any]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame(message))
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(frame(message))
+
+    def flush(self) -> None:
+        """Write what was sent in this turn of the loop now."""
+        self._flush()
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if outgoing and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(outgoing))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.on_close()

@@ -57,6 +57,7 @@ async def serve_worker(request: dict[str, Any]) -> None:
         spec = app.get(request["function"])
     except PodkitError as exc:
         protocol.send({"failed": str(exc)})
+        protocol.flush()
         return
     async with FunctionRunner(app, backend=request["backend"]) as runner:
         log = runner.log
