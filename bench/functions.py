@@ -138,12 +138,25 @@ def status(admin: int) -> dict[str, object]:
     return body
 
 
+def cold_metric(admin: int) -> tuple[float, float]:
+    """Count and sum of the server's cold-start histogram of function ``cold``."""
+    metrics = get(f"http://127.0.0.1:{admin}/metrics").decode()
+    lines = [
+        line for line in metrics.splitlines()
+        if line.startswith("podkit_functions_cold_start_seconds_") and 'function="cold"' in line
+    ]  # fmt: skip
+    count = next(float(x.split()[-1]) for x in lines if "_count" in x)
+    total = next(float(x.split()[-1]) for x in lines if "_sum" in x)
+    return count, total
+
+
 def cold_starts(tmp: Path, runs: int) -> None:
     port, admin = free_port(), free_port()
     argv = pinned(CORE_UNDER_TEST, serve_argv(tmp, port, admin, f"sqlite:///{tmp}/c.db"))
     client: list[float] = []
     with process(argv, port, tmp / "cold.log"):
         get(f"http://127.0.0.1:{port}/cold")  # the zygote is ready: each run is a worker start
+        before = cold_metric(admin)
         for _ in range(runs):
             deadline = time.monotonic() + 10
             while status(admin)["workers"]["cold"] != 0:  # type: ignore[index]
@@ -153,13 +166,8 @@ def cold_starts(tmp: Path, runs: int) -> None:
             started = time.perf_counter()
             get(f"http://127.0.0.1:{port}/cold")
             client.append((time.perf_counter() - started) * 1000)
-        metrics = get(f"http://127.0.0.1:{admin}/metrics").decode()
-    server = [
-        line for line in metrics.splitlines()
-        if line.startswith('podkit_functions_cold_start_seconds_') and 'function="cold"' in line
-    ]  # fmt: skip
-    count = next(float(x.split()[-1]) for x in server if "_count" in x)
-    total = next(float(x.split()[-1]) for x in server if "_sum" in x)
+        after = cold_metric(admin)
+    count, total = after[0] - before[0], after[1] - before[1]
     client.sort()
     p99 = client[min(len(client) - 1, round(0.99 * (len(client) - 1)))]
     print(f"\nCold start from zero ({runs} runs, --idle 100ms)")

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client import CollectorRegistry
 
-from podkit.batch.queue.client import DEFAULT_VISIBILITY_TIMEOUT, Item, Queue
+from podkit.batch.queue.client import DEFAULT_VISIBILITY_TIMEOUT, Item, PutRequest, Queue
 from podkit.batch.queue.states import RetryPolicy
 from podkit.batch.queue.worker import QueueWorker
 from podkit.engines.http import Request, Response
@@ -67,6 +67,7 @@ PUBLISH_ATTEMPTS = 3  # a publication that fails (store unavailable) is tried th
 # Puts in flight at once from one process: a function that emits thousands of events at
 # once must not open a store connection for each (redis-py's pool refuses past its limit).
 MAX_CONCURRENT_PUTS = 32
+MAX_PUT_BATCH = 500  # items in one put_many: one SQLite transaction or one Redis script
 CALL_ID_BYTES = 16
 ASYNC_PREFERENCE = "respond-async"  # RFC 7240: Prefer: respond-async asks for a 202
 
@@ -131,6 +132,7 @@ class FunctionRunner:
         self.call_ttl = call_ttl
         self.pools = pools
         self._puts = asyncio.Semaphore(MAX_CONCURRENT_PUTS)
+        self._batches: dict[str, list[tuple[PutRequest, asyncio.Future[None]]]] = {}
         self.slots = {name: Slots(s.concurrency) for name, s in app.functions.items()}
         self.metrics = FunctionStats(self.slots, registry)
         self.store: FunctionStore = open_store(backend)
@@ -272,20 +274,58 @@ class FunctionRunner:
             if event.matches(trigger.filters) and spec not in targets:
                 targets.append(spec)
         for spec in targets:
-            queue = self.function_queue(spec)
-            for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-                try:
-                    async with self._puts:
-                        await queue.put(
-                            body, key=f"event:{event.id}", max_attempts=spec.max_attempts
-                        )
-                    break
-                except BackendError:
-                    if attempt == PUBLISH_ATTEMPTS:
-                        raise
-                    await asyncio.sleep(0.05 * attempt)
+            await self._put(
+                spec, PutRequest(body, key=f"event:{event.id}", max_attempts=spec.max_attempts)
+            )
         self.metrics.publish(event.type)
         return len(targets)
+
+    async def _put(self, spec: FunctionSpec, request: PutRequest) -> None:
+        """Put one item in ``spec``'s queue, batched with the other puts of this turn of the
+        event loop: the first one waits one turn, then writes them all in one round trip."""
+        name = spec.queue_name
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch = self._batches.get(name)
+        if batch is not None:
+            batch.append((request, future))
+            await future
+            return
+        batch = self._batches[name] = [(request, future)]
+        try:
+            await asyncio.sleep(0)  # the other publications of this turn join the batch
+        except BaseException:
+            self._batches.pop(name, None)
+            for _, waiting in batch[1:]:
+                if not waiting.done():
+                    waiting.set_exception(BackendError("publication cancelled"))
+            raise
+        self._batches.pop(name, None)
+        try:
+            queue = self.function_queue(spec)
+            for start in range(0, len(batch), MAX_PUT_BATCH):
+                chunk = batch[start : start + MAX_PUT_BATCH]
+                await self._put_many(queue, [r for r, _ in chunk])
+                for _, waiting in chunk:
+                    if not waiting.done():
+                        waiting.set_result(None)
+        except BaseException as exc:
+            failure = exc if isinstance(exc, Exception) else BackendError("publication cancelled")
+            for _, waiting in batch:
+                if not waiting.done():
+                    waiting.set_exception(failure)
+            raise
+        await future
+
+    async def _put_many(self, queue: Queue, requests: list[PutRequest]) -> None:
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                async with self._puts:
+                    await queue.put_many(requests)
+                return
+            except BackendError:
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
 
     def event_for(self, spec: FunctionSpec, data: Any) -> CloudEvent:
         """An event that invokes ``spec`` directly (``invoke``, ``POST /functions/NAME``)."""
