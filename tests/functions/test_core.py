@@ -97,9 +97,11 @@ def test_cron_next_is_always_later_and_matches(now: float, expression: str) -> N
     assert moment.hour in schedule.hours
 
 
-def test_an_interval_timer_skips_the_runs_it_missed() -> None:
-    assert next_interval(100.0, 10.0, 105.0) == 110.0
-    assert next_interval(100.0, 10.0, 135.0) == 140.0
+def test_interval_timers_fire_at_multiples_of_their_interval_skipping_missed_runs() -> None:
+    assert next_interval(105.0, 10.0) == 110.0
+    assert next_interval(110.0, 10.0) == 120.0
+    assert next_interval(135.5, 10.0) == 140.0
+    assert next_interval(0.26, 0.05) > 0.26
 
 
 def test_rates_are_calls_per_period() -> None:

@@ -638,7 +638,7 @@ class FunctionRunner:
                 due = trigger.cron.next_after(last)
             else:
                 assert trigger.every is not None
-                due = next_interval(last, trigger.every, now)
+                due = next_interval(max(last, now), trigger.every)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, due - self.clock()))
                 return

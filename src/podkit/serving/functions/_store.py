@@ -200,6 +200,8 @@ class SqliteFunctionStore(FunctionStore):
         self._executor.shutdown(wait=False)
 
 
+# In whole microseconds: exact in a double (epoch microseconds are below 2**53), so a
+# call is never both refused and counted by a rounding of the stored time.
 _GCRA = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
@@ -207,10 +209,11 @@ local burst = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local allowed_at = tat - burst * interval
-if allowed_at > now then return tostring(allowed_at - now) end
+if allowed_at > now then return allowed_at - now end
 local new_tat = tat + interval
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + interval) * 1000))
-return '0'
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX',
+           math.ceil((new_tat - now + interval) / 1000))
+return 0
 """
 
 _DELETE_IF = """
@@ -287,10 +290,11 @@ class RedisFunctionStore(FunctionStore):
         return result
 
     async def gcra(self, key: str, *, interval: float, burst: int, now: float) -> float:
-        wait = await self._do(
-            lambda: self._gcra(keys=[KEY_PREFIX + key], args=[repr(now), repr(interval), burst])
+        now_us, interval_us = int(now * 1_000_000), max(1, round(interval * 1_000_000))
+        wait_us = await self._do(
+            lambda: self._gcra(keys=[KEY_PREFIX + key], args=[now_us, interval_us, burst])
         )
-        return float(wait)
+        return int(wait_us) / 1_000_000
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -1,13 +1,15 @@
 """Timer schedules: fixed intervals and five-field cron expressions (UTC), sans-IO.
 
-A cron expression is ``minute hour day-of-month month day-of-week`` with ``*``, ``*/N``,
-``A-B``, ``A-B/N`` and comma lists, as in POSIX crontab (day-of-week 0-7, Sunday being 0
-and 7). When both day fields are restricted a time matches either, as cron does.
-"""
+Interval timers fire at multiples of their interval since the epoch, as cron fires at whole
+minutes, so the processes of one backend agree on each firing's time. A cron expression is
+``minute hour day-of-month month day-of-week`` with ``*``, ``*/N``, ``A-B``, ``A-B/N`` and
+comma lists, as in POSIX crontab (day-of-week 0-7, Sunday being 0 and 7). When both day
+fields are restricted a time matches either, as cron does."""
 
 from __future__ import annotations
 
 import datetime
+import math
 from dataclasses import dataclass
 
 from podkit.errors import UsageError
@@ -110,10 +112,8 @@ class CronSchedule:
         raise UsageError(f"cron expression {self.expression!r} never matches")
 
 
-def next_interval(last: float, every: float, now: float) -> float:
-    """The next run of an interval timer that last ran at ``last``: skips missed runs."""
-    due = last + every
-    if due <= now:
-        missed = int((now - due) // every) + 1
-        due += missed * every
-    return due
+def next_interval(after: float, every: float) -> float:
+    """The next run of an interval timer: the first multiple of ``every`` seconds since the
+    epoch strictly after ``after``. Every process on a backend computes the same times, so
+    they can agree on which one runs each (missed runs are skipped)."""
+    return (math.floor(after / every) + 1) * every
