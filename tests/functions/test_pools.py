@@ -191,3 +191,20 @@ def test_reload_restarts_workers_with_the_new_code(
         what="the new code",
     )
     assert json.loads(httpx.get(f"http://127.0.0.1:{port}/pid").text)["pid"] > 0
+
+    good = app.read_text()
+    app.write_text(good + "\nraise RuntimeError('half-saved file')\n")
+    os.utime(app, (stat.st_atime, stat.st_mtime + 4))
+
+    def refused() -> bool:
+        r = httpx.get(f"http://127.0.0.1:{port}/version")
+        return r.status_code == 503 and "half-saved file" in r.json()["error"]
+
+    wait_for(refused, timeout=TIMEOUT, what="a worker that cannot start to be a 503")
+    app.write_text(good)
+    os.utime(app, (stat.st_atime, stat.st_mtime + 6))
+    wait_for(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/version").text == "two",
+        timeout=TIMEOUT,
+        what="the fixed code",
+    )
