@@ -185,3 +185,27 @@ def test_bad_input_is_one_line_with_a_reason(tmp_path: Path, args: list[str], me
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("podkit functions ")
     assert message in line
+
+
+def test_a_body_over_max_request_body_is_413(tmp_path: Path) -> None:
+    write_app(
+        tmp_path,
+        """
+        from podkit.functions import on_http
+
+        @on_http("POST /size")
+        def size(request):
+            return {"bytes": len(request.body)}
+        """,
+    )
+    port = free_port()
+    with PodkitProcess(
+        "functions", "serve", "app.py", "--listen", f"127.0.0.1:{port}",
+        "--max-request-body", "1KiB", "--isolation", "inline", "--access-log", "off",
+        cwd=tmp_path,
+    ):  # fmt: skip
+        wait_http("127.0.0.1", port, "/functions/size", status=405, timeout=TIMEOUT)
+        ok = httpx.post(f"http://127.0.0.1:{port}/size", content=b"x" * 1024)
+        assert ok.json() == {"bytes": 1024}
+        big = httpx.post(f"http://127.0.0.1:{port}/size", content=b"x" * 1025)
+        assert big.status_code == 413

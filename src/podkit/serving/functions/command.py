@@ -24,10 +24,11 @@ from podkit.runtime import (
     Runtime,
     RuntimeOptions,
     format_duration,
+    format_size,
     run_async,
     run_component,
 )
-from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
+from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
 from podkit.serving.functions._cloudevents import CloudEvent
 from podkit.serving.functions._model import (
     MAX_WORKERS,
@@ -38,7 +39,7 @@ from podkit.serving.functions._model import (
 )
 from podkit.serving.functions._pool import DEFAULT_IDLE, DEFAULT_WORKERS, WorkerPools
 from podkit.serving.functions._request import encode_result
-from podkit.serving.functions._runner import FunctionRunner
+from podkit.serving.functions._runner import DEFAULT_MAX_BODY, FunctionRunner
 
 T = TypeVar("T")
 
@@ -136,6 +137,13 @@ def group() -> None:
     help="A worker with nothing to do for this long stops; the pool scales to zero.",
 )
 @click.option(
+    "--max-request-body",
+    type=SIZE,
+    default=format_size(DEFAULT_MAX_BODY),
+    show_default=True,
+    help="Largest request body a function is given, in memory (413 above it).",
+)
+@click.option(
     "--reload",
     is_flag=True,
     help="Restart the workers when APP (or a Python file beside it) changes.",
@@ -151,6 +159,7 @@ def serve(
     isolation: str,
     workers: int,
     idle: float,
+    max_request_body: int,
     reload: bool,
     limits: ServerLimits,
     access_log: AccessLogSettings,
@@ -200,7 +209,7 @@ def serve(
                     visibility=visibility,
                     registry=rt.registry,
                     log=rt.log,
-                    max_body=limits.max_body_bytes,
+                    max_body=min(max_request_body, limits.max_body_bytes),
                     pools=pools,
                 )
             )
