@@ -6,6 +6,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -66,6 +67,11 @@ APP = """
 
     @on_http("GET /pid", idle="300ms")
     def pid(request):
+        return {"pid": os.getpid()}
+
+    @on_http("GET /slow", concurrency=4, workers=2)
+    def slow(request):
+        time.sleep(0.5)
         return {"pid": os.getpid()}
 
     @on_http("GET /crash")
@@ -208,3 +214,16 @@ def test_reload_restarts_workers_with_the_new_code(
         timeout=TIMEOUT,
         what="the fixed code",
     )
+
+
+def test_a_pool_grows_with_load_up_to_its_workers(served: tuple[int, int, PodkitProcess]) -> None:
+    port, admin, _ = served
+
+    def one(_: int) -> int:
+        pid: int = httpx.get(f"http://127.0.0.1:{port}/slow", timeout=TIMEOUT).json()["pid"]
+        return pid
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pids = list(pool.map(one, range(4)))
+    assert len(set(pids)) == 2  # two per worker, at most two workers
+    assert status(admin)["workers"]["slow"] == 2
