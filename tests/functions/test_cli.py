@@ -166,6 +166,8 @@ def test_list_and_invoke_run_without_a_server(tmp_path: Path) -> None:
         (["invoke", "app.py", "add", "[1]"], "add failed: TypeError"),
         (["list", "empty.py"], "empty.py: defines no function"),
         (["serve", "app.py", "--backend", "ftp://x"], "unknown backend URL"),
+        (["dead", "app.py", "--backend", "sqlite:///missing.db"], "no such database"),
+        (["calls", "app.py", "--backend", "sqlite:///missing.db"], "no such database"),
     ],
 )
 def test_bad_input_is_one_line_with_a_reason(tmp_path: Path, args: list[str], message: str) -> None:
@@ -209,3 +211,29 @@ def test_a_body_over_max_request_body_is_413(tmp_path: Path) -> None:
         assert ok.json() == {"bytes": 1024}
         big = httpx.post(f"http://127.0.0.1:{port}/size", content=b"x" * 1025)
         assert big.status_code == 413
+
+
+def test_dead_and_calls_only_read(tmp_path: Path) -> None:
+    write_app(
+        tmp_path,
+        """
+        from podkit.functions import on_event
+
+        @on_event("t")
+        def f(event):
+            return None
+        """,
+    )
+    args = ["--backend", "sqlite:///missing.db"]
+    assert podkit("functions", "dead", "app.py", *args, cwd=tmp_path).returncode == 1
+    assert not (tmp_path / "missing.db").exists()
+    sent = podkit(
+        "functions", "emit", "app.py", "t", "1", "--backend", "sqlite:///f.db", cwd=tmp_path
+    )
+    assert sent.returncode == 0, sent.stderr
+    listed = podkit("functions", "calls", "app.py", "--backend", "sqlite:///f.db", cwd=tmp_path)
+    assert (listed.returncode, listed.stdout) == (0, "")
+    dead = podkit(
+        "functions", "dead", "app.py", "--json", "--backend", "sqlite:///f.db", cwd=tmp_path
+    )
+    assert json.loads(dead.stdout) == []

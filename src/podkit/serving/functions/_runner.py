@@ -106,6 +106,8 @@ class FunctionRunner:
         max_body: the largest request body passed to a function (413 above it).
         call_ttl: how long an asynchronous call's result is kept.
         pools: run each function in its worker processes (None: in this process).
+        read_only: only look (calls, dead letters): a SQLite file is opened read-only and
+            never created.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class FunctionRunner:
         max_body: int = DEFAULT_MAX_BODY,
         call_ttl: float = DEFAULT_CALL_TTL,
         pools: WorkerPools | None = None,
+        read_only: bool = False,
     ) -> None:
         if visibility <= 0:
             raise UsageError("visibility must be positive")
@@ -135,7 +138,8 @@ class FunctionRunner:
         self._batches: dict[str, list[tuple[PutRequest, asyncio.Future[None]]]] = {}
         self.slots = {name: Slots(s.concurrency) for name, s in app.functions.items()}
         self.metrics = FunctionStats(self.slots, registry)
-        self.store: FunctionStore = open_store(backend)
+        self.read_only = read_only
+        self.store: FunctionStore = open_store(backend, read_only=read_only)
         self.queues: dict[str, Queue] = {}
         self.loop: asyncio.AbstractEventLoop
         self._opened = False
@@ -169,7 +173,9 @@ class FunctionRunner:
         queue = self.queues.get(name)
         if queue is None:
             retry = RetryPolicy(base=spec.backoff, cap=spec.backoff_cap) if spec else None
-            queue = Queue(self.backend, name, retry=retry, clock=self.clock)
+            queue = Queue(
+                self.backend, name, retry=retry, clock=self.clock, read_only=self.read_only
+            )
             self.queues[name] = queue
         return queue
 

@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from podkit.backends.queues import sqlite_path
@@ -70,15 +70,15 @@ class FunctionStore(abc.ABC):
         """Release connections."""
 
 
-def open_store(url: str) -> FunctionStore:
-    """The store for a backend URL.
+def open_store(url: str, *, read_only: bool = False) -> FunctionStore:
+    """The store for a backend URL (``read_only``: a SQLite file is never created).
 
     Raises:
         ConfigError: the scheme is neither sqlite nor redis.
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
-        return SqliteFunctionStore(sqlite_path(url))
+        return SqliteFunctionStore(sqlite_path(url), read_only=read_only)
     if scheme in ("redis", "rediss", "unix"):
         return RedisFunctionStore(url)
     raise ConfigError(f"unknown backend URL {url!r}: use sqlite:///path.db or redis://host:port/db")
@@ -87,13 +87,25 @@ def open_store(url: str) -> FunctionStore:
 class SqliteFunctionStore(FunctionStore):
     """The store in one SQLite file (calls run on one thread; the connection is its own)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="podkit-fn-store")
         self._db: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
+            if self.read_only:
+                if not Path(self.path).is_file():
+                    raise BackendError(
+                        f"sqlite {self.path}: no such database (this command only reads; "
+                        "it never creates one)"
+                    )
+                uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+                self._db = sqlite3.connect(
+                    uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
+                )
+                return self._db
             parent = Path(self.path).parent
             if not parent.is_dir():
                 raise ConfigError(f"no such directory for the SQLite file: {parent}")
@@ -107,9 +119,15 @@ class SqliteFunctionStore(FunctionStore):
         def work() -> T:
             db = self._connect()
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
                 try:
                     result = fn(db)
+                except sqlite3.OperationalError as exc:
+                    db.execute("ROLLBACK")
+                    if self.read_only and "no such table" in str(exc):
+                        # a file no function has written to yet: nothing stored
+                        return cast("T", None)
+                    raise
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
@@ -162,15 +180,16 @@ class SqliteFunctionStore(FunctionStore):
 
     async def scan(self, prefix: str, *, now: float, limit: int) -> list[tuple[str, str]]:
         def op(db: sqlite3.Connection) -> list[tuple[str, str]]:
-            db.execute("DELETE FROM podkit_fn_kv WHERE expires <= ?", (now,))
+            if not self.read_only:  # housekeeping; a reader leaves it to the writers
+                db.execute("DELETE FROM podkit_fn_kv WHERE expires <= ?", (now,))
             rows = db.execute(
                 "SELECT key, value FROM podkit_fn_kv WHERE substr(key, 1, ?) = ? "
-                "ORDER BY key LIMIT ?",
-                (len(prefix), prefix, limit),
+                "AND expires > ? ORDER BY key LIMIT ?",
+                (len(prefix), prefix, now, limit),
             ).fetchall()
             return [(str(k), str(v)) for k, v in rows]
 
-        return await self._run(op)
+        return await self._run(op) or []
 
     async def gcra(self, key: str, *, interval: float, burst: int, now: float) -> float:
         def op(db: sqlite3.Connection) -> float:

@@ -58,10 +58,14 @@ _json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 def _with_runner(
-    app: FunctionApp, backend: str, work: Callable[[FunctionRunner], Awaitable[T]]
+    app: FunctionApp,
+    backend: str,
+    work: Callable[[FunctionRunner], Awaitable[T]],
+    *,
+    read_only: bool = False,
 ) -> T:
     async def main() -> T:
-        async with FunctionRunner(app, backend=backend) as runner:
+        async with FunctionRunner(app, backend=backend, read_only=read_only) as runner:
             return await work(runner)
 
     result: T = run_async(main())
@@ -387,7 +391,7 @@ def calls(app: str, call_id: str | None, backend: str, limit: int, as_json: bool
             return [record]
         return await runner.calls(limit)
 
-    records = _with_runner(functions, backend, work)
+    records = _with_runner(functions, backend, work, read_only=True)
     if as_json or call_id is not None:
         click.echo(json.dumps(records[0] if call_id is not None else records))
         return
@@ -438,7 +442,7 @@ def dead(app: str, name: str | None, backend: str, limit: int, as_json: bool) ->
                 )
         return rows
 
-    rows = _with_runner(functions, backend, work)
+    rows = _with_runner(functions, backend, work, read_only=True)
     if as_json:
         click.echo(json.dumps(rows))
         return
