@@ -53,6 +53,7 @@ class FunctionRequest:
     __slots__ = (
         "_headers",
         "_json",
+        "_pairs",
         "_raw_headers",
         "body",
         "method",
@@ -77,7 +78,8 @@ class FunctionRequest:
         self.method = method
         self.path = path
         # fields as received are decoded when a function first looks at them
-        self._headers: Headers | None = Headers(headers) if headers is not None else None
+        self._headers: Headers | None = None
+        self._pairs = headers
         self._raw_headers = raw_headers or []
         parsed: dict[str, str] = {}
         if query:
@@ -93,10 +95,13 @@ class FunctionRequest:
     def headers(self) -> Headers:
         """The request's fields by case-insensitive name."""
         if self._headers is None:
-            self._headers = Headers(
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw_headers]
-            )
+            self._headers = Headers(self._header_pairs())
         return self._headers
+
+    def _header_pairs(self) -> list[tuple[str, str]]:
+        if self._pairs is None:
+            self._pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw_headers]
+        return self._pairs
 
     @property
     def json(self) -> Any:
@@ -125,7 +130,7 @@ class FunctionRequest:
         return {
             "method": self.method,
             "path": self.path,
-            "headers": list(self.headers.items()),
+            "headers": self._header_pairs(),
             "query": self.query,
             "body": self.body.decode("latin-1"),
             "params": self.params,
