@@ -33,7 +33,9 @@ def snippet(text: str, terms: list[str], *, width: int = SNIPPET_CHARS) -> str:
         match = re.search(rf"(?<![^\W_]){re.escape(term)}(?![^\W_])", lowered)
         if match is not None and (first < 0 or match.start() < first):
             first = match.start()
-    start = max(0, first - width // 4) if first >= 0 else 0
+    start = first - width // 4 if first >= 0 else 0
+    if start < width // 4:
+        start = 0  # so near the beginning that cutting it off would hide more than it shows
     if start > 0:
         space = flat.find(" ", start)
         start = space + 1 if 0 <= space < start + 20 else start
