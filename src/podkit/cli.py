@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "queue": "podkit.batch.queue.cli:group",
     "restart": "podkit.pods.cli:restart_command",
     "scale": "podkit.pods.cli:scale_command",
+    "split": "podkit.ambassador.split.command:command",
     "status": "podkit.pods.cli:status_command",
     "tls": "podkit.sidecar.tls:command",
     "up": "podkit.pods.cli:up_command",
