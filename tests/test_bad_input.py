@@ -34,6 +34,7 @@ REQUIRED: dict[str, list[str]] = {
     "podkit queue stats": ["sqlite:///q.db", "jobs"],
     "podkit queue work": ["sqlite:///q.db", "jobs"],
     "podkit scale": ["web", "2"],
+    "podkit split": ["--primary", "http://127.0.0.1:1"],
     "podkit tls": ["--cert", "c.pem", "--key", "k.pem", "--upstream", "http://127.0.0.1:1"],
 }
 # What comes after the options: a command to run, for the commands that run one.
@@ -196,6 +197,11 @@ def test_queue_put_stores_an_item_that_is_not_utf8_and_refuses_it_as_json(
             "podkit balance",
             ["balance", "--listen", "127.0.0.1:0", "--backends-file", "{file}"],
             "backends.txt",
+        ),
+        (
+            "podkit split",
+            ["split", "--listen", "127.0.0.1:0", "--config", "{file}"],
+            "split.yaml",
         ),
         (
             "podkit tls",

@@ -318,3 +318,19 @@ async def test_a_candidate_answering_500_is_rolled_back_within_one_window() -> N
     assert "5xx" in ramp["reason"]  # type: ignore[index]
     arms = {a["name"]: a for a in view["arms"]}  # type: ignore[index]
     assert arms["candidate"]["weight"] == "0%"
+
+
+async def test_client_ip_stickiness_believes_a_trusted_proxy() -> None:
+    from podkit.serving.balance import parse_networks
+
+    async with serve_app(JSONApp("p")) as pu, serve_app(JSONApp("c")) as cu:
+        spec = table(pu, cu, 0.5, sticky=StickyKey.parse("client-ip"))
+        options = SplitOptions(table=spec, trusted_proxies=parse_networks(["127.0.0.0/8"]))
+        async with serve_splitter(options) as (_, port), client(port) as c:
+            seen: dict[str, set[str]] = {}
+            for i in range(40):
+                for _ in range(2):
+                    _, headers, _ = await c.get(headers={"X-Forwarded-For": f"203.0.113.{i}"})
+                    seen.setdefault(str(i), set()).add(headers["x-served-by"])
+    assert all(len(arms) == 1 for arms in seen.values())
+    assert {arm for arms in seen.values() for arm in arms} == {"p", "c"}

@@ -86,6 +86,7 @@ from podkit.runtime import Response as AdminResponse
 from podkit.runtime import Runtime
 from podkit.runtime.logging import get_logger
 from podkit.runtime.metrics import LATENCY_BUCKETS
+from podkit.serving.balance._affinity import IPNetwork, client_ip
 
 DEFAULT_CONNECT_TIMEOUT = 2.0  # an upstream on a LAN connects in well under a millisecond
 DEFAULT_TIMEOUT = 60.0  # silence allowed from an arm while it answers (nginx 60 s)
@@ -150,7 +151,7 @@ class SplitOptions:
     primary_b: str | None = None
     diff_ignore_headers: frozenset[str] = DEFAULT_IGNORED_HEADERS
     ramp: RampOptions | None = None
-    trusted_proxies: tuple[Any, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     source_address: str | None = None
@@ -424,8 +425,7 @@ class Splitter:
         headers = _text(request.headers) if self._needs_text else []
         client = request.client[0]
         if self.options.trusted_proxies and table.sticky is not None:
-            from podkit.serving.balance._affinity import client_ip
-
+            # Behind a trusted proxy the user's address is in X-Forwarded-For.
             client = client_ip(
                 client, headers or _text(request.headers), trusted=self.options.trusted_proxies
             )
