@@ -22,6 +22,7 @@ BAD_BYTES = os.fsencode(BAD)
 # Valid values for what each command requires, so that the bad value under test is the
 # only thing wrong. Options not listed take their defaults.
 REQUIRED: dict[str, list[str]] = {
+    "podkit broker": ["--env-from", "env:PODKIT_ENV", "--map", "dev=127.0.0.1:1"],
     "podkit cache": ["--upstream", "http://127.0.0.1:1"],
     "podkit configsync": ["--source", "http://127.0.0.1:1/c", "--dest", "c.ini"],
     "podkit elect": ["--name", "job"],

@@ -30,6 +30,7 @@ from podkit.errors import EXIT_USAGE, PodkitError
 COMMANDS: dict[str, str] = {
     "adapt": "podkit.adapter.cli:group",
     "balance": "podkit.serving.balance.command:command",
+    "broker": "podkit.ambassador.broker.command:command",
     "cache": "podkit.serving.cache.command:command",
     "configsync": "podkit.sidecar.configsync:command",
     "down": "podkit.pods.cli:down_command",
