@@ -323,3 +323,32 @@ def test_bad_flags_are_one_line_errors(args: tuple[str, ...], message: str) -> N
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("podkit broker: error: ")
     assert message in lines[0]
+
+
+async def test_http_mode_follows_the_environment_and_rewrites_host(env_file: Path) -> None:
+    from podkit.engines.http import Request, Response
+    from tests.split.conftest import client, serve_app
+
+    def app(name: str):  # type: ignore[no-untyped-def]
+        async def handle(request: Request) -> Response:
+            return Response(200, [], f"{name} {request.header('host')}".encode())
+
+        return handle
+
+    async with serve_app(app("dev")) as dev_url, serve_app(app("prod")) as prod_url:
+        envs = {"dev": (Upstream.parse(dev_url),), "prod": (Upstream.parse(prod_url),)}
+        options = BrokerOptions(
+            mode="http",
+            source=EnvSource("file", str(env_file)),
+            envs=envs,
+            rewrite_host=True,
+            source_interval=0.05,
+        )
+        async with open_broker(options) as (broker, port), client(port) as c:
+            await wait_until(lambda: broker.table.environment == "dev", what="dev")
+            _, _, body = await c.get("/")
+            assert body == f"dev {dev_url.removeprefix('http://')}".encode()
+            await asyncio.to_thread(env_file.write_text, "prod")
+            await wait_until(lambda: broker.table.environment == "prod", what="prod")
+            _, _, body = await c.get("/")
+            assert body.startswith(b"prod ")
