@@ -352,3 +352,28 @@ async def test_http_mode_follows_the_environment_and_rewrites_host(env_file: Pat
             await wait_until(lambda: broker.table.environment == "prod", what="prod")
             _, _, body = await c.get("/")
             assert body.startswith(b"prod ")
+
+
+async def test_a_reloaded_map_file_moves_new_connections(
+    two_redis: tuple[RedisServer, RedisServer], env_file: Path, tmp_path: Path
+) -> None:
+    dev, prod = two_redis
+    await label(dev, "dev")
+    await label(prod, "prod")
+    map_file = tmp_path / "map.yaml"
+    map_file.write_text(f"dev: 127.0.0.1:{dev.port}\n")
+    options = BrokerOptions(
+        source=EnvSource("file", str(env_file)),
+        envs={"dev": ups(dev.port)},
+        map_file=map_file,
+        drain_timeout=5.0,
+    )
+    async with open_broker(options) as (broker, port):
+        await wait_until(lambda: broker.table.environment == "dev", what="dev")
+        assert await whose(port) == "dev"
+        await asyncio.to_thread(map_file.write_text, f"dev: [127.0.0.1:{prod.port}]\n")
+        assert broker.reload()
+        assert await whose(port) == "prod"
+        await asyncio.to_thread(map_file.write_text, "dev: nowhere\n")
+        assert not broker.reload()
+        assert await whose(port) == "prod"

@@ -334,3 +334,29 @@ async def test_client_ip_stickiness_believes_a_trusted_proxy() -> None:
                     seen.setdefault(str(i), set()).add(headers["x-served-by"])
     assert all(len(arms) == 1 for arms in seen.values())
     assert {arm for arms in seen.values() for arm in arms} == {"p", "c"}
+
+
+async def test_a_candidate_whose_answers_differ_is_rolled_back_on_the_diff_rule() -> None:
+    async with serve_app(JSONApp("p")) as pu, serve_app(JSONApp("c")) as cu:
+        options = SplitOptions(
+            table=table(pu, cu, 0.0),
+            shadow=ShadowOptions(url=cu),
+            diff=True,
+            ramp=RampOptions(
+                steps=(0.1, 1.0),
+                every=60.0,
+                rules=parse_rollback_rules("diff>0.5%"),
+                min_requests=10,
+            ),
+        )
+        async with serve_splitter(options) as (splitter, port), client(port) as c:
+            ramp = splitter.ramp
+            assert ramp is not None
+            await wait_until(lambda: ramp.started, what="ramp started")
+            for _ in range(40):
+                await c.get("/item")
+                if ramp.state.value == "rolled-back":
+                    break
+            await wait_until(lambda: ramp.state.value == "rolled-back", what="rollback")
+            assert "diff mismatch" in ramp.reason
+            assert splitter.table.weights == {"candidate": 0.0}

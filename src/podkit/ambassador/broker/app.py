@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
@@ -26,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from podkit.ambassador.broker._auth import RedisCredentials, redis_auth
 from podkit.ambassador.broker._core import BrokerTable, EnvChange, Health
+from podkit.ambassador.broker._mapfile import read_map_file
 from podkit.ambassador.broker._sources import DEFAULT_SOURCE_INTERVAL, EnvSource, serve_source
 from podkit.engines.errors import NoUpstreamAvailable
 from podkit.engines.http import (
@@ -40,7 +42,7 @@ from podkit.engines.http import (
 )
 from podkit.engines.http.access_log import AccessLogSettings
 from podkit.engines.tcp import TCPProxy
-from podkit.errors import PodkitError
+from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
 from podkit.runtime import Runtime
@@ -64,6 +66,8 @@ class BrokerOptions:
     mode: Mode = "tcp"
     source: EnvSource = field(default_factory=lambda: EnvSource("env", "PODKIT_ENV"))
     envs: Mapping[str, Sequence[Upstream]] = field(default_factory=dict)
+    map_file: Path | None = None
+    map_overrides: Mapping[str, Sequence[Upstream]] = field(default_factory=dict)
     redis_auth: Mapping[str, RedisCredentials] = field(default_factory=dict)
     rewrite_host: bool = False
     interval: float = DEFAULT_INTERVAL
@@ -164,6 +168,27 @@ class Broker:
         )
         self._pending.append(change)
         self.changed.set()
+
+    def reload(self) -> bool:
+        """Re-read the map file (``--map`` entries still win); a change of the current
+        environment's upstreams starts a new epoch.
+
+        Returns:
+            True when the map was applied; False (the previous one kept) on an error.
+        """
+        path = self.options.map_file
+        if path is None:
+            return True
+        try:
+            envs = read_map_file(path, http=self.options.mode == "http")
+            envs.update({k: tuple(v) for k, v in self.options.map_overrides.items()})
+            change = self.table.set_map(envs)
+        except ConfigError as exc:
+            self.log.error("map file rejected; keeping the previous map", extra={"error": str(exc)})
+            return False
+        if change is not None:
+            self._apply(change)
+        return True
 
     def pick(self, client: tuple[str, int] | None = None) -> Upstream | None:
         """The upstream for a new connection, or None (closed) when the environment has none."""
@@ -350,6 +375,11 @@ async def serve_broker(rt: Runtime, options: BrokerOptions) -> None:
     """Serve ``podkit broker`` inside the runtime until it drains."""
     async with open_broker(options, registry=rt.registry) as (broker, port):
         rt.add_route("/broker", broker.admin_broker)
+
+        def reload_map() -> None:
+            broker.reload()
+
+        rt.on_reload(reload_map)
         rt.add_status(
             lambda: {
                 "environment": broker.table.environment,

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from podkit.ambassador.broker._auth import parse_redis_auth
-from podkit.ambassador.broker._core import parse_map_entry, parse_upstreams
+from podkit.ambassador.broker._core import parse_map_entry
+from podkit.ambassador.broker._mapfile import read_map_file
 from podkit.ambassador.broker._sources import DEFAULT_SOURCE_INTERVAL, EnvSource
 from podkit.ambassador.broker.app import (
     DEFAULT_CHECK_TIMEOUT,
@@ -35,30 +36,10 @@ from podkit.runtime import (
     Runtime,
     RuntimeOptions,
     format_duration,
-    load_yaml,
     run_component,
 )
 from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
 from podkit.serving.balance._affinity import parse_networks
-
-
-def read_map_file(path: Path, *, http: bool) -> dict[str, tuple[Upstream, ...]]:
-    """A YAML map ``{ENV: "HOST:PORT,HOST:PORT" or [HOST:PORT, ...]}``.
-
-    Raises:
-        ConfigError: naming the file and the environment.
-    """
-    data = load_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError("expected a mapping of ENV: HOST:PORT[,HOST:PORT...]", source=str(path))
-    envs: dict[str, tuple[Upstream, ...]] = {}
-    for name, value in data.items():
-        text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
-        try:
-            envs[str(name)] = parse_upstreams(text, field=str(name), http=http)
-        except ConfigError as exc:
-            raise ConfigError(exc.reason, source=str(path), path=str(name)) from exc
-    return envs
 
 
 @click.command(cls=PodkitCommand)
@@ -181,12 +162,12 @@ def command(
     envs: dict[str, tuple[Upstream, ...]] = {}
     if map_file is not None:
         envs.update(read_map_file(map_file, http=http))
-    given: set[str] = set()
+    overrides: dict[str, tuple[Upstream, ...]] = {}
     for text in maps:
         name, ups = parse_map_entry(text, http=http)
-        if name in given:
+        if name in overrides:
             raise ConfigError(f"environment {name!r} is mapped twice", path="--map")
-        given.add(name)
+        overrides[name] = ups
         envs[name] = ups  # a --map wins over the map file's entry
     if not envs:
         raise click.UsageError("give at least one --map ENV=HOST:PORT or a --map-file")
@@ -213,6 +194,8 @@ def command(
         mode=mode,
         source=EnvSource.parse(env_from, environ=environ),
         envs=envs,
+        map_file=map_file,
+        map_overrides=overrides,
         redis_auth=credentials,
         rewrite_host=rewrite_host,
         interval=interval,

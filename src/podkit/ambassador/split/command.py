@@ -3,6 +3,7 @@ out."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -321,8 +322,8 @@ def command(
             arm=names[1],
             min_requests=ramp_min_requests,
         )
-        table = type(table)(
-            table.arms, {names[1]: ramp_options.steps[0]}, table.routes, table.sticky
+        table = dataclasses.replace(
+            table, weights={**table.weights, names[1]: ramp_options.steps[0]}
         )
     elif rollback_on is not None or _given(ctx, "every") or _given(ctx, "ramp_min_requests"):
         raise click.UsageError("--rollback-on, --every and --ramp-min-requests apply to --ramp")
