@@ -242,3 +242,16 @@ def test_the_admin_endpoint_serves_split_and_diff(two_backends: tuple[Backend, B
         metrics = request(split.admin, "/metrics").body.decode()
         assert 'podkit_split_requests_total{arm="primary",code="2xx"} 1.0' in metrics
         assert 'podkit_split_diff_compared_total{route="GET /"} 1.0' in metrics
+
+
+def test_the_ambassadors_example_pod_file_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "podkit", "up", "--check", str(root / "examples/ambassadors.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok (4 pods: v1, v2, edge, env)" in done.stdout + done.stderr
