@@ -318,6 +318,7 @@ async def test_a_candidate_answering_500_is_rolled_back_within_one_window() -> N
     assert "5xx" in ramp["reason"]  # type: ignore[index]
     arms = {a["name"]: a for a in view["arms"]}  # type: ignore[index]
     assert arms["candidate"]["weight"] == "0%"
+    assert ramp["trace"][-1]["rules"] == ["5xx"]  # type: ignore[index]
 
 
 async def test_client_ip_stickiness_believes_a_trusted_proxy() -> None:

@@ -183,6 +183,7 @@ class RampDecision:
     action: str
     weight: float
     reason: str
+    rules: tuple[str, ...] = ()  # the rules breached, for a rollback
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -190,6 +191,7 @@ class RampDecision:
             "action": self.action,
             "weight": format_percent(self.weight),
             "reason": self.reason,
+            **({"rules": list(self.rules)} if self.rules else {}),
         }
 
 
@@ -255,8 +257,10 @@ class Ramp:
         self.diff_compared = 0
         self.diff_regressions = 0
 
-    def _decide(self, now: float, action: str, reason: str) -> RampDecision:
-        decision = RampDecision(now, action, self.weight, reason)
+    def _decide(
+        self, now: float, action: str, reason: str, rules: tuple[str, ...] = ()
+    ) -> RampDecision:
+        decision = RampDecision(now, action, self.weight, reason, rules)
         self.trace.append(decision)
         self.reason = reason
         return decision
@@ -343,7 +347,8 @@ class Ramp:
         breaches, no_data = self.judge()
         if breaches:
             self._move(RampState.ROLLED_BACK)
-            return self._decide(now, "rollback", "; ".join(breaches))
+            kinds = tuple(b.split(" ", 1)[0] for b in breaches)
+            return self._decide(now, "rollback", "; ".join(breaches), kinds)
         if now - self.window_start < self.every:
             return None
         if no_data:

@@ -270,9 +270,12 @@ class _SplitCollector(Collector):
             for st in RampState:
                 state.add_metric([st.value], 1.0 if s.ramp.state is st else 0.0)
             rollbacks = CounterMetricFamily(
-                "podkit_split_ramp_rollbacks", "Ramps rolled back to weight 0."
+                "podkit_split_ramp_rollbacks",
+                "Ramps rolled back to weight 0, by breached rule (5xx, p99, diff).",
+                labels=["rule"],
             )
-            rollbacks.add_metric([], s.rollbacks)
+            for rule, count in sorted(s.rollbacks.items()):
+                rollbacks.add_metric([rule], count)
             found += [state, rollbacks]
         return found
 
@@ -323,7 +326,7 @@ class Splitter:
         self.traffic: dict[str, ArmTraffic] = {a.name: ArmTraffic() for a in self.spec.arms}
         self.reloads = 0
         self.reload_errors = 0
-        self.rollbacks = 0
+        self.rollbacks: dict[str, int] = {}
         self.board: DiffBoard | None = (
             DiffBoard(options.diff_ignore_headers) if options.diff else None
         )
@@ -577,7 +580,8 @@ class Splitter:
         arm = self.options.ramp.arm
         self.table.set_weights({arm: decision.weight})
         if decision.action == "rollback":
-            self.rollbacks += 1
+            for rule in decision.rules:
+                self.rollbacks[rule] = self.rollbacks.get(rule, 0) + 1
             self.log.error(
                 "ramp rolled back",
                 extra={"arm": arm, "weight": format_percent(0.0), "reason": decision.reason},
