@@ -55,7 +55,7 @@ async def serve_splitter(options: SplitOptions) -> AsyncIterator[tuple[Splitter,
     """A splitter serving on a free port; yields it and the port."""
     async with (
         open_splitter(options, registry=CollectorRegistry()) as splitter,
-        HTTPServer(splitter.handle, host="127.0.0.1", port=0, name="split") as server,
+        HTTPServer(splitter.direct_handler(), host="127.0.0.1", port=0, name="split") as server,
     ):
         yield splitter, server.port
 

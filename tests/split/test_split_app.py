@@ -275,14 +275,16 @@ async def drive(c, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
         await c.get("/r")
 
 
-async def ramp_run(candidate: JSONApp, *, until: str) -> tuple[list[str], dict[str, object]]:
+async def ramp_run(
+    candidate: JSONApp, *, until: str, rules: str = "5xx>1%,p99>1.5x"
+) -> tuple[list[str], dict[str, object]]:
     async with serve_app(JSONApp("p")) as pu, serve_app(candidate) as cu:
         options = SplitOptions(
             table=table(pu, cu, 0.0),
             ramp=RampOptions(
                 steps=(0.1, 0.5, 1.0),
                 every=0.4,
-                rules=parse_rollback_rules("5xx>1%,p99>1.5x"),
+                rules=parse_rollback_rules(rules),
                 min_requests=10,
             ),
         )
@@ -295,6 +297,10 @@ async def ramp_run(candidate: JSONApp, *, until: str) -> tuple[list[str], dict[s
                     group.create_task(drive(c, stop))
                 try:
                     await wait_until(lambda: ramp.state.value == until, timeout=20, what=until)
+                except AssertionError as exc:
+                    stats = ramp.statistics(splitter.clock())
+                    traffic = [(k, v.as_json()) for k, v in splitter.traffic.items()]
+                    raise AssertionError(f"{exc}: {stats} {traffic}") from None
                 finally:
                     stop.set()
             view = splitter.split_view()
@@ -302,7 +308,9 @@ async def ramp_run(candidate: JSONApp, *, until: str) -> tuple[list[str], dict[s
 
 
 async def test_a_healthy_candidate_ramps_to_100_percent() -> None:
-    actions, view = await ramp_run(JSONApp("c"), until="complete")
+    # The 5xx rule only: both arms share this test's event loop on a shared machine, where
+    # the p99 of a 0.4 s window is noise (the p99 rule is tested on the core).
+    actions, view = await ramp_run(JSONApp("c"), until="complete", rules="5xx>1%")
     assert actions[0] == "start"
     assert actions[-1] == "complete"
     assert "rollback" not in actions

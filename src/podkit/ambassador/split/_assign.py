@@ -345,6 +345,12 @@ class SplitTable:
         """A user's stable point in ``[0, 1)`` (see the module)."""
         return key_hash(key, seed=STICKY_SEED) / 2.0**64
 
+    def arm_for_key(self, key: str | None) -> str:
+        """The split's arm for a user's key (None: a random point), match rules aside."""
+        if key is not None:
+            return self.arm_at(self.point(key))
+        return self.arm_at(self.rng.random())
+
     def assign(
         self,
         *,

@@ -8,12 +8,14 @@ requests-in-time, by the rules of ``--rollback-on``:
 * ``5xx>1%``: the candidate's share of 5xx answers (errors that reached no answer count as
   5xx) exceeds the primary's by more than one percentage point;
 * ``p99>1.5x``: the candidate's 99th percentile latency exceeds 1.5 times the primary's (and
-  by more than ``p99_floor`` seconds, so that 0.4 ms against 0.2 ms is not a breach);
+  by more than ``p99_floor`` seconds, so that 0.4 ms against 0.2 ms is not a breach), judged
+  over the whole window only;
 * ``diff>0.5%``: the candidate's noise-corrected response mismatch rate exceeds 0.5 %.
 
 A rule is judged only once it has ``min_requests`` observations on each side it reads; until
-then it has *no data*. A breach (checked at every tick, not only at the end of a window)
-rolls back at once: weight 0, state ``rolled-back``, and the reason in the trace. At the end
+then it has *no data*. A breach (of ``5xx`` and ``diff``, checked at every tick; of
+``p99``, at the end of the window, since a percentile of part of a window is noise) rolls
+back at once: weight 0, state ``rolled-back``, and the reason in the trace. At the end
 of a window with data for every rule and no breach, the ramp promotes to the next step; a
 window that ended without enough data *holds*: the weight stays and a new window starts, so
 the ramp never promotes or fails on no data. Reaching the last step completes the ramp.
@@ -294,13 +296,20 @@ class Ramp:
         if regression:
             self.diff_regressions += 1
 
-    def judge(self) -> tuple[list[str], list[str]]:
-        """The breaches and the rules without enough data, in the current window."""
+    def judge(self, *, window_end: bool = True) -> tuple[list[str], list[str]]:
+        """The breaches and the rules without enough data, in the current window.
+
+        Before the window's end (``window_end=False``) the p99 rule is left out: a
+        percentile of part of a window is noise (a few slow requests make it), while a 5xx
+        rate or a mismatch rate above its threshold is already evidence.
+        """
         breaches: list[str] = []
         no_data: list[str] = []
         enough = self.min_requests
         cand, prim = self.candidate, self.primary
         for rule in self.rules:
+            if rule.kind == "p99" and not window_end:
+                continue
             if rule.kind == "5xx":
                 if cand.requests < enough:
                     no_data.append(f"5xx: {cand.requests}/{enough} candidate requests")
@@ -344,12 +353,13 @@ class Ramp:
         changes, or the window held."""
         if self.state is not RampState.RAMPING or not self.started:
             return None
-        breaches, no_data = self.judge()
+        window_end = now - self.window_start >= self.every
+        breaches, no_data = self.judge(window_end=window_end)
         if breaches:
             self._move(RampState.ROLLED_BACK)
             kinds = tuple(b.split(" ", 1)[0] for b in breaches)
             return self._decide(now, "rollback", "; ".join(breaches), kinds)
-        if now - self.window_start < self.every:
+        if not window_end:
             return None
         if no_data:
             self._new_window(now)

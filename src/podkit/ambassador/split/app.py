@@ -24,7 +24,7 @@ import os
 import random
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,8 @@ from podkit.engines.http import (
     upstream_request_headers,
 )
 from podkit.engines.http.access_log import AccessLogSettings
+from podkit.engines.http.client import ResponseSink, StaleConnection, forwarded_head
+from podkit.engines.http.proxy import ProxyHandler
 from podkit.errors import ConfigError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
@@ -425,13 +427,19 @@ class Splitter:
     def arm_for(self, request: Request) -> str:
         """The arm that answers ``request``."""
         table = self.table
-        headers = _text(request.headers) if self._needs_text else []
+        sticky = table.sticky
+        trusted = self.options.trusted_proxies
+        if not table.routes and (sticky is None or sticky.source == "header"):
+            # The common cases, without decoding every header field.
+            if sticky is None:
+                return table.arm_for_key(None)
+            value = request.header(sticky.name)
+            return table.arm_for_key(value.strip() or None if value is not None else None)
+        headers = _text(request.headers) if self._needs_text or trusted else []
         client = request.client[0]
-        if self.options.trusted_proxies and table.sticky is not None:
+        if trusted and sticky is not None:
             # Behind a trusted proxy the user's address is in X-Forwarded-For.
-            client = client_ip(
-                client, headers or _text(request.headers), trusted=self.options.trusted_proxies
-            )
+            client = client_ip(client, headers, trusted=trusted)
         return table.assign(
             method=request.method,
             path=request.path,
@@ -497,7 +505,15 @@ class Splitter:
 
     async def handle(self, request: Request) -> Response:
         """Forward one request to its arm (and mirror it when it is the primary's)."""
-        arm = self.arm_for(request)
+        return await self.forward(request, self.arm_for(request))
+
+    def direct_handler(self) -> DirectSplit:
+        """:meth:`handle` as the server's direct path drives it (see :class:`DirectSplit`)."""
+        return DirectSplit(self)
+
+    async def forward(self, request: Request, arm: str) -> Response:
+        """Forward ``request`` to ``arm`` (chosen already), mirroring it when it is the
+        primary's and a shadow is set."""
         job: ShadowJob | None = None
         if self.shadow is not None and arm == self.table.primary:
             job = await self._shadow_job(request)
@@ -691,6 +707,100 @@ class Splitter:
         return AdminResponse.json(200, json.dumps(self.board.statistics(), indent=2) + "\n")
 
 
+class DirectSplit(ProxyHandler):
+    """:meth:`Splitter.handle` with the engine's direct path for the common case.
+
+    The server calls :meth:`start` from its protocol callbacks for a body-less request. When
+    no shadow is set, the arm is chosen and, if the pool has an idle kept-alive connection to
+    it, the request is written at once and the outcome comes back through a
+    :class:`_DirectAttempt` (no task per request). Anything else goes down the ordinary path,
+    with the arm already chosen.
+    """
+
+    def __init__(self, splitter: Splitter) -> None:
+        # Not ProxyHandler.__init__: there is no one fixed upstream; only what the server's
+        # direct path reads (start, via) and the ordinary call are provided.
+        self._handle = splitter.handle
+        self.splitter = splitter
+        self.pool = splitter.upstreams
+        self.forwarding = splitter.forwarding
+        self.timeout = splitter.options.timeout
+        via = splitter.forwarding.via
+        self.via = splitter.forwarding.via_hop("1.1") if via else None
+        self.sent = 0  # requests written on an idle connection from the server's callbacks
+
+    def start(self, request: Request, sink: ResponseSink) -> Callable[[], None] | None:
+        """Choose the arm and send ``request`` on an idle connection when one is ready;
+        otherwise hand it to the ordinary path (see :meth:`ProxyHandler.start`)."""
+        s = self.splitter
+        if s.shadow is not None:
+            return None  # the ordinary path mirrors
+        arm = s.arm_for(request)
+        upstream = s.arm_urls[arm]
+        head = forwarded_head(request, self.forwarding, upstream, upstream.authority.encode("idna"))
+        attempt = _DirectAttempt(s, arm, sink, s.clock())
+        abort = self.pool.send_to(upstream, request, head, self.timeout, attempt)
+        if abort is None:
+            sink.set_exception(StaleConnection(resume=_resume(s, arm)))
+            return _nothing
+        self.sent += 1
+        attempt.abort = abort
+        return attempt.abandon
+
+
+def _nothing() -> None:
+    """Abandoning an exchange already handed to the ordinary path: nothing to do."""
+
+
+def _resume(splitter: Splitter, arm: str) -> Callable[[Request], Awaitable[Response]]:
+    def resume(request: Request) -> Awaitable[Response]:
+        return splitter.forward(request, arm)
+
+    return resume
+
+
+class _DirectAttempt:
+    """The sink of one directly sent request: counts its outcome, then passes it on."""
+
+    def __init__(self, splitter: Splitter, arm: str, sink: ResponseSink, started: float) -> None:
+        self.splitter = splitter
+        self.arm = arm
+        self.sink = sink
+        self.started = started
+        self.ended = False
+        self.abort: Callable[[], None] | None = None
+
+    def done(self) -> bool:
+        return self.ended
+
+    def set_result(self, response: Response, /) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        s = self.splitter
+        s.record(self.arm, response.status, s.clock() - self.started)
+        self.sink.set_result(response)
+
+    def set_exception(self, exc: BaseException, /) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        s = self.splitter
+        if isinstance(exc, StaleConnection):
+            # The kept-alive connection had closed: the ordinary path sends it again.
+            self.sink.set_exception(StaleConnection(resume=_resume(s, self.arm)))
+            return
+        if isinstance(exc, UpstreamError):
+            s.record(self.arm, None, s.clock() - self.started)
+        self.sink.set_exception(exc)
+
+    def abandon(self) -> None:
+        """The client went away: its upstream connection is closed."""
+        self.ended = True
+        if self.abort is not None:
+            self.abort()
+
+
 @contextlib.asynccontextmanager
 async def open_splitter(
     options: SplitOptions,
@@ -759,7 +869,7 @@ async def serve_split(rt: Runtime, options: SplitOptions) -> None:
             }
         )
         async with HTTPServer(
-            splitter.handle,
+            splitter.direct_handler(),
             host=options.host,
             port=options.port,
             limits=options.limits,
