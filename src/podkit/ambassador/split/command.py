@@ -73,6 +73,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option(
     "--weight",
     default="0%",
+    metavar="PERCENT",
     show_default=True,
     help="The candidate's share of traffic (the primary takes the rest).",
 )
@@ -103,6 +104,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option(
     "--shadow-rate",
     default="100%",
+    metavar="PERCENT",
     show_default=True,
     help="Fraction of the primary's requests mirrored.",
 )
