@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from podkit.ambassador.split._diff import Captured
 from podkit.engines.errors import UpstreamError
@@ -55,7 +55,6 @@ class ShadowJob:
     route: str
     primary: asyncio.Future[Captured | None] | None = None
     enqueued: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
 
     def request(self) -> Request:
         return Request(self.method, self.target, list(self.headers), self.body)

@@ -490,8 +490,8 @@ class Splitter:
             if len(body) > settings.max_body:
                 shadow.count("skipped-body")
                 return None
+        # The same fields the primary gets, Host included: the shadow sees the same request.
         headers = upstream_request_headers(request, self.forwarding)
-        headers = [(n, v) for n, v in headers if n.lower() != b"host"]
         primary = asyncio.get_running_loop().create_future() if self.board is not None else None
         return ShadowJob(
             request.method,
