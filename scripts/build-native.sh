@@ -24,6 +24,12 @@ MODULES=(
     podkit/serving/balance/_pickers.py
     podkit/serving/balance/_retry.py
     podkit/serving/balance/_direct.py
+    podkit/ambassador/shard/_resp.py
+    podkit/ambassador/shard/_memcache.py
+    podkit/ambassador/shard/_redis_commands.py
+    podkit/ambassador/shard/_router.py
+    podkit/ambassador/shard/_hotkeys.py
+    podkit/ambassador/shard/_connections.py
 )
 
 clean() {

@@ -12,6 +12,8 @@ declare -A PACKAGES=(
   [nginx]=nginx
   [haproxy]=haproxy
   [promtool]=prometheus
+  [nutcracker]=nutcracker        # twemproxy: podkit shard's placement and bench peer
+  [memcaslap]=libmemcached-tools # memcached load generator for bench/shard.sh
 )
 
 # Debian keeps PostgreSQL's server programs (initdb, pg_ctl, postgres) off PATH, under
@@ -48,7 +50,7 @@ if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/
   exit 1
 fi
 # Debian starts services it installs where it can; the tests start their own on free ports.
-for svc in redis-server etcd memcached nginx haproxy postgresql prometheus; do
+for svc in redis-server etcd memcached nginx haproxy postgresql prometheus nutcracker; do
   (command -v service >/dev/null 2>&1 && $SUDO service "$svc" stop >/dev/null 2>&1) || true
 done
 for bin in "${!PACKAGES[@]}"; do

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "queue": "podkit.batch.queue.cli:group",
     "restart": "podkit.pods.cli:restart_command",
     "scale": "podkit.pods.cli:scale_command",
+    "shard": "podkit.ambassador.shard.command:command",
     "split": "podkit.ambassador.split.command:command",
     "status": "podkit.pods.cli:status_command",
     "tls": "podkit.sidecar.tls:command",

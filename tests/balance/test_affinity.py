@@ -61,3 +61,11 @@ def test_header_and_cookie_keys_fall_back_to_the_client_ip() -> None:
 def test_bad_trusted_proxy_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="--trusted-proxy"):
         parse_networks(["not-an-ip"])
+
+
+def test_uri_and_path_hash_the_request_target() -> None:
+    uri, path = AffinityKey.parse("uri"), AffinityKey.parse("path")
+    assert str(uri) == "uri"
+    assert str(path) == "path"
+    assert uri.extract("192.0.2.9", [], target="/a/b?x=1") == "/a/b?x=1"
+    assert path.extract("192.0.2.9", [], target="/a/b?x=1") == "/a/b"

@@ -1,5 +1,8 @@
-"""Ambassadors: components beside an app that broker its traffic to the rest of the world.
+"""Ambassadors: components that stand between an application and the services it calls.
 
-``podkit split`` (request splitting, sticky canaries, shadow traffic with response diffs,
-progressive delivery) lives in :mod:`podkit.ambassador.split`.
+* :mod:`podkit.ambassador.shard`: a sharding router for memcached and Redis (``podkit shard``).
+* :mod:`podkit.ambassador.split`: request splitting, sticky canaries, shadow traffic with
+  response diffs and progressive delivery (``podkit split``).
+* :mod:`podkit.ambassador.broker`: one local address, the current environment's upstreams
+  (``podkit broker``).
 """

@@ -24,6 +24,7 @@ _APT_PACKAGE = {
     "etcd": "etcd-server",
     "etcdctl": "etcd-client",
     "memcached": "memcached",
+    "nutcracker": "nutcracker",
     "nginx": "nginx",
     "haproxy": "haproxy",
     "promtool": "prometheus",
@@ -345,3 +346,56 @@ class HAProxyServer(_Server):
     @property
     def stats_url(self) -> str:
         return f"http://{self.host}:{self.stats_port}/stats"
+
+
+class NutcrackerServer(_Server):
+    """``nutcracker`` (twemproxy) in front of ``servers``: the peer ``podkit shard`` is
+    compared with, for key placement and in the benchmarks.
+
+    Args:
+        servers: ``(name, host, port)`` of each shard; the name is what keys hash to.
+        redis: speak RESP to the shards instead of the memcached text protocol.
+        hash, distribution: twemproxy's ``hash`` and ``distribution`` (md5 and ketama,
+            the placement libmemcached and ``podkit shard --algo ring --hash md5`` use).
+    """
+
+    binary = "nutcracker"
+
+    def __init__(
+        self,
+        servers: list[tuple[str, str, int]],
+        *,
+        redis: bool = False,
+        hash: str = "md5",
+        distribution: str = "ketama",
+        port: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(port=port, host=host)
+        self.stats_port = free_port(host)
+        lines = [
+            "pool:",
+            f"  listen: {host}:{self.port}",
+            f"  hash: {hash}",
+            f"  distribution: {distribution}",
+            f"  redis: {'true' if redis else 'false'}",
+            "  auto_eject_hosts: false",
+            "  preconnect: true",
+            "  servers:",
+            *(f"    - {h}:{p}:1 {name}" for name, h, p in servers),
+        ]
+        (self.dir / "nutcracker.yml").write_text("\n".join(lines) + "\n")
+
+    def argv(self) -> list[str]:
+        return [
+            require_binary("nutcracker"),
+            "-c", str(self.dir / "nutcracker.yml"),
+            "-s", str(self.stats_port),
+            "-a", self.host,
+            "-o", str(self.dir / "nutcracker.log"),
+            "-p", str(self.dir / "nutcracker.pid"),
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"tcp://{self.host}:{self.port}"

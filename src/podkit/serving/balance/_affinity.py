@@ -4,7 +4,9 @@
 right-most address in ``X-Forwarded-For`` that is not itself a trusted proxy (the left part
 of the header is written by the client and cannot be believed). ``header:NAME`` and
 ``cookie:NAME`` use that header's or cookie's value; a request without it falls back to its
-client IP, so it still lands somewhere stable.
+client IP, so it still lands somewhere stable. ``uri`` uses the request target (path and
+query) and ``path`` the path alone: in front of cache replicas each URL is cached on one of
+them, so the tier holds N times one cache's objects (a sharded cache).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from typing import Literal
 from podkit.errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-AffinitySource = Literal["client-ip", "header", "cookie"]
+AffinitySource = Literal["client-ip", "header", "cookie", "uri", "path"]
 MAX_FORWARDED_HOPS = 32  # a longer X-Forwarded-For chain is an attack, not a topology
 
 
 @dataclass(frozen=True, slots=True)
 class AffinityKey:
-    """What to hash: ``client-ip``, ``header:NAME`` or ``cookie:NAME``."""
+    """What to hash: ``client-ip``, ``uri``, ``path``, ``header:NAME`` or ``cookie:NAME``."""
 
     source: AffinitySource
     name: str = ""
@@ -38,15 +40,20 @@ class AffinityKey:
         text = text.strip()
         if text == "client-ip":
             return cls("client-ip")
+        if text == "uri":
+            return cls("uri")
+        if text == "path":
+            return cls("path")
         kind, sep, name = text.partition(":")
         if sep and name.strip() and kind in ("header", "cookie"):
             return cls("header" if kind == "header" else "cookie", name.strip())
         raise ConfigError(
-            f"expected client-ip, header:NAME or cookie:NAME, got {text!r}", path="--hash-on"
+            f"expected client-ip, uri, path, header:NAME or cookie:NAME, got {text!r}",
+            path="--hash-on",
         )
 
     def __str__(self) -> str:
-        return self.source if self.source == "client-ip" else f"{self.source}:{self.name}"
+        return self.source if not self.name else f"{self.source}:{self.name}"
 
     def extract(
         self,
@@ -54,6 +61,7 @@ class AffinityKey:
         headers: Sequence[tuple[str, str]],
         *,
         trusted: Sequence[IPNetwork] = (),
+        target: str = "",
     ) -> str:
         """The affinity key of a request.
 
@@ -61,7 +69,12 @@ class AffinityKey:
             peer: the socket peer's IP address.
             headers: the request headers as (name, value) pairs.
             trusted: proxies whose ``X-Forwarded-For`` is believed.
+            target: the request target as sent (``/a/b?c=1``), for ``uri`` and ``path``.
         """
+        if self.source == "uri":
+            return target
+        if self.source == "path":
+            return target.partition("?")[0]
         if self.source == "header":
             value = _header(headers, self.name)
             if value is not None and value.strip():

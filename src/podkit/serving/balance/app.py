@@ -340,7 +340,10 @@ class Balancer:
         if self.options.hash_on.source == "client-ip" and not self.options.trusted_proxies:
             return request.client[0]
         return self.options.hash_on.extract(
-            request.client[0], _text(request.headers), trusted=self.options.trusted_proxies
+            request.client[0],
+            _text(request.headers),
+            trusted=self.options.trusted_proxies,
+            target=request.target,
         )
 
     async def handle(self, request: Request) -> Response:

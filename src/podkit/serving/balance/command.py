@@ -122,7 +122,7 @@ MAX_WORKERS = 64  # more processes than this on one host is a typo
     "--hash-on",
     default="client-ip",
     show_default=True,
-    help="What the hash policy hashes: client-ip, header:NAME or cookie:NAME.",
+    help="What the hash policy hashes: client-ip, uri, path, header:NAME or cookie:NAME.",
 )
 @click.option(
     "--hash-algorithm",
