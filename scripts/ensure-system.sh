@@ -14,6 +14,8 @@ declare -A PACKAGES=(
   [promtool]=prometheus
   [nutcracker]=nutcracker        # twemproxy: podkit shard's placement and bench peer
   [memcaslap]=libmemcached-tools # memcached load generator for bench/shard.sh
+  [kubectl]=kubectl              # `kubectl kustomize` builds the rendered manifests (offline)
+  [chromium]=chromium            # the dashboard's browser test (Playwright, executable_path)
 )
 
 # Debian keeps PostgreSQL's server programs (initdb, pg_ctl, postgres) off PATH, under

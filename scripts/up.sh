@@ -16,6 +16,7 @@ a queue source and autoscaled workers on SQLite. When `cache ready` shows:
   curl http://127.0.3.1:8080/cache/30    a cached answer: the same replica for 30 s
   .venv/bin/podkit status                every container (another terminal, this directory)
   .venv/bin/podkit scale web 5           the balancer follows the replicas
+  the dashboard: the address printed as "dashboard at" (127.0.0.1:8400 when free)
 Ctrl-C or `.venv/bin/podkit down` stops everything (or `. .venv/bin/activate`, then `podkit ...`).
 BANNER
     exec $PODKIT up "$QUICKSTART"

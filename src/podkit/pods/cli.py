@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +24,8 @@ from typing import Any
 
 import click
 
-from podkit.errors import PodkitError, PodkitTimeout, UsageError
+from podkit.errors import ListenError, PodkitError, PodkitTimeout, UsageError
+from podkit.pods.dashboard import DEFAULT_DASHBOARD_PORT
 from podkit.pods.logs import (
     DEFAULT_LOG_MAX_BYTES,
     LogFollower,
@@ -42,8 +45,8 @@ from podkit.pods.supervisor import (
     read_state,
     request,
 )
-from podkit.runtime.cli_options import DURATION, SIZE
-from podkit.runtime.config import format_duration, format_size
+from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE
+from podkit.runtime.config import HostPort, format_duration, format_size
 
 DEFAULT_PODFILE = "examples/quickstart.yaml"
 EXIT_NOT_RUNNING = 3  # `podkit status` with nothing running: LSB's "program is not running"
@@ -109,6 +112,21 @@ def _subnet_option(ctx: click.Context, param: click.Parameter, value: str | None
     help="Run the pods in this loopback block, 127.N.0.0/16 (overrides the file's `subnet`).",
 )
 @click.option(
+    "--dashboard",
+    "dashboard",
+    type=HOSTPORT,
+    default=None,
+    help=f"Serve the dashboard here [default: the project's 127.N.0.1:{DEFAULT_DASHBOARD_PORT}, "
+    "or a free port when that is taken].",
+)
+@click.option(
+    "--no-dashboard",
+    is_flag=True,
+    default=False,
+    show_default=True,
+    help="Serve no dashboard.",
+)
+@click.option(
     "--check",
     is_flag=True,
     default=False,
@@ -129,6 +147,8 @@ def up_command(
     wait_timeout: float,
     log_max_size: int,
     subnet: str | None,
+    dashboard: HostPort | None,
+    no_dashboard: bool,
     check: bool,
     schema: bool,
 ) -> int:
@@ -143,11 +163,15 @@ def up_command(
         click.echo(json.dumps(json_schema(), indent=2))
         return 0
     state_dir = state_dir.absolute()
+    if dashboard is not None and no_dashboard:
+        raise UsageError("--dashboard and --no-dashboard exclude each other")
     podfile = load_podfile(file, state_dir=state_dir, subnet=subnet)
     if check:
         names = ", ".join(podfile.pods)
         click.echo(f"{file}: ok ({len(podfile.pods)} pods: {names})")
         return 0
+    if dashboard is not None and not no_dashboard:
+        _check_free(dashboard)
     if detach:
         return _up_detached(
             file,
@@ -156,9 +180,21 @@ def up_command(
             wait_timeout=wait_timeout,
             log_max_size=log_max_size,
             subnet=subnet,
+            dashboard=["--no-dashboard"]
+            if no_dashboard
+            else (["--dashboard", str(dashboard)] if dashboard is not None else []),
         )
+    where: tuple[str, int] | None = None
+    if not no_dashboard:
+        default = (f"127.{podfile.block}.0.1", DEFAULT_DASHBOARD_PORT)
+        where = (dashboard.host, dashboard.port) if dashboard is not None else default
     supervisor = PodSupervisor(
-        podfile, source=file, state_dir=state_dir, log_max_bytes=log_max_size
+        podfile,
+        source=file,
+        state_dir=state_dir,
+        log_max_bytes=log_max_size,
+        dashboard=where,
+        dashboard_fallback=dashboard is None,
     )
     return asyncio.run(supervisor.run())
 
@@ -171,6 +207,7 @@ def _up_detached(
     wait_timeout: float,
     log_max_size: int,
     subnet: str | None,
+    dashboard: list[str],
 ) -> int:
     """Start a supervisor in its own session and wait until every pod is ready."""
     try:
@@ -188,6 +225,7 @@ def _up_detached(
     argv += ["--log-max-size", str(log_max_size)]
     if subnet is not None:
         argv += ["--subnet", subnet]
+    argv += dashboard
     log_path = state_dir / SUPERVISOR_LOG
     with log_path.open("wb") as log:
         child = subprocess.Popen(
@@ -207,11 +245,25 @@ def _up_detached(
         addresses = list(dict.fromkeys(a for c in rows for a in c["address"].split()))
         where = f" at {' '.join(addresses)}" if addresses else ""
         click.echo(f"podkit up: {pod} ready{where}")
+    if status.get("dashboard"):
+        click.echo(f"podkit up: dashboard at {status['dashboard']}")
     click.echo(
         f"podkit up: running in the background (supervisor pid {child.pid}); "
         "`podkit logs -f` follows the output, `podkit down` stops them"
     )
     return 0
+
+
+def _check_free(address: HostPort) -> None:
+    """Raise if the dashboard's address cannot be bound, before anything starts."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address.host, address.port))
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ListenError(address.host, address.port, reason or str(exc)) from exc
 
 
 def _wait_ready(

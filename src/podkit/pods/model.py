@@ -468,6 +468,7 @@ def check_podfile(
     components: Mapping[str, object] | None = None,
     path: str | None = None,
     cwd: Path | None = None,
+    programs: bool = True,
 ) -> None:
     """Check what the model alone cannot: references, cycles, clashes, programs, components.
 
@@ -477,6 +478,8 @@ def check_podfile(
         components: the podkit commands that exist (default: ``podkit.cli.COMMANDS``).
         path: the ``PATH`` to look programs up in (default: the environment's).
         cwd: the directory relative program paths are taken from (default: the current one).
+        programs: look the programs of ``run`` and ``command`` up (False when they run in
+            another image, as for ``podkit render kubernetes``).
 
     Raises:
         ConfigError: the first problem found, with its path in the file.
@@ -546,7 +549,7 @@ def check_podfile(
             container_path = c.env.get("PATH")
             search = container_path if isinstance(container_path, str) else pod.env.get("PATH")
             for field, argv in (("run", c.run), ("command", c.command)):
-                if argv:
+                if argv and programs:
                     program = render_template(argv[0], fields)
                     if not _program_found(program, path=search, cwd=cwd):
                         raise ConfigError(

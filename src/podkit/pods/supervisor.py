@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from podkit.errors import PodkitError, PodkitTimeout, UsageError
+from podkit.errors import ListenError, PodkitError, PodkitTimeout, UsageError
 from podkit.pods._options import accepts_option
 from podkit.pods.core import (
     Action,
@@ -61,6 +61,7 @@ from podkit.pods.core import (
     StopProbe,
     SupervisorCore,
 )
+from podkit.pods.dashboard import open_dashboard
 from podkit.pods.logs import DEFAULT_LOG_MAX_BYTES, RotatingLog, log_name
 from podkit.pods.model import (
     DEFAULT_PROBE_INTERVAL,
@@ -174,6 +175,9 @@ class PodSupervisor:
         backoff: the restart backoff policy.
         base_env: the environment containers inherit (default: this process's).
         log_max_bytes: the size at which a container's log file is rotated.
+        dashboard: ``(host, port)`` to serve the dashboard on, or None for none.
+        dashboard_fallback: when ``dashboard`` is in use, serve on a free port of the same
+            host instead of failing (for the default address, which two projects share).
     """
 
     def __init__(
@@ -186,8 +190,13 @@ class PodSupervisor:
         backoff: BackoffPolicy | None = None,
         base_env: Mapping[str, str] | None = None,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+        dashboard: tuple[str, int] | None = None,
+        dashboard_fallback: bool = False,
     ) -> None:
         self.podfile = podfile
+        self.dashboard = dashboard
+        self.dashboard_fallback = dashboard_fallback
+        self.dashboard_url: str | None = None
         self.source = source
         self.state_dir = state_dir.absolute()  # {pod.dir} must work from any workdir
         self.out = out if out is not None else sys.stdout
@@ -232,9 +241,11 @@ class PodSupervisor:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_stop_signal)
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
                 self._tg = tg
                 try:
+                    if self.dashboard is not None:
+                        await self._open_dashboard(stack)
                     await self._loop()
                 finally:
                     server.close()
@@ -251,6 +262,24 @@ class PodSupervisor:
                 (self.state_dir / STATE_NAME).unlink()
         self._say("all pods stopped")
         return 0
+
+    async def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one control request (as on the control socket) and return the answer."""
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Event("control", value=request, reply=reply))
+        return await reply
+
+    async def _open_dashboard(self, stack: contextlib.AsyncExitStack) -> None:
+        assert self.dashboard is not None
+        host, port = self.dashboard
+        try:
+            dashboard = await stack.enter_async_context(open_dashboard(self, host=host, port=port))
+        except ListenError:
+            if not self.dashboard_fallback:
+                raise
+            dashboard = await stack.enter_async_context(open_dashboard(self, host=host, port=0))
+        self.dashboard_url = dashboard.url
+        self._say(f"dashboard at {dashboard.url}")
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -502,6 +531,7 @@ class PodSupervisor:
             "failed_pods": self.core.failed_pods(),
             "problems": list(self._problems),
             "containers": containers,
+            "dashboard": self.dashboard_url,
         }
 
     def _write_state(self) -> None:
@@ -527,9 +557,7 @@ class PodSupervisor:
             except (TimeoutError, ValueError) as exc:
                 answer: dict[str, Any] = {"ok": False, "error": f"bad request: {exc}"}
             else:
-                reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-                await self._queue.put(_Event("control", value=request, reply=reply))
-                answer = await reply
+                answer = await self.control(request)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, OSError):

@@ -1,0 +1,136 @@
+"""The dashboard in a real browser (Debian's chromium, driven by Playwright) over the quick
+start: every pod is shown, a killed replica turns red and then green, figures move under
+load, and the actions work. A screenshot is kept under the test's temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from podkit.testing import PodkitProcess
+from podkit.testing.net import free_port, wait_for
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+START_TIMEOUT = 60.0  # ten Python processes start at once on a loaded machine
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "chromium is missing: `make setup` installs it (scripts/ensure-system.sh)"
+    return found
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def post(url: str, body: dict[str, Any], *, header: bool = True) -> int:
+    headers = {"Content-Type": "application/json"}
+    if header:
+        headers["X-Podkit-Dashboard"] = "1"
+    data = json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=data, headers=headers), timeout=10
+        ) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_dashboard_shows_the_quick_start_and_a_killed_replica_turns_red_then_green(
+    tmp_path: Path,
+) -> None:
+    block = random.randint(100, 250)
+    host = f"127.{block}.0.1"
+    port = free_port(host)
+    url = f"http://{host}:{port}/"
+    with PodkitProcess(
+        "up",
+        str(QUICKSTART),
+        "--subnet",
+        f"127.{block}.0.0/16",
+        "--dashboard",
+        f"{host}:{port}",
+        cwd=tmp_path,
+    ) as proc:
+        pods = list(yaml.safe_load(QUICKSTART.read_text())["pods"])
+        wait_for(
+            lambda: f"dashboard at {url}" in proc.output(), timeout=START_TIMEOUT, what="the page"
+        )
+        wait_for(
+            lambda: set(get_json(url + "api/state")["ready_pods"]) == set(pods),
+            timeout=START_TIMEOUT,
+            what="every pod to be ready",
+        )
+        # Actions need the header a page of another origin cannot send.
+        assert post(url + "api/scale", {"pod": "web", "replicas": 4}, header=False) == 403
+        assert post(url + "api/scale", {"pod": "web"}) == 400
+        expect = playwright_api.expect
+        with playwright_api.sync_playwright() as driver:
+            browser = driver.chromium.launch(
+                executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                page.goto(url)
+                expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+                for pod in pods:
+                    expect(page.locator(f"#pod-{pod}")).to_be_visible()
+                    expect(page.locator(f"#node-{pod}")).to_be_visible()
+                row = page.locator('tr[data-container="web-2/app"]')
+                expect(row).to_have_class(re.compile(r"\bok\b"), timeout=10_000)
+                pid = next(
+                    c["pid"]
+                    for c in get_json(url + "api/state")["containers"]
+                    if (c["pod"], c["replica"], c["container"]) == ("web", 2, "app")
+                )
+                os.kill(pid, signal.SIGKILL)
+                expect(row).to_have_class(re.compile(r"\bdown\b"), timeout=10_000)
+                expect(row).to_have_class(re.compile(r"\bok\b"), timeout=START_TIMEOUT * 1000)
+                expect(row.locator("td").nth(2)).to_have_text("1")  # restarts
+
+                # Figures move under load: requests through the cache show a rate.
+                cache = f"http://127.{block}.3.1:8080/"
+                for i in range(40):
+                    with urllib.request.urlopen(cache + ("cache/30" if i % 2 else ""), timeout=5):
+                        pass
+                rps = page.locator('[data-figure="cache-1/proxy:rps"] .value')
+                expect(rps).not_to_have_text(re.compile(r"^0\.0$"), timeout=15_000)
+                expect(page.locator('[data-figure="lb-1/balance:backends_ready"]')).to_be_visible()
+
+                # Scale from the page: a fourth replica appears and becomes ready.
+                page.fill('#pod-web input[type="number"]', "4")
+                page.click("#pod-web button.scale")
+                new_row = page.locator('tr[data-container="web-4/app"]')
+                expect(new_row).to_have_class(re.compile(r"\bok\b"), timeout=START_TIMEOUT * 1000)
+
+                # Drain a backend of the balancer, then purge a URL from the cache.
+                backend = page.locator("table.backends tr[data-backend]").first
+                backend.locator("button.drain").click()
+                expect(page.locator("#message")).to_contain_text("done", timeout=10_000)
+                page.fill("#purge-target", "/cache/30")
+                page.click("#purge")
+                expect(page.locator("#message")).to_contain_text('"purged"', timeout=10_000)
+
+                shot = tmp_path / "dashboard.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+                print(f"dashboard screenshot: {shot}")
+            finally:
+                browser.close()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
