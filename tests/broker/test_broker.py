@@ -377,3 +377,24 @@ async def test_a_reloaded_map_file_moves_new_connections(
         await asyncio.to_thread(map_file.write_text, "dev: nowhere\n")
         assert not broker.reload()
         assert await whose(port) == "prod"
+
+
+async def test_the_default_environment_holds_while_the_source_has_none(
+    two_redis: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    dev, prod = two_redis
+    await label(dev, "dev")
+    await label(prod, "prod")
+    missing = tmp_path / "environment"
+    options = BrokerOptions(
+        source=EnvSource("file", str(missing)),
+        envs=redis_map(dev, prod),
+        default_env="dev",
+        source_interval=0.05,
+    )
+    async with open_broker(options) as (broker, port):
+        await wait_until(lambda: broker.table.environment == "dev", what="dev")
+        assert await whose(port) == "dev"
+        await asyncio.to_thread(missing.write_text, "prod\n")
+        await wait_until(lambda: broker.table.environment == "prod", what="prod")
+        assert await whose(port) == "prod"

@@ -65,6 +65,7 @@ class BrokerOptions:
     port: int = 0
     mode: Mode = "tcp"
     source: EnvSource = field(default_factory=lambda: EnvSource("env", "PODKIT_ENV"))
+    default_env: str | None = None
     envs: Mapping[str, Sequence[Upstream]] = field(default_factory=dict)
     map_file: Path | None = None
     map_overrides: Mapping[str, Sequence[Upstream]] = field(default_factory=dict)
@@ -140,7 +141,9 @@ class Broker:
     # -- environment ------------------------------------------------------------------------
 
     def on_environment(self, name: str | None) -> None:
-        """The source reported ``name``."""
+        """The source reported ``name`` (None or empty: the default environment, if any)."""
+        if name is None or not name.strip():
+            name = self.options.default_env
         change = self.table.set_environment(name)
         if change is None:
             return

@@ -66,6 +66,13 @@ from podkit.serving.balance._affinity import parse_networks
     "an etcd key (watched).",
 )
 @click.option(
+    "--default-env",
+    default=None,
+    metavar="ENV",
+    help="The environment while the source has none (an unset variable, a missing or empty "
+    "file, an absent key); without it, new connections are refused then.",
+)
+@click.option(
     "--map",
     "maps",
     multiple=True,
@@ -135,6 +142,7 @@ def command(
     listen: HostPort,
     mode: Mode,
     env_from: str,
+    default_env: str | None,
     maps: tuple[str, ...],
     map_file: Path | None,
     redis_auth: tuple[str, ...],
@@ -185,6 +193,8 @@ def command(
             raise ConfigError(f"must be more than 0, got {value:g}", path=flag)
     environ = dict(os.environ)
     credentials = dict(parse_redis_auth(text, environ=environ) for text in redis_auth)
+    if default_env is not None and default_env not in envs:
+        raise ConfigError(f"no environment {default_env!r} in the map", path="--default-env")
     unknown = sorted(set(credentials) - set(envs))
     if unknown:
         raise ConfigError(f"no environment {unknown[0]!r} in the map", path="--redis-auth")
@@ -193,6 +203,7 @@ def command(
         port=listen.port,
         mode=mode,
         source=EnvSource.parse(env_from, environ=environ),
+        default_env=default_env,
         envs=envs,
         map_file=map_file,
         map_overrides=overrides,
