@@ -8,8 +8,9 @@ Run from the repository root (installs haproxy and redis-tools when missing):
 redis-server and redis-benchmark share core 1; the forwarder under test gets core 0 (HAProxy
 ``nbthread 1``; the broker, one process, splice(2) forwarding). Throughput: ``redis-benchmark
 -P 16 -t set,get`` (pipelined, 50 clients). Latency per hop: ``redis-benchmark -c 1 -P 1``
-(one request at a time, about 1,000-5,000 requests/s) direct and through each forwarder; the
-added p99 is the forwarder's p99 minus the direct p99.
+(one request at a time) direct and through each forwarder, and GETs paced at 1,000 per
+second on one connection (each sent on its schedule, 5,000 of them); the added p99 is the
+forwarder's p99 minus the direct p99.
 """
 
 from __future__ import annotations
@@ -69,6 +70,41 @@ def bench(port: int, *args: str) -> dict[str, dict[str, float]]:
     return {row["test"]: {k: float(v) for k, v in row.items() if k != "test"} for row in rows}
 
 
+def paced_p99(port: int, *, rate: int = 1000, count: int = 5000) -> tuple[float, float]:
+    """p50 and p99 (ms) of GETs sent at ``rate`` per second on one connection, each request
+    sent on its schedule (not after the previous answer), so queueing shows in the latency."""
+    import asyncio
+    import time
+
+    async def run() -> tuple[float, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        command = b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n"
+        sent: list[float] = []
+        latencies: list[float] = []
+
+        async def receive() -> None:
+            for index in range(count):
+                line = await reader.readline()
+                if line.startswith(b"$") and line[1:2] != b"-":
+                    await reader.readexactly(int(line[1:]) + 2)
+                latencies.append(time.perf_counter() - sent[index])
+
+        receiver = asyncio.create_task(receive())
+        start = time.perf_counter()
+        for index in range(count):
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent.append(time.perf_counter())
+            writer.write(command)
+        await receiver
+        writer.close()
+        ordered = sorted(latencies)
+        return ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99) - 1] * 1000
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20,000 requests per test")
@@ -91,6 +127,7 @@ def main() -> None:
                  "--log-level", "warning"], broker_port),
         }  # fmt: skip
         results: dict[str, tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]] = {}
+        paced: dict[str, tuple[float, float]] = {}
         redis_argv = [
             find("redis-server") or "redis-server", "--port", str(redis_port),
             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -108,6 +145,7 @@ def main() -> None:
                     bench(port, "-n", "2000", "-t", "get")  # warm-up
                     throughput = bench(port, "-n", str(n), "-P", "16", "-t", "set,get")
                     latency = bench(port, "-n", str(n // 10), "-c", "1", "-t", "get")
+                    paced[name] = paced_p99(port)
                     results[name] = (throughput, latency)
                 finally:
                     if ctx is not None:
@@ -125,6 +163,10 @@ def main() -> None:
             f"{get['rps']:13.0f} {get['p50_latency_ms']:6.3f} {get['p99_latency_ms']:6.3f} "
             f"{get['p99_latency_ms'] - direct_p99:9.3f}"
         )
+    print("\n1,000 GET/s paced on one connection, 5,000 requests (ms)")
+    print(f"{'target':32} {'p50':>7} {'p99':>7} {'added p99':>10}")
+    for name, (p50, p99) in paced.items():
+        print(f"{name:32} {p50:7.3f} {p99:7.3f} {p99 - paced['direct'][1]:10.3f}")
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
 
 
