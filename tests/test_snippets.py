@@ -8,6 +8,8 @@ started here, on free loopback ports:
 * ``redis``: a redis-server, for ``redis://127.0.0.1:6379/0``;
 * ``etcd``: an etcd, for ``etcd://127.0.0.1:2379``;
 * ``upstream``: a ``podkit whoami``, for ``http://127.0.0.1:8001``;
+* ``shards``: two memcached, for ``127.0.0.1:11211`` and ``127.0.0.1:11212``, and two
+  redis-server, for ``127.0.0.1:6379`` and ``127.0.0.1:6380``;
 * ``certs``: ``site.crt``/``site.key`` and ``api.crt``/``api.key`` (self-signed) in the
   program's directory;
 * ``serve``: the program serves until stopped: it gets SIGTERM once it logs ``ready`` and
@@ -29,7 +31,14 @@ from pathlib import Path
 
 import pytest
 
-from podkit.testing import EtcdServer, PodkitProcess, RedisServer, free_port, wait_http
+from podkit.testing import (
+    EtcdServer,
+    MemcachedServer,
+    PodkitProcess,
+    RedisServer,
+    free_port,
+    wait_http,
+)
 from podkit.testing.net import wait_for
 from tests.sidecar.pki import TestCA
 
@@ -39,7 +48,7 @@ FENCE = re.compile(
     r"(?:^<!-- snippet:(?P<needs>[^>]*)-->\n)?^```python\n(?P<code>.*?)^```$",
     re.MULTILINE | re.DOTALL,
 )
-KNOWN_NEEDS = {"redis", "etcd", "upstream", "certs", "serve", "repo"}
+KNOWN_NEEDS = {"redis", "etcd", "upstream", "shards", "certs", "serve", "repo"}
 TIMEOUT = 60.0
 
 
@@ -91,6 +100,13 @@ def servers(snippet: Snippet, workdir: Path) -> Iterator[dict[str, str]]:
             stack.enter_context(PodkitProcess("whoami", "--listen", f"127.0.0.1:{port}"))
             wait_http("127.0.0.1", port, "/", timeout=20)
             replace["http://127.0.0.1:8001"] = f"http://127.0.0.1:{port}"
+        if "shards" in snippet.needs:
+            for shown in ("127.0.0.1:11211", "127.0.0.1:11212"):
+                memcached = stack.enter_context(MemcachedServer())
+                replace[shown] = f"127.0.0.1:{memcached.port}"
+            for shown in ("127.0.0.1:6379", "127.0.0.1:6380"):
+                redis_shard = stack.enter_context(RedisServer())
+                replace[shown] = f"127.0.0.1:{redis_shard.port}"
         if "certs" in snippet.needs:
             ca = TestCA(workdir)
             ca.issue("site", common_name="localhost", dns=("localhost",))

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "discover": "podkit.pods.discover:command",
     "down": "podkit.pods.cli:down_command",
     "elect": "podkit.serving.election.cli:command",
+    "functions": "podkit.serving.functions.command:group",
     "hash": "podkit.hashing.cli:command",
     "logs": "podkit.pods.cli:logs_command",
     "logship": "podkit.sidecar.logship:command",
