@@ -22,6 +22,7 @@ BAD_BYTES = os.fsencode(BAD)
 # Valid values for what each command requires, so that the bad value under test is the
 # only thing wrong. Options not listed take their defaults.
 REQUIRED: dict[str, list[str]] = {
+    "podkit broker": ["--env-from", "env:PODKIT_ENV", "--map", "dev=127.0.0.1:1"],
     "podkit cache": ["--upstream", "http://127.0.0.1:1"],
     "podkit configsync": ["--source", "http://127.0.0.1:1/c", "--dest", "c.ini"],
     "podkit elect": ["--name", "job"],
@@ -34,6 +35,7 @@ REQUIRED: dict[str, list[str]] = {
     "podkit queue stats": ["sqlite:///q.db", "jobs"],
     "podkit queue work": ["sqlite:///q.db", "jobs"],
     "podkit scale": ["web", "2"],
+    "podkit split": ["--primary", "http://127.0.0.1:1"],
     "podkit tls": ["--cert", "c.pem", "--key", "k.pem", "--upstream", "http://127.0.0.1:1"],
 }
 # What comes after the options: a command to run, for the commands that run one.
@@ -196,6 +198,11 @@ def test_queue_put_stores_an_item_that_is_not_utf8_and_refuses_it_as_json(
             "podkit balance",
             ["balance", "--listen", "127.0.0.1:0", "--backends-file", "{file}"],
             "backends.txt",
+        ),
+        (
+            "podkit split",
+            ["split", "--listen", "127.0.0.1:0", "--config", "{file}"],
+            "split.yaml",
         ),
         (
             "podkit tls",

@@ -30,6 +30,7 @@ from podkit.errors import EXIT_USAGE, PodkitError
 COMMANDS: dict[str, str] = {
     "adapt": "podkit.adapter.cli:group",
     "balance": "podkit.serving.balance.command:command",
+    "broker": "podkit.ambassador.broker.command:command",
     "cache": "podkit.serving.cache.command:command",
     "configsync": "podkit.sidecar.configsync:command",
     "discover": "podkit.pods.discover:command",
@@ -46,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "scale": "podkit.pods.cli:scale_command",
     "search": "podkit.serving.search.command:group",
     "shard": "podkit.ambassador.shard.command:command",
+    "split": "podkit.ambassador.split.command:command",
     "status": "podkit.pods.cli:status_command",
     "tls": "podkit.sidecar.tls:command",
     "up": "podkit.pods.cli:up_command",

@@ -46,6 +46,27 @@ SPLICE_AVAILABLE = sys.platform == "linux" and hasattr(os, "splice")
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 TCPPick = Callable[[tuple[str, int]], Upstream | Awaitable[Upstream | None] | None]
+TCPHandshake = Callable[[Upstream, socket.socket], Awaitable[None]]
+"""Runs on a freshly connected (non-blocking) upstream socket before any client byte is
+forwarded, e.g. to authenticate on the client's behalf; an ``OSError`` (or ``PodkitError``)
+closes the client."""
+
+
+async def _connect_socket(proxy: TCPProxy, upstream: Upstream) -> socket.socket:
+    """A non-blocking socket connected to ``upstream`` (the caller bounds the time)."""
+    loop = proxy.loop
+    infos = await loop.getaddrinfo(upstream.host, upstream.port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        if proxy.source_address:
+            sock.bind((proxy.source_address, 0))
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +104,7 @@ class _Side(asyncio.Protocol):
         self.closed = False
         self.pending: list[bytes] = []
         self.last_active = 0.0
+        self.epoch = proxy.epoch  # the proxy's epoch when the client connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -158,13 +180,24 @@ class _ClientSide(_Side):
             if upstream is None:
                 raise OSError("no upstream available")
             async with asyncio.timeout(proxy.connect_timeout):
-                _, side = await proxy.loop.create_connection(
-                    lambda: _Side(proxy, "bytes_out"),
-                    upstream.host,
-                    upstream.port,
-                    local_addr=(proxy.source_address, 0) if proxy.source_address else None,
-                )
-        except (OSError, TimeoutError):
+                if proxy.handshake is None:
+                    _, side = await proxy.loop.create_connection(
+                        lambda: _Side(proxy, "bytes_out"),
+                        upstream.host,
+                        upstream.port,
+                        local_addr=(proxy.source_address, 0) if proxy.source_address else None,
+                    )
+                else:
+                    sock = await _connect_socket(proxy, upstream)
+                    try:
+                        await proxy.handshake(upstream, sock)
+                    except BaseException:
+                        sock.close()
+                        raise
+                    _, side = await proxy.loop.create_connection(
+                        lambda: _Side(proxy, "bytes_out"), sock=sock
+                    )
+        except (OSError, TimeoutError, PodkitError):
             proxy.counters["connect_errors"] += 1
             if not self.closed:
                 self.transport.abort()
@@ -322,6 +355,7 @@ class _SplicedPair:
         self.closed = False
         self.last_active = proxy.loop.time()
         self.task: asyncio.Task[None] | None = None
+        self.epoch = proxy.epoch  # the proxy's epoch when the client connected
 
     def touch(self) -> None:
         self.last_active = self.proxy.loop.time()
@@ -331,7 +365,6 @@ class _SplicedPair:
 
     async def connect(self) -> None:
         proxy = self.proxy
-        loop = proxy.loop
         peer = self.client.getpeername()
         sock: socket.socket | None = None
         try:
@@ -339,16 +372,10 @@ class _SplicedPair:
             if upstream is None:
                 raise OSError("no upstream available")
             async with asyncio.timeout(proxy.connect_timeout):
-                infos = await loop.getaddrinfo(
-                    upstream.host, upstream.port, type=socket.SOCK_STREAM
-                )
-                family, kind, proto, _, address = infos[0]
-                sock = socket.socket(family, kind, proto)
-                sock.setblocking(False)
-                if proxy.source_address:
-                    sock.bind((proxy.source_address, 0))
-                await loop.sock_connect(sock, address)
-        except (OSError, TimeoutError):
+                sock = await _connect_socket(proxy, upstream)
+                if proxy.handshake is not None:
+                    await proxy.handshake(upstream, sock)
+        except (OSError, TimeoutError, PodkitError):
             proxy.counters["connect_errors"] += 1
             if sock is not None:
                 sock.close()
@@ -430,6 +457,12 @@ class TCPProxy:
         registry: a Prometheus registry to export the metrics to.
         zero_copy: move bytes with splice(2) through kernel pipes (default: on Linux).
         source_address: the local IP address upstream connections leave from.
+        handshake: run on each new upstream connection before bytes flow (see
+            :data:`TCPHandshake`).
+
+    Every connection remembers :attr:`epoch` as it was when the client connected; the owner
+    raises it when the upstreams change, and :meth:`close_before` ends the connections of
+    earlier epochs (an environment change whose old connections have drained long enough).
     """
 
     def __init__(
@@ -448,8 +481,11 @@ class TCPProxy:
         name: str = "tcp",
         zero_copy: bool | None = None,
         source_address: str | None = None,
+        handshake: TCPHandshake | None = None,
     ) -> None:
         self.upstream = upstream
+        self.handshake = handshake
+        self.epoch = 0
         self.source_address = source_address
         self.zero_copy = SPLICE_AVAILABLE if zero_copy is None else zero_copy and SPLICE_AVAILABLE
         self.host = host
@@ -608,6 +644,21 @@ class TCPProxy:
             idle_timeouts=c["idle_timeouts"],
             refused=c["refused"],
         )
+
+    def count_before(self, epoch: int) -> int:
+        """Connections open now that were accepted in an epoch before ``epoch``."""
+        connections: list[_ClientSide | _SplicedPair] = [*self.clients, *self.spliced]
+        return sum(1 for c in connections if c.epoch < epoch)
+
+    def close_before(self, epoch: int) -> int:
+        """Close (reset) the connections accepted before ``epoch``; returns how many."""
+        connections: list[_ClientSide | _SplicedPair] = [*self.clients, *self.spliced]
+        closed = 0
+        for client in connections:
+            if client.epoch < epoch:
+                client.abort()
+                closed += 1
+        return closed
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting; let open connections finish for up to ``timeout``, then close them."""
