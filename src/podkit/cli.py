@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "hash": "podkit.hashing.cli:command",
     "logs": "podkit.pods.cli:logs_command",
     "logship": "podkit.sidecar.logship:command",
+    "pipeline": "podkit.batch.pipeline.cli:group",
     "proxy": "podkit.apps.proxy:command",
     "queue": "podkit.batch.queue.cli:group",
     "restart": "podkit.pods.cli:restart_command",
