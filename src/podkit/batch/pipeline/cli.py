@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -11,6 +13,7 @@ import click
 from podkit.batch.pipeline.local import LocalRunner, RunResult
 from podkit.batch.pipeline.model import PipelineSpec, load_pipeline, parse_set
 from podkit.batch.pipeline.progress import ProgressPrinter
+from podkit.batch.pipeline.store import DEFAULT_MAX_DELIVERIES
 from podkit.cli import PodkitGroup
 from podkit.runtime.cli_options import DURATION
 
@@ -56,10 +59,18 @@ def group() -> None:
     show_default=True,
     help="Time between progress lines.",
 )
-def run(file: str, sets: tuple[str, ...], progress: str, interval: float) -> None:
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run the store holds (SQLite, Redis) instead of starting afresh.",
+)
+def run(file: str, sets: tuple[str, ...], progress: str, interval: float, resume: bool) -> None:
     """Run the pipeline in FILE until every topic is empty; write its outputs.
 
-    Prints one summary line: items per stage, dead letters and seconds.
+    With topics.backend memory:// every stage runs in this process; with sqlite:/// or
+    redis:// each stage runs in worker processes (its `workers`) sharing the store, and a
+    worker that dies is replaced without losing an item. Exits 1 when items were
+    dead-lettered. Prints one summary line: items per stage, dead letters and seconds.
     """
     spec = _load(file, sets)
     if interval <= 0:
@@ -68,10 +79,213 @@ def run(file: str, sets: tuple[str, ...], progress: str, interval: float) -> Non
     if mode == "auto":
         mode = "table" if sys.stderr.isatty() else "json"
     printer = None if mode == "none" else ProgressPrinter(sys.stderr, table=mode == "table")
-    result = LocalRunner(spec, on_progress=printer, interval=interval).run()
+    result: RunResult
+    if spec.topics.backend == "memory://":
+        if resume:
+            raise click.BadParameter(
+                "an in-process run keeps nothing to resume", param_hint="'--resume'"
+            )
+        result = LocalRunner(spec, on_progress=printer, interval=interval).run()
+    else:
+        from podkit.batch.pipeline.processes import ProcessRunner
+
+        result = ProcessRunner(
+            spec, file=file, sets=sets, resume=resume, on_progress=printer, interval=interval
+        ).run()
     click.echo(_summary(result))
     if result.dead:
         sys.exit(1)
+
+
+@group.command()
+@_file
+@_set
+@click.option("--stage", required=True, help="The stage this worker runs.")
+@click.option(
+    "--index", type=click.IntRange(0), default=0, show_default=True, help="This worker's number."
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="How many workers the stage has (a sharded input is split between them).",
+)
+@click.option(
+    "--max-deliveries",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_DELIVERIES,
+    show_default=True,
+    help="Leases of one item without a commit (its workers died) before it is a dead letter.",
+)
+def work(
+    file: str, sets: tuple[str, ...], stage: str, index: int, count: int, max_deliveries: int
+) -> None:
+    """Run one worker of STAGE against the pipeline's store until SIGTERM.
+
+    `podkit pipeline run` starts these itself; run them by hand (or as pod-file components)
+    to spread a pipeline over machines with a Redis store.
+    """
+    from podkit.batch.pipeline.processes import store_for
+    from podkit.batch.pipeline.stages import StageLogic
+    from podkit.batch.pipeline.worker import StageWorker, WorkerOptions
+
+    spec = _load(file, sets)
+    if stage not in spec.stages:
+        raise click.BadParameter(
+            f"{stage!r} is not a stage of {file} ({', '.join(spec.stages)})", param_hint="'--stage'"
+        )
+    if index >= count:
+        raise click.BadParameter(f"must be below --count ({count})", param_hint="'--index'")
+    logic = StageLogic(spec, stage)
+    store = store_for(spec)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    options = WorkerOptions(
+        index=index,
+        count=count,
+        batch=spec.topics.batch,
+        visibility=spec.topics.visibility,
+        max_pending=spec.topics.max_pending,
+        max_deliveries=max_deliveries,
+    )
+    worker = StageWorker(spec, logic, store, options)
+    try:
+        worker.serve(stopping.is_set)
+    finally:
+        worker.close()
+        store.close()
+
+
+def _store_spec(file: str, sets: tuple[str, ...]) -> PipelineSpec:
+    spec = _load(file, sets)
+    if spec.topics.backend == "memory://":
+        raise click.UsageError(
+            f"{file}: topics.backend is memory://: an in-process run keeps no state"
+        )
+    return spec
+
+
+@group.command()
+@_file
+@_set
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+def status(file: str, sets: tuple[str, ...], as_json: bool) -> None:
+    """Per-stage counts (in, out, pending, retries, dead, fired), groups and workers."""
+    from podkit.batch.pipeline.local import stage_order
+    from podkit.batch.pipeline.processes import stage_subs, stats_of, store_for
+
+    spec = _store_spec(file, sets)
+    store = store_for(spec, read_only=True)
+    try:
+        order = stage_order(spec)
+        stats = stats_of(
+            store.counts(order, stage_subs(spec)), {n: s.kind for n, s in spec.stages.items()}
+        )
+        groups = store.groups()
+        workers = store.workers()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(
+            _json(
+                {
+                    "stages": [s.as_dict() for s in stats],
+                    "groups": {
+                        name: {
+                            "created": g.created,
+                            "done": g.done,
+                            "failed": g.failed,
+                            "sealed": g.sealed,
+                            "outstanding": g.outstanding,
+                        }
+                        for name, g in groups.items()
+                    },
+                    "workers": {n: {"pid": p, "heartbeat": b} for n, (p, b) in workers.items()},
+                }
+            )
+        )
+        return
+    click.echo(
+        f"{'stage':<14} {'kind':<8} {'in':>10} {'out':>10} {'pending':>9} {'retries':>7} "
+        f"{'dead':>6} {'fired':>5}"
+    )
+    for s in stats:
+        click.echo(
+            f"{s.name[:14]:<14} {s.kind:<8} {s.items_in:>10} {s.items_out:>10} {s.pending:>9} "
+            f"{s.retries:>7} {s.dead:>6} {s.fired:>5}"
+        )
+    for name, g in groups.items():
+        state = "sealed" if g.sealed else "open"
+        click.echo(
+            f"group {name}: {state}, {g.created} children, {g.done} done, {g.failed} failed, "
+            f"{g.outstanding} outstanding"
+        )
+
+
+@group.command()
+@_file
+@_set
+@click.option("--stage", default=None, help="Only this stage's dead letters.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="At most this many.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dead(file: str, sets: tuple[str, ...], stage: str | None, limit: int, as_json: bool) -> None:
+    """List dead letters: items a stage gave up on, with the reason, oldest first."""
+    from podkit.batch.pipeline.processes import store_for
+
+    spec = _store_spec(file, sets)
+    store = store_for(spec, read_only=True)
+    try:
+        records = store.dead(stage, limit=limit)
+    finally:
+        store.close()
+    for r in records:
+        if as_json:
+            click.echo(
+                _json(
+                    {
+                        "stage": r.stage,
+                        "id": r.id,
+                        "group": r.group,
+                        "value": r.value,
+                        "error": r.error,
+                    }
+                )
+            )
+        else:
+            click.echo(f"{r.stage} {r.id} {r.group} {_json(r.value)[:80]} {r.error}")
+
+
+@group.command()
+@_file
+@_set
+@click.option("--stage", default=None, help="Only this stage's dead letters.")
+@click.option("--id", "ids", multiple=True, help="Only these dead letters (repeatable).")
+def redrive(file: str, sets: tuple[str, ...], stage: str | None, ids: tuple[str, ...]) -> None:
+    """Put dead letters back on their topics; `run --resume` (or running workers) takes them.
+
+    Their groups count them as outstanding again, so a barrier waits for them.
+    """
+    from podkit.batch.pipeline.processes import store_for
+
+    spec = _store_spec(file, sets)
+    store = store_for(spec)
+    try:
+        moved = store.redrive(stage, list(ids) or None)
+    finally:
+        store.close()
+    click.echo(f"{moved} redriven")
 
 
 def _summary(result: RunResult) -> str:

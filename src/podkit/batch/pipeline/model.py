@@ -297,6 +297,7 @@ class PipelineSpec(_Model):
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     stages: dict[str, StageSpec]
     outputs: dict[str, OutputSpec] = Field(default_factory=dict)
+    name: str = Field("pipeline", pattern=NAME_PATTERN)
     source: str = "<pipeline>"
     base_dir: str = "."
 
@@ -496,6 +497,8 @@ def load_pipeline(path: str | Path, values: Mapping[str, str] | None = None) -> 
         ConfigError: the file cannot be read, is not valid YAML, or a field is invalid.
     """
     data = load_yaml(path)
+    if isinstance(data, dict) and "name" not in data:
+        data = {**data, "name": Path(path).stem}
     return parse_pipeline(
         data, source=str(path), values=values, base_dir=str(Path(path).resolve().parent)
     )
