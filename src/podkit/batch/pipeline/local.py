@@ -158,6 +158,15 @@ def stage_order(spec: PipelineSpec) -> list[str]:
     return order
 
 
+def _value_appender(target: list[Any]) -> Callable[[Any], None]:
+    """An append for queue entries ``(group, value)`` that keeps only the value."""
+
+    def append(item: tuple[str, Any]) -> None:
+        target.append(item[1])
+
+    return append
+
+
 class LocalRunner:
     """Run a pipeline in this process.
 
@@ -193,6 +202,7 @@ class LocalRunner:
         self.accumulators: dict[tuple[str, str], dict[str, Any]] = {}
         self.barrier_counts: dict[tuple[str, str], dict[str, int]] = {}
         self.outcomes: dict[tuple[str, str], Outcome] = {}
+        self._route_cache: dict[str, dict[str, tuple[list[Callable[[Any], None]], int]]] = {}
 
     def _emit(self, topic: str, group: str, value: Any) -> int:
         children = 0
@@ -256,56 +266,59 @@ class LocalRunner:
             stats.pending = len(self.inbox[name])
         return [self.stats[name] for name in self.order]
 
+    def _routes(self, logic: StageLogic) -> dict[str, tuple[list[Callable[[Any], None]], int]]:
+        """For each output topic: the append functions of its queues and how many children
+        one item on it adds to its group."""
+        routes: dict[str, tuple[list[Callable[[Any], None]], int]] = {}
+        for topic in logic.outputs:
+            appends: list[Callable[[Any], None]] = [
+                self.inbox[c].append for c in self.consumers.get(topic, ())
+            ]
+            children = len(appends)
+            collected = self.collected.get(topic)
+            if collected is not None:
+                appends.append(_value_appender(collected))
+            routes[topic] = (appends, children)
+        return routes
+
     def _process(self, name: str) -> set[str]:
         logic = self.logic[name]
         inbox = self.inbox[name]
         stats = self.stats[name]
         chunk = [inbox.popleft() for _ in range(min(LOCAL_CHUNK, len(inbox)))]
         stats.items_in += len(chunk)
+        if logic.barrier:
+            return self._absorb_chunk(logic, chunk)
+        routes = self._route_cache.get(name)
+        if routes is None:
+            routes = self._route_cache[name] = self._routes(logic)
+        apply = logic.apply
         deltas: dict[str, list[int]] = {}
         out = 0
-        max_attempts = logic.max_attempts
-        if logic.barrier:
-            step: Callable[[str, Any], int] = self._absorber(logic)
-        else:
-            apply = logic.apply
-            emit = self._emit
-
-            def step(group: str, value: Any) -> int:
-                children = 0
-                for topic, produced in apply(value):
-                    children += emit(topic, group, produced)
-                return children
-
+        current_group: str | None = None
+        delta = [0, 0, 0]
         for group, value in chunk:
-            delta = deltas.get(group)
-            if delta is None:
-                delta = deltas[group] = [0, 0, 0]
-            attempt = 1
-            while True:
-                try:
-                    children = step(group, value)
-                except Exception as exc:  # a handler's failure is the item's, never the runner's
-                    if attempt >= max_attempts:
-                        self.dead.append(
-                            DeadLetter(
-                                name,
-                                group,
-                                value,
-                                f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS],
-                                attempt,
-                            )
-                        )
-                        stats.dead += 1
-                        delta[1] += 1
-                        break
-                    attempt += 1
-                    stats.retries += 1
+            if group != current_group:
+                delta = deltas.setdefault(group, [0, 0, 0])
+                current_group = group
+            try:
+                outputs = apply(value)
+            except Exception as exc:  # a handler's failure is the item's, never the runner's
+                retried = self._retry(logic, stats, group, value, exc)
+                if retried is None:
+                    delta[1] += 1
                     continue
-                delta[0] += 1
-                delta[2] += children
-                out += children
-                break
+                outputs = retried
+            children = 0
+            for topic, produced in outputs:
+                appends, n = routes[topic]
+                item = (group, produced)
+                for append in appends:
+                    append(item)
+                children += n
+            out += len(outputs)
+            delta[0] += 1
+            delta[2] += children
         stats.items_out += out
         for group, (done, failed, children) in deltas.items():
             self.groups[group] = self.groups[group].finish_many(
@@ -313,20 +326,90 @@ class LocalRunner:
             )
         return set(deltas)
 
-    def _absorber(self, logic: StageLogic) -> Callable[[str, Any], int]:
+    def _retry(
+        self, logic: StageLogic, stats: StageStats, group: str, value: Any, exc: Exception
+    ) -> list[tuple[str, Any]] | None:
+        """Run a failed item again up to the stage's attempts; None when it is dead."""
+        attempt = 1
+        while attempt < logic.max_attempts:
+            attempt += 1
+            stats.retries += 1
+            try:
+                return logic.apply(value)
+            except Exception as again:  # the item's failure, as above
+                exc = again
+        self._bury(logic.name, stats, group, value, exc, attempt)
+        return None
+
+    def _bury(
+        self, name: str, stats: StageStats, group: str, value: Any, exc: Exception, attempts: int
+    ) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        self.dead.append(DeadLetter(name, group, value, error, attempts))
+        stats.dead += 1
+
+    def _absorb_chunk(self, logic: StageLogic, chunk: list[tuple[str, Any]]) -> set[str]:
         name = logic.name
-
-        def absorb(group: str, value: Any) -> int:
-            if (name, group) in self.outcomes:
-                return 0  # a straggler after the barrier fired (quorum): counted, not folded
-            accs = self.accumulators.setdefault((name, group), {})
-            counts = self.barrier_counts.setdefault((name, group), {"items": 0})
-            key = logic.accumulator_key(value)
-            accs[key] = logic.combine(accs.get(key, logic.initial), value)
+        stats = self.stats[name]
+        combine = logic.combine
+        key_of = logic.accumulator_key
+        initial = logic.initial
+        deltas: dict[str, list[int]] = {}
+        current_group: str | None = None
+        delta = [0, 0, 0]
+        accs: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        late = False
+        for group, value in chunk:
+            if group != current_group:
+                current_group = group
+                delta = deltas.setdefault(group, [0, 0, 0])
+                # A straggler after the barrier fired (quorum) is counted, not folded.
+                late = (name, group) in self.outcomes
+                if not late:
+                    accs = self.accumulators.setdefault((name, group), {})
+                    counts = self.barrier_counts.setdefault((name, group), {"items": 0})
+            if late:
+                delta[0] += 1
+                continue
+            try:
+                key = key_of(value)
+                accs[key] = combine(accs.get(key, initial), value)
+            except Exception as exc:  # the item's failure, as in _process
+                if not self._absorb_again(logic, stats, group, value, accs, exc):
+                    delta[1] += 1
+                    continue
             counts["items"] += 1
-            return 0
+            delta[0] += 1
+        for group, (done, failed, children) in deltas.items():
+            self.groups[group] = self.groups[group].finish_many(
+                done=done, failed=failed, children=children
+            )
+        return set(deltas)
 
-        return absorb
+    def _absorb_again(
+        self,
+        logic: StageLogic,
+        stats: StageStats,
+        group: str,
+        value: Any,
+        accs: dict[str, Any],
+        exc: Exception,
+    ) -> bool:
+        """Fold a failed item again up to the stage's attempts; False when it is dead."""
+        attempt = 1
+        while attempt < logic.max_attempts:
+            attempt += 1
+            stats.retries += 1
+            try:
+                key = logic.accumulator_key(value)
+                accs[key] = logic.combine(accs.get(key, logic.initial), value)
+            except Exception as again:  # the item's failure
+                exc = again
+            else:
+                return True
+        self._bury(logic.name, stats, group, value, exc, attempt)
+        return False
 
     def _fire_ready(self, groups: set[str]) -> None:
         pending = set(groups)
