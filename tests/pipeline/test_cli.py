@@ -83,3 +83,33 @@ def test_a_handler_that_cannot_be_imported_is_a_usage_error(tmp_path: Path) -> N
     result = podkit("pipeline", "run", str(path))
     assert result.returncode == 2
     assert "cannot import nosuch" in result.stderr
+
+
+def test_the_stage_components_pod_file_is_valid(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "podkit", "up", "--check", "--state-dir", str(tmp_path),
+         str(ROOT / "examples" / "wordcount" / "pods.yaml")],
+        capture_output=True, text=True, timeout=30, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_feed_puts_the_inputs_once(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "topics: {backend: 'sqlite:///p.db'}\n"
+        "inputs: {nums: {items: [1, 2]}}\n"
+        "stages: {m: {from: nums, copier: {}, to: o}}\n"
+    )
+    assert podkit("pipeline", "feed", str(path), cwd=tmp_path).stdout == "fed\n"
+    assert podkit("pipeline", "feed", str(path), cwd=tmp_path).stdout == "fed already\n"
+    status = podkit("pipeline", "status", str(path), "--json", cwd=tmp_path)
+    data = json.loads(status.stdout)
+    assert data["stages"][0]["pending"] == 2
+    assert data["groups"]["default"]["created"] == 2
+
+
+def test_state_commands_refuse_an_in_process_pipeline() -> None:
+    result = podkit("pipeline", "status", str(WORDCOUNT), "--set", "input=x", "--set", "output=y")
+    assert result.returncode == 2
+    assert "memory://" in result.stderr

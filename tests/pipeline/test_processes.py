@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,16 @@ import pytest
 import yaml
 
 from podkit.batch.pipeline.model import load_pipeline
-from podkit.batch.pipeline.processes import ProcessRunner, WorkerProcess, kill, worker_pids
-from podkit.testing import RedisServer
+from podkit.batch.pipeline.processes import (
+    ProcessRunner,
+    WorkerProcess,
+    feed_inputs,
+    kill,
+    worker_pids,
+)
+from podkit.batch.pipeline.store import Topology, open_store
+from podkit.testing import PodkitProcess, RedisServer, free_port, wait_http
+from podkit.testing.net import wait_for
 from tests.pipeline.test_local import read_counts, write_corpus
 
 ROOT = Path(__file__).parents[2]
@@ -155,3 +165,41 @@ def test_status_of_a_missing_database_is_an_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no such database" in result.stderr
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_a_stage_worker_component_serves_metrics_and_drains_on_sigterm(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "topics: {backend: 'sqlite:///p.db'}\n"
+        "inputs: {nums: {items: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}}\n"
+        "stages: {copy: {from: nums, copier: {}, to: [a, b]}}\n"
+    )
+    spec = load_pipeline(path)
+    store = store_for_file(spec, tmp_path)
+    port = free_port()
+    with PodkitProcess(
+        "pipeline", "work", str(path), "--stage", "copy", "--admin", f"127.0.0.1:{port}",
+        cwd=tmp_path,
+    ) as worker:  # fmt: skip
+        wait_http("127.0.0.1", port, "/readyz")
+        feed_inputs(spec, store)
+
+        def metric(name: str) -> float:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            for line in text.decode().splitlines():
+                if line.startswith(f'{name}{{stage="copy"}}'):
+                    return float(line.split()[-1])
+            return -1.0
+
+        wait_for(lambda: metric("podkit_pipeline_items_in_total") == 10, what="10 items in")
+        assert metric("podkit_pipeline_items_out_total") == 20
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+    store.close()
+
+
+def store_for_file(spec: Any, cwd: Path) -> Any:
+    """The store of a pipeline whose sqlite path is relative to ``cwd``."""
+    return open_store(
+        f"sqlite:///{cwd / spec.topics.backend[len('sqlite:///') :]}", spec.name, Topology.of(spec)
+    )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from typing import Any
 
 import click
@@ -15,7 +13,8 @@ from podkit.batch.pipeline.model import PipelineSpec, load_pipeline, parse_set
 from podkit.batch.pipeline.progress import ProgressPrinter
 from podkit.batch.pipeline.store import DEFAULT_MAX_DELIVERIES
 from podkit.cli import PodkitGroup
-from podkit.runtime.cli_options import DURATION
+from podkit.runtime import Runtime, RuntimeOptions, run_component
+from podkit.runtime.cli_options import DURATION, runtime_options
 
 DEFAULT_PROGRESS_INTERVAL = 1.0  # seconds between progress lines or table redraws
 
@@ -118,34 +117,31 @@ def run(file: str, sets: tuple[str, ...], progress: str, interval: float, resume
     show_default=True,
     help="Leases of one item without a commit (its workers died) before it is a dead letter.",
 )
+@runtime_options
 def work(
-    file: str, sets: tuple[str, ...], stage: str, index: int, count: int, max_deliveries: int
-) -> None:
+    file: str,
+    sets: tuple[str, ...],
+    stage: str,
+    index: int,
+    count: int,
+    max_deliveries: int,
+    runtime: RuntimeOptions,
+) -> int:
     """Run one worker of STAGE against the pipeline's store until SIGTERM.
 
     `podkit pipeline run` starts these itself; run them by hand (or as pod-file components)
-    to spread a pipeline over machines with a Redis store.
+    to spread a pipeline over machines with a Redis store. With --admin, /metrics has the
+    stage's podkit_pipeline_* figures.
     """
-    from podkit.batch.pipeline.processes import store_for
-    from podkit.batch.pipeline.stages import StageLogic
-    from podkit.batch.pipeline.worker import StageWorker, WorkerOptions
+    from podkit.batch.pipeline.worker import WorkerOptions, serve_stage
 
-    spec = _load(file, sets)
+    spec = _store_spec(file, sets)
     if stage not in spec.stages:
         raise click.BadParameter(
             f"{stage!r} is not a stage of {file} ({', '.join(spec.stages)})", param_hint="'--stage'"
         )
     if index >= count:
         raise click.BadParameter(f"must be below --count ({count})", param_hint="'--index'")
-    logic = StageLogic(spec, stage)
-    store = store_for(spec)
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     options = WorkerOptions(
         index=index,
         count=count,
@@ -154,12 +150,31 @@ def work(
         max_pending=spec.topics.max_pending,
         max_deliveries=max_deliveries,
     )
-    worker = StageWorker(spec, logic, store, options)
+
+    async def main(rt: Runtime) -> None:
+        await serve_stage(rt, spec, stage, options)
+
+    return run_component(f"pipeline-{stage}", main, runtime)
+
+
+@group.command()
+@_file
+@_set
+def feed(file: str, sets: tuple[str, ...]) -> None:
+    """Put the inputs' items into the store and seal their groups, once.
+
+    For pipelines whose stage workers run on their own (pod-file components): `run` does
+    this itself. Feeding a pipeline that was fed already does nothing.
+    """
+    from podkit.batch.pipeline.processes import feed_inputs, store_for
+
+    spec = _store_spec(file, sets)
+    store = store_for(spec)
     try:
-        worker.serve(stopping.is_set)
+        fed = feed_inputs(spec, store)
     finally:
-        worker.close()
         store.close()
+    click.echo("fed" if fed else "fed already")
 
 
 def _store_spec(file: str, sets: tuple[str, ...]) -> PipelineSpec:

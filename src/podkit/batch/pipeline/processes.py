@@ -158,6 +158,8 @@ class ProcessRunner:
         ]
         for pair in self.sets:
             argv += ["--set", pair]
+        # The coordinator reports progress; workers only say what goes wrong.
+        argv += ["--log-level", "warning"]
         return argv
 
     def _start(self, worker: WorkerProcess) -> None:

@@ -19,14 +19,18 @@ topics ``i`` with ``i % W == k``, so each shard's keys are combined by one worke
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from podkit.batch.pipeline.barrier import Outcome, decide
 from podkit.batch.pipeline.model import PipelineSpec
@@ -37,8 +41,11 @@ from podkit.batch.pipeline.store import (
     Message,
     PipelineStore,
     Step,
+    Topology,
+    open_store,
     sub_name,
 )
+from podkit.runtime import Runtime
 
 IDLE_POLL_MIN = 0.01  # seconds between empty leases at first...
 IDLE_POLL_MAX = 0.25  # ...growing to this while the stage stays idle
@@ -76,6 +83,29 @@ def worker_subs(spec: PipelineSpec, stage: str, index: int, count: int) -> list[
     return [sub_name(t, stage) for t in topics]
 
 
+class StageMetrics:
+    """A stage worker's Prometheus metrics, labelled by stage."""
+
+    def __init__(self, registry: CollectorRegistry, stage: str) -> None:
+        def counter(name: str, doc: str) -> Any:
+            return Counter(name, doc, ["stage"], registry=registry).labels(stage)
+
+        self.items_in = counter("podkit_pipeline_items_in", "Items this worker committed.")
+        self.items_out = counter("podkit_pipeline_items_out", "Items this worker produced.")
+        self.retries = counter("podkit_pipeline_retries", "Failed attempts that were retried.")
+        self.dead = counter("podkit_pipeline_dead", "Items this worker dead-lettered.")
+        self.fired = counter("podkit_pipeline_barriers_fired", "Group barriers this worker fired.")
+        self.lost = counter(
+            "podkit_pipeline_commits_lost", "Batches whose lease was taken by another worker."
+        )
+        self.pending = Gauge(
+            "podkit_pipeline_pending",
+            "Items waiting or leased in this worker's subscriptions.",
+            ["stage"],
+            registry=registry,
+        ).labels(stage)
+
+
 class StageWorker:
     """Runs one stage against a store until ``stop()`` returns true.
 
@@ -97,8 +127,10 @@ class StageWorker:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        metrics: StageMetrics | None = None,
     ) -> None:
         self.spec = spec
+        self.metrics = metrics
         self.logic = logic
         self.store = store
         self.options = options
@@ -124,6 +156,8 @@ class StageWorker:
             now = self.clock()
             if now >= next_beat:
                 self.store.heartbeat(self.name, os.getpid(), now=now)
+                if self.metrics is not None:
+                    self.metrics.pending.set(self.store.backlog(self.subs))
                 next_beat = now + HEARTBEAT_EVERY
             if self.out_subs and self.store.backlog(self.out_subs) >= self.options.max_pending:
                 self.sleep(BACKPRESSURE_POLL)  # producers wait: the topic is full
@@ -150,15 +184,26 @@ class StageWorker:
         )
         if not messages:
             return False
+        step: Step | None
         if self.logic.barrier:
-            committed = self._absorb(messages)
+            step = self._absorb(messages)
         else:
-            committed = self.store.commit(self.logic.name, self._apply(messages), now=self.clock())
-        if committed:
-            self.processed += len(messages)
-            if self.logic.barrier:
-                for group in {m.group for m in messages}:
-                    self._fire(group)
+            applied = self._apply(messages)
+            committed = self.store.commit(self.logic.name, applied, now=self.clock())
+            step = applied if committed else None
+        if step is None:
+            if self.metrics is not None:
+                self.metrics.lost.inc()
+            return True
+        self.processed += len(messages)
+        if self.metrics is not None:
+            self.metrics.items_in.inc(len(messages))
+            self.metrics.items_out.inc(sum(len(outputs) for _, outputs in step.done))
+            self.metrics.retries.inc(step.retries)
+            self.metrics.dead.inc(len(step.dead))
+        if self.logic.barrier:
+            for group in {m.group for m in messages}:
+                self._fire(group)
         return True
 
     def _attempt(self, fn: Callable[[Any], Any], value: Any) -> tuple[Any, str | None, int]:
@@ -188,7 +233,7 @@ class StageWorker:
                 step.done.append((message, outputs))
         return step
 
-    def _absorb(self, messages: list[Message]) -> bool:
+    def _absorb(self, messages: list[Message]) -> Step | None:
         logic = self.logic
         keys: dict[int, str | None] = {}
         for i, m in enumerate(messages):
@@ -217,17 +262,80 @@ class StageWorker:
                 step.absorbed[m.group] = step.absorbed.get(m.group, 0) + 1
             step.accumulators = {p: accs[p] for p in pairs if p in accs}
             try:
-                return self.store.commit(logic.name, step, now=self.clock(), version=version)
+                committed = self.store.commit(logic.name, step, now=self.clock(), version=version)
             except Conflict:
                 continue
-        return False
+            return step if committed else None
+        return None
 
     def _fire(self, group: str) -> Outcome | None:
         logic = self.logic
-        return self.store.fire(
+        outcome = self.store.fire(
             logic.name,
             group,
             decide=lambda state: decide(state, logic.policy),
             results=lambda g, outcome, accs, counts: logic.results(g, outcome.value, accs, counts),
             outputs=logic.outputs,
         )
+        if outcome is not None and self.metrics is not None:
+            self.metrics.fired.inc()
+        return outcome
+
+
+async def serve_stage(rt: Runtime, spec: PipelineSpec, stage: str, options: WorkerOptions) -> None:
+    """Run a stage worker as a component until the runtime drains.
+
+    The worker loop is synchronous (handlers are plain functions) and runs on a daemon
+    thread that owns its store connection; draining lets it finish and commit its batch.
+    """
+    logic = StageLogic(spec, stage)
+    metrics = StageMetrics(rt.registry, stage)
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[int] = loop.create_future()
+    stop = threading.Event()
+    holder: list[StageWorker] = []
+
+    def report(result: int | BaseException) -> None:
+        if finished.done():
+            return
+        if isinstance(result, BaseException):
+            finished.set_exception(result)
+        else:
+            finished.set_result(result)
+
+    def run() -> None:
+        try:
+            store = open_store(spec.topics.backend, spec.name, Topology.of(spec))
+            worker = StageWorker(spec, logic, store, options, metrics=metrics)
+            holder.append(worker)
+            try:
+                result: int | BaseException = worker.serve(stop.is_set)
+            finally:
+                worker.close()
+                store.close()
+        except BaseException as exc:  # handed to the event loop, which raises it
+            result = exc
+        loop.call_soon_threadsafe(report, result)
+
+    rt.add_status(
+        lambda: {
+            "summary": f"stage {stage}: {holder[0].processed if holder else 0} items",
+            "stage": stage,
+            "processed": holder[0].processed if holder else 0,
+        }
+    )
+    # A daemon thread: a forced stop (second SIGTERM) must not wait for a running handler.
+    threading.Thread(target=run, name=f"pipeline-{stage}", daemon=True).start()
+    rt.set_ready()
+
+    async def stop_when_draining() -> None:
+        await rt.wait_draining()
+        stop.set()
+
+    draining = asyncio.create_task(stop_when_draining())
+    try:
+        await finished
+    finally:
+        stop.set()
+        draining.cancel()
+        await asyncio.gather(draining, return_exceptions=True)
