@@ -340,6 +340,10 @@ class RedisPipelineStore(PipelineStore):
         bkey = f"{self.prefix}b:{stage}"
         fired = f"{stage}|{group}"
         derived = f"{group}/{stage}"
+        # A look without WATCH first: most calls find the group still running.
+        state = self.group(group)
+        if state is None or decide(state) is None:
+            return None
         for _ in range(MAX_FIRE_RETRIES):
             pipe = self.client.pipeline(transaction=True)
             try:

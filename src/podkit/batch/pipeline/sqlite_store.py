@@ -202,17 +202,20 @@ class SqlitePipelineStore(PipelineStore):
                 (self.name, *subs, n),
             ).fetchall()
             messages: list[Message] = []
+            leased: list[int] = []
             for seq, sub, grp, body, delivery in rows:
                 if delivery >= max_deliveries:
                     error = f"leased {delivery} times without a commit (its workers died)"
                     self._bury(db, seq, sub, grp, body, error, now)
                     continue
+                leased.append(seq)
+                messages.append(Message(sub, str(seq), grp, json.loads(body), delivery + 1, token))
+            if leased:
                 db.execute(
                     "UPDATE msgs SET token = ?, deadline = ?, delivery = delivery + 1 "
-                    "WHERE seq = ?",
-                    (token, now + visibility, seq),
+                    f"WHERE seq IN ({','.join('?' * len(leased))})",
+                    (token, now + visibility, *leased),
                 )
-                messages.append(Message(sub, str(seq), grp, json.loads(body), delivery + 1, token))
         return messages
 
     def _bury(
@@ -244,53 +247,70 @@ class SqlitePipelineStore(PipelineStore):
 
     def _commit(self, stage: str, step: Step, *, now: float, version: int | None) -> None:
         messages = [m for m, _ in step.done] + [m for m, _ in step.dead]
+        by_token: dict[str, list[int]] = {}
+        for m in messages:
+            by_token.setdefault(m.token, []).append(int(m.id))
         with self._tx() as db:
-            for m in messages:
-                row = db.execute("SELECT token FROM msgs WHERE seq = ?", (int(m.id),)).fetchone()
-                if row is None or row[0] != m.token:
+            for token, seqs in by_token.items():
+                (held,) = db.execute(
+                    f"SELECT COUNT(*) FROM msgs WHERE seq IN ({','.join('?' * len(seqs))}) "
+                    "AND token = ?",
+                    (*seqs, token),
+                ).fetchone()
+                if held != len(seqs):
                     raise _Lost
             if version is not None and self._version(db, stage) != version:
                 raise Conflict(stage)
+            all_seqs = [seq for seqs in by_token.values() for seq in seqs]
+            if all_seqs:
+                db.execute(
+                    f"DELETE FROM msgs WHERE seq IN ({','.join('?' * len(all_seqs))})", all_seqs
+                )
+            subs = self.topology.subs
+            rows: list[tuple[str, str, str, str]] = []
+            outs: list[tuple[str, str, str]] = []
             out = 0
             deltas: dict[str, list[int]] = {}
             for m, outputs in step.done:
-                db.execute("DELETE FROM msgs WHERE seq = ?", (int(m.id),))
                 children = 0
                 for topic, value in outputs:
-                    children += self._put(db, topic, m.group, encode(value))
+                    body = encode(value)
+                    targets = subs.get(topic, ())
+                    rows.extend((self.name, sub, m.group, body) for sub in targets)
+                    children += len(targets)
+                    if topic in self.topology.outputs:
+                        outs.append((self.name, topic, body))
                 out += len(outputs)
                 d = deltas.setdefault(m.group, [0, 0, 0])
                 d[0] += 1
                 d[2] += children
+            if rows:
+                db.executemany("INSERT INTO msgs (p, sub, grp, body) VALUES (?, ?, ?, ?)", rows)
+            if outs:
+                db.executemany("INSERT INTO outs (p, topic, body) VALUES (?, ?, ?)", outs)
             for m, error in step.dead:
-                db.execute("DELETE FROM msgs WHERE seq = ?", (int(m.id),))
                 db.execute(
                     "INSERT OR REPLACE INTO dead (p, stage, sub, id, grp, body, error, died_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        self.name,
-                        stage,
-                        m.sub,
-                        m.id,
-                        m.group,
-                        encode(m.value),
-                        error[:MAX_ERROR_CHARS],
-                        now,
+                        self.name, stage, m.sub, m.id, m.group, encode(m.value),
+                        error[:MAX_ERROR_CHARS], now,
                     ),
-                )
+                )  # fmt: skip
                 deltas.setdefault(m.group, [0, 0, 0])[1] += 1
             for group, (done, failed, children) in deltas.items():
                 self._group_delta(db, group, created=children, done=done, failed=failed)
             fired = self._fired_groups(
                 db, stage, {g for g, _ in step.accumulators} | set(step.absorbed)
             )
-            for (group, key), value in step.accumulators.items():
-                if group not in fired:
-                    db.execute(
-                        "INSERT OR REPLACE INTO accs (p, stage, grp, key, value) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (self.name, stage, group, key, encode(value)),
-                    )
+            db.executemany(
+                "INSERT OR REPLACE INTO accs (p, stage, grp, key, value) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (self.name, stage, group, key, encode(value))
+                    for (group, key), value in step.accumulators.items()
+                    if group not in fired
+                ],
+            )
             for group, items in step.absorbed.items():
                 if group not in fired:
                     db.execute(
@@ -332,15 +352,20 @@ class SqlitePipelineStore(PipelineStore):
         self, stage: str, pairs: Sequence[tuple[str, str]]
     ) -> tuple[dict[tuple[str, str], Any], int]:
         found: dict[tuple[str, str], Any] = {}
-        with self._tx() as db:
-            version = self._version(db, stage)
-            for group, key in pairs:
-                row = db.execute(
-                    "SELECT value FROM accs WHERE p = ? AND stage = ? AND grp = ? AND key = ?",
-                    (self.name, stage, group, key),
-                ).fetchone()
-                if row is not None:
-                    found[(group, key)] = json.loads(row[0])
+        by_group: dict[str, list[str]] = {}
+        for group, key in pairs:
+            by_group.setdefault(group, []).append(key)
+        # Plain reads, no write lock: the version is read first, so accumulators newer than
+        # it make the commit fail with Conflict and the worker read again.
+        db = self.db
+        version = self._version(db, stage)
+        for group, keys in by_group.items():
+            for key, value in db.execute(
+                "SELECT key, value FROM accs WHERE p = ? AND stage = ? AND grp = ? "
+                f"AND key IN ({','.join('?' * len(keys))})",
+                (self.name, stage, group, *keys),
+            ):
+                found[(group, key)] = json.loads(value)
         return found, version
 
     def open_barriers(self, stage: str) -> list[str]:
@@ -370,6 +395,10 @@ class SqlitePipelineStore(PipelineStore):
         results: Results,
         outputs: Sequence[str],
     ) -> Outcome | None:
+        # A look without the write lock first: most calls find the group still running.
+        state = self._group_state(self.db, group)
+        if state is None or decide(state) is None:
+            return None
         with self._tx() as db:
             if self._fired_groups(db, stage, {group}):
                 return None
