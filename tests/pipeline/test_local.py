@@ -201,3 +201,50 @@ def test_the_wordcount_example_equals_counter(tmp_path: Path) -> None:
     assert read_counts(out) == dict(expected)
     assert result.stages["count"].fired == 1
     assert not result.dead
+
+
+@pytest.mark.parametrize(("quorum", "outcome"), [("50%", "succeeded"), ("90%", "failed")])
+def test_quorum_is_a_share_of_the_children(quorum: str, outcome: str) -> None:
+    result = run(
+        {
+            "m": {
+                "from": "nums",
+                "map": {"handler": f"{H}:fail_on_odd"},
+                "to": "o",
+                "max_attempts": 1,
+            },
+            "j": {"from": "o", "join": {"quorum": quorum}, "to": "done"},
+        },
+        list(range(1, 11)),
+        outputs={"done": {"file": "/dev/null"}},
+    )
+    (summary,) = result.outputs["done"]
+    assert summary["outcome"] == outcome
+    assert len(result.dead) == 5
+
+
+def test_progress_is_a_table_on_a_terminal_and_json_lines_otherwise() -> None:
+    import io
+    import json
+
+    from podkit.batch.pipeline.local import StageStats
+    from podkit.batch.pipeline.progress import ProgressPrinter
+
+    ticks = iter([0.0, 1.0, 2.0])
+    rows = [StageStats("words", "map", items_in=50, items_out=200, pending=50)]
+    table = io.StringIO()
+    printer = ProgressPrinter(table, table=True, clock=lambda: next(ticks))
+    printer(rows)
+    printer(rows)
+    text = table.getvalue()
+    assert "words" in text
+    assert "[##########..........]  50%" in text
+    assert "\x1b[3F" in text  # the second drawing moves up over the first
+    lines = io.StringIO()
+    json_ticks = iter([0.0, 0.5])
+    ProgressPrinter(lines, table=False, clock=lambda: next(json_ticks))(rows)
+    record = json.loads(lines.getvalue())
+    assert record["stages"][0] == {
+        "stage": "words", "kind": "map", "in": 50, "out": 200, "pending": 50, "retries": 0,
+        "dead": 0, "fired": 0, "rate": 100.0,
+    }  # fmt: skip
