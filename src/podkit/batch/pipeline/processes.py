@@ -213,13 +213,15 @@ class ProcessRunner:
         )
 
     def _finished(self, store: PipelineStore) -> bool:
-        if store.backlog(self.all_subs):
-            return False
-        return not any(
+        # Barriers first: a barrier that fires writes its results in the same step that
+        # closes it, so once no barrier is open, the backlog read after sees its results.
+        if any(
             store.open_barriers(name)
             for name in self.order
             if self.kinds[name] in ("join", "reduce")
-        )
+        ):
+            return False
+        return store.backlog(self.all_subs) == 0
 
     def _watch(self, store: PipelineStore) -> None:
         next_progress = self.clock() + self.interval
