@@ -42,7 +42,7 @@ MAX_RESTARTS = 1000  # worker replacements in one run before the run fails (a cr
 
 
 class PipelineFailed(PodkitError):
-    """A run could not finish (its workers keep dying)."""
+    """A run could not finish (its workers keep dying, or it was stopped)."""
 
 
 @dataclass(slots=True)
@@ -187,10 +187,14 @@ class ProcessRunner:
                 self._start(worker)
             if self.on_workers is not None:
                 self.on_workers(self.info.workers)
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
             try:
                 self._watch(store)
             finally:
+                signal.signal(signal.SIGTERM, previous)
                 self._stop_workers()
+            if self.stopping:
+                raise PipelineFailed("stopped by SIGTERM; `run --resume` continues")
             outputs = {topic: store.outputs(topic) for topic in self.spec.outputs}
             write_outputs(self.spec, outputs)
             stats = stats_of(store.counts(self.order, self.subs), self.kinds)
@@ -211,6 +215,9 @@ class ProcessRunner:
             outputs=outputs,
             seconds=self.clock() - started,
         )
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.stopping = True
 
     def _finished(self, store: PipelineStore) -> bool:
         # Barriers first: a barrier that fires writes its results in the same step that

@@ -52,6 +52,8 @@ IDLE_POLL_MAX = 0.25  # ...growing to this while the stage stays idle
 BACKPRESSURE_POLL = 0.05  # seconds between checks of a full output topic
 HEARTBEAT_EVERY = 1.0  # seconds between the worker's heartbeats in the store
 MAX_CONFLICT_RETRIES = 50  # re-reads of a barrier's accumulators before leaving the batch
+MAX_COMMIT_OUTPUTS = 20_000  # outputs one commit should write: a splitter's batch shrinks to fit
+FANOUT_SMOOTHING = 0.5  # weight of the last batch in the running outputs-per-item figure
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,7 @@ class StageWorker:
         self.out_subs = [sub_name(t, stage) for t in logic.outputs for stage in spec.consumers(t)]
         self.name = f"{logic.name}.{options.index}"
         self.processed = 0
+        self._fanout: float | None = None  # outputs per item so far (None: not known yet)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         if logic.runs_commands and logic.concurrency > 1:
             self._pool = concurrent.futures.ThreadPoolExecutor(logic.concurrency)
@@ -176,7 +179,7 @@ class StageWorker:
         """Lease one batch, process and commit it; False when there was nothing to lease."""
         messages = self.store.lease(
             self.subs,
-            self.options.batch,
+            self._batch_size(),
             now=self.clock(),
             visibility=self.options.visibility,
             token=uuid.uuid4().hex,
@@ -196,15 +199,31 @@ class StageWorker:
                 self.metrics.lost.inc()
             return True
         self.processed += len(messages)
+        outputs = sum(len(out) for _, out in step.done)
+        fanout = outputs / len(messages)
+        self._fanout = (
+            fanout
+            if self._fanout is None
+            else FANOUT_SMOOTHING * fanout + (1 - FANOUT_SMOOTHING) * self._fanout
+        )
         if self.metrics is not None:
             self.metrics.items_in.inc(len(messages))
-            self.metrics.items_out.inc(sum(len(outputs) for _, outputs in step.done))
+            self.metrics.items_out.inc(outputs)
             self.metrics.retries.inc(step.retries)
             self.metrics.dead.inc(len(step.dead))
         if self.logic.barrier:
             for group in {m.group for m in messages}:
                 self._fire(group)
         return True
+
+    def _batch_size(self) -> int:
+        """Items to lease: the configured batch, fewer when each item makes many outputs (a
+        splitter's commit stays near MAX_COMMIT_OUTPUTS rows); one while that is unknown."""
+        if self.logic.barrier:
+            return self.options.batch
+        if self._fanout is None:
+            return 1
+        return max(1, min(self.options.batch, int(MAX_COMMIT_OUTPUTS / max(self._fanout, 1.0))))
 
     def _attempt(self, fn: Callable[[Any], Any], value: Any) -> tuple[Any, str | None, int]:
         """Run ``fn(value)`` up to max_attempts times: (result, error or None, retries)."""
