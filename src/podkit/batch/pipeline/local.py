@@ -24,7 +24,7 @@ from typing import Any
 
 from podkit.batch.pipeline.barrier import GroupState, Outcome, decide
 from podkit.batch.pipeline.model import MAX_INPUT_FILES, InputSpec, PipelineSpec
-from podkit.batch.pipeline.stages import StageLogic, build_stages, item_path
+from podkit.batch.pipeline.stages import StageLogic, build_stages, item_path, key_text
 from podkit.errors import ConfigError
 
 LOCAL_CHUNK = 1000  # items one stage takes at a time; bounds what waits downstream
@@ -351,8 +351,7 @@ class LocalRunner:
     def _absorb_chunk(self, logic: StageLogic, chunk: list[tuple[str, Any]]) -> set[str]:
         name = logic.name
         stats = self.stats[name]
-        combine = logic.combine
-        key_of = logic.accumulator_key
+        get_key, handler = logic.fast_fold()
         initial = logic.initial
         deltas: dict[str, list[int]] = {}
         current_group: str | None = None
@@ -373,8 +372,13 @@ class LocalRunner:
                 delta[0] += 1
                 continue
             try:
-                key = key_of(value)
-                accs[key] = combine(accs.get(key, initial), value)
+                if get_key is None:
+                    key = ""
+                else:
+                    key = get_key(value)
+                    if type(key) is not str:
+                        key = key_text(key)
+                accs[key] = handler(accs.get(key, initial), value) if handler else None
             except Exception as exc:  # the item's failure, as in _process
                 if not self._absorb_again(logic, stats, group, value, accs, exc):
                     delta[1] += 1

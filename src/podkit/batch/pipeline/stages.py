@@ -198,12 +198,20 @@ class StageLogic:
         return shard
 
     def _shard(self, value: Any) -> Outputs:
+        key = self._shard_key(value)
+        if type(key) is str:
+            shard = self._shard_cache.get(key)
+            if shard is not None:
+                return [(self.outputs[shard], value)]
         return [(self.outputs[self.shard_of(value)], value)]
 
     def _map(self, value: Any) -> Outputs:
         assert self._handler is not None
         result = self._handler(value)
         if self._generator:
+            if len(self.outputs) == 1:
+                topic = self.outputs[0]
+                return [(topic, v) for v in result]
             return [(topic, v) for v in result for topic in self.outputs]
         if result is None:
             return []
@@ -250,6 +258,12 @@ class StageLogic:
             return ""
         key = self._reduce_key(value)
         return key if isinstance(key, str) else key_text(key)
+
+    def fast_fold(self) -> tuple[Callable[[Any], Any] | None, Callable[[Any, Any], Any] | None]:
+        """The raw key getter (None without ``key``) and handler (None for a join), for a
+        runner's hot loop: keys that are not strings still go through :func:`key_text`."""
+        getter = self._reduce_key if self.reduce_key is not None else None
+        return getter, self._handler
 
     def combine(self, accumulator: Any, value: Any) -> Any:
         """Fold one value into an accumulator (a join only counts)."""
