@@ -2,7 +2,7 @@
 
 100 seed items of one group each add 1000 children (a splitter), and a join waits for all of
 them. The group is counts, not a list: the join's state does not grow with the children.
-Resident memory (RSS) is sampled every 200 ms:
+Resident memory (RSS) is sampled every 20 ms:
 
 * in-process: of this process (the runner holds the topics in memory, so what it holds is
   what is waiting, at most one chunk's fan-out);
@@ -41,7 +41,7 @@ def rss_kib(pid: int) -> int:
 
 
 class Sampler:
-    """Samples the RSS of some processes every 200 ms on a thread."""
+    """Samples the RSS of some processes every 20 ms on a thread."""
 
     def __init__(self, pids: Any) -> None:
         self.pids = pids
@@ -50,7 +50,7 @@ class Sampler:
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
-        while not self.stop.wait(0.2):
+        while not self.stop.wait(0.02):
             for name, pid in self.pids().items():
                 kib = rss_kib(pid)
                 if kib:
@@ -90,9 +90,11 @@ def report(name: str, samples: dict[str, list[int]], result: Any, seconds: float
     print(f"{name}: {seconds:.1f} s, join fired {result.stages['join'].fired} time(s): {done}")
     for who, values in samples.items():
         if values:
+            quarter = [values[len(values) * q // 4] for q in (1, 2, 3)]
             print(
-                f"  RSS of {who}: first {values[0] / 1024:.1f} MiB, max {max(values) / 1024:.1f}"
-                f" MiB, last {values[-1] / 1024:.1f} MiB ({len(values)} samples)"
+                f"  RSS of {who} in MiB: at 1/4, 1/2, 3/4 of the run "
+                f"{', '.join(f'{v / 1024:.1f}' for v in quarter)}; max {max(values) / 1024:.1f}; "
+                f"last {values[-1] / 1024:.1f} ({len(values)} samples)"
             )
 
 
