@@ -2,8 +2,9 @@
 
 Every system computes the same thing, the word counts of a directory of text (a word is
 ``re.findall(r"[a-z0-9]+", line.lower())``), with the same logic: the files are cut into
-pieces of 1000 lines, the words of a piece are counted (a combiner), and the counts are
-summed per word. The result of each is checked against ``collections.Counter``.
+pieces of ``LINES_PER_ITEM`` lines (examples/wordcount/wc.py: 10,000), the words of a piece
+are counted (a combiner), and the counts are summed per word. The result of each is checked
+against ``collections.Counter``.
 
 * ``plain loop``: one process, ``Counter.update`` line by line (the floor);
 * ``podkit in-process``: ``examples/wordcount/pipeline.yaml`` with ``memory://``;
@@ -135,13 +136,13 @@ WORD = re.compile(r"[a-z0-9]+")
 
 def pieces(path):
     with open(path, encoding="utf-8", errors="replace") as fh:
-        while chunk := list(islice(fh, 1000)):
+        while chunk := list(islice(fh, LINES_PER_ITEM)):
             yield "".join(chunk)
 
 def words(text):
     return collections.Counter(WORD.findall(text.lower())).items()
 
-corpus, out = sys.argv[1], sys.argv[2]
+corpus, out, LINES_PER_ITEM = sys.argv[1], sys.argv[2], int(sys.argv[3])
 files = sorted(str(p) for p in Path(corpus).glob("**/*") if p.is_file())
 options = PipelineOptions(["--runner=DirectRunner"])
 with beam.Pipeline(options=options) as p:
@@ -155,7 +156,14 @@ def beam(corpus: Path, work: Path) -> dict[str, int]:
     program = work / "beam_wordcount.py"
     program.write_text(BEAM_PROGRAM)
     out = work / "beam-counts.txt"
-    subprocess.run([sys.executable, str(program), str(corpus), str(out)], check=True, cwd=work)
+    sys.path.insert(0, str(EXAMPLE))
+    from wc import LINES_PER_ITEM  # the same pieces as the pipeline's splitter
+
+    subprocess.run(
+        [sys.executable, str(program), str(corpus), str(out), str(LINES_PER_ITEM)],
+        check=True,
+        cwd=work,
+    )
     return read_counts(out)
 
 

@@ -14,7 +14,7 @@ from itertools import islice
 from typing import Any
 
 WORD = re.compile(r"[a-z0-9]+")
-LINES_PER_ITEM = 1000  # lines of one "lines" item: fewer, larger items cost less to move
+LINES_PER_ITEM = 10_000  # lines of one "lines" item: fewer, larger items cost less to move
 
 
 def lines(item: dict[str, Any]) -> Iterator[str]:
