@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -519,6 +519,3 @@ def parse_set(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
             raise ConfigError(f"{{{key}}} is filled while running, not by --set", path="--set")
         values[key] = value
     return values
-
-
-Policy = Literal["all", "allow_failures", "quorum"]
