@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "hash": "podkit.hashing.cli:command",
     "logs": "podkit.pods.cli:logs_command",
     "logship": "podkit.sidecar.logship:command",
+    "pipeline": "podkit.batch.pipeline.cli:group",
     "proxy": "podkit.apps.proxy:command",
     "queue": "podkit.batch.queue.cli:group",
     "render": "podkit.pods.render:group",

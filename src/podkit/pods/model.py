@@ -157,7 +157,10 @@ class Container(_Model):
 
     component: str | None = Field(
         default=None,
-        description="A podkit command, e.g. 'whoami' or 'queue work'; runs `python -m podkit`.",
+        description=(
+            "A podkit command, e.g. 'whoami', 'queue work' or 'pipeline work'; runs "
+            "`python -m podkit`."
+        ),
     )
     run: list[str] | None = Field(
         default=None, min_length=1, description="The argv of any program (argv[0] on PATH)."

@@ -1,0 +1,301 @@
+"""What each stage kind does to one item: the logic every runner shares.
+
+A stage turns one input value into a list of ``(topic, value)`` outputs (copier, filter,
+splitter, sharder, merger, map), or folds it into a group's state (join, reduce). Handlers
+are plain Python functions named ``module:function``, imported from the pipeline file's
+directory first:
+
+* filter: ``handler(value) -> bool``;
+* splitter: ``handler(value)`` yields values, or :class:`Emit` to pick one of the stage's
+  topics;
+* map: ``handler(value) -> value`` (None: no output); a generator function yields any
+  number of outputs. A ``command`` runs once per item with the item as JSON on stdin; each
+  non-empty line it prints is one output (JSON when it parses, else the text);
+* reduce: ``handler(accumulator, value) -> accumulator``, starting from ``initial``.
+
+An exception (or a command's non-zero exit) fails the item: it is retried, then dead-lettered.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from podkit.batch.pipeline.barrier import BarrierPolicy
+from podkit.batch.pipeline.model import (
+    FilterSpec,
+    JoinSpec,
+    MapSpec,
+    PipelineSpec,
+    ReduceSpec,
+    SharderSpec,
+    SplitterSpec,
+)
+from podkit.batch.queue.worker import load_handler
+from podkit.errors import PodkitError
+from podkit.hashing import jump_hash, key_hash
+
+COMMAND_TIMEOUT = 300.0  # seconds one command of a map stage may run before it fails the item
+MAX_COMMAND_OUTPUT = 16 * 1024 * 1024  # bytes of output one command may print for one item
+SHARD_CACHE_SIZE = 65_536  # keys whose shard a sharder remembers (hashing is most of its work)
+
+
+class ItemError(PodkitError):
+    """An item cannot be processed by a stage (a missing field, a failed command)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A splitter's output for one named topic of its stage (instead of all of them)."""
+
+    topic: str
+    value: Any
+
+
+def item_path(value: Any, path: str) -> Any:
+    """The field at ``$.a.b`` of a value.
+
+    Raises:
+        ItemError: the value has no such field.
+    """
+    current = value
+    for part in path[2:].split("."):
+        if not isinstance(current, dict) or part not in current:
+            raise ItemError(f"item has no field {path}")
+        current = current[part]
+    return current
+
+
+def path_getter(path: str) -> Callable[[Any], Any]:
+    """A fast function for ``item_path(value, path)`` (the hot path of sharders and reduces).
+
+    The function raises :class:`ItemError` for a value without the field.
+    """
+    parts = path[2:].split(".")
+    if len(parts) > 1:
+        return lambda value: item_path(value, path)
+    part = parts[0]
+
+    def get(value: Any) -> Any:
+        try:
+            return value[part]
+        except (KeyError, TypeError, IndexError):
+            raise ItemError(f"item has no field {path}") from None
+
+    return get
+
+
+def key_text(key: Any) -> str:
+    """A key as text: strings as they are, anything else as compact JSON."""
+    if isinstance(key, str):
+        return key
+    return json.dumps(key, separators=(",", ":"), sort_keys=True)
+
+
+Outputs = list[tuple[str, Any]]
+
+
+class StageLogic:
+    """One stage's behaviour, handlers loaded.
+
+    Args:
+        spec: the pipeline.
+        name: the stage.
+
+    Raises:
+        UsageError: a handler cannot be imported.
+    """
+
+    def __init__(self, spec: PipelineSpec, name: str) -> None:
+        self.name = name
+        self.stage = spec.stages[name]
+        self.kind = self.stage.kind
+        self.inputs = spec.stage_inputs(name)
+        self.outputs = spec.stage_outputs(name)
+        self.max_attempts = self.stage.max_attempts
+        self.barrier = self.kind in ("join", "reduce")
+        self.policy = BarrierPolicy()
+        self.concurrency = 1
+        self._handler: Callable[..., Any] | None = None
+        self._generator = False
+        self._command: list[str] | None = None
+        options = self.stage.options
+        if isinstance(options, FilterSpec | SplitterSpec | ReduceSpec):
+            self._handler = _load(options.handler, spec.base_dir)
+        if isinstance(options, MapSpec):
+            self.concurrency = options.concurrency
+            if options.handler is not None:
+                self._handler = _load(options.handler, spec.base_dir)
+                self._generator = inspect.isgeneratorfunction(self._handler)
+            else:
+                self._command = list(options.command or [])
+        if isinstance(options, JoinSpec | ReduceSpec):
+            self.policy = BarrierPolicy.parse(
+                allow_failures=options.allow_failures, quorum=options.quorum
+            )
+        self._shards = options.shards if isinstance(options, SharderSpec) else 0
+        self._shard_key = path_getter(options.key if isinstance(options, SharderSpec) else "$.")
+        self._shard_cache: dict[str, int] = {}
+        self.reduce_key = options.key if isinstance(options, ReduceSpec) else None
+        self._reduce_key = path_getter(self.reduce_key or "$.")
+        self.initial = options.initial if isinstance(options, ReduceSpec) else None
+        self.apply: Callable[[Any], Outputs] = self._pick_apply()
+
+    @property
+    def runs_commands(self) -> bool:
+        return self._command is not None
+
+    def _pick_apply(self) -> Callable[[Any], Outputs]:
+        kind = self.kind
+        if kind in ("copier", "merger"):
+            return self._copy
+        if kind == "filter":
+            return self._filter
+        if kind == "splitter":
+            return self._split
+        if kind == "sharder":
+            return self._shard
+        if kind == "map":
+            return self._run_command if self._command is not None else self._map
+        return self._not_direct
+
+    def _copy(self, value: Any) -> Outputs:
+        return [(topic, value) for topic in self.outputs]
+
+    def _filter(self, value: Any) -> Outputs:
+        assert self._handler is not None
+        return self._copy(value) if self._handler(value) else []
+
+    def _split(self, value: Any) -> Outputs:
+        assert self._handler is not None
+        out: Outputs = []
+        for produced in self._handler(value) or ():
+            if isinstance(produced, Emit):
+                if produced.topic not in self.outputs:
+                    raise ItemError(
+                        f"splitter {self.name} emitted to topic {produced.topic!r}, "
+                        f"not one of its topics {self.outputs}"
+                    )
+                out.append((produced.topic, produced.value))
+            else:
+                out.extend((topic, produced) for topic in self.outputs)
+        return out
+
+    def shard_of(self, value: Any) -> int:
+        """The shard number of a value (jump consistent hash of its key)."""
+        key = self._shard_key(value)
+        text = key if isinstance(key, str) else key_text(key)
+        shard = self._shard_cache.get(text)
+        if shard is None:
+            if len(self._shard_cache) >= SHARD_CACHE_SIZE:
+                self._shard_cache.clear()
+            shard = self._shard_cache[text] = jump_hash(key_hash(text), self._shards)
+        return shard
+
+    def _shard(self, value: Any) -> Outputs:
+        key = self._shard_key(value)
+        if type(key) is str:
+            shard = self._shard_cache.get(key)
+            if shard is not None:
+                return [(self.outputs[shard], value)]
+        return [(self.outputs[self.shard_of(value)], value)]
+
+    def _map(self, value: Any) -> Outputs:
+        assert self._handler is not None
+        result = self._handler(value)
+        if self._generator:
+            if len(self.outputs) == 1:
+                topic = self.outputs[0]
+                return [(topic, v) for v in result]
+            return [(topic, v) for v in result for topic in self.outputs]
+        if result is None:
+            return []
+        return [(topic, result) for topic in self.outputs]
+
+    def _run_command(self, value: Any) -> Outputs:
+        assert self._command is not None
+        data = value if isinstance(value, bytes) else json.dumps(value).encode()
+        try:
+            done = subprocess.run(
+                self._command,
+                input=data,
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ItemError(f"command {self._command[0]}: {exc}") from exc
+        if done.returncode != 0:
+            tail = done.stderr[-500:].decode(errors="replace").strip()
+            raise ItemError(f"command exited with status {done.returncode}: {tail}")
+        if len(done.stdout) > MAX_COMMAND_OUTPUT:
+            raise ItemError(f"command printed more than {MAX_COMMAND_OUTPUT} bytes")
+        out: Outputs = []
+        for raw in done.stdout.decode(errors="replace").splitlines():
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                produced: Any = json.loads(line)
+            except ValueError:
+                produced = line
+            out.extend((topic, produced) for topic in self.outputs)
+        return out
+
+    def _not_direct(self, value: Any) -> Outputs:
+        raise TypeError(f"stage {self.name} is a {self.kind}: it folds items into groups")
+
+    # -- barriers ---------------------------------------------------------------------------
+
+    def accumulator_key(self, value: Any) -> str:
+        """The key a reduce combines ``value`` under within its group ("" without ``key``)."""
+        if self.reduce_key is None:
+            return ""
+        key = self._reduce_key(value)
+        return key if isinstance(key, str) else key_text(key)
+
+    def fast_fold(self) -> tuple[Callable[[Any], Any] | None, Callable[[Any, Any], Any] | None]:
+        """The raw key getter (None without ``key``) and handler (None for a join), for a
+        runner's hot loop: keys that are not strings still go through :func:`key_text`."""
+        getter = self._reduce_key if self.reduce_key is not None else None
+        return getter, self._handler
+
+    def combine(self, accumulator: Any, value: Any) -> Any:
+        """Fold one value into an accumulator (a join only counts)."""
+        if self._handler is None:
+            return None
+        return self._handler(accumulator, value)
+
+    def results(
+        self,
+        group: str,
+        outcome: str,
+        accumulators: Iterable[tuple[str, Any]],
+        counts: dict[str, int],
+    ) -> list[Any]:
+        """The values a fired barrier emits: a join one summary, a reduce one value per key
+        (or one value without ``key``); a failed reduce emits nothing."""
+        if self.kind == "join":
+            return [{"group": group, "outcome": outcome, **counts}]
+        if outcome != "succeeded":
+            return []
+        if self.reduce_key is None:
+            return [{"group": group, "value": acc} for _, acc in accumulators]
+        return [{"group": group, "key": k, "value": acc} for k, acc in accumulators]
+
+
+def _load(spec: str, base_dir: str) -> Callable[..., Any]:
+    # Handlers beside the pipeline file are found wherever the command runs from.
+    if base_dir not in sys.path:
+        sys.path.insert(0, base_dir)
+    return load_handler(spec)
+
+
+def build_stages(spec: PipelineSpec) -> dict[str, StageLogic]:
+    """Every stage's logic, in file order."""
+    return {name: StageLogic(spec, name) for name in spec.stages}

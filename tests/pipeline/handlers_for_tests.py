@@ -1,0 +1,55 @@
+"""Handlers the pipeline tests name in their pipeline files (tests.pipeline.handlers_for_tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from podkit.pipeline import Emit
+
+
+def is_even(value: int) -> bool:
+    return value % 2 == 0
+
+
+def double(value: int) -> int:
+    return value * 2
+
+
+def explode(value: int) -> Iterator[int]:
+    """A generator map: ``value`` copies of itself."""
+    yield from [value] * value
+
+
+def route(value: int) -> Iterator[Any]:
+    """Splitter: small numbers to ``small``, big ones to ``big``; 0 to both."""
+    if value == 0:
+        yield 0
+    elif value < 10:
+        yield Emit("small", value)
+    else:
+        yield Emit("big", value)
+
+
+def add(total: int, value: int) -> int:
+    return total + value
+
+
+def count_one(total: int, value: Any) -> int:
+    return total + 1
+
+
+def add_or_fail(total: int, value: int) -> int:
+    if value == 13:
+        raise ValueError("unlucky")
+    return total + value
+
+
+def fail_on_odd(value: int) -> int:
+    if value % 2:
+        raise RuntimeError(f"odd {value}")
+    return value
+
+
+def wrong_topic(value: int) -> Iterator[Any]:
+    yield Emit("nowhere", value)
