@@ -53,3 +53,8 @@ def fail_on_odd(value: int) -> int:
 
 def wrong_topic(value: int) -> Iterator[Any]:
     yield Emit("nowhere", value)
+
+
+def add_n(total: int, value: dict[str, int]) -> int:
+    """A reduce over ``{"n": ...}`` items: the sum of their ``n``."""
+    return total + value["n"]

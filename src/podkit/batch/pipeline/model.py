@@ -203,10 +203,16 @@ class JoinSpec(PolicyFields):
 
 
 class ReduceSpec(PolicyFields):
-    """An incremental combine per group (and per ``key`` within it), emitted on completion."""
+    """An incremental combine per group (and per ``key`` within it), emitted on completion.
+
+    ``group`` (a path such as ``$.job``) takes the group an item is combined in from the item
+    itself instead of from the input it came from; the barrier still waits for the input's
+    group, and then emits one result per group value (and key) it saw.
+    """
 
     handler: Handler
     key: ItemPath | None = None
+    group: ItemPath | None = None
     initial: Any = None
 
 

@@ -11,7 +11,8 @@ directory first:
 * map: ``handler(value) -> value`` (None: no output); a generator function yields any
   number of outputs. A ``command`` runs once per item with the item as JSON on stdin; each
   non-empty line it prints is one output (JSON when it parses, else the text);
-* reduce: ``handler(accumulator, value) -> accumulator``, starting from ``initial``.
+* reduce: ``handler(accumulator, value) -> accumulator``, starting from ``initial``, one
+  accumulator per group (the item's ``group`` field when the stage names one) and ``key``.
 
 An exception (or a command's non-zero exit) fails the item: it is retried, then dead-lettered.
 """
@@ -143,6 +144,8 @@ class StageLogic:
         self._shard_cache: dict[str, int] = {}
         self.reduce_key = options.key if isinstance(options, ReduceSpec) else None
         self._reduce_key = path_getter(self.reduce_key or "$.")
+        self.reduce_group = options.group if isinstance(options, ReduceSpec) else None
+        self._reduce_group = path_getter(self.reduce_group or "$.")
         self.initial = options.initial if isinstance(options, ReduceSpec) else None
         self.apply: Callable[[Any], Outputs] = self._pick_apply()
 
@@ -253,15 +256,29 @@ class StageLogic:
     # -- barriers ---------------------------------------------------------------------------
 
     def accumulator_key(self, value: Any) -> str:
-        """The key a reduce combines ``value`` under within its group ("" without ``key``)."""
+        """The key a reduce combines ``value`` under within its group ("" without ``key``).
+
+        With ``group``, the key names the item's own group too: ``["GROUP", "KEY"]`` as JSON
+        (``["GROUP", null]`` without ``key``), which :meth:`results` takes apart again.
+
+        Raises:
+            ItemError: the value has no ``key`` or ``group`` field.
+        """
+        if self.reduce_group is not None:
+            group = key_text(self._reduce_group(value))
+            key = None if self.reduce_key is None else key_text(self._reduce_key(value))
+            return json.dumps([group, key], ensure_ascii=False, separators=(",", ":"))
         if self.reduce_key is None:
             return ""
         key = self._reduce_key(value)
         return key if isinstance(key, str) else key_text(key)
 
     def fast_fold(self) -> tuple[Callable[[Any], Any] | None, Callable[[Any, Any], Any] | None]:
-        """The raw key getter (None without ``key``) and handler (None for a join), for a
-        runner's hot loop: keys that are not strings still go through :func:`key_text`."""
+        """The raw key getter (None without ``key`` or ``group``) and handler (None for a
+        join), for a runner's hot loop: keys that are not strings still go through
+        :func:`key_text`."""
+        if self.reduce_group is not None:
+            return self.accumulator_key, self._handler
         getter = self._reduce_key if self.reduce_key is not None else None
         return getter, self._handler
 
@@ -279,11 +296,21 @@ class StageLogic:
         counts: dict[str, int],
     ) -> list[Any]:
         """The values a fired barrier emits: a join one summary, a reduce one value per key
-        (or one value without ``key``); a failed reduce emits nothing."""
+        (or one value without ``key``), and with ``group`` one per group value and key, whose
+        ``group`` field is that value; a failed reduce emits nothing."""
         if self.kind == "join":
             return [{"group": group, "outcome": outcome, **counts}]
         if outcome != "succeeded":
             return []
+        if self.reduce_group is not None:
+            out: list[Any] = []
+            for pair, acc in accumulators:
+                own_group, key = json.loads(pair)
+                if key is None:
+                    out.append({"group": own_group, "value": acc})
+                else:
+                    out.append({"group": own_group, "key": key, "value": acc})
+            return out
         if self.reduce_key is None:
             return [{"group": group, "value": acc} for _, acc in accumulators]
         return [{"group": group, "key": k, "value": acc} for k, acc in accumulators]

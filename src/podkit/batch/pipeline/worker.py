@@ -255,11 +255,13 @@ class StageWorker:
     def _absorb(self, messages: list[Message]) -> Step | None:
         logic = self.logic
         keys: dict[int, str | None] = {}
+        missing: dict[int, str] = {}
         for i, m in enumerate(messages):
             try:
                 keys[i] = logic.accumulator_key(m.value)
-            except Exception:  # no key field: the item fails below
+            except Exception as exc:  # no key or group field: the item fails below
                 keys[i] = None
+                missing[i] = f"{type(exc).__name__}: {exc}"
         pairs = sorted({(m.group, k) for i, m in enumerate(messages) if (k := keys[i]) is not None})
         for _ in range(MAX_CONFLICT_RETRIES):
             stored, version = self.store.accumulators(logic.name, pairs)
@@ -268,7 +270,7 @@ class StageWorker:
             for i, m in enumerate(messages):
                 key = keys[i]
                 if key is None:
-                    step.dead.append((m, f"ItemError: item has no field {logic.reduce_key}"))
+                    step.dead.append((m, missing[i]))
                     continue
                 current = accs.get((m.group, key), logic.initial)
                 combined, error, retries = self._attempt(partial(logic.combine, current), m.value)
