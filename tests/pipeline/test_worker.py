@@ -82,3 +82,45 @@ def test_the_workers_of_a_sharded_reduce_split_its_topics() -> None:
     assert worker_subs(spec, "r", 0, 2) == ["c.0>r", "c.2>r"]
     assert worker_subs(spec, "r", 1, 2) == ["c.1>r", "c.3>r"]
     assert worker_subs(spec, "r", 0, 8) == ["c.0>r", "c.1>r", "c.2>r", "c.3>r"]
+
+
+def test_a_worker_folds_by_the_items_group_path_and_buries_items_without_it(
+    tmp_path: Path,
+) -> None:
+    items = [{"job": "a", "n": 1}, {"job": "b", "n": 2}, {"n": 3}, {"job": "a", "n": 4}]
+    spec = parse_pipeline(
+        {
+            "name": "rg",
+            "topics": {"backend": f"sqlite:///{tmp_path}/p.db"},
+            "inputs": {"nums": {"items": items, "group": "g"}},
+            "stages": {
+                "sum": {
+                    "from": "nums",
+                    "reduce": {
+                        "handler": f"{H}:add_n",
+                        "group": "$.job",
+                        "initial": 0,
+                        "allow_failures": 1,
+                    },
+                    "to": "t",
+                }
+            },
+            "outputs": {"t": {"file": str(tmp_path / "t.txt")}},
+        },
+        base_dir=str(ROOT),
+    )
+    store = store_for(spec)
+    feed_inputs(spec, store)
+    worker = StageWorker(spec, StageLogic(spec, "sum"), store, WorkerOptions(batch=10))
+    while worker.run_once():
+        pass
+    for group in store.open_barriers("sum"):
+        worker._fire(group)
+    assert sorted(store.outputs("t"), key=lambda v: v["group"]) == [
+        {"group": "a", "value": 5},
+        {"group": "b", "value": 2},
+    ]
+    [dead] = store.dead("sum")
+    assert dead.value == {"n": 3}
+    assert dead.error == "ItemError: item has no field $.job"
+    store.close()

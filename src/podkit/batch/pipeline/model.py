@@ -17,6 +17,8 @@ A pipeline file is YAML::
 ``{KEY}`` anywhere in a string is replaced by the value of ``--set KEY=VALUE`` before the
 file is validated; ``{shard}`` in a sharder's ``to`` is the shard number and is left alone.
 A ``from`` ending in ``*`` reads every topic that starts with what comes before it.
+A reduce's ``group: "$.job"`` combines each item in the group its ``job`` field names (one
+result per job) instead of its input's group.
 Every error names the file and the field (``stages.words.map.concurrency``).
 """
 
