@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import random
 import re
@@ -13,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from podkit.batch.pipeline.local import LocalRunner
 from podkit.batch.pipeline.model import ReduceSpec, load_pipeline, parse_pipeline
+from podkit.batch.pipeline.processes import ProcessRunner, worker_pids
 from podkit.errors import ConfigError
+from podkit.testing import RedisServer
+from tests.pipeline.test_processes import Killer
 
 ROOT = Path(__file__).parents[2]
 FIXTURE = Path(__file__).parent / "issue21"
@@ -134,6 +139,41 @@ def test_the_issue_pipeline_runs_with_workers_on_sqlite(tmp_path: Path) -> None:
     assert done.stdout.startswith("done in ")
     assert (work / ".podkit" / "pipe.db").is_file()  # the file's relative SQLite path
     assert read_totals(out) == expected
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_the_issue_pipeline_counts_like_counter_while_workers_are_sigkilled(
+    store: str, tmp_path: Path
+) -> None:
+    """The issue's stages with two workers for words and count, a short visibility so a
+    killed worker's batch comes back soon, on SQLite and on Redis."""
+    data = yaml.safe_load((FIXTURE / "pipeline.yaml").read_text())
+    data["stages"]["words"]["workers"] = 2
+    data["stages"]["count"]["workers"] = 2
+    shutil.copy(FIXTURE / "wc.py", tmp_path / "wc.py")
+    expected = write_jobs(tmp_path / "in", {"alpha": 3, "beta": 3}, 200, seed=11)
+    out = tmp_path / "totals.jsonl"
+    sets = [f"input={tmp_path / 'in'}", f"output={out}"]
+    with contextlib.ExitStack() as stack:
+        if store == "redis":
+            backend = stack.enter_context(RedisServer()).url
+        else:
+            backend = f"sqlite:///{tmp_path}/pipe.db"
+        data["topics"] = {"backend": backend, "visibility": "1s", "batch": 20}
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(data))
+        spec = load_pipeline(path, dict(s.split("=", 1) for s in sets))
+        killer = Killer(limit=4, seed=3)
+        runner = ProcessRunner(spec, file=str(path), sets=sets, on_workers=killer.on_workers)
+        try:
+            result = runner.run()
+        finally:
+            killer.done.set()
+    assert killer.kills >= 2
+    assert read_totals(out) == expected
+    assert result.stages["count"].fired == 1
+    assert not result.dead
+    assert worker_pids(runner.info.workers) == []
 
 
 def test_a_reduce_with_group_and_key_emits_one_value_per_group_and_key() -> None:
