@@ -27,7 +27,7 @@ SUBNET = "127.60.0.0/16"  # its own block: a flagship run by hand on 127.0.x.x i
 FRONT = ("127.60.1.1", 8443)  # pod 1 of the file: front (tls)
 SPLIT_ADMIN = ("127.60.5.1", 9000)  # pod 5: shadow (split)
 OPS = "127.60.12.1"  # pod 12: ops (adapt metrics on 9121, adapt health on 8086)
-START_TIMEOUT = "90s"  # up -d returns once all 16 replicas are ready, or fails after this
+START_TIMEOUT = "90s"  # up -d returns once all 17 replicas are ready, or fails after this
 RUN_TIMEOUT = 150.0  # the whole `podkit up -d` call, a little more than START_TIMEOUT
 
 
