@@ -149,3 +149,24 @@ def test_the_flagship_answers_searches_through_tls_and_every_pattern_reports(
             line for line in result.stdout.splitlines() if "/job" in line and "leader;" in line
         ]
         assert len(leaders) == 1, result.stdout
+
+
+def test_make_up_refuses_an_example_without_a_pod_file() -> None:
+    """`make up EXAMPLE=NAME` names the pods.yaml it did not find, and exits 2."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "up.sh")],
+        env={**os.environ, "EXAMPLE": "no-such-example"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no examples/no-such-example/pods.yaml" in result.stderr
+
+
+def test_the_flagship_passes_up_check() -> None:
+    """Every component's flags in examples/search/pods.yaml are ones podkit has."""
+    result = podkit(ROOT, "up", "--check", "examples/search/pods.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "ok (15 pods" in result.stdout
