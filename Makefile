@@ -1,5 +1,6 @@
 # podkit: two commands on a fresh machine.
 #   make up    set up if needed, then run the quick-start pod
+#              (make up EXAMPLE=search: examples/search/pods.yaml, the flagship)
 #   make test  set up if needed, then lint, type-check and run the test suite
 .PHONY: up test setup system venv native lint typecheck pytest bench clean
 
@@ -26,7 +27,7 @@ native: venv
 	@PY=$(PY) bash scripts/build-native.sh
 
 up: setup
-	@bash scripts/up.sh
+	@EXAMPLE='$(EXAMPLE)' bash scripts/up.sh
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

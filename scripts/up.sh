@@ -7,6 +7,20 @@ cd "$(dirname "$0")/.."
 PODKIT=.venv/bin/podkit
 QUICKSTART=examples/quickstart.yaml
 FALLBACK=examples/whoami.yaml
+# EXAMPLE=NAME (make up EXAMPLE=search): run examples/NAME/pods.yaml instead, with .venv/bin on
+# PATH for the commands its containers run (`podkit ...`). Its README says what to try.
+if [ -n "${EXAMPLE:-}" ]; then
+  file="examples/$EXAMPLE/pods.yaml"
+  if [ ! -f "$file" ]; then
+    echo "podkit: error: no $file (EXAMPLE names a directory of examples/ with a pods.yaml)" >&2
+    exit 2
+  fi
+  export PATH="$PWD/.venv/bin:$PATH"
+  $PODKIT up --check "$file" >/dev/null
+  echo "podkit: running $file; examples/$EXAMPLE/README.md walks through it."
+  echo "Ctrl-C or \`.venv/bin/podkit down\` (another terminal, this directory) stops everything."
+  exec $PODKIT up "$file"
+fi
 if $PODKIT up --help >/dev/null 2>&1 && [ -f "$QUICKSTART" ]; then
   if why=$($PODKIT up --check "$QUICKSTART" 2>&1); then
     cat <<'BANNER'

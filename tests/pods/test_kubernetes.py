@@ -27,16 +27,37 @@ from podkit.pods.kubernetes import (
 from podkit.pods.model import parse_podfile
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+# Each examples/*.yaml, and the flagship: examples/search/pods.yaml.
+EXAMPLES = [*sorted((ROOT / "examples").glob("*.yaml")), ROOT / "examples" / "search" / "pods.yaml"]
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("PODKIT_UPDATE_GOLDEN") == "1"  # rewrite the golden files
 REDIS = "redis://redis:6379/0"
+SEARCH_DATA = "/data/search"  # the flagship's indexes: a volume its pods share in a cluster
 # The quick start keeps its state in SQLite on one machine; a cluster needs a server.
 SETS: dict[str, list[str]] = {
     "quickstart": [
         f"pods.nightly.containers.job.options.backend={REDIS}",
         f"pods.source.containers.lister.args[0]={REDIS}",
         f"pods.workers.containers.work.args[0]={REDIS}",
+    ],
+    "search": [
+        *(
+            f"pods.{pod}.containers.leaf.options.index={SEARCH_DATA}/{shard}"
+            for pod, shard in [
+                ("leaf0", "index/shard-0"),
+                ("leaf1", "index/shard-1"),
+                ("leaf2", "index/shard-2"),
+                ("twin", "index/shard-0"),
+                ("leafnext", "next/shard-0"),
+            ]
+        ),
+        f"pods.index.containers.build.options.out={SEARCH_DATA}/index",
+        f"pods.index.containers.build-next.options.out={SEARCH_DATA}/next",
+        f"pods.ingest.env.SEARCH_DATA={SEARCH_DATA}",
+        f"pods.reindex.env.SEARCH_DATA={SEARCH_DATA}",
+        f"pods.feed.containers.lister.args[0]={REDIS}",
+        f"pods.ingest.containers.work.args[0]={REDIS}",
+        f"pods.reindex.containers.job.options.backend={REDIS}",
     ],
 }
 # KEDA's ScaledObject is a custom resource the Kubernetes schemas do not know: the fields
@@ -112,8 +133,13 @@ def podkit(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     )
 
 
+def example_name(path: Path) -> str:
+    """whoami for examples/whoami.yaml; search for examples/search/pods.yaml."""
+    return path.parent.name if path.stem == "pods" else path.stem
+
+
 def render_example(path: Path, *extra: str) -> tuple[list[dict[str, Any]], str]:
-    sets = [arg for s in SETS.get(path.stem, []) for arg in ("--set", s)]
+    sets = [arg for s in SETS.get(example_name(path), []) for arg in ("--set", s)]
     result = podkit("render", "kubernetes", str(path.relative_to(ROOT)), *sets, *extra)
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d is not None], result.stderr
@@ -134,7 +160,7 @@ def test_three_kubernetes_versions_are_tested() -> None:
     assert all(parse_kube_version(v.rsplit(".", 1)[0]) >= (1, 29) for v in VERSIONS)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("example", EXAMPLES, ids=example_name)
 def test_every_example_validates_strictly_against_the_three_newest_versions(
     example: Path,
 ) -> None:
@@ -154,11 +180,11 @@ def test_a_field_kubernetes_does_not_know_fails_strict_validation() -> None:
         kubernetes_validate.validate(workload, VERSIONS[-1], strict=True)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("example", EXAMPLES, ids=example_name)
 def test_every_example_matches_its_golden_file(example: Path) -> None:
     result_manifests, _ = render_example(example, "--namespace", "demo")
     text = yaml.safe_dump_all(result_manifests, sort_keys=False)
-    golden = GOLDEN / f"{example.stem}.yaml"
+    golden = GOLDEN / f"{example_name(example)}.yaml"
     if UPDATE_GOLDEN:
         GOLDEN.mkdir(exist_ok=True)
         golden.write_text(text)
@@ -166,12 +192,12 @@ def test_every_example_matches_its_golden_file(example: Path) -> None:
     assert text == golden.read_text(), f"{golden} differs; review and PODKIT_UPDATE_GOLDEN=1"
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("example", EXAMPLES, ids=example_name)
 def test_every_example_builds_with_kubectl_kustomize(example: Path, tmp_path: Path) -> None:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is missing: `make setup` installs it (scripts/ensure-system.sh)"
     out = tmp_path / "manifests"
-    sets = [arg for s in SETS.get(example.stem, []) for arg in ("--set", s)]
+    sets = [arg for s in SETS.get(example_name(example), []) for arg in ("--set", s)]
     result = podkit(
         "render", "kubernetes", str(example), *sets, "--namespace", "demo", "--out", str(out)
     )

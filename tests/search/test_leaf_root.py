@@ -7,9 +7,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from podkit.engines.http import Request
-from podkit.serving.search import LeafApp
+from podkit.engines.http import HTTPServer, Request, Response
+from podkit.serving.search import LeafApp, SearchRoot
 from podkit.serving.search._text import query_terms
+from podkit.testing.net import free_port
 
 from .conftest import build, generated_corpus, leaves_and_root
 
@@ -79,3 +80,27 @@ async def test_the_root_answers_400_without_a_query(tmp_path: Path) -> None:
         body = json.loads(bytes(answer.body))  # type: ignore[arg-type]
         assert set(body) >= {"hits", "coverage", "degraded", "took"}
         assert set(body["hits"][0]) >= {"id", "score", "shard", "snippet"}
+
+
+def _cache_control(response: Response) -> list[bytes]:
+    return [value for name, value in response.headers if name.lower() == b"cache-control"]
+
+
+async def test_max_age_lets_a_cache_keep_complete_answers_and_never_partial_ones(
+    tmp_path: Path,
+) -> None:
+    """With max_age a complete answer is public for that long; a degraded one is no-store;
+    without it the root sends no Cache-Control."""
+    shards = build(tmp_path, generated_corpus(60), 1)
+    query = Request("GET", "/search?q=alpha&k=2")
+    async with leaves_and_root([[s] for s in shards]) as (root, _):
+        assert _cache_control(await root.handle(query)) == []
+    async with leaves_and_root([[s] for s in shards], max_age=30.0) as (root, _):
+        assert _cache_control(await root.handle(query)) == [b"public, max-age=30"]
+    async with HTTPServer(LeafApp(shards[0]).handle, host="127.0.0.1", port=0) as server:
+        leaves = [[f"http://127.0.0.1:{server.port}"], [f"http://127.0.0.1:{free_port()}"]]
+        async with SearchRoot(leaves, max_age=30.0, connect_timeout=0.5) as root:
+            answer = await root.handle(query)
+            assert answer.status == 200
+            assert json.loads(bytes(answer.body))["degraded"]  # type: ignore[arg-type]
+            assert _cache_control(answer) == [b"no-store"]

@@ -86,7 +86,8 @@ class RenderOptions:
     """How to render: where, with which image, for which Kubernetes.
 
     Attributes:
-        project: ``app.kubernetes.io/part-of`` of every object (the pod file's stem).
+        project: ``app.kubernetes.io/part-of`` of every object (the pod file's stem, or its
+            directory's name for a ``pods.yaml``).
         namespace: set on every object; None leaves it to ``kubectl -n`` or kustomize.
         image: the image of podkit containers and of ``run`` containers.
         images: ``POD/CONTAINER`` → image, for a container that needs another image.

@@ -178,7 +178,10 @@ def kubernetes_command(
 
 
 def _project_name(pod_file: str) -> str:
-    stem = re.sub(r"[^a-z0-9-]", "-", Path(pod_file).stem.lower()).strip("-")
+    path = Path(pod_file)
+    # examples/search/pods.yaml is the "search" project: the directory names a file called pods.
+    name = path.resolve().parent.name if path.stem in ("pods", "pod") else path.stem
+    stem = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
     return stem[:63].strip("-") or "podkit"
 
 

@@ -237,6 +237,14 @@ def parse_leaf(text: str) -> tuple[str, ...]:
     show_default=True,
     help="Time to connect to a leaf.",
 )
+@click.option(
+    "--max-age",
+    type=DURATION,
+    default="0s",
+    show_default=True,
+    help="How long a cache in front may serve a complete answer (Cache-Control: public, "
+    "max-age); a degraded answer gets no-store. 0s sends no Cache-Control.",
+)
 @access_log_options
 @server_limit_options
 @runtime_options
@@ -249,6 +257,7 @@ def root(
     min_coverage: str,
     top_q: str,
     connect_timeout: float,
+    max_age: float,
     limits: ServerLimits,
     access_log: AccessLogSettings,
     runtime: RuntimeOptions,
@@ -261,6 +270,8 @@ def root(
     """
     if deadline <= 0:
         raise ConfigError("must be more than 0", path="--deadline")
+    if max_age != 0 and (max_age < 1 or max_age != int(max_age)):
+        raise ConfigError("must be 0s or whole seconds (max-age counts seconds)", path="--max-age")
     coverage = parse_fraction(min_coverage, field="--min-coverage")
     if not 0.0 <= coverage <= 1.0:
         raise ConfigError("must be 0%-100%", path="--min-coverage")
@@ -282,6 +293,7 @@ def root(
         top_q=q,
         hedge_ratio=ratio,
         connect_timeout=connect_timeout,
+        max_age=max_age,
         limits=limits,
         access_log=access_log,
     )

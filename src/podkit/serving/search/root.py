@@ -63,6 +63,7 @@ MAX_QUERY_TERMS = 64  # a query of more distinct words than this is a document, 
 MAX_LEAF_ANSWER_BYTES = 64 * 1024 * 1024  # k=1000 hits with snippets is about 1 MiB
 DEFAULT_DF_CACHE_TERMS = 100_000  # about 10 MB of cached document frequencies
 DEFAULT_CONNECT_TIMEOUT = 1.0  # a leaf on the same network connects in well under a second
+DEFAULT_MAX_AGE = 0.0  # answers carry no freshness unless asked: an index may change any time
 STATS_SHARE = 0.5  # of the time left, what gathering statistics for new terms may use
 TOP_Q_FACTOR = 2.0  # first round: each shard returns its share of k, twice over
 Hedge = Literal["auto", "off"]
@@ -198,6 +199,9 @@ class SearchRoot:
         connect_timeout: seconds to connect to a leaf.
         seed: seed of the replica choice's tie-breaking.
         registry: where to export the root's metrics.
+        max_age: seconds a complete answer may be served by a cache in front
+            (``Cache-Control: public, max-age=N``); a degraded one gets ``no-store``. 0 sends
+            no Cache-Control.
     """
 
     def __init__(
@@ -213,6 +217,7 @@ class SearchRoot:
         df_cache_terms: int = DEFAULT_DF_CACHE_TERMS,
         seed: int | None = None,
         registry: CollectorRegistry | None = None,
+        max_age: float = DEFAULT_MAX_AGE,
     ) -> None:
         if not leaves:
             raise ConfigError("at least one leaf is needed", path="--leaf")
@@ -224,6 +229,7 @@ class SearchRoot:
         self.deadline = deadline
         self.hedge = hedge
         self.min_coverage = min_coverage
+        self.max_age = max_age
         self.top_q = top_q
         self.budget = HedgeBudget(hedge_ratio)
         self.df_cache_terms = df_cache_terms
@@ -621,7 +627,12 @@ class SearchRoot:
             body["error"] = str(exc)
             del body["hits"]
             return _json(503, body)
-        return _json(200, result.to_json())
+        response = _json(200, result.to_json())
+        if self.max_age > 0:
+            # A partial answer must not outlive the leaf that was missing from it.
+            value = "no-store" if result.degraded else f"public, max-age={int(self.max_age)}"
+            response.headers.append((b"Cache-Control", value.encode()))
+        return response
 
     def describe(self) -> dict[str, Any]:
         """The corpus as last reported by the shards, and the hedging figures."""
@@ -664,6 +675,7 @@ class RootOptions:
     hedge_ratio: float = 0.05
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     seed: int | None = None
+    max_age: float = DEFAULT_MAX_AGE
     limits: ServerLimits = field(default_factory=ServerLimits)
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
 
@@ -684,6 +696,7 @@ async def serve_root(rt: Runtime, options: RootOptions) -> None:
         connect_timeout=options.connect_timeout,
         seed=options.seed,
         registry=rt.registry,
+        max_age=options.max_age,
     ) as root:
 
         def status() -> dict[str, Any]:
