@@ -18,6 +18,7 @@ from typing import Literal
 
 from podkit.backends.etcd_client import EtcdClient
 from podkit.errors import ConfigError, PodkitError
+from podkit.runtime.files import serve_file_changes
 from podkit.runtime.logging import get_logger
 
 DEFAULT_SOURCE_INTERVAL = 0.25  # file checks, and the longest wait before re-reading etcd
@@ -83,14 +84,6 @@ def read_name_file(path: Path) -> str | None:
     return text.splitlines()[0].strip() if text else None
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 async def serve_source(
     source: EnvSource,
     on_value: Callable[[str | None], None],
@@ -104,14 +97,8 @@ async def serve_source(
         await asyncio.Event().wait()  # nothing changes: wait to be cancelled
     elif source.kind == "file":
         path = Path(source.name)
-        last = _stamp(path)
         on_value(read_name_file(path))
-        while True:
-            await asyncio.sleep(interval)
-            current = _stamp(path)
-            if current != last:
-                last = current
-                on_value(read_name_file(path))
+        await serve_file_changes(path, lambda: on_value(read_name_file(path)), interval=interval)
     else:
         await _serve_etcd(source, on_value, interval=interval)
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from podkit.errors import ConfigError
 from podkit.runtime import HostPort, Runtime, RuntimeOptions, format_duration, run_component
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
 from podkit.runtime.config import parse_hostport
+from podkit.runtime.files import serve_file_changes
 from podkit.runtime.httpserver import Request, Response
 
 FILE_POLL_INTERVAL = 1.0  # seconds between checks of --shards-file, as balance's backends file
@@ -153,7 +153,10 @@ async def serve_shard(
 
             rt.on_reload(reload_shards)
             watch = asyncio.get_running_loop().create_task(
-                _watch_file(shards_file, reload_shards), name="shard-watch-shards-file"
+                serve_file_changes(
+                    shards_file, reload_shards, interval=FILE_POLL_INTERVAL, skip_missing=True
+                ),
+                name="shard-watch-shards-file",
             )
         link = worker_link()
         if link is not None:
@@ -175,25 +178,6 @@ async def serve_shard(
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
-
-
-async def _watch_file(path: Path, changed: Callable[[], None]) -> None:
-    """Call ``changed`` when ``path``'s modification time or size changes."""
-
-    def stamp() -> tuple[float, int] | None:
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        return info.st_mtime, info.st_size
-
-    last = stamp()
-    while True:
-        await asyncio.sleep(FILE_POLL_INTERVAL)
-        now = stamp()
-        if now != last and now is not None:
-            last = now
-            changed()
 
 
 @dataclasses.dataclass(frozen=True)

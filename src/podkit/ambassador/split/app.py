@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import time
 from bisect import bisect_left
@@ -86,6 +85,7 @@ from podkit.errors import ConfigError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
 from podkit.runtime import Runtime
+from podkit.runtime.files import serve_file_changes
 from podkit.runtime.logging import get_logger
 from podkit.runtime.metrics import LATENCY_BUCKETS
 from podkit.serving.balance._affinity import IPNetwork, client_ip
@@ -284,14 +284,6 @@ class _SplitCollector(Collector):
 
 def _text(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class Splitter:
@@ -624,13 +616,7 @@ class Splitter:
         """Re-read the config file whenever it changes, until cancelled."""
         path = self.options.config
         assert path is not None
-        last = _stamp(path)
-        while True:
-            await asyncio.sleep(interval)
-            current = _stamp(path)
-            if current != last:
-                last = current
-                self.reload()
+        await serve_file_changes(path, self.reload, interval=interval)
 
     # -- admin ------------------------------------------------------------------------------
 

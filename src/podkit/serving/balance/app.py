@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -72,6 +71,7 @@ from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
 from podkit.runtime import Runtime
+from podkit.runtime.files import serve_file_changes
 from podkit.runtime.logging import get_logger
 from podkit.runtime.metrics import LATENCY_BUCKETS
 from podkit.serving._workers import Sample, merged_samples, reserve_port
@@ -560,13 +560,7 @@ class Balancer:
         """Re-read the backends file whenever it changes, until cancelled."""
         path = self.options.backends_file
         assert path is not None
-        last = _stamp(path)
-        while True:
-            await asyncio.sleep(interval)
-            current = _stamp(path)
-            if current != last:
-                last = current
-                self.reload()
+        await serve_file_changes(path, self.reload, interval=interval)
 
     # -- admin ------------------------------------------------------------------------------
 
@@ -680,14 +674,6 @@ def drain_request(request: AdminRequest) -> tuple[str, bool] | AdminResponse:
 def _failed(exc: UpstreamError) -> Response:
     """The answer when no attempt got a response: 502, 503 or 504 as the engine says."""
     return Response.text(exc.status, f"backend failed: {exc}\n")
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @contextlib.asynccontextmanager
