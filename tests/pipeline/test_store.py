@@ -193,3 +193,13 @@ def test_reset_forgets_the_pipeline(store: PipelineStore) -> None:
     assert store.backlog([IN]) == 0
     assert store.groups() == {}
     feed(store)
+
+
+def test_put_adds_children_to_an_open_group(store: PipelineStore, other: PipelineStore) -> None:
+    """Items put while the pipeline runs are leased like fed ones; their group stays open."""
+    assert store.put([("nums", "s", 5), ("nums", "s", 6)]) == 2
+    got = other.lease([IN], 10, now=time.time(), visibility=30.0, token="w")
+    assert sorted(m.value for m in got) == [5, 6]
+    state = store.groups()["s"]
+    assert state.created == 2
+    assert not state.sealed

@@ -220,6 +220,27 @@ class RedisPipelineStore(PipelineStore):
         )
         return result
 
+    def put(self, items: Sequence[tuple[str, str, Any]]) -> int:
+        self._ensure_groups(self._all_subs())
+        created: dict[str, int] = {}
+
+        def apply(pipe: Any) -> None:
+            created.clear()
+            pipe.multi()
+            for topic, group, value in items:
+                body = encode(value)
+                for sub in self.topology.subs.get(topic, ()):
+                    pipe.xadd(self._skey(sub), {"g": group, "b": body})
+                if topic in self.topology.outputs:
+                    pipe.rpush(f"{self.prefix}o:{topic}", body)
+                created[group] = created.get(group, 0) + self.topology.children(topic)
+            for group, n in created.items():
+                pipe.sadd(self.prefix + "groups", group)
+                pipe.hincrby(f"{self.prefix}g:{group}", "created", n)
+
+        self._call(self.client.transaction, apply)
+        return sum(created.values())
+
     def lease(
         self,
         subs: Sequence[str],
