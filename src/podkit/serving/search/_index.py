@@ -20,6 +20,7 @@ whenever the content does; the root keys its cache of corpus statistics on it.
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import heapq
 import json
@@ -193,6 +194,25 @@ class _ShardWriter:
         return meta
 
 
+@functools.lru_cache(maxsize=16)
+def _sharding(shards: int) -> JumpHash:
+    return JumpHash([f"shard-{k}" for k in range(shards)])
+
+
+def shard_of(doc_id: str, shards: int) -> int:
+    """The shard that :func:`build_index` puts the document ``doc_id`` in, of ``shards``.
+
+    Jump consistent hash of the id's XXH3-64, the same number a pipeline's sharder with
+    ``key: "$.id"`` computes, so a stage upstream of the build knows each document's leaf.
+
+    Raises:
+        ConfigError: ``shards`` is out of range.
+    """
+    if not 1 <= shards <= MAX_SHARDS:
+        raise ConfigError(f"must be 1-{MAX_SHARDS}", path="shards")
+    return _sharding(shards).pick_shard(doc_id)
+
+
 def build_index(
     documents: Iterable[Document],
     out: Path,
@@ -214,7 +234,7 @@ def build_index(
     if not 1 <= shards <= MAX_SHARDS:
         raise ConfigError(f"must be 1-{MAX_SHARDS}", path="--shards")
     out.mkdir(parents=True, exist_ok=True)
-    sharding = JumpHash([f"shard-{k}" for k in range(shards)])
+    sharding = _sharding(shards)
     writers = []
     for k in range(shards):
         tmp = out / f"shard-{k}.tmp"
@@ -238,9 +258,14 @@ def build_index(
     for k, writer in enumerate(writers):
         metas.append(writer.finish())
         final = out / f"shard-{k}"
+        # Two renames, so a leaf watching the shard finds it missing for a moment at most and
+        # never half-written; the old files go only once the new ones are in place.
+        old = out / f"shard-{k}.old"
+        shutil.rmtree(old, ignore_errors=True)
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         os.replace(writer.directory, final)
+        shutil.rmtree(old, ignore_errors=True)
     return metas
 
 
