@@ -23,7 +23,7 @@ BASE = [
     Document("a", "Sidecar", "a sidecar adds HTTPS to a legacy app"),
     Document("b", "Ambassador", "an ambassador brokers a service for the app"),
 ]
-NEW = Document("c", "Fencing", "fencing tokens stop a deposed leader")
+NEW = Document("e", "Fencing", "fencing tokens stop a deposed leader")  # shard 1 of 2, like a, b
 
 
 def get_json(port: int, path: str) -> Any:
@@ -64,7 +64,7 @@ def test_a_leaf_process_serves_a_rebuilt_index_without_a_restart(tmp_path: Path)
             what="the leaf to serve the rebuilt index",
         )
         hits = get_json(port, "/search?q=fencing")["hits"]
-        assert [h["id"] for h in hits] == ["c"]
+        assert [h["id"] for h in hits] == ["e"]
         assert get_json(port, "/stats")["docs"] == 3
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read()
         assert b'podkit_search_leaf_index_reloads_total{result="reloaded"} 1.0' in metrics
@@ -77,33 +77,36 @@ async def test_a_root_finds_a_document_added_by_a_rebuild_under_its_leaves(
     tmp_path: Path,
 ) -> None:
     """The root's cached corpus statistics follow the leaves' new version: the new document is
-    found with corpus-wide scores; the shard whose content did not change is not reloaded."""
+    found with corpus-wide scores; the shard whose content did not change is not reloaded, and
+    an index still held by a search reads its own documents after the rebuild replaced them."""
     out = tmp_path / "idx"
     build_index(BASE, out, shards=2)
     indexes = [ShardIndex(out / f"shard-{k}") for k in range(2)]
     async with leaves_and_root([[indexes[0]], [indexes[1]]]) as (root, apps):
         first = await root.search("app fencing", k=5)
-        assert "c" not in [h.id for h in first.hits]
-        held = apps[0][0].index
-        shard = shard_of("c", 2)
+        assert "e" not in [h.id for h in first.hits]
+        shard = shard_of("e", 2)
+        held = apps[shard][0].index
+        held_first = held.document(0)
         async with asyncio.TaskGroup() as tasks:
             watches = [
                 tasks.create_task(serve_index_changes(app[0], out / f"shard-{k}", interval=0.05))
                 for k, app in enumerate(apps)
             ]
             await asyncio.sleep(0)  # the watches take their first look at the served index
-            await asyncio.to_thread(build_index, [*BASE, NEW], out, shards=2)
+            await asyncio.to_thread(build_index, [NEW, *BASE], out, shards=2)  # e first
             for _ in range(200):  # poll, with a deadline of 10 s
                 if apps[shard][0].reloads:
                     break
                 await asyncio.sleep(0.05)
             for watch in watches:
                 watch.cancel()
-        assert held.docs == len([d for d in BASE if shard_of(d.id, 2) == 0])  # left intact
+        assert held.docs == len([d for d in BASE if shard_of(d.id, 2) == shard])  # left intact
+        assert held.document(0) == held_first  # its files were replaced, not what it reads
         assert apps[shard][0].reloads == 1
         assert apps[1 - shard][0].reloads == 0  # the same content: nothing to swap
         after = await root.search("app fencing", k=5)
-        assert after.hits[0].id == "c"
+        assert after.hits[0].id == "e"
         assert after.coverage.docs == 3
 
 

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,12 +303,17 @@ class ShardIndex:
                 self.lengths.byteswap()
             self._offsets: list[int] = []
             self.ids: list[str] = []
-            with (directory / "docs.jsonl").open("rb") as handle:
+            # Stored documents are read later through this descriptor, not the path: a rebuild
+            # renames new files into place while this index may still answer a search.
+            self._docs_fd = os.open(directory / "docs.jsonl", os.O_RDONLY)
+            weakref.finalize(self, os.close, self._docs_fd)
+            with os.fdopen(os.dup(self._docs_fd), "rb") as handle:
                 offset = 0
                 for line in handle:
                     self._offsets.append(offset)
                     offset += len(line)
                     self.ids.append(json.loads(line)["id"])
+            self._offsets.append(offset)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexError_(f"{directory}: not a readable shard index ({exc})") from None
         if len(self.ids) != len(self.lengths) or len(self.ids) != int(meta["docs"]):
@@ -328,9 +334,8 @@ class ShardIndex:
 
     def document(self, number: int) -> dict[str, str]:
         """The stored ``{"id", "title", "body"}`` of a document number."""
-        with (self.directory / "docs.jsonl").open("rb") as handle:
-            handle.seek(self._offsets[number])
-            record: dict[str, str] = json.loads(handle.readline())
+        start, end = self._offsets[number], self._offsets[number + 1]
+        record: dict[str, str] = json.loads(os.pread(self._docs_fd, end - start, start))
         return record
 
     def _norms(self, avgdl: float, k1: float, b: float) -> list[float]:
