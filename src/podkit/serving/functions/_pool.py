@@ -63,7 +63,7 @@ class WorkerProcess:
     def __init__(self, lookup: Callable[[str], asyncio.Future[WorkerProcess] | None]) -> None:
         self.protocol = FrameProtocol(self._on_message, self._on_close)
         self.pid = 0
-        self.inflight: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.inflight: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
         self.last_used = 0.0
         self.closed = False
         self.on_exit: Callable[[WorkerProcess], None] | None = None
@@ -74,10 +74,11 @@ class WorkerProcess:
         self._idle = asyncio.Event()
         self._idle.set()
         self._gone = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
 
-    def _on_message(self, message: dict[str, Any]) -> None:
+    def _on_message(self, message: Any) -> None:
         if self._serving:
-            reply = self.inflight.get(int(message.get("id", 0)))
+            reply = self.inflight.get(message[0])
             if reply is not None and not reply.done():
                 reply.set_result(message)
             return
@@ -120,8 +121,9 @@ class WorkerProcess:
         if self._serving and self.on_exit is not None:
             self.on_exit(self)
 
-    async def call(self, kind: str, function: str, arg: Any) -> dict[str, Any]:
-        """Send one invocation; its reply (``outcome`` or ``error``).
+    async def call(self, kind: str, function: str, arg: Any) -> tuple[Any, ...]:
+        """Send one invocation; its reply ``(id, status, fields, body)`` (status 0: fields
+        is the error).
 
         Raises:
             WorkerCrashed: the process died before answering.
@@ -129,10 +131,10 @@ class WorkerProcess:
         if self.closed:
             raise WorkerCrashed(f"worker {self.pid} of {function} has exited")
         call_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Any, ...]] = self._loop.create_future()
         self.inflight[call_id] = future
         self._idle.clear()
-        self.protocol.send({"id": call_id, "kind": kind, "function": function, "arg": arg})
+        self.protocol.send((call_id, kind, function, arg))
         try:
             return await future
         finally:
@@ -319,8 +321,15 @@ class FunctionPool:
     def _show(self) -> None:
         self.metrics.workers.labels(self.spec.name).set(len(self.workers))
 
-    async def call(self, kind: str, arg: Any) -> dict[str, Any]:
+    async def call(self, kind: str, arg: Any) -> tuple[Any, ...]:
         """Run one invocation on a worker (starting one if needed); its reply."""
+        workers = self.workers
+        if (
+            len(workers) == 1  # what place() decides for a lone worker with room, at less cost
+            and not (worker := workers[0]).closed
+            and len(worker.inflight) < self.per_worker
+        ):
+            return await self._call_on(worker, kind, arg)
         while True:
             live = self._live()
             decision = place(
@@ -337,6 +346,9 @@ class FunctionPool:
                 break
             self._room.clear()
             await self._room.wait()
+        return await self._call_on(worker, kind, arg)
+
+    async def _call_on(self, worker: WorkerProcess, kind: str, arg: Any) -> tuple[Any, ...]:
         worker.last_used = self.clock()
         try:
             return await worker.call(kind, self.spec.name, arg)

@@ -47,7 +47,7 @@ from podkit.serving.functions._model import (
     TimerTrigger,
 )
 from podkit.serving.functions._pool import WorkerPools
-from podkit.serving.functions._request import FunctionRequest, encode_result
+from podkit.serving.functions._request import FunctionRequest, encode_outcome
 from podkit.serving.functions._stats import FunctionStats, Slots
 from podkit.serving.functions._store import FunctionStore, open_store
 from podkit.serving.functions._timers import next_interval
@@ -241,11 +241,11 @@ class FunctionRunner:
 
     async def _execute(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Outcome:
         if self.pools is None:
-            return Outcome(*encode_result(await self.run_local(spec, kind, args)))
-        reply = await self.pools.get(spec.name).call(kind, encode_args(kind, args))
-        if "error" in reply:
-            raise decode_error(reply["error"])
-        return Outcome.from_json(reply["outcome"])
+            return Outcome(*encode_outcome(await self.run_local(spec, kind, args)))
+        _, status, fields, body = await self.pools.get(spec.name).call(kind, encode_args(args))
+        if not status:
+            raise decode_error(fields)
+        return Outcome(status, fields, body)
 
     async def run_local(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Any:
         """Run the function here, now (no slot): its events are published before it returns,
@@ -395,13 +395,11 @@ class FunctionRunner:
     async def _answer(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Response:
         try:
             outcome = await self.execute(spec, kind, args, wait=False)
-            status, headers, data = outcome.status, outcome.headers, outcome.body
         except Exception as exc:
             if not isinstance(exc, FunctionError | UsageError):
                 self.log.exception("function failed", extra={"function": spec.name})
             return _error_response(exc)
-        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        return Response(status, fields, data)
+        return Response(outcome.status, outcome.fields, outcome.body)
 
     async def _invoke_by_name(self, request: Request, name: str) -> Response:
         if request.method != "POST":
