@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -11,9 +11,30 @@ from urllib.parse import parse_qsl, urlencode
 from podkit.serving.functions._errors import InvalidInput
 
 _EMPTY = object()
-# one encoder (json.dumps with options builds a new one per call); the same output
-_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _JSON_FIELDS = (b"Content-Type", b"application/json")
+
+try:  # orjson is an optional accelerator (``podkit[fast]``): about ten times the stdlib's speed
+    import orjson
+
+    _orjson_dumps: Callable[[Any], bytes] | None = orjson.dumps
+except ImportError:  # pragma: no cover - orjson is installed by the dev extra
+    _orjson_dumps = None
+
+
+def dump_json(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON (what orjson writes when it is installed; the
+    stdlib's encoder for what orjson refuses, such as integers over 64 bits).
+
+    Raises:
+        TypeError: the value is not JSON-serialisable.
+    """
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(value)
+        except TypeError:
+            pass
+    return _JSON_ENCODER.encode(value).encode()
 
 
 class Headers(Mapping[str, str]):
@@ -209,7 +230,7 @@ def encode_result(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
         data = body.encode()
         headers.append(("Content-Type", "text/plain; charset=utf-8"))
     else:
-        data = _JSON_ENCODER.encode(body).encode()
+        data = dump_json(body)
         headers.append(("Content-Type", "application/json"))
     lower = {k.lower() for k in extra}
     headers = [(k, v) for k, v in headers if k.lower() not in lower]
@@ -224,6 +245,6 @@ def encode_outcome(result: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         TypeError: the result is not JSON-serialisable.
     """
     if type(result) is dict:  # the common answer, without the general bookkeeping
-        return 200, [_JSON_FIELDS], _JSON_ENCODER.encode(result).encode()
+        return 200, [_JSON_FIELDS], dump_json(result)
     status, headers, data = encode_result(result)
     return status, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers], data

@@ -33,10 +33,16 @@ from prometheus_client import CollectorRegistry
 from podkit.batch.queue.client import DEFAULT_VISIBILITY_TIMEOUT, Item, PutRequest, Queue
 from podkit.batch.queue.states import RetryPolicy
 from podkit.batch.queue.worker import QueueWorker
-from podkit.engines.http import Request, Response
+from podkit.engines.http import EMPTY_BODY, Request, Response
 from podkit.errors import BackendError, PodkitError, UsageError
 from podkit.serving.functions._cloudevents import CloudEvent
-from podkit.serving.functions._context import InvocationContext, Kind, run_in_context
+from podkit.serving.functions._context import (
+    InvocationContext,
+    Kind,
+    call_handler,
+    current,
+    is_async,
+)
 from podkit.serving.functions._errors import FunctionError, Overloaded, RateLimited
 from podkit.serving.functions._model import (
     EventTrigger,
@@ -189,16 +195,20 @@ class FunctionRunner:
         """Invocations running now, by function."""
         return {name: slots.used for name, slots in self.slots.items()}
 
-    async def _in_slot(
-        self, spec: FunctionSpec, kind: Kind, wait: bool, run: Callable[[], Awaitable[T]]
-    ) -> T:
-        """``await run()`` in one of ``spec``'s slots, counted in the metrics."""
+    async def _take_slot(self, spec: FunctionSpec, kind: Kind, wait: bool) -> Slots:
         slots = self.slots[spec.name]
         if wait:
             await slots.take()
         elif not slots.take_now():
             self.metrics.invoked(spec.name, kind, "rejected", 0.0)
             raise Overloaded(f"{spec.name} runs {spec.concurrency} calls already")
+        return slots
+
+    async def _in_slot(
+        self, spec: FunctionSpec, kind: Kind, wait: bool, run: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``await run()`` in one of ``spec``'s slots, counted in the metrics."""
+        slots = await self._take_slot(spec, kind, wait)
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -237,23 +247,39 @@ class FunctionRunner:
                 :class:`WorkerCrashed` when its process died).
             Exception: in this process, whatever the function raised.
         """
-        return await self._in_slot(spec, kind, wait, lambda: self._execute(spec, kind, args))
-
-    async def _execute(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Outcome:
-        if self.pools is None:
-            return Outcome(*encode_outcome(await self.run_local(spec, kind, args)))
-        _, status, fields, body = await self.pools.get(spec.name).call(kind, encode_args(args))
-        if not status:
-            raise decode_error(fields)
-        return Outcome(status, fields, body)
+        slots = self.slots[spec.name]
+        if wait or not slots.take_now():  # (the common case costs no extra coroutine)
+            slots = await self._take_slot(spec, kind, wait)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            if self.pools is None:
+                result = Outcome(*encode_outcome(await self.run_local(spec, kind, args)))
+            else:
+                reply = await self.pools.get(spec.name).call(kind, encode_args(args))
+                _, status, fields, body = reply
+                if not status:
+                    raise decode_error(fields)
+                result = Outcome(status, fields, body)
+            outcome = "ok"
+            return result
+        finally:
+            slots.give()
+            self.metrics.invoked(spec.name, kind, outcome, time.perf_counter() - started)
 
     async def run_local(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Any:
         """Run the function here, now (no slot): its events are published before it returns,
         and with ``then`` its result too."""
         ctx = InvocationContext(spec.name, kind, self)
+        handler = spec.handler
+        token = current.set(ctx)
         try:
-            result = await run_in_context(ctx, spec.handler, *args)
+            if is_async(handler):  # awaited here: one coroutine fewer per invocation
+                result = await handler(*args)
+            else:
+                result = await call_handler(handler, *args)
         finally:
+            current.reset(token)
             if ctx.pending:
                 # the function's events are stored before its invocation counts as done
                 await asyncio.gather(*ctx.pending)
@@ -373,7 +399,10 @@ class FunctionRunner:
                     )
                 return _json_response(404, {"error": "no function serves this path"})
             spec, params = found
-            body = await request.read(self.max_body)
+            if request.body is EMPTY_BODY:
+                body = b""
+            else:
+                body = await request.read(self.max_body)
             freq = FunctionRequest(
                 request.method,
                 path,
@@ -662,8 +691,13 @@ class FunctionRunner:
 
 
 def _wants_async(request: Request) -> bool:
-    prefer = request.header("prefer") or ""
-    return any(p.strip().lower() == ASYNC_PREFERENCE for p in prefer.split(","))
+    """Whether a ``Prefer`` field of the request asks for ``respond-async``."""
+    for name, value in request.headers:
+        if len(name) == 6 and name.lower() == b"prefer":
+            text = value.decode("latin-1")
+            if any(p.strip().lower() == ASYNC_PREFERENCE for p in text.split(",")):
+                return True
+    return False
 
 
 __all__ = ["FunctionRunner"]
