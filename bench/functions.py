@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from proxy import session_cpu_seconds
 from serving_harness import (
     CORE_UNDER_TEST,
     Result,
@@ -102,8 +104,12 @@ def serve_argv(tmp: Path, port: int, admin: int, backend: str, *extra: str) -> l
 
 def warm_http(tmp: Path, seconds: int, connections: int, rounds: int) -> None:
     """Each target ``rounds`` times, interleaved (a busy machine slows all of them alike);
-    the round with the median requests/s of each target is shown."""
+    the round with the median requests/s of each target is shown, with the median CPU time
+    its processes (the server and its worker processes) spent per request: on a loaded
+    machine two processes get two shares of the pinned core, so CPU per request is the
+    figure that compares the work done."""
     runs: dict[str, list[Result]] = {}
+    cpu: dict[str, list[float]] = {}
     uvicorn = [
         sys.executable, "-m", "uvicorn", "starlette_app:app", "--app-dir", str(tmp),
         "--host", "127.0.0.1", "--workers", "1", "--no-access-log", "--log-level", "warning",
@@ -113,6 +119,7 @@ def warm_http(tmp: Path, seconds: int, connections: int, rounds: int) -> None:
         ("podkit functions (inline)", ("--isolation", "inline")),
         ("starlette on uvicorn", None),
     ]
+    load = os.getloadavg()[0]
     for _ in range(rounds):
         for name, extra in targets:
             port, admin = free_port(), free_port()
@@ -121,16 +128,26 @@ def warm_http(tmp: Path, seconds: int, connections: int, rounds: int) -> None:
             else:
                 backend = f"sqlite:///{tmp}/w.db"
                 argv = pinned(CORE_UNDER_TEST, serve_argv(tmp, port, admin, backend, *extra))
-            with process(argv, port, tmp / "serve.log"):
+            with process(argv, port, tmp / "serve.log") as proc:
                 get(f"http://127.0.0.1:{port}/hello")  # start the worker: this run is warm
-                runs.setdefault(name, []).append(wrk(name, port, seconds, connections, "/hello"))
+                before = session_cpu_seconds(proc.pid)  # the server leads its own session
+                result = wrk(name, port, seconds, connections, "/hello")
+                used = session_cpu_seconds(proc.pid) - before
+                runs.setdefault(name, []).append(result)
+                cpu.setdefault(name, []).append(used * 1e6 / max(1.0, result.rps * seconds))
     results = [sorted(r, key=lambda x: x.rps)[len(r) // 2] for r in runs.values()]
     print_table(
         f"Warm HTTP, trivial JSON function (wrk -t1 -c{connections} -d{seconds}s, "
-        f"median of {rounds} interleaved rounds)",
+        f"median of {rounds} interleaved rounds; load average {load:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} at end)",
         results,
         ["starlette on uvicorn"],
     )
+    peer = statistics.median(cpu["starlette on uvicorn"])
+    print("CPU per request (server and its workers, median of the rounds)")
+    for name, figures in cpu.items():
+        mid = statistics.median(figures)
+        print(f"  {name:34} {mid:6.1f} us   {mid / peer:5.2f}x starlette's")
 
 
 def status(admin: int) -> dict[str, object]:
