@@ -47,6 +47,12 @@ STOP_GRACE = 5.0  # a closed worker that has not exited by then is killed
 COLD_START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
+class FunctionGone(FunctionError):
+    """The function of an invocation was removed from the app by a reload."""
+
+    status = 503
+
+
 class WorkerStartFailed(FunctionError):
     """A worker process could not start (its app file fails to import, or it timed out)."""
 
@@ -314,6 +320,14 @@ class FunctionPool:
         self._room = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
 
+    def configure(self, spec: FunctionSpec, *, max_workers: int, idle: float) -> None:
+        """Take the (reloaded) declaration of the function: its limits apply from now on."""
+        self.spec = spec
+        self.max_workers = max_workers
+        self.per_worker = per_worker_limit(spec.concurrency, max_workers)
+        self.idle = idle
+        self._room.set()
+
     def _live(self) -> list[WorkerProcess]:
         self.workers = [w for w in self.workers if not w.closed]
         return self.workers
@@ -434,7 +448,7 @@ class FunctionPool:
 
 
 class WorkerPools:
-    """The pools of every function of an app, their spawner, reaper and reload watcher.
+    """The pools of every function of an app, their spawner and reaper.
 
     Use as ``async with WorkerPools(app, app_path=..., backend=...) as pools:``.
     """
@@ -458,17 +472,19 @@ class WorkerPools:
         self.metrics = PoolMetrics(registry)
         self.log = log
         self.idle = idle
-        self.pools = {
-            name: FunctionPool(
-                spec,
-                self.spawner,
-                max_workers=spec.workers or max_workers,
-                idle=spec.idle if spec.idle is not None else idle,
-                metrics=self.metrics,
-                log=log,
-            )
-            for name, spec in app.functions.items()
-        }
+        self.max_workers = max_workers
+        self.pools = {name: self._pool(spec) for name, spec in app.functions.items()}
+        self._removed: list[FunctionPool] = []  # pools of functions a reload removed
+
+    def _pool(self, spec: FunctionSpec) -> FunctionPool:
+        return FunctionPool(
+            spec,
+            self.spawner,
+            max_workers=spec.workers or self.max_workers,
+            idle=spec.idle if spec.idle is not None else self.idle,
+            metrics=self.metrics,
+            log=self.log,
+        )
 
     async def __aenter__(self) -> WorkerPools:
         await self.spawner.start()
@@ -479,44 +495,50 @@ class WorkerPools:
 
     async def aclose(self) -> None:
         try:
-            await asyncio.gather(*(p.aclose() for p in self.pools.values()), return_exceptions=True)
+            pools = [*self.pools.values(), *self._removed]
+            await asyncio.gather(*(p.aclose() for p in pools), return_exceptions=True)
         finally:
             await self.spawner.aclose()
 
     def get(self, name: str) -> FunctionPool:
-        return self.pools[name]
+        """The pool of function ``name``.
 
-    def restart(self) -> None:
-        for pool in self.pools.values():
+        Raises:
+            FunctionGone: a reload removed the function (an invocation that started
+                before it is retried, and finds no function then either).
+        """
+        pool = self.pools.get(name)
+        if pool is None:
+            raise FunctionGone(f"{name} is no longer served (the app was reloaded)")
+        return pool
+
+    def replace_app(self, app: FunctionApp) -> None:
+        """Serve ``app``'s functions: a pool per new function, the workers of every other
+        one retired (each finishes its invocations; new ones load the app anew), and the
+        pools of removed functions emptied."""
+        for name, spec in app.functions.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                self.pools[name] = self._pool(spec)
+            else:
+                pool.configure(
+                    spec,
+                    max_workers=spec.workers or self.max_workers,
+                    idle=spec.idle if spec.idle is not None else self.idle,
+                )
+                pool.restart()
+        for name in [n for n in self.pools if n not in app.functions]:
+            pool = self.pools.pop(name)
             pool.restart()
+            self._removed.append(pool)
 
     async def serve_reaper(self, stop: asyncio.Event) -> None:
         """Stop idle workers until ``stop`` is set."""
-        shortest = min((p.idle for p in self.pools.values()), default=self.idle)
-        interval = max(0.02, min(1.0, shortest / 4))
         while not stop.is_set():
+            # read each turn: a reload may add a function with a shorter idle
+            shortest = min((p.idle for p in self.pools.values()), default=self.idle)
+            interval = max(0.02, min(1.0, shortest / 4))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             for pool in self.pools.values():
                 pool.reap()
-
-    async def serve_reload(self, path: str, stop: asyncio.Event, *, interval: float) -> None:
-        """Restart the workers when the app file (or a Python file beside it) changes."""
-        seen = await asyncio.to_thread(_fingerprint, path)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            now = await asyncio.to_thread(_fingerprint, path)
-            if now != seen:
-                seen = now
-                self.log.info("app changed: restarting workers", extra={"app": path})
-                self.restart()
-
-
-def _fingerprint(path: str) -> tuple[tuple[str, float], ...]:
-    """Names and modification times of the Python files beside ``path``."""
-    found = []
-    for file in sorted(Path(path).resolve().parent.glob("*.py")):
-        with contextlib.suppress(OSError):
-            found.append((file.name, file.stat().st_mtime))
-    return tuple(found)

@@ -34,7 +34,7 @@ from podkit.batch.queue.client import DEFAULT_VISIBILITY_TIMEOUT, Item, PutReque
 from podkit.batch.queue.states import RetryPolicy
 from podkit.batch.queue.worker import QueueWorker
 from podkit.engines.http import EMPTY_BODY, Request, Response
-from podkit.errors import BackendError, PodkitError, UsageError
+from podkit.errors import BackendError, ConfigError, PodkitError, UsageError
 from podkit.serving.functions._cloudevents import CloudEvent
 from podkit.serving.functions._context import (
     InvocationContext,
@@ -51,6 +51,8 @@ from podkit.serving.functions._model import (
     HttpTrigger,
     QueueTrigger,
     TimerTrigger,
+    app_fingerprint,
+    load_app,
 )
 from podkit.serving.functions._pool import WorkerPools
 from podkit.serving.functions._request import FunctionRequest, encode_outcome
@@ -149,6 +151,8 @@ class FunctionRunner:
         self.queues: dict[str, Queue] = {}
         self.loop: asyncio.AbstractEventLoop
         self._opened = False
+        self._app_changed = asyncio.Event()
+        self._stale_queues: list[Queue] = []
 
     async def __aenter__(self) -> FunctionRunner:
         """Check that the backend answers (a missing SQLite directory, a Redis that cannot
@@ -167,7 +171,8 @@ class FunctionRunner:
 
     async def aclose(self) -> None:
         """Close the queues and the store."""
-        queues, self.queues = list(self.queues.values()), {}
+        queues, self.queues = [*self.queues.values(), *self._stale_queues], {}
+        self._stale_queues = []
         try:
             for queue in queues:
                 await queue.aclose()
@@ -630,10 +635,10 @@ class FunctionRunner:
                 raise
             await self._dead_letter(spec, queue_name, item, "invalid", str(exc))
 
-    def delivery_queues(self) -> list[tuple[FunctionSpec, str]]:
-        """The (function, queue) pairs a runner works on."""
+    def delivery_queues(self, app: FunctionApp | None = None) -> list[tuple[FunctionSpec, str]]:
+        """The (function, queue) pairs a runner works on (for ``app``, default its own)."""
         pairs: list[tuple[FunctionSpec, str]] = []
-        for spec in self.app.functions.values():
+        for spec in (app or self.app).functions.values():
             kinds = {type(t) for t in spec.triggers}
             if kinds & {EventTrigger, HttpTrigger}:
                 pairs.append((spec, spec.queue_name))
@@ -642,9 +647,27 @@ class FunctionRunner:
 
     async def serve_deliveries(self, stop: asyncio.Event) -> None:
         """Work on every function's queue and run the timers until ``stop`` is set; then
-        finish the invocations held and return."""
+        finish the invocations held and return.
+
+        When :meth:`replace_app` swaps the app, the queue workers and timers of the old one
+        stop taking work (they finish what they hold, in the background) and those of the
+        new one start at once.
+        """
         async with asyncio.TaskGroup() as tasks:
-            for spec, queue_name in self.delivery_queues():
+            while True:
+                self._app_changed.clear()
+                generation = asyncio.Event()
+                tasks.create_task(
+                    self._serve_generation(self.app, generation), name="functions-generation"
+                )
+                await _wait_either(stop, self._app_changed)
+                generation.set()
+                if stop.is_set():
+                    return
+
+    async def _serve_generation(self, app: FunctionApp, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for spec, queue_name in self.delivery_queues(app):
                 queue = self.queue(queue_name, spec)
                 worker = QueueWorker(
                     queue,
@@ -654,12 +677,80 @@ class FunctionRunner:
                     log=self.log,
                 )
                 tasks.create_task(worker.serve(stop), name=f"functions-{queue_name}")
-            for spec in self.app.functions.values():
+            for spec in app.functions.values():
                 for trigger in spec.triggers:
                     if isinstance(trigger, TimerTrigger):
                         tasks.create_task(
                             self._serve_timer(spec, trigger, stop), name=f"timer-{spec.name}"
                         )
+
+    async def serve_reload(self, path: str, stop: asyncio.Event, *, interval: float) -> None:
+        """Reload the app (:meth:`reload_app`) each time its file, or a Python file beside
+        it, changes; look every ``interval`` seconds until ``stop`` is set."""
+        seen = await asyncio.to_thread(app_fingerprint, path)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            now = await asyncio.to_thread(app_fingerprint, path)
+            if now != seen and not stop.is_set():
+                seen = now
+                await self.reload_app(path)
+
+    async def reload_app(self, path: str) -> bool:
+        """Read the app file again and serve what it declares now: routes, subscriptions,
+        queues and timers (:meth:`replace_app`), with the workers restarted on its new code.
+
+        A file that fails to load changes nothing: the last good version serves on, and the
+        reason is logged once.
+
+        Returns:
+            Whether the new version is served.
+        """
+        try:
+            app = await asyncio.to_thread(load_app, path)
+        except (Exception, SystemExit) as exc:  # the app's own code ran: anything may come
+            reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            self.log.error(
+                "app reload failed: the last good version serves on",
+                extra={"app": path, "error": reason},
+            )
+            return False
+        before = self.app
+        self.replace_app(app)
+        if self.pools is not None:
+            self.pools.replace_app(app)
+        self.log.info(
+            "app reloaded",
+            extra={
+                "app": path,
+                "functions": sorted(app.functions),
+                "added": sorted(set(app.functions) - set(before.functions)),
+                "removed": sorted(set(before.functions) - set(app.functions)),
+                "triggers": sorted(t.label for s in app.functions.values() for t in s.triggers),
+            },
+        )
+        return True
+
+    def replace_app(self, app: FunctionApp) -> None:
+        """Serve ``app`` from now on: its routes answer, its subscriptions, queues and
+        timers are worked on (:meth:`serve_deliveries` restarts them). A function that is
+        gone keeps its slot counter, so invocations still running finish as they started."""
+        self.app = app
+        for name, spec in app.functions.items():
+            slots = self.slots.get(name)
+            if slots is None:
+                self.slots[name] = Slots(spec.concurrency)
+            else:
+                slots.resize(spec.concurrency)
+            for queue_name in [spec.queue_name] + [
+                t.queue for t in spec.triggers if isinstance(t, QueueTrigger)
+            ]:
+                queue = self.queues.get(queue_name)
+                policy = RetryPolicy(base=spec.backoff, cap=spec.backoff_cap)
+                if queue is not None and queue.retry != policy:
+                    # the old generation may still use it: closed with the runner
+                    self._stale_queues.append(self.queues.pop(queue_name))
+        self._app_changed.set()
 
     async def _serve_timer(
         self, spec: FunctionSpec, trigger: TimerTrigger, stop: asyncio.Event
@@ -688,6 +779,18 @@ class FunctionRunner:
                     "timer function failed",
                     extra={"function": spec.name, "error": f"{type(exc).__name__}: {exc}"},
                 )
+
+
+async def _wait_either(first: asyncio.Event, second: asyncio.Event) -> None:
+    """Return when either event is set."""
+    if first.is_set() or second.is_set():
+        return
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _wants_async(request: Request) -> bool:

@@ -150,7 +150,9 @@ def group() -> None:
 @click.option(
     "--reload",
     is_flag=True,
-    help="Restart the workers when APP (or a Python file beside it) changes.",
+    help="When APP (or a Python file beside it) changes, serve its new routes, subscriptions, "
+    "queues and timers and restart the workers on its new code (a file that fails to load "
+    "changes nothing).",
 )
 @access_log_options
 @server_limit_options
@@ -179,10 +181,6 @@ def serve(
         raise click.BadParameter("must be positive", param_hint="--visibility")
     if idle <= 0:
         raise click.BadParameter("must be positive", param_hint="--idle")
-    if reload and isolation != "process":
-        raise click.BadParameter(
-            "restarts worker processes: use it with --isolation process", param_hint="--reload"
-        )
     functions = load_app(app)
 
     async def main(rt: Runtime) -> None:
@@ -220,7 +218,7 @@ def serve(
 
             def status() -> dict[str, Any]:
                 figures: dict[str, Any] = {
-                    "summary": f"{len(functions.functions)} functions, "
+                    "summary": f"{len(runner.app.functions)} functions, "
                     f"{sum(runner.running.values())} running",
                     "running": dict(runner.running),
                 }
@@ -256,11 +254,12 @@ def serve(
                     tasks.create_task(runner.serve_deliveries(stop), name="functions-deliveries")
                     if pools is not None:
                         tasks.create_task(pools.serve_reaper(stop), name="functions-reaper")
-                        if reload:
-                            tasks.create_task(
-                                pools.serve_reload(app, stop, interval=RELOAD_INTERVAL),
-                                name="functions-reload",
-                            )
+                    if reload:
+                        tasks.create_task(
+                            runner.serve_reload(app, stop, interval=RELOAD_INTERVAL),
+                            name="functions-reload",
+                        )
+
                     rt.set_ready()
                     await rt.wait_draining()
                     stop.set()
