@@ -57,7 +57,9 @@ class FrameProtocol(asyncio.Protocol):
 
     Parsing happens in ``data_received`` (no task or await per frame), and the frames sent
     in one turn of the event loop leave in one write: under load, many invocations share a
-    system call and a wake-up of the other process.
+    system call and a wake-up of the other process. The answers given while the frames of
+    one read are handled (a worker's invocations that finish without suspending) leave at
+    the end of that read, without waiting for the next turn.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class FrameProtocol(asyncio.Protocol):
         self._pending_size = 0
         self._needed = _LENGTH_SIZE  # bytes of the frame that _pending starts
         self._outgoing: list[bytes] = []
+        self._receiving = False  # in data_received: what is sent is written at its end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -84,32 +87,41 @@ class FrameProtocol(asyncio.Protocol):
                 return
             data = b"".join(self._pending)
             self._pending = []
-        start = 0
         size = len(data)
-        view = memoryview(data)
+        self._receiving = True
+        try:
+            start = self._parse(data, memoryview(data), size)
+        finally:
+            self._receiving = False
+            if self._outgoing:  # what the messages answered at once leaves now, in one write
+                self._flush()
+        if start < size:
+            self._pending = [data[start:]]
+            self._pending_size = size - start
+
+    def _parse(self, data: bytes, view: memoryview, size: int) -> int:
+        """Hand each whole frame to ``on_message``; where the first incomplete one starts."""
+        start = 0
         while size - start >= _LENGTH_SIZE:
             (length,) = _unpack_length(data, start)
             if length > MAX_FRAME:
                 if self.transport is not None:
                     self.transport.abort()
-                return
+                return size
             end = start + _LENGTH_SIZE + length
             if end > size:
                 self._needed = end - start
-                break
+                return start
             message = _loads(view[start + _LENGTH_SIZE : end])
             start = end
             self.on_message(message)
-        else:
-            self._needed = _LENGTH_SIZE
-        if start < size:
-            self._pending = [data[start:]]
-            self._pending_size = size - start
+        self._needed = _LENGTH_SIZE
+        return start
 
     def send(self, message: Any) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        if not self._outgoing:
+        if not self._outgoing and not self._receiving:
             asyncio.get_running_loop().call_soon(self._flush)
         data = _dumps(message, MARSHAL_VERSION)
         self._outgoing.append(_pack_length(len(data)) + data)
