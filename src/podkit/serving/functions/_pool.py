@@ -42,8 +42,9 @@ from podkit.serving.functions._wire import FrameProtocol, WorkerCrashed
 
 DEFAULT_WORKERS = 4  # processes of one function at most (--workers)
 DEFAULT_IDLE = 300.0  # a worker with nothing to do for this long stops (--idle)
-SPAWN_TIMEOUT = 30.0  # a worker that has not said hello by then failed to start
-STOP_GRACE = 5.0  # a closed worker that has not exited by then is killed
+DEFAULT_START_TIMEOUT = 30.0  # a worker not ready by then failed (--worker-start-timeout)
+DEFAULT_STOP_GRACE = 5.0  # a hung-up worker not gone by then is killed (--worker-stop-grace)
+DEFAULT_THREADS = 256  # threads for plain (not async) functions in one process (--max-threads)
 COLD_START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -66,8 +67,14 @@ class WorkerProcess:
     or ``failed``; after that it carries replies to invocations.
     """
 
-    def __init__(self, lookup: Callable[[str], asyncio.Future[WorkerProcess] | None]) -> None:
+    def __init__(
+        self,
+        lookup: Callable[[str], asyncio.Future[WorkerProcess] | None],
+        *,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+    ) -> None:
         self.protocol = FrameProtocol(self._on_message, self._on_close)
+        self.stop_grace = stop_grace
         self.pid = 0
         self.inflight: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
         self.last_used = 0.0
@@ -160,7 +167,7 @@ class WorkerProcess:
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()
         try:
-            await asyncio.wait_for(self._gone.wait(), STOP_GRACE)
+            await asyncio.wait_for(self._gone.wait(), self.stop_grace)
         except TimeoutError:
             if self.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -173,9 +180,20 @@ class Spawner:
     """The zygote process and the Unix socket its children connect to."""
 
     def __init__(
-        self, *, app_path: str, backend: str, log_format: str = "json", log_level: str = "info"
+        self,
+        *,
+        app_path: str,
+        backend: str,
+        log_format: str = "json",
+        log_level: str = "info",
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+        max_threads: int = DEFAULT_THREADS,
     ) -> None:
         self.app_path = str(Path(app_path).resolve())
+        self.start_timeout = start_timeout
+        self.stop_grace = stop_grace
+        self.max_threads = max_threads
         self.backend = backend
         self.log_format = log_format
         self.log_level = log_level
@@ -190,7 +208,8 @@ class Spawner:
         self.socket_path = str(Path(self._dir.name) / "workers.sock")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
-            lambda: WorkerProcess(self._pending.get).protocol, self.socket_path
+            lambda: WorkerProcess(self._pending.get, stop_grace=self.stop_grace).protocol,
+            self.socket_path,
         )
         await self._start_zygote()
 
@@ -224,11 +243,12 @@ class Spawner:
             "backend": self.backend,
             "log_format": self.log_format,
             "log_level": self.log_level,
+            "max_threads": self.max_threads,
         }
         try:
             self._zygote.stdin.write(json.dumps(request).encode() + b"\n")
             await self._zygote.stdin.drain()
-            return await asyncio.wait_for(future, SPAWN_TIMEOUT)
+            return await asyncio.wait_for(future, self.start_timeout)
         except TimeoutError as exc:
             raise WorkerStartFailed(f"a worker of {function} did not start in time") from exc
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -244,7 +264,7 @@ class Spawner:
             assert self._zygote.stdin is not None
             self._zygote.stdin.close()
             try:
-                await asyncio.wait_for(self._zygote.wait(), STOP_GRACE)
+                await asyncio.wait_for(self._zygote.wait(), self.stop_grace)
             except TimeoutError:
                 self._zygote.kill()
                 await self._zygote.wait()
@@ -465,9 +485,18 @@ class WorkerPools:
         idle: float = DEFAULT_IDLE,
         log_format: str = "json",
         log_level: str = "info",
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+        max_threads: int = DEFAULT_THREADS,
     ) -> None:
         self.spawner = Spawner(
-            app_path=app_path, backend=backend, log_format=log_format, log_level=log_level
+            app_path=app_path,
+            backend=backend,
+            log_format=log_format,
+            log_level=log_level,
+            start_timeout=start_timeout,
+            stop_grace=stop_grace,
+            max_threads=max_threads,
         )
         self.metrics = PoolMetrics(registry)
         self.log = log

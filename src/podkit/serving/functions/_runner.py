@@ -70,7 +70,7 @@ T = TypeVar("T")
 
 DEFAULT_CALL_TTL = 86400.0  # an asynchronous call's result is kept this long
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: the largest request body a function is given
-CALLBACK_TIMEOUT = 10.0  # seconds a callback URL has to accept an async call's result
+DEFAULT_CALLBACK_TIMEOUT = 10.0  # a callback URL has this long to take a call's result
 PUBLISH_ATTEMPTS = 3  # a publication that fails (store unavailable) is tried this often
 # Puts in flight at once from one process: a function that emits thousands of events at
 # once must not open a store connection for each (redis-py's pool refuses past its limit).
@@ -113,6 +113,8 @@ class FunctionRunner:
         log: where to log.
         max_body: the largest request body passed to a function (413 above it).
         call_ttl: how long an asynchronous call's result is kept.
+        callback_timeout: how long a callback URL has to accept an asynchronous call's
+            result.
         pools: run each function in its worker processes (None: in this process).
         read_only: only look (calls, dead letters): a SQLite file is opened read-only and
             never created.
@@ -129,6 +131,7 @@ class FunctionRunner:
         log: logging.Logger | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         call_ttl: float = DEFAULT_CALL_TTL,
+        callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
         pools: WorkerPools | None = None,
         read_only: bool = False,
     ) -> None:
@@ -141,6 +144,7 @@ class FunctionRunner:
         self.log = log or logging.getLogger("podkit.functions")
         self.max_body = max_body
         self.call_ttl = call_ttl
+        self.callback_timeout = callback_timeout
         self.pools = pools
         self._puts = asyncio.Semaphore(MAX_CONCURRENT_PUTS)
         self._batches: dict[str, list[tuple[PutRequest, asyncio.Future[None]]]] = {}
@@ -554,7 +558,7 @@ class FunctionRunner:
         if not isinstance(url, str) or not url:
             return
         try:
-            async with httpx.AsyncClient(timeout=CALLBACK_TIMEOUT) as client:
+            async with httpx.AsyncClient(timeout=self.callback_timeout) as client:
                 await client.post(url, json=record)
         except httpx.HTTPError as exc:
             self.log.warning("callback failed", extra={"url": url, "error": str(exc)})

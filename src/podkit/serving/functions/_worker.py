@@ -27,8 +27,6 @@ from collections.abc import Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-MAX_THREADS = 256  # threads for plain (not async) functions in one worker
-
 
 def _quiet_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -47,7 +45,7 @@ async def serve_worker(request: dict[str, Any]) -> None:
 
     loop = asyncio.get_running_loop()
     loop.set_default_executor(
-        ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="podkit-function")
+        ThreadPoolExecutor(max_workers=request["max_threads"], thread_name_prefix="podkit-function")
     )
     hung_up = asyncio.Event()
     # the runner sends invocations only after "ready", when on_message is set below
