@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import json
 import os
 import signal
@@ -80,6 +81,7 @@ async def serve_worker(request: dict[str, Any]) -> None:
                 start_eagerly(tasks, handle(call_id, kind, arg))
 
             protocol.on_message = start
+            gc.freeze()  # the app and podkit stay: full collections scan only what is new
             protocol.send({"ready": True})
             await hung_up.wait()
 

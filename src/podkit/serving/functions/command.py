@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -332,6 +333,11 @@ def serve(
                             name="functions-reload",
                         )
 
+                    # What start-up made lives as long as the server: out of the collector's
+                    # sight, a full collection (which in-flight invocations promoted to the
+                    # oldest generation trigger every second or so under load) scans only
+                    # what is new, in well under a millisecond instead of tens of them.
+                    gc.freeze()
                     rt.set_ready()
                     await rt.wait_draining()
                     stop.set()
