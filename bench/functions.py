@@ -106,8 +106,10 @@ def warm_http(tmp: Path, seconds: int, connections: int, rounds: int) -> None:
     """Each target ``rounds`` times, interleaved (a busy machine slows all of them alike);
     the round with the median requests/s of each target is shown, with the median CPU time
     its processes (the server and its worker processes) spent per request: on a loaded
-    machine two processes get two shares of the pinned core, so CPU per request is the
-    figure that compares the work done."""
+    machine CPU per request is the figure least moved by the others' load. Each server leads
+    a session of its own (with the kernel's autogroup scheduling, a session shares the core
+    as one: a server and its worker processes get the share of one process, as uvicorn
+    does)."""
     runs: dict[str, list[Result]] = {}
     cpu: dict[str, list[float]] = {}
     uvicorn = [
@@ -143,11 +145,18 @@ def warm_http(tmp: Path, seconds: int, connections: int, rounds: int) -> None:
         results,
         ["starlette on uvicorn"],
     )
-    peer = statistics.median(cpu["starlette on uvicorn"])
-    print("CPU per request (server and its workers, median of the rounds)")
-    for name, figures in cpu.items():
-        mid = statistics.median(figures)
-        print(f"  {name:34} {mid:6.1f} us   {mid / peer:5.2f}x starlette's")
+    # each round runs the targets back to back: its ratios share the machine's load of the
+    # moment, so their median moves less than the ratio of the medians
+    peer_runs = runs["starlette on uvicorn"]
+    print("Per round, against the Starlette run of the same round (median of the rounds):")
+    print(f"  {'target':34} {'req/s ratio':>11} {'CPU us/req':>11} {'CPU ratio':>10}")
+    for name, figures in runs.items():
+        ratio = statistics.median(r.rps / p.rps for r, p in zip(figures, peer_runs, strict=True))
+        used = statistics.median(cpu[name])
+        cost = statistics.median(
+            c / p for c, p in zip(cpu[name], cpu["starlette on uvicorn"], strict=True)
+        )
+        print(f"  {name:34} {ratio:11.2f} {used:11.1f} {cost:10.2f}")
 
 
 def status(admin: int) -> dict[str, object]:
