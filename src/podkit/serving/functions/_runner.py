@@ -13,6 +13,10 @@ a user's queue (``on_queue``) get a worker on that queue.
 
 Each function has ``concurrency`` slots in a process: an HTTP request that finds them taken is
 answered 429 at once; events and items wait for a slot (the queue holds the backlog).
+
+A reload swaps the app (:meth:`FunctionRunner.replace_app`): its routes answer from the next
+request, and :meth:`FunctionRunner.serve_deliveries` starts the queue workers and timers of
+the new version while those of the old one finish what they hold.
 """
 
 from __future__ import annotations
