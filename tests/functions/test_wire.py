@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from podkit.serving.functions._cloudevents import CloudEvent
 from podkit.serving.functions._request import FunctionRequest, FunctionResponse, encode_outcome
-from podkit.serving.functions._wire import FrameProtocol, decode_args, encode_args, frame
+from podkit.serving.functions._wire import FrameProtocol, decode_args, encode_args, frames
 from podkit.serving.functions._worker import start_eagerly
 
 MESSAGES = st.lists(
@@ -48,17 +48,74 @@ def parse(chunks: list[bytes]) -> tuple[list[Any], FrameProtocol]:
 def test_frames_cut_anywhere_come_out_whole_and_in_order(
     messages: list[tuple[Any, ...]], step: int
 ) -> None:
-    data = b"".join(frame(m) for m in messages)
+    data = b"".join(frames([m]) for m in messages) + (frames(messages) if messages else b"")
     chunks = [data[i : i + step] for i in range(0, len(data), step)]
     got, _ = parse(chunks)
-    assert got == messages
+    assert got == messages + messages
 
 
 def test_frames_fed_one_byte_at_a_time_come_out_whole() -> None:
     messages = [(1, "http", "f", (4, b"x" * 100)), {"hello": "token", "pid": 7}]
-    data = b"".join(frame(m) for m in messages)
+    data = frames(messages)
     got, _ = parse([data[i : i + 1] for i in range(len(data))])
     assert got == messages
+
+
+def test_a_batch_over_the_frame_limit_is_cut_into_frames_under_it() -> None:
+    messages = [(i, bytes([i]) * 1000) for i in range(10)]  # marshal writes a repeated object once
+    data = frames(messages, limit=2500)
+    got, _ = parse([data])
+    assert got == messages
+    sizes = []
+    while data:
+        size = int.from_bytes(data[:4], "big")
+        sizes.append(size)
+        data = data[4 + size :]
+    assert len(sizes) > 1
+    assert max(sizes) <= 2500
+
+
+class Written(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+
+async def test_the_messages_of_one_turn_leave_in_one_write() -> None:
+    protocol = FrameProtocol(lambda message: None, lambda: None)
+    transport = Written()
+    protocol.connection_made(transport)
+    for i in range(5):
+        protocol.send((i, "http", "f", None))
+    await asyncio.sleep(0)  # the turn ends
+    (write,) = transport.writes
+    got, _ = parse([write])
+    assert got == [(i, "http", "f", None) for i in range(5)]
+
+
+async def test_answers_given_while_a_read_is_handled_leave_at_its_end_in_one_write() -> None:
+    transport = Written()
+    protocol = FrameProtocol(lambda message: protocol.send(("re", message)), lambda: None)
+    protocol.connection_made(transport)
+    protocol.data_received(frames([1, 2, 3]))
+    (write,) = transport.writes  # no turn of the loop needed
+    assert parse([write])[0] == [("re", 1), ("re", 2), ("re", 3)]
+
+
+async def test_a_message_marshal_cannot_carry_aborts_the_connection() -> None:
+    protocol = FrameProtocol(lambda message: None, lambda: None)
+    transport = Written()
+    protocol.connection_made(transport)
+    protocol.send((1, object()))
+    protocol.flush()
+    assert transport.aborted
+    assert transport.writes == []
 
 
 def test_a_length_over_the_frame_limit_aborts_the_connection() -> None:

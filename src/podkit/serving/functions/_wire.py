@@ -1,6 +1,8 @@
 """Messages between the runner and its worker processes: length-prefixed ``marshal`` frames.
 
-A frame is a 4-byte big-endian length and that many bytes of :mod:`marshal` data. Both ends
+A frame is a 4-byte big-endian length and that many bytes of :mod:`marshal` data: the list
+of the messages one side sent in one turn of its event loop (one encoding and one parse per
+batch, not per message; marshal writes a string repeated in the batch once). Both ends
 are processes of this code on one machine, connected through a Unix socket in a directory
 only this user can enter, and every connection starts with its spawn token: marshal is the
 cheapest encoding CPython has for its own values (bytes stay bytes: no base64, no latin-1
@@ -17,12 +19,15 @@ The hot path carries tuples:
   answer or retry (:func:`encode_error`).
 
 The handshake (``hello`` with the token and pid, then ``ready`` or ``failed``) is small
-dictionaries.
+dictionaries. Every value on the wire is built from ints, strings, bytes, lists, tuples and
+dicts (JSON values, fields, bodies); one that marshal refuses is a bug, and the connection is
+aborted rather than a call left waiting: the runner sees the worker as crashed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import marshal
 import struct
 from collections.abc import Callable
@@ -37,6 +42,7 @@ from podkit.serving.functions._request import FunctionRequest
 MAX_FRAME = 64 << 20  # 64 MiB: far above the request body limit; a larger length is a bug
 MARSHAL_VERSION = 4  # the current format of CPython 3.4 and later (both ends run one Python)
 _LENGTH = struct.Struct(">I")
+log = logging.getLogger("podkit.functions")
 _LENGTH_SIZE = _LENGTH.size
 _unpack_length = _LENGTH.unpack_from
 _pack_length = _LENGTH.pack
@@ -112,9 +118,10 @@ class FrameProtocol(asyncio.Protocol):
             if end > size:
                 self._needed = end - start
                 return start
-            message = _loads(view[start + _LENGTH_SIZE : end])
+            messages = _loads(view[start + _LENGTH_SIZE : end])
             start = end
-            self.on_message(message)
+            for message in messages:
+                self.on_message(message)
         self._needed = _LENGTH_SIZE
         return start
 
@@ -123,8 +130,7 @@ class FrameProtocol(asyncio.Protocol):
             return
         if not self._outgoing and not self._receiving:
             asyncio.get_running_loop().call_soon(self._flush)
-        data = _dumps(message, MARSHAL_VERSION)
-        self._outgoing.append(_pack_length(len(data)) + data)
+        self._outgoing.append(message)
 
     def flush(self) -> None:
         """Write what was sent in this turn of the loop now."""
@@ -132,21 +138,33 @@ class FrameProtocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
-        if outgoing and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(outgoing))
+        transport = self.transport
+        if not outgoing or transport is None or transport.is_closing():
+            return
+        try:
+            data = frames(outgoing)
+        except ValueError:
+            log.exception("a message marshal cannot carry: the connection is aborted")
+            transport.abort()
+            return
+        transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.on_close()
 
 
-def frame(message: Any) -> bytes:
-    """One message as a frame.
+def frames(messages: list[Any], *, limit: int = MAX_FRAME) -> bytes:
+    """``messages`` as frames: one, or several when their encoding would exceed ``limit``
+    (many large bodies sent at once).
 
     Raises:
-        ValueError: the message holds a value marshal cannot carry.
+        ValueError: a message holds a value marshal cannot carry.
     """
-    data = _dumps(message, MARSHAL_VERSION)
-    return _pack_length(len(data)) + data
+    data = _dumps(messages, MARSHAL_VERSION)
+    if len(data) <= limit or len(messages) == 1:
+        return _pack_length(len(data)) + data
+    half = len(messages) // 2
+    return frames(messages[:half], limit=limit) + frames(messages[half:], limit=limit)
 
 
 def encode_args(args: tuple[Any, ...]) -> Any:
