@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from proxy import session_cpu_seconds
 from serving_harness import (
     CORE_UNDER_TEST,
     Result,
@@ -102,8 +104,14 @@ def serve_argv(tmp: Path, port: int, admin: int, backend: str, *extra: str) -> l
 
 def warm_http(tmp: Path, seconds: int, connections: int, rounds: int) -> None:
     """Each target ``rounds`` times, interleaved (a busy machine slows all of them alike);
-    the round with the median requests/s of each target is shown."""
+    the round with the median requests/s of each target is shown, with the median CPU time
+    its processes (the server and its worker processes) spent per request: on a loaded
+    machine CPU per request is the figure least moved by the others' load. Each server leads
+    a session of its own (with the kernel's autogroup scheduling, a session shares the core
+    as one: a server and its worker processes get the share of one process, as uvicorn
+    does)."""
     runs: dict[str, list[Result]] = {}
+    cpu: dict[str, list[float]] = {}
     uvicorn = [
         sys.executable, "-m", "uvicorn", "starlette_app:app", "--app-dir", str(tmp),
         "--host", "127.0.0.1", "--workers", "1", "--no-access-log", "--log-level", "warning",
@@ -113,6 +121,7 @@ def warm_http(tmp: Path, seconds: int, connections: int, rounds: int) -> None:
         ("podkit functions (inline)", ("--isolation", "inline")),
         ("starlette on uvicorn", None),
     ]
+    load = os.getloadavg()[0]
     for _ in range(rounds):
         for name, extra in targets:
             port, admin = free_port(), free_port()
@@ -121,16 +130,33 @@ def warm_http(tmp: Path, seconds: int, connections: int, rounds: int) -> None:
             else:
                 backend = f"sqlite:///{tmp}/w.db"
                 argv = pinned(CORE_UNDER_TEST, serve_argv(tmp, port, admin, backend, *extra))
-            with process(argv, port, tmp / "serve.log"):
+            with process(argv, port, tmp / "serve.log") as proc:
                 get(f"http://127.0.0.1:{port}/hello")  # start the worker: this run is warm
-                runs.setdefault(name, []).append(wrk(name, port, seconds, connections, "/hello"))
+                before = session_cpu_seconds(proc.pid)  # the server leads its own session
+                result = wrk(name, port, seconds, connections, "/hello")
+                used = session_cpu_seconds(proc.pid) - before
+                runs.setdefault(name, []).append(result)
+                cpu.setdefault(name, []).append(used * 1e6 / max(1.0, result.rps * seconds))
     results = [sorted(r, key=lambda x: x.rps)[len(r) // 2] for r in runs.values()]
     print_table(
         f"Warm HTTP, trivial JSON function (wrk -t1 -c{connections} -d{seconds}s, "
-        f"median of {rounds} interleaved rounds)",
+        f"median of {rounds} interleaved rounds; load average {load:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} at end)",
         results,
         ["starlette on uvicorn"],
     )
+    # each round runs the targets back to back: its ratios share the machine's load of the
+    # moment, so their median moves less than the ratio of the medians
+    peer_runs = runs["starlette on uvicorn"]
+    print("Per round, against the Starlette run of the same round (median of the rounds):")
+    print(f"  {'target':34} {'req/s ratio':>11} {'CPU us/req':>11} {'CPU ratio':>10}")
+    for name, figures in runs.items():
+        ratio = statistics.median(r.rps / p.rps for r, p in zip(figures, peer_runs, strict=True))
+        used = statistics.median(cpu[name])
+        cost = statistics.median(
+            c / p for c, p in zip(cpu[name], cpu["starlette on uvicorn"], strict=True)
+        )
+        print(f"  {name:34} {ratio:11.2f} {used:11.1f} {cost:10.2f}")
 
 
 def status(admin: int) -> dict[str, object]:

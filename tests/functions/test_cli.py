@@ -160,6 +160,10 @@ def test_list_and_invoke_run_without_a_server(tmp_path: Path) -> None:
     [
         (["serve", "missing.py"], "missing.py: no such file"),
         (["serve", "app.py", "--visibility", "0s"], "--visibility"),
+        (["serve", "app.py", "--reload-check", "0s"], "--reload-check"),
+        (["serve", "app.py", "--call-ttl", "0s"], "--call-ttl"),
+        (["serve", "app.py", "--worker-start-timeout", "soon"], "--worker-start-timeout"),
+        (["serve", "app.py", "--max-threads", "0"], "--max-threads"),
         (["serve", "app.py", "--listen", ":80"], "--listen"),
         (["invoke", "app.py", "nosuch"], "no function named 'nosuch'"),
         (["invoke", "app.py", "add", "{bad"], "DATA"),
@@ -237,3 +241,29 @@ def test_dead_and_calls_only_read(tmp_path: Path) -> None:
         "functions", "dead", "app.py", "--json", "--backend", "sqlite:///f.db", cwd=tmp_path
     )
     assert json.loads(dead.stdout) == []
+
+
+def test_a_worker_slower_to_start_than_worker_start_timeout_is_a_503(tmp_path: Path) -> None:
+    write_app(
+        tmp_path,
+        """
+        import time
+        from podkit.functions import on_http
+
+        time.sleep(3)  # an import slower than the timeout below
+
+        @on_http("GET /slow-import")
+        def slow_import(request):
+            return "started"
+        """,
+    )
+    port = free_port()
+    with PodkitProcess(
+        "functions", "serve", "app.py", "--listen", f"127.0.0.1:{port}",
+        "--worker-start-timeout", "500ms", "--access-log", "off",
+        cwd=tmp_path,
+    ):  # fmt: skip
+        wait_http("127.0.0.1", port, "/functions/slow_import", status=405, timeout=TIMEOUT)
+        answer = httpx.get(f"http://127.0.0.1:{port}/slow-import", timeout=TIMEOUT)
+        assert answer.status_code == 503
+        assert "did not start in time" in answer.json()["error"]

@@ -6,8 +6,10 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from podkit.engines.http import HTTPServer, Request, Response
-from podkit.functions import load_app
+from podkit.functions import FunctionRunner, RateLimited, load_app
 from podkit.queue import Queue
 from podkit.testing import RedisServer
 
@@ -336,3 +338,28 @@ async def test_a_rate_limit_on_redis_is_shared_by_every_runner(
         ]
         assert sorted(codes) == [200, 200, 200, 429, 429]
         assert codes[:3] == [200, 200, 200]
+
+
+async def test_an_event_waits_for_its_rate_limit_only_up_to_max_wait(sqlite_backend: str) -> None:
+    from podkit.functions import CloudEvent, FunctionApp, on_event, rate_limit
+
+    @on_event("tick")
+    @rate_limit("1/s", max_wait="100ms")
+    def impatient(event: CloudEvent) -> str:
+        return "ran"
+
+    @on_event("tock")
+    @rate_limit("1/s")
+    def patient(event: CloudEvent) -> str:
+        return "ran"
+
+    app = FunctionApp.collect(impatient, patient)
+    async with FunctionRunner(app, backend=sqlite_backend) as runner:
+        for name in ("impatient", "patient"):
+            spec = app.get(name)
+            assert await runner.invoke(spec, "event", *runner.argument(spec, {})) == "ran"
+        spec = app.get("impatient")
+        with pytest.raises(RateLimited):  # its turn is about a second away
+            await runner.invoke(spec, "event", *runner.argument(spec, {}))
+        spec = app.get("patient")  # waits for its turn (within the default 30 s)
+        assert await runner.invoke(spec, "event", *runner.argument(spec, {})) == "ran"

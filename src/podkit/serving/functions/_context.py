@@ -64,13 +64,13 @@ def context() -> InvocationContext:
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_async(fn: Callable[..., Any]) -> bool:
+def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
 async def call_handler(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a plain function in a thread (with this context) or await an ``async`` one."""
-    if _is_async(fn):
+    if is_async(fn):
         return await fn(*args)
     result = await asyncio.to_thread(fn, *args)
     if inspect.isawaitable(result):
@@ -144,13 +144,3 @@ def emit(
         raise UsageError("emit() from a foreign event loop: call it from the function itself")
     count = asyncio.run_coroutine_threadsafe(runner.publish(event), runner.loop).result()
     return Emitted(event, None, count)
-
-
-async def run_in_context(ctx: InvocationContext, fn: Callable[..., Any], *args: Any) -> Any:
-    """``call_handler(fn, *args)`` with ``ctx`` as the current invocation (a plain function's
-    thread gets it too: ``asyncio.to_thread`` copies the context)."""
-    token = current.set(ctx)
-    try:
-        return await call_handler(fn, *args)
-    finally:
-        current.reset(token)

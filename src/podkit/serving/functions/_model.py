@@ -8,6 +8,7 @@ module-level object that carries a spec; nothing is registered in a global.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from podkit.errors import ConfigError, UsageError
 from podkit.runtime.config import parse_duration
+from podkit.runtime.files import FileStamp, file_stamp
 from podkit.serving.functions._timers import CronSchedule
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -459,3 +461,12 @@ def load_app(path: str | Path) -> FunctionApp:
             source=str(path),
         )
     return FunctionApp.from_specs(specs, source=str(path))
+
+
+def app_fingerprint(path: str | Path) -> tuple[tuple[str, FileStamp | None], ...]:
+    """What identifies a version of the app: the stamps of the Python files beside ``path``
+    (the app file and the modules it may import from its directory)."""
+    directory = Path(path).resolve().parent
+    with contextlib.suppress(OSError):
+        return tuple((f.name, file_stamp(f)) for f in sorted(directory.glob("*.py")))
+    return ()

@@ -42,9 +42,16 @@ from podkit.serving.functions._wire import FrameProtocol, WorkerCrashed
 
 DEFAULT_WORKERS = 4  # processes of one function at most (--workers)
 DEFAULT_IDLE = 300.0  # a worker with nothing to do for this long stops (--idle)
-SPAWN_TIMEOUT = 30.0  # a worker that has not said hello by then failed to start
-STOP_GRACE = 5.0  # a closed worker that has not exited by then is killed
+DEFAULT_START_TIMEOUT = 30.0  # a worker not ready by then failed (--worker-start-timeout)
+DEFAULT_STOP_GRACE = 5.0  # a hung-up worker not gone by then is killed (--worker-stop-grace)
+DEFAULT_THREADS = 256  # threads for plain (not async) functions in one process (--max-threads)
 COLD_START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class FunctionGone(FunctionError):
+    """The function of an invocation was removed from the app by a reload."""
+
+    status = 503
 
 
 class WorkerStartFailed(FunctionError):
@@ -60,10 +67,16 @@ class WorkerProcess:
     or ``failed``; after that it carries replies to invocations.
     """
 
-    def __init__(self, lookup: Callable[[str], asyncio.Future[WorkerProcess] | None]) -> None:
+    def __init__(
+        self,
+        lookup: Callable[[str], asyncio.Future[WorkerProcess] | None],
+        *,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+    ) -> None:
         self.protocol = FrameProtocol(self._on_message, self._on_close)
+        self.stop_grace = stop_grace
         self.pid = 0
-        self.inflight: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.inflight: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
         self.last_used = 0.0
         self.closed = False
         self.on_exit: Callable[[WorkerProcess], None] | None = None
@@ -74,10 +87,11 @@ class WorkerProcess:
         self._idle = asyncio.Event()
         self._idle.set()
         self._gone = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
 
-    def _on_message(self, message: dict[str, Any]) -> None:
+    def _on_message(self, message: Any) -> None:
         if self._serving:
-            reply = self.inflight.get(int(message.get("id", 0)))
+            reply = self.inflight.get(message[0])
             if reply is not None and not reply.done():
                 reply.set_result(message)
             return
@@ -120,8 +134,9 @@ class WorkerProcess:
         if self._serving and self.on_exit is not None:
             self.on_exit(self)
 
-    async def call(self, kind: str, function: str, arg: Any) -> dict[str, Any]:
-        """Send one invocation; its reply (``outcome`` or ``error``).
+    async def call(self, kind: str, function: str, arg: Any) -> tuple[Any, ...]:
+        """Send one invocation; its reply ``(id, status, fields, body)`` (status 0: fields
+        is the error).
 
         Raises:
             WorkerCrashed: the process died before answering.
@@ -129,10 +144,10 @@ class WorkerProcess:
         if self.closed:
             raise WorkerCrashed(f"worker {self.pid} of {function} has exited")
         call_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Any, ...]] = self._loop.create_future()
         self.inflight[call_id] = future
         self._idle.clear()
-        self.protocol.send({"id": call_id, "kind": kind, "function": function, "arg": arg})
+        self.protocol.send((call_id, kind, function, arg))
         try:
             return await future
         finally:
@@ -152,7 +167,7 @@ class WorkerProcess:
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()
         try:
-            await asyncio.wait_for(self._gone.wait(), STOP_GRACE)
+            await asyncio.wait_for(self._gone.wait(), self.stop_grace)
         except TimeoutError:
             if self.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -165,9 +180,20 @@ class Spawner:
     """The zygote process and the Unix socket its children connect to."""
 
     def __init__(
-        self, *, app_path: str, backend: str, log_format: str = "json", log_level: str = "info"
+        self,
+        *,
+        app_path: str,
+        backend: str,
+        log_format: str = "json",
+        log_level: str = "info",
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+        max_threads: int = DEFAULT_THREADS,
     ) -> None:
         self.app_path = str(Path(app_path).resolve())
+        self.start_timeout = start_timeout
+        self.stop_grace = stop_grace
+        self.max_threads = max_threads
         self.backend = backend
         self.log_format = log_format
         self.log_level = log_level
@@ -182,7 +208,8 @@ class Spawner:
         self.socket_path = str(Path(self._dir.name) / "workers.sock")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(
-            lambda: WorkerProcess(self._pending.get).protocol, self.socket_path
+            lambda: WorkerProcess(self._pending.get, stop_grace=self.stop_grace).protocol,
+            self.socket_path,
         )
         await self._start_zygote()
 
@@ -216,11 +243,12 @@ class Spawner:
             "backend": self.backend,
             "log_format": self.log_format,
             "log_level": self.log_level,
+            "max_threads": self.max_threads,
         }
         try:
             self._zygote.stdin.write(json.dumps(request).encode() + b"\n")
             await self._zygote.stdin.drain()
-            return await asyncio.wait_for(future, SPAWN_TIMEOUT)
+            return await asyncio.wait_for(future, self.start_timeout)
         except TimeoutError as exc:
             raise WorkerStartFailed(f"a worker of {function} did not start in time") from exc
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -236,7 +264,7 @@ class Spawner:
             assert self._zygote.stdin is not None
             self._zygote.stdin.close()
             try:
-                await asyncio.wait_for(self._zygote.wait(), STOP_GRACE)
+                await asyncio.wait_for(self._zygote.wait(), self.stop_grace)
             except TimeoutError:
                 self._zygote.kill()
                 await self._zygote.wait()
@@ -312,6 +340,14 @@ class FunctionPool:
         self._room = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
 
+    def configure(self, spec: FunctionSpec, *, max_workers: int, idle: float) -> None:
+        """Take the (reloaded) declaration of the function: its limits apply from now on."""
+        self.spec = spec
+        self.max_workers = max_workers
+        self.per_worker = per_worker_limit(spec.concurrency, max_workers)
+        self.idle = idle
+        self._room.set()
+
     def _live(self) -> list[WorkerProcess]:
         self.workers = [w for w in self.workers if not w.closed]
         return self.workers
@@ -319,8 +355,15 @@ class FunctionPool:
     def _show(self) -> None:
         self.metrics.workers.labels(self.spec.name).set(len(self.workers))
 
-    async def call(self, kind: str, arg: Any) -> dict[str, Any]:
+    async def call(self, kind: str, arg: Any) -> tuple[Any, ...]:
         """Run one invocation on a worker (starting one if needed); its reply."""
+        workers = self.workers
+        if (
+            len(workers) == 1  # what place() decides for a lone worker with room, at less cost
+            and not (worker := workers[0]).closed
+            and len(worker.inflight) < self.per_worker
+        ):
+            return await self._call_on(worker, kind, arg)
         while True:
             live = self._live()
             decision = place(
@@ -337,6 +380,9 @@ class FunctionPool:
                 break
             self._room.clear()
             await self._room.wait()
+        return await self._call_on(worker, kind, arg)
+
+    async def _call_on(self, worker: WorkerProcess, kind: str, arg: Any) -> tuple[Any, ...]:
         worker.last_used = self.clock()
         try:
             return await worker.call(kind, self.spec.name, arg)
@@ -422,7 +468,7 @@ class FunctionPool:
 
 
 class WorkerPools:
-    """The pools of every function of an app, their spawner, reaper and reload watcher.
+    """The pools of every function of an app, their spawner and reaper.
 
     Use as ``async with WorkerPools(app, app_path=..., backend=...) as pools:``.
     """
@@ -439,24 +485,35 @@ class WorkerPools:
         idle: float = DEFAULT_IDLE,
         log_format: str = "json",
         log_level: str = "info",
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_grace: float = DEFAULT_STOP_GRACE,
+        max_threads: int = DEFAULT_THREADS,
     ) -> None:
         self.spawner = Spawner(
-            app_path=app_path, backend=backend, log_format=log_format, log_level=log_level
+            app_path=app_path,
+            backend=backend,
+            log_format=log_format,
+            log_level=log_level,
+            start_timeout=start_timeout,
+            stop_grace=stop_grace,
+            max_threads=max_threads,
         )
         self.metrics = PoolMetrics(registry)
         self.log = log
         self.idle = idle
-        self.pools = {
-            name: FunctionPool(
-                spec,
-                self.spawner,
-                max_workers=spec.workers or max_workers,
-                idle=spec.idle if spec.idle is not None else idle,
-                metrics=self.metrics,
-                log=log,
-            )
-            for name, spec in app.functions.items()
-        }
+        self.max_workers = max_workers
+        self.pools = {name: self._pool(spec) for name, spec in app.functions.items()}
+        self._removed: list[FunctionPool] = []  # pools of functions a reload removed
+
+    def _pool(self, spec: FunctionSpec) -> FunctionPool:
+        return FunctionPool(
+            spec,
+            self.spawner,
+            max_workers=spec.workers or self.max_workers,
+            idle=spec.idle if spec.idle is not None else self.idle,
+            metrics=self.metrics,
+            log=self.log,
+        )
 
     async def __aenter__(self) -> WorkerPools:
         await self.spawner.start()
@@ -467,44 +524,50 @@ class WorkerPools:
 
     async def aclose(self) -> None:
         try:
-            await asyncio.gather(*(p.aclose() for p in self.pools.values()), return_exceptions=True)
+            pools = [*self.pools.values(), *self._removed]
+            await asyncio.gather(*(p.aclose() for p in pools), return_exceptions=True)
         finally:
             await self.spawner.aclose()
 
     def get(self, name: str) -> FunctionPool:
-        return self.pools[name]
+        """The pool of function ``name``.
 
-    def restart(self) -> None:
-        for pool in self.pools.values():
+        Raises:
+            FunctionGone: a reload removed the function (an invocation that started
+                before it is retried, and finds no function then either).
+        """
+        pool = self.pools.get(name)
+        if pool is None:
+            raise FunctionGone(f"{name} is no longer served (the app was reloaded)")
+        return pool
+
+    def replace_app(self, app: FunctionApp) -> None:
+        """Serve ``app``'s functions: a pool per new function, the workers of every other
+        one retired (each finishes its invocations; new ones load the app anew), and the
+        pools of removed functions emptied."""
+        for name, spec in app.functions.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                self.pools[name] = self._pool(spec)
+            else:
+                pool.configure(
+                    spec,
+                    max_workers=spec.workers or self.max_workers,
+                    idle=spec.idle if spec.idle is not None else self.idle,
+                )
+                pool.restart()
+        for name in [n for n in self.pools if n not in app.functions]:
+            pool = self.pools.pop(name)
             pool.restart()
+            self._removed.append(pool)
 
     async def serve_reaper(self, stop: asyncio.Event) -> None:
         """Stop idle workers until ``stop`` is set."""
-        shortest = min((p.idle for p in self.pools.values()), default=self.idle)
-        interval = max(0.02, min(1.0, shortest / 4))
         while not stop.is_set():
+            # read each turn: a reload may add a function with a shorter idle
+            shortest = min((p.idle for p in self.pools.values()), default=self.idle)
+            interval = max(0.02, min(1.0, shortest / 4))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             for pool in self.pools.values():
                 pool.reap()
-
-    async def serve_reload(self, path: str, stop: asyncio.Event, *, interval: float) -> None:
-        """Restart the workers when the app file (or a Python file beside it) changes."""
-        seen = await asyncio.to_thread(_fingerprint, path)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            now = await asyncio.to_thread(_fingerprint, path)
-            if now != seen:
-                seen = now
-                self.log.info("app changed: restarting workers", extra={"app": path})
-                self.restart()
-
-
-def _fingerprint(path: str) -> tuple[tuple[str, float], ...]:
-    """Names and modification times of the Python files beside ``path``."""
-    found = []
-    for file in sorted(Path(path).resolve().parent.glob("*.py")):
-        with contextlib.suppress(OSError):
-            found.append((file.name, file.stat().st_mtime))
-    return tuple(found)

@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from podkit.serving.functions._errors import InvalidInput
 
 _EMPTY = object()
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_JSON_FIELDS = (b"Content-Type", b"application/json")
+
+try:  # orjson is an optional accelerator (``podkit[fast]``): about ten times the stdlib's speed
+    import orjson
+
+    _orjson_dumps: Callable[[Any], bytes] | None = orjson.dumps
+except ImportError:  # pragma: no cover - orjson is installed by the dev extra
+    _orjson_dumps = None
+
+
+def dump_json(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON (what orjson writes when it is installed; the
+    stdlib's encoder for what orjson refuses, such as integers over 64 bits).
+
+    Raises:
+        TypeError: the value is not JSON-serialisable.
+    """
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(value)
+        except TypeError:
+            pass
+    return _JSON_ENCODER.encode(value).encode()
 
 
 class Headers(Mapping[str, str]):
@@ -54,12 +78,13 @@ class FunctionRequest:
         "_headers",
         "_json",
         "_pairs",
+        "_query",
         "_raw_headers",
         "body",
         "method",
         "params",
         "path",
-        "query",
+        "query_string",
         "request_id",
     )
 
@@ -81,11 +106,8 @@ class FunctionRequest:
         self._headers: Headers | None = None
         self._pairs = headers
         self._raw_headers = raw_headers or []
-        parsed: dict[str, str] = {}
-        if query:
-            for name, value in parse_qsl(query, keep_blank_values=True):
-                parsed.setdefault(name, value)
-        self.query = parsed
+        self.query_string = query
+        self._query: dict[str, str] | None = None  # parsed on first use
         self.body = body
         self.params = dict(params or {})
         self.request_id = request_id
@@ -97,6 +119,28 @@ class FunctionRequest:
         if self._headers is None:
             self._headers = Headers(self._header_pairs())
         return self._headers
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Query parameters (the first value of each name)."""
+        if self._query is None:
+            parsed: dict[str, str] = {}
+            if self.query_string:
+                for name, value in parse_qsl(self.query_string, keep_blank_values=True):
+                    parsed.setdefault(name, value)
+            self._query = parsed
+        return self._query
+
+    @query.setter
+    def query(self, value: dict[str, str]) -> None:
+        self._query = dict(value)
+        self.query_string = urlencode(self._query)
+
+    def raw_fields(self) -> list[tuple[bytes, bytes]]:
+        """The fields as byte pairs (as the server received them)."""
+        if self._raw_headers or self._pairs is None:
+            return self._raw_headers
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._pairs]
 
     def _header_pairs(self) -> list[tuple[str, str]]:
         if self._pairs is None:
@@ -186,9 +230,21 @@ def encode_result(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
         data = body.encode()
         headers.append(("Content-Type", "text/plain; charset=utf-8"))
     else:
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = dump_json(body)
         headers.append(("Content-Type", "application/json"))
     lower = {k.lower() for k in extra}
     headers = [(k, v) for k, v in headers if k.lower() not in lower]
     headers.extend(extra.items())
     return status, headers, data
+
+
+def encode_outcome(result: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """:func:`encode_result` with the fields as byte pairs, ready for the engine.
+
+    Raises:
+        TypeError: the result is not JSON-serialisable.
+    """
+    if type(result) is dict:  # the common answer, without the general bookkeeping
+        return 200, [_JSON_FIELDS], dump_json(result)
+    status, headers, data = encode_result(result)
+    return status, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers], data

@@ -13,6 +13,10 @@ a user's queue (``on_queue``) get a worker on that queue.
 
 Each function has ``concurrency`` slots in a process: an HTTP request that finds them taken is
 answered 429 at once; events and items wait for a slot (the queue holds the backlog).
+
+A reload swaps the app (:meth:`FunctionRunner.replace_app`): its routes answer from the next
+request, and :meth:`FunctionRunner.serve_deliveries` starts the queue workers and timers of
+the new version while those of the old one finish what they hold.
 """
 
 from __future__ import annotations
@@ -33,10 +37,16 @@ from prometheus_client import CollectorRegistry
 from podkit.batch.queue.client import DEFAULT_VISIBILITY_TIMEOUT, Item, PutRequest, Queue
 from podkit.batch.queue.states import RetryPolicy
 from podkit.batch.queue.worker import QueueWorker
-from podkit.engines.http import Request, Response
-from podkit.errors import BackendError, PodkitError, UsageError
+from podkit.engines.http import EMPTY_BODY, Request, Response
+from podkit.errors import BackendError, ConfigError, PodkitError, UsageError
 from podkit.serving.functions._cloudevents import CloudEvent
-from podkit.serving.functions._context import InvocationContext, Kind, run_in_context
+from podkit.serving.functions._context import (
+    InvocationContext,
+    Kind,
+    call_handler,
+    current,
+    is_async,
+)
 from podkit.serving.functions._errors import FunctionError, Overloaded, RateLimited
 from podkit.serving.functions._model import (
     EventTrigger,
@@ -45,9 +55,11 @@ from podkit.serving.functions._model import (
     HttpTrigger,
     QueueTrigger,
     TimerTrigger,
+    app_fingerprint,
+    load_app,
 )
 from podkit.serving.functions._pool import WorkerPools
-from podkit.serving.functions._request import FunctionRequest, encode_result
+from podkit.serving.functions._request import FunctionRequest, encode_outcome
 from podkit.serving.functions._stats import FunctionStats, Slots
 from podkit.serving.functions._store import FunctionStore, open_store
 from podkit.serving.functions._timers import next_interval
@@ -62,7 +74,7 @@ T = TypeVar("T")
 
 DEFAULT_CALL_TTL = 86400.0  # an asynchronous call's result is kept this long
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: the largest request body a function is given
-CALLBACK_TIMEOUT = 10.0  # seconds a callback URL has to accept an async call's result
+DEFAULT_CALLBACK_TIMEOUT = 10.0  # a callback URL has this long to take a call's result
 PUBLISH_ATTEMPTS = 3  # a publication that fails (store unavailable) is tried this often
 # Puts in flight at once from one process: a function that emits thousands of events at
 # once must not open a store connection for each (redis-py's pool refuses past its limit).
@@ -105,6 +117,8 @@ class FunctionRunner:
         log: where to log.
         max_body: the largest request body passed to a function (413 above it).
         call_ttl: how long an asynchronous call's result is kept.
+        callback_timeout: how long a callback URL has to accept an asynchronous call's
+            result.
         pools: run each function in its worker processes (None: in this process).
         read_only: only look (calls, dead letters): a SQLite file is opened read-only and
             never created.
@@ -121,6 +135,7 @@ class FunctionRunner:
         log: logging.Logger | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         call_ttl: float = DEFAULT_CALL_TTL,
+        callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
         pools: WorkerPools | None = None,
         read_only: bool = False,
     ) -> None:
@@ -133,6 +148,7 @@ class FunctionRunner:
         self.log = log or logging.getLogger("podkit.functions")
         self.max_body = max_body
         self.call_ttl = call_ttl
+        self.callback_timeout = callback_timeout
         self.pools = pools
         self._puts = asyncio.Semaphore(MAX_CONCURRENT_PUTS)
         self._batches: dict[str, list[tuple[PutRequest, asyncio.Future[None]]]] = {}
@@ -143,6 +159,8 @@ class FunctionRunner:
         self.queues: dict[str, Queue] = {}
         self.loop: asyncio.AbstractEventLoop
         self._opened = False
+        self._app_changed = asyncio.Event()
+        self._stale_queues: list[Queue] = []
 
     async def __aenter__(self) -> FunctionRunner:
         """Check that the backend answers (a missing SQLite directory, a Redis that cannot
@@ -161,7 +179,8 @@ class FunctionRunner:
 
     async def aclose(self) -> None:
         """Close the queues and the store."""
-        queues, self.queues = list(self.queues.values()), {}
+        queues, self.queues = [*self.queues.values(), *self._stale_queues], {}
+        self._stale_queues = []
         try:
             for queue in queues:
                 await queue.aclose()
@@ -189,16 +208,20 @@ class FunctionRunner:
         """Invocations running now, by function."""
         return {name: slots.used for name, slots in self.slots.items()}
 
-    async def _in_slot(
-        self, spec: FunctionSpec, kind: Kind, wait: bool, run: Callable[[], Awaitable[T]]
-    ) -> T:
-        """``await run()`` in one of ``spec``'s slots, counted in the metrics."""
+    async def _take_slot(self, spec: FunctionSpec, kind: Kind, wait: bool) -> Slots:
         slots = self.slots[spec.name]
         if wait:
             await slots.take()
         elif not slots.take_now():
             self.metrics.invoked(spec.name, kind, "rejected", 0.0)
             raise Overloaded(f"{spec.name} runs {spec.concurrency} calls already")
+        return slots
+
+    async def _in_slot(
+        self, spec: FunctionSpec, kind: Kind, wait: bool, run: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``await run()`` in one of ``spec``'s slots, counted in the metrics."""
+        slots = await self._take_slot(spec, kind, wait)
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -237,23 +260,39 @@ class FunctionRunner:
                 :class:`WorkerCrashed` when its process died).
             Exception: in this process, whatever the function raised.
         """
-        return await self._in_slot(spec, kind, wait, lambda: self._execute(spec, kind, args))
-
-    async def _execute(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Outcome:
-        if self.pools is None:
-            return Outcome(*encode_result(await self.run_local(spec, kind, args)))
-        reply = await self.pools.get(spec.name).call(kind, encode_args(kind, args))
-        if "error" in reply:
-            raise decode_error(reply["error"])
-        return Outcome.from_json(reply["outcome"])
+        slots = self.slots[spec.name]
+        if wait or not slots.take_now():  # (the common case costs no extra coroutine)
+            slots = await self._take_slot(spec, kind, wait)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            if self.pools is None:
+                result = Outcome(*encode_outcome(await self.run_local(spec, kind, args)))
+            else:
+                reply = await self.pools.get(spec.name).call(kind, encode_args(args))
+                _, status, fields, body = reply
+                if not status:
+                    raise decode_error(fields)
+                result = Outcome(status, fields, body)
+            outcome = "ok"
+            return result
+        finally:
+            slots.give()
+            self.metrics.invoked(spec.name, kind, outcome, time.perf_counter() - started)
 
     async def run_local(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Any:
         """Run the function here, now (no slot): its events are published before it returns,
         and with ``then`` its result too."""
         ctx = InvocationContext(spec.name, kind, self)
+        handler = spec.handler
+        token = current.set(ctx)
         try:
-            result = await run_in_context(ctx, spec.handler, *args)
+            if is_async(handler):  # awaited here: one coroutine fewer per invocation
+                result = await handler(*args)
+            else:
+                result = await call_handler(handler, *args)
         finally:
+            current.reset(token)
             if ctx.pending:
                 # the function's events are stored before its invocation counts as done
                 await asyncio.gather(*ctx.pending)
@@ -373,7 +412,10 @@ class FunctionRunner:
                     )
                 return _json_response(404, {"error": "no function serves this path"})
             spec, params = found
-            body = await request.read(self.max_body)
+            if request.body is EMPTY_BODY:
+                body = b""
+            else:
+                body = await request.read(self.max_body)
             freq = FunctionRequest(
                 request.method,
                 path,
@@ -395,13 +437,11 @@ class FunctionRunner:
     async def _answer(self, spec: FunctionSpec, kind: Kind, args: tuple[Any, ...]) -> Response:
         try:
             outcome = await self.execute(spec, kind, args, wait=False)
-            status, headers, data = outcome.status, outcome.headers, outcome.body
         except Exception as exc:
             if not isinstance(exc, FunctionError | UsageError):
                 self.log.exception("function failed", extra={"function": spec.name})
             return _error_response(exc)
-        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        return Response(status, fields, data)
+        return Response(outcome.status, outcome.fields, outcome.body)
 
     async def _invoke_by_name(self, request: Request, name: str) -> Response:
         if request.method != "POST":
@@ -522,7 +562,7 @@ class FunctionRunner:
         if not isinstance(url, str) or not url:
             return
         try:
-            async with httpx.AsyncClient(timeout=CALLBACK_TIMEOUT) as client:
+            async with httpx.AsyncClient(timeout=self.callback_timeout) as client:
                 await client.post(url, json=record)
         except httpx.HTTPError as exc:
             self.log.warning("callback failed", extra={"url": url, "error": str(exc)})
@@ -603,10 +643,10 @@ class FunctionRunner:
                 raise
             await self._dead_letter(spec, queue_name, item, "invalid", str(exc))
 
-    def delivery_queues(self) -> list[tuple[FunctionSpec, str]]:
-        """The (function, queue) pairs a runner works on."""
+    def delivery_queues(self, app: FunctionApp | None = None) -> list[tuple[FunctionSpec, str]]:
+        """The (function, queue) pairs a runner works on (for ``app``, default its own)."""
         pairs: list[tuple[FunctionSpec, str]] = []
-        for spec in self.app.functions.values():
+        for spec in (app or self.app).functions.values():
             kinds = {type(t) for t in spec.triggers}
             if kinds & {EventTrigger, HttpTrigger}:
                 pairs.append((spec, spec.queue_name))
@@ -615,9 +655,27 @@ class FunctionRunner:
 
     async def serve_deliveries(self, stop: asyncio.Event) -> None:
         """Work on every function's queue and run the timers until ``stop`` is set; then
-        finish the invocations held and return."""
+        finish the invocations held and return.
+
+        When :meth:`replace_app` swaps the app, the queue workers and timers of the old one
+        stop taking work (they finish what they hold, in the background) and those of the
+        new one start at once.
+        """
         async with asyncio.TaskGroup() as tasks:
-            for spec, queue_name in self.delivery_queues():
+            while True:
+                self._app_changed.clear()
+                generation = asyncio.Event()
+                tasks.create_task(
+                    self._serve_generation(self.app, generation), name="functions-generation"
+                )
+                await _wait_either(stop, self._app_changed)
+                generation.set()
+                if stop.is_set():
+                    return
+
+    async def _serve_generation(self, app: FunctionApp, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for spec, queue_name in self.delivery_queues(app):
                 queue = self.queue(queue_name, spec)
                 worker = QueueWorker(
                     queue,
@@ -627,12 +685,80 @@ class FunctionRunner:
                     log=self.log,
                 )
                 tasks.create_task(worker.serve(stop), name=f"functions-{queue_name}")
-            for spec in self.app.functions.values():
+            for spec in app.functions.values():
                 for trigger in spec.triggers:
                     if isinstance(trigger, TimerTrigger):
                         tasks.create_task(
                             self._serve_timer(spec, trigger, stop), name=f"timer-{spec.name}"
                         )
+
+    async def serve_reload(self, path: str, stop: asyncio.Event, *, interval: float) -> None:
+        """Reload the app (:meth:`reload_app`) each time its file, or a Python file beside
+        it, changes; look every ``interval`` seconds until ``stop`` is set."""
+        seen = await asyncio.to_thread(app_fingerprint, path)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            now = await asyncio.to_thread(app_fingerprint, path)
+            if now != seen and not stop.is_set():
+                seen = now
+                await self.reload_app(path)
+
+    async def reload_app(self, path: str) -> bool:
+        """Read the app file again and serve what it declares now: routes, subscriptions,
+        queues and timers (:meth:`replace_app`), with the workers restarted on its new code.
+
+        A file that fails to load changes nothing: the last good version serves on, and the
+        reason is logged once.
+
+        Returns:
+            Whether the new version is served.
+        """
+        try:
+            app = await asyncio.to_thread(load_app, path)
+        except (Exception, SystemExit) as exc:  # the app's own code ran: anything may come
+            reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            self.log.error(
+                "app reload failed: the last good version serves on",
+                extra={"app": path, "error": reason},
+            )
+            return False
+        before = self.app
+        self.replace_app(app)
+        if self.pools is not None:
+            self.pools.replace_app(app)
+        self.log.info(
+            "app reloaded",
+            extra={
+                "app": path,
+                "functions": sorted(app.functions),
+                "added": sorted(set(app.functions) - set(before.functions)),
+                "removed": sorted(set(before.functions) - set(app.functions)),
+                "triggers": sorted(t.label for s in app.functions.values() for t in s.triggers),
+            },
+        )
+        return True
+
+    def replace_app(self, app: FunctionApp) -> None:
+        """Serve ``app`` from now on: its routes answer, its subscriptions, queues and
+        timers are worked on (:meth:`serve_deliveries` restarts them). A function that is
+        gone keeps its slot counter, so invocations still running finish as they started."""
+        self.app = app
+        for name, spec in app.functions.items():
+            slots = self.slots.get(name)
+            if slots is None:
+                self.slots[name] = Slots(spec.concurrency)
+            else:
+                slots.resize(spec.concurrency)
+            for queue_name in [spec.queue_name] + [
+                t.queue for t in spec.triggers if isinstance(t, QueueTrigger)
+            ]:
+                queue = self.queues.get(queue_name)
+                policy = RetryPolicy(base=spec.backoff, cap=spec.backoff_cap)
+                if queue is not None and queue.retry != policy:
+                    # the old generation may still use it: closed with the runner
+                    self._stale_queues.append(self.queues.pop(queue_name))
+        self._app_changed.set()
 
     async def _serve_timer(
         self, spec: FunctionSpec, trigger: TimerTrigger, stop: asyncio.Event
@@ -663,9 +789,26 @@ class FunctionRunner:
                 )
 
 
+async def _wait_either(first: asyncio.Event, second: asyncio.Event) -> None:
+    """Return when either event is set."""
+    if first.is_set() or second.is_set():
+        return
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 def _wants_async(request: Request) -> bool:
-    prefer = request.header("prefer") or ""
-    return any(p.strip().lower() == ASYNC_PREFERENCE for p in prefer.split(","))
+    """Whether a ``Prefer`` field of the request asks for ``respond-async``."""
+    for name, value in request.headers:
+        if len(name) == 6 and name.lower() == b"prefer":
+            text = value.decode("latin-1")
+            if any(p.strip().lower() == ASYNC_PREFERENCE for p in text.split(",")):
+                return True
+    return False
 
 
 __all__ = ["FunctionRunner"]

@@ -51,6 +51,11 @@ class Slots:
         self.used -= 1
         self._freed.set()
 
+    def resize(self, limit: int) -> None:
+        """Take ``limit`` at once from now on (the calls running over a lower one finish)."""
+        self.limit = limit
+        self._freed.set()
+
 
 class FunctionStats(Collector):
     """Invocations, durations, publications and dead letters of every function."""

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import gc
 import json
 import os
 import signal
 import sys
+from collections.abc import Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-
-MAX_THREADS = 256  # threads for plain (not async) functions in one worker
 
 
 def _quiet_signals() -> None:
@@ -39,13 +40,13 @@ async def serve_worker(request: dict[str, Any]) -> None:
     from podkit.errors import PodkitError
     from podkit.serving.functions._errors import FunctionError
     from podkit.serving.functions._model import load_app
-    from podkit.serving.functions._request import encode_result
+    from podkit.serving.functions._request import encode_outcome
     from podkit.serving.functions._runner import FunctionRunner
-    from podkit.serving.functions._wire import FrameProtocol, Outcome, decode_args, encode_error
+    from podkit.serving.functions._wire import FrameProtocol, decode_args, encode_error
 
     loop = asyncio.get_running_loop()
     loop.set_default_executor(
-        ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="podkit-function")
+        ThreadPoolExecutor(max_workers=request["max_threads"], thread_name_prefix="podkit-function")
     )
     hung_up = asyncio.Event()
     # the runner sends invocations only after "ready", when on_message is set below
@@ -61,27 +62,78 @@ async def serve_worker(request: dict[str, Any]) -> None:
         return
     async with FunctionRunner(app, backend=request["backend"]) as runner:
         log = runner.log
+        send = protocol.send
+        run_local = runner.run_local
 
-        async def handle(message: dict[str, Any]) -> None:
-            reply: dict[str, Any] = {"id": message["id"]}
+        async def handle(call_id: int, kind: Any, arg: Any) -> None:
             try:
-                args = decode_args(message.get("arg"))
-                result = await runner.run_local(spec, message["kind"], args)
-                reply["outcome"] = Outcome(*encode_result(result)).to_json()
+                result = await run_local(spec, kind, decode_args(arg))
+                send((call_id, *encode_outcome(result)))
             except Exception as exc:
                 if not isinstance(exc, FunctionError):
                     log.exception("function failed", extra={"function": spec.name})
-                reply["error"] = encode_error(exc)
-            protocol.send(reply)
+                send((call_id, 0, encode_error(exc), b""))
 
         async with asyncio.TaskGroup() as tasks:
 
-            def start(message: dict[str, Any]) -> None:
-                tasks.create_task(handle(message))
+            def start(message: tuple[Any, ...]) -> None:
+                call_id, kind, _function, arg = message
+                start_eagerly(tasks, handle(call_id, kind, arg))
 
             protocol.on_message = start
+            gc.freeze()  # the app and podkit stay: full collections scan only what is new
             protocol.send({"ready": True})
             await hung_up.wait()
+
+
+def start_eagerly(tasks: asyncio.TaskGroup, coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` now, up to its first suspension; a task continues it from there.
+
+    Most invocations of an ``async`` function finish without suspending: they then cost no
+    task and no turn of the event loop (what ``asyncio.eager_task_factory`` does from Python
+    3.12). The first step runs in a copy of the context, the one the task then keeps, so
+    context variables behave as in a task started the ordinary way.
+    """
+    context = contextvars.copy_context()
+    try:
+        yielded = context.run(coro.send, None)
+    except StopIteration:
+        return
+    tasks.create_task(_resume(coro, yielded), context=context)
+
+
+async def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    await _Suspended(coro, yielded)
+
+
+class _Suspended:
+    """An awaitable that continues a coroutine stopped at ``yielded``: each value the task
+    sends or throws in goes on to the coroutine, as ``await coro`` would have done."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self.coro = coro
+        self.yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, pending = self.coro, self.yielded
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation and the like go on to the coroutine
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration:
+                    return
 
 
 def _worker_child(request: dict[str, Any]) -> None:

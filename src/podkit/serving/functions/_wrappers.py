@@ -45,7 +45,7 @@ DEFAULT_IDEMPOTENT_LOCK = 60.0  # an in-progress key expires after this (a crash
 DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_RETRY_BACKOFF = 0.1
 DEFAULT_RETRY_CAP = 5.0
-MAX_RATE_WAIT = 30.0  # events and items wait at most this long for a token, then fail
+DEFAULT_RATE_WAIT = 30.0  # events and items wait at most this long for a turn (max_wait=)
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(ms|s|m|h)\s*$")
 _RATE_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -275,14 +275,21 @@ def parse_rate(text: str) -> tuple[float, float]:
     return count, per
 
 
-def rate_limit(rate: str, *, burst: int | None = None, key: str | None = None) -> Wrapper:
+def rate_limit(
+    rate: str,
+    *,
+    burst: int | None = None,
+    key: str | None = None,
+    max_wait: str | float = DEFAULT_RATE_WAIT,
+) -> Wrapper:
     """Allow at most ``rate`` calls (``"10/s"``), with bursts of up to ``burst`` (default:
     the calls of one period) — counted in the app's backend, so the limit is shared by every
     process on the backend (global across machines on Redis).
 
     An HTTP call over the limit gets 429 with ``Retry-After``; an event or queue item waits
-    for its turn (back-pressure), up to ``MAX_RATE_WAIT``, then fails and is retried.
+    for its turn (back-pressure), up to ``max_wait`` (30 s), then fails and is retried.
     """
+    longest_wait = parse_duration(max_wait, field="max_wait")
     count, per = parse_rate(rate)
     interval = per / count
     allowed = burst if burst is not None else max(1, int(count))
@@ -297,7 +304,7 @@ def rate_limit(rate: str, *, burst: int | None = None, key: str | None = None) -
         async def wrapper(*args: Any) -> Any:
             ctx = context()
             runner = ctx.runner
-            deadline = time.monotonic() + MAX_RATE_WAIT
+            deadline = time.monotonic() + longest_wait
             while True:
                 wait = await runner.store.gcra(
                     f"rate:{name}", interval=interval, burst=cells, now=runner.clock()
