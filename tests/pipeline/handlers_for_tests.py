@@ -58,3 +58,19 @@ def wrong_topic(value: int) -> Iterator[Any]:
 def add_n(total: int, value: dict[str, int]) -> int:
     """A reduce over ``{"n": ...}`` items: the sum of their ``n``."""
     return total + value["n"]
+
+
+def explode_or_fail(value: int) -> Iterator[int]:
+    """A generator map that yields, then fails, for 3: its partial outputs must be dropped."""
+    yield value
+    if value == 3:
+        raise ValueError("three")
+    yield value * 10
+
+
+def flaky_split(value: int) -> Iterator[Any]:
+    """A splitter that routes, then fails, for 3."""
+    yield Emit("small", value)
+    if value == 3:
+        raise ValueError("three")
+    yield Emit("big", value * 10)
