@@ -193,3 +193,43 @@ def test_reset_forgets_the_pipeline(store: PipelineStore) -> None:
     assert store.backlog([IN]) == 0
     assert store.groups() == {}
     feed(store)
+
+
+def test_items_handed_back_in_a_commit_are_leased_again_and_count_once(
+    store: PipelineStore,
+) -> None:
+    feed(store)
+    first = store.lease([IN], 1, now=100.0, visibility=30, token="a")
+    assert first
+    taken, rest = first[:1], first[1:]
+    step = Step(done=[(m, [("doubled", m.value * 2)]) for m in taken], requeue=rest)
+    assert store.commit("double", step, now=100.0)
+    seen = [m.value for m in taken]
+    while batch := store.lease([IN], 1, now=101.0, visibility=30, token="b"):
+        seen.extend(m.value for m in batch)
+        assert store.commit("double", Step(done=[(m, []) for m in batch]), now=101.0)
+    assert sorted(seen) == [1, 2, 3]
+    state = store.group("g")
+    assert state is not None
+    assert (state.created, state.done) == (4, 3)
+    counts = {c.stage: c for c in store.counts(["double"], {"double": [IN]})}
+    assert counts["double"].items_in == 3
+
+
+def test_many_outputs_are_leased_in_batches_of_at_most_n_and_each_once(
+    store: PipelineStore,
+) -> None:
+    feed(store)
+    batch = store.lease([IN], 10, now=100.0, visibility=30, token="a")
+    outputs = [(m, [("doubled", m.value * 1000 + i) for i in range(850)]) for m in batch]
+    assert store.commit("double", Step(done=outputs), now=100.0)
+    assert store.backlog([MID]) == 3 * 850
+    seen: list[int] = []
+    while mids := store.lease([MID], 250, now=101.0, visibility=30, token="b"):
+        assert 1 <= len(mids) <= 250
+        assert len({m.id for m in mids}) == len(mids)
+        seen.extend(m.value for m in mids)
+        step = Step(done=[(m, []) for m in mids], absorbed={"g": len(mids)})
+        assert store.commit("sum", step, now=101.0)
+    assert sorted(seen) == sorted(v * 1000 + i for v in (1, 2, 3) for i in range(850))
+    assert store.backlog([MID]) == 0

@@ -4,9 +4,9 @@ For tests and jobs that fit one process. It is the same pipeline as the worker r
 same stage logic, the same barrier), without a store: each stage that reads a topic has its
 own queue of it (as a consumer group has its own position in a stream), the runner always
 works on the stage furthest downstream that has items (so at most one chunk's fan-out waits
-in memory), an item that raises is retried at once up to the stage's ``max_attempts`` and
-then dead-lettered, and a group's barrier fires when :func:`~podkit.batch.pipeline.barrier.
-decide` says so, once per barrier stage.
+in memory), the items of a batch that raise are retried together, after the stage's
+backoff, up to its attempts and then dead-lettered, and a group's barrier fires when
+:func:`~podkit.batch.pipeline.barrier.decide` says so, once per barrier stage.
 
 Outputs of a fired barrier form a new group, ``GROUP/STAGE``, sealed at once, so a barrier
 further down waits for them.
@@ -15,11 +15,11 @@ further down waits for them.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,8 @@ class LocalRunner:
         on_progress: called with the per-stage counts every ``interval`` seconds and at the end.
         interval: seconds between progress calls.
         clock: a monotonic clock for the progress interval.
+        sleep: how to wait between attempts at a failed item (tests pass a fake).
+        random: uniform numbers in ``[0, 1)`` for the backoff's jitter.
     """
 
     def __init__(
@@ -204,8 +206,12 @@ class LocalRunner:
         on_progress: Callable[[list[StageStats]], None] | None = None,
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        random: Callable[[], float] = random.random,
     ) -> None:
         self.spec = spec
+        self.sleep = sleep
+        self.random = random
         self.logic = build_stages(spec)
         self.order = stage_order(spec)
         self.on_progress = on_progress
@@ -319,10 +325,25 @@ class LocalRunner:
             ([self.inbox[c] for c in self.consumers.get(topic, ())], self.collected.get(topic))
             for topic in logic.outputs
         ]
+        index = {topic: i for i, topic in enumerate(logic.outputs)}
         touched: set[str] = set()
         for group, values in batches:
             stats.items_in += len(values)
-            outs, failed = logic.run_batch(values, partial(self._retry, logic, stats, group))
+            failing: list[tuple[Any, Exception]] = []
+
+            def defer(
+                value: Any, exc: Exception, failing: list[tuple[Any, Exception]] = failing
+            ) -> list[tuple[str, Any]]:
+                failing.append((value, exc))
+                return []  # retried after the batch, in rounds
+
+            outs, failed = logic.run_batch(values, defer)
+            if failing:
+                extra, dead = self._retry_rounds(logic, stats, group, failing)
+                failed += dead
+                outs = [list(out) for out in outs]
+                for topic, value in extra:
+                    outs[index[topic]].append(value)
             children = produced = 0
             # Topics may share one list (each item to all of them): queued lists are never
             # mutated, a cut makes new ones.
@@ -342,20 +363,36 @@ class LocalRunner:
             touched.add(group)
         return touched
 
-    def _retry(
-        self, logic: StageLogic, stats: StageStats, group: str, value: Any, exc: Exception
-    ) -> list[tuple[str, Any]] | None:
-        """Run a failed item again up to the stage's attempts; None when it is dead."""
-        attempt = 1
-        while attempt < logic.max_attempts:
-            attempt += 1
-            stats.retries += 1
-            try:
-                return logic.apply(value)
-            except Exception as again:  # the item's failure, never the runner's
-                exc = again
-        self._bury(logic.name, stats, group, value, exc, attempt)
-        return None
+    def _wait(self, logic: StageLogic, retry: int) -> None:
+        delay = logic.retry.delay(retry, self.random())
+        if delay > 0:
+            self.sleep(delay)
+
+    def _retry_rounds(
+        self,
+        logic: StageLogic,
+        stats: StageStats,
+        group: str,
+        failing: list[tuple[Any, Exception]],
+    ) -> tuple[list[tuple[str, Any]], int]:
+        """Try the failed items of a batch again together, waiting the stage's backoff
+        before each round: their outputs, and how many were dead-lettered."""
+        outputs: list[tuple[str, Any]] = []
+        for retry in range(1, logic.max_attempts):
+            if not failing:
+                break
+            self._wait(logic, retry)
+            stats.retries += len(failing)
+            still: list[tuple[Any, Exception]] = []
+            for value, _ in failing:
+                try:
+                    outputs.extend(logic.apply(value))
+                except Exception as exc:  # the item's failure, never the runner's
+                    still.append((value, exc))
+            failing = still
+        for value, error in failing:
+            self._bury(logic.name, stats, group, value, error, logic.max_attempts)
+        return outputs, len(failing)
 
     def _bury(
         self, name: str, stats: StageStats, group: str, value: Any, exc: Exception, attempts: int
@@ -381,7 +418,7 @@ class LocalRunner:
                 continue
             accs = self.accumulators.setdefault((name, group), {})
             counts = self.barrier_counts.setdefault((name, group), {"items": 0})
-            failed = 0
+            failing: list[tuple[Any, Exception]] = []
             if get_key is None and handler is None:
                 accs[""] = None
             elif get_key is None:
@@ -391,10 +428,7 @@ class LocalRunner:
                     try:
                         acc = handler(acc, value)
                     except Exception as exc:  # the item's failure, as in _process
-                        accs[""] = acc
-                        if not self._absorb_again(logic, stats, group, value, accs, exc):
-                            failed += 1
-                        acc = accs[""]
+                        failing.append((value, exc))
                 accs[""] = acc
             else:
                 lookup = accs.get
@@ -405,37 +439,40 @@ class LocalRunner:
                             key = key_text(key)
                         accs[key] = handler(lookup(key, initial), value) if handler else None
                     except Exception as exc:  # the item's failure, as in _process
-                        if not self._absorb_again(logic, stats, group, value, accs, exc):
-                            failed += 1
+                        failing.append((value, exc))
+            failed = self._fold_rounds(logic, stats, group, accs, failing) if failing else 0
             counts["items"] += len(values) - failed
             self.groups[group] = self.groups[group].finish_many(
                 done=len(values) - failed, failed=failed, children=0
             )
         return touched
 
-    def _absorb_again(
+    def _fold_rounds(
         self,
         logic: StageLogic,
         stats: StageStats,
         group: str,
-        value: Any,
         accs: dict[str, Any],
-        exc: Exception,
-    ) -> bool:
-        """Fold a failed item again up to the stage's attempts; False when it is dead."""
-        attempt = 1
-        while attempt < logic.max_attempts:
-            attempt += 1
-            stats.retries += 1
-            try:
-                key = logic.accumulator_key(value)
-                accs[key] = logic.combine(accs.get(key, logic.initial), value)
-            except Exception as again:  # the item's failure
-                exc = again
-            else:
-                return True
-        self._bury(logic.name, stats, group, value, exc, attempt)
-        return False
+        failing: list[tuple[Any, Exception]],
+    ) -> int:
+        """Fold the failed items of a batch again in rounds, as :meth:`_retry_rounds`; how
+        many were dead-lettered."""
+        for retry in range(1, logic.max_attempts):
+            if not failing:
+                break
+            self._wait(logic, retry)
+            stats.retries += len(failing)
+            still: list[tuple[Any, Exception]] = []
+            for value, _ in failing:
+                try:
+                    key = logic.accumulator_key(value)
+                    accs[key] = logic.combine(accs.get(key, logic.initial), value)
+                except Exception as exc:  # the item's failure
+                    still.append((value, exc))
+            failing = still
+        for value, error in failing:
+            self._bury(logic.name, stats, group, value, error, logic.max_attempts)
+        return len(failing)
 
     def _fire_ready(self, groups: set[str]) -> None:
         pending = set(groups)

@@ -247,7 +247,7 @@ class RedisPipelineStore(PipelineStore):
             ],
         )
         return [
-            Message(sub, id_, grp, json.loads(body), int(delivery), self.consumer)
+            Message(sub, id_, grp, json.loads(body), int(delivery), self.consumer, id_)
             for sub, id_, grp, body, delivery in rows
         ]
 
@@ -271,12 +271,14 @@ class RedisPipelineStore(PipelineStore):
             g[1] += 1
         for m, _ in step.dead:
             groups.setdefault(m.group, [0, 0, 0])[2] += 1
+        # Handed back unprocessed: a new entry, the same child of its group.
+        adds.extend([m.sub, m.group, encode(m.value)] for m in step.requeue)
         payload = {
             "consumer": self.consumer,
             "stage": stage,
             "version": version,
             "now": now,
-            "acks": [[m.sub, m.id] for m, _ in step.done] + [[m.sub, m.id] for m, _ in step.dead],
+            "acks": [[m.sub, m.id] for m in step.messages()],
             "adds": adds,
             "outs": outs,
             "groups": [[g, *counts] for g, counts in groups.items()],

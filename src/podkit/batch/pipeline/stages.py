@@ -131,7 +131,8 @@ class StageLogic:
         self.kind = self.stage.kind
         self.inputs = spec.stage_inputs(name)
         self.outputs = spec.stage_outputs(name)
-        self.max_attempts = self.stage.max_attempts
+        self.max_attempts = self.stage.attempts
+        self.retry = self.stage.retry_policy
         self.barrier = self.kind in ("join", "reduce")
         self.policy = BarrierPolicy()
         self.concurrency = 1
