@@ -233,3 +233,21 @@ def test_many_outputs_are_leased_in_batches_of_at_most_n_and_each_once(
         assert store.commit("sum", step, now=101.0)
     assert sorted(seen) == sorted(v * 1000 + i for v in (1, 2, 3) for i in range(850))
     assert store.backlog([MID]) == 0
+
+
+def test_dead_letters_of_one_pack_are_redriven_one_by_one(store: PipelineStore) -> None:
+    feed(store)
+    batch = store.lease([IN], 10, now=100.0, visibility=30, token="a")
+    step = Step(dead=[(m, f"bad {m.value}") for m in batch])
+    assert store.commit("double", step, now=100.0)
+    dead = store.dead()
+    assert sorted(d.value for d in dead) == [1, 2, 3]
+    assert len({d.id for d in dead}) == 3
+    two = next(d for d in dead if d.value == 2)
+    assert two.error == "bad 2"
+    assert store.redrive(ids=[two.id]) == 1
+    assert sorted(d.value for d in store.dead()) == [1, 3]
+    assert [m.value for m in store.lease([IN], 10, now=101.0, visibility=30, token="b")] == [2]
+    state = store.group("g")
+    assert state is not None
+    assert state.failed == 2
