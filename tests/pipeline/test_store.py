@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from podkit.batch.pipeline.barrier import BarrierPolicy, Outcome, decide
 from podkit.batch.pipeline.model import parse_pipeline
 from podkit.batch.pipeline.store import (
+    MAX_PACK_BYTES,
     Conflict,
     Message,
     PipelineStore,
     Step,
     Topology,
+    decode_acc,
+    encode_acc,
     open_store,
+    pack,
 )
 from podkit.testing import RedisServer
 
@@ -251,3 +258,32 @@ def test_dead_letters_of_one_pack_are_redriven_one_by_one(store: PipelineStore) 
     state = store.group("g")
     assert state is not None
     assert state.failed == 2
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(json_values)
+def test_an_accumulator_reads_back_as_it_was_written(value: Any) -> None:
+    assert decode_acc(encode_acc(value)) == value
+    assert type(decode_acc(encode_acc(value))) is type(value)
+
+
+@given(st.lists(st.text(max_size=300_000 // 50), max_size=60), st.integers(1, 20))
+def test_packs_hold_every_value_once_in_order_within_their_limits(
+    values: list[str], limit: int
+) -> None:
+    packs = pack(values, limit)
+    assert [v for body, _ in packs for v in json.loads(body)] == values
+    for body, n in packs:
+        assert 1 <= n <= limit
+        assert len(json.loads(body)) == n
+        assert n == 1 or len(body) <= MAX_PACK_BYTES

@@ -36,7 +36,9 @@ from podkit.batch.pipeline.store import (
     StageCounts,
     Step,
     Topology,
+    decode_acc,
     encode,
+    encode_acc,
     pack,
     step_outputs,
 )
@@ -368,7 +370,7 @@ class RedisPipelineStore(PipelineStore):
                 [m.sub, m.id, m.group, f"[{encode(m.value)}]", error[:MAX_ERROR_CHARS]]
                 for m, error in step.dead
             ],
-            "accs": [[g, k, encode(v)] for (g, k), v in step.accumulators.items()],
+            "accs": [[g, k, encode_acc(v)] for (g, k), v in step.accumulators.items()],
             "absorbed": [[g, n] for g, n in step.absorbed.items()],
             "stats": [len(step.done) + len(step.dead), out, step.retries, len(step.dead)],
         }
@@ -382,16 +384,19 @@ class RedisPipelineStore(PipelineStore):
     def accumulators(
         self, stage: str, pairs: Sequence[tuple[str, str]]
     ) -> tuple[dict[tuple[str, str], Any], int]:
+        by_group: dict[str, list[str]] = {}
+        for group, key in pairs:
+            by_group.setdefault(group, []).append(key)
         pipe = self.client.pipeline(transaction=True)
         pipe.get(f"{self.prefix}v:{stage}")
-        for group, key in pairs:
-            pipe.hget(f"{self.prefix}a:{stage}:{group}", key)
-        version, *values = self._call(pipe.execute)
-        found = {
-            pair: json.loads(value)
-            for pair, value in zip(pairs, values, strict=True)
-            if value is not None
-        }
+        for group, keys in by_group.items():
+            pipe.hmget(f"{self.prefix}a:{stage}:{group}", keys)
+        version, *replies = self._call(pipe.execute)
+        found: dict[tuple[str, str], Any] = {}
+        for (group, keys), values in zip(by_group.items(), replies, strict=True):
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:
+                    found[(group, key)] = decode_acc(value)
         return found, int(version or 0)
 
     def open_barriers(self, stage: str) -> list[str]:
@@ -445,7 +450,7 @@ class RedisPipelineStore(PipelineStore):
                     return None
                 items = int(pipe.hget(bkey, group) or 0)
                 stored: dict[str, str] = pipe.hgetall(akey)  # type: ignore[assignment]
-                accs = sorted((k, json.loads(v)) for k, v in stored.items())
+                accs = sorted((k, decode_acc(v)) for k, v in stored.items())
                 counts = {"items": items, "done": state.done, "failed": state.failed}
                 values = results(group, outcome, accs, counts)
                 pipe.multi()

@@ -29,7 +29,9 @@ from podkit.batch.pipeline.store import (
     StageCounts,
     Step,
     Topology,
+    decode_acc,
     encode,
+    encode_acc,
     pack,
     step_outputs,
 )
@@ -343,7 +345,7 @@ class SqlitePipelineStore(PipelineStore):
                 "INSERT OR REPLACE INTO acc_values (p, stage, grp, key, value, ver) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (self.name, stage, group, key, encode(value), current + 1)
+                    (self.name, stage, group, key, encode_acc(value), current + 1)
                     for (group, key), value in step.accumulators.items()
                     if group not in fired
                 ],
@@ -422,7 +424,7 @@ class SqlitePipelineStore(PipelineStore):
                 f"AND key IN ({','.join('?' * len(keys))})",
                 (self.name, stage, group, *keys),
             ):
-                found[(group, key)] = json.loads(value)
+                found[(group, key)] = decode_acc(value)
         return found, version
 
     def open_barriers(self, stage: str) -> list[str]:
@@ -475,7 +477,7 @@ class SqlitePipelineStore(PipelineStore):
                 "failed": state.failed,
             }
             accs = [
-                (k, json.loads(v))
+                (k, decode_acc(v))
                 for k, v in db.execute(
                     "SELECT key, value FROM acc_values WHERE p = ? AND stage = ? AND grp = ? "
                     "ORDER BY key",

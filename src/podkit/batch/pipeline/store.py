@@ -52,6 +52,19 @@ def encode(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
+def encode_acc(value: Any) -> str:
+    """An accumulator as stored: :func:`encode`, with integers (a count, a sum) written
+    directly, since a reduce writes one per key of every batch."""
+    return str(value) if type(value) is int else encode(value)
+
+
+def decode_acc(text: str) -> Any:
+    """An accumulator written by :func:`encode_acc`."""
+    if text.isascii() and (text.isdigit() or (text[:1] == "-" and text[1:].isdigit())):
+        return int(text)
+    return json.loads(text)
+
+
 def pack(values: Sequence[Any], limit: int) -> list[tuple[str, int]]:
     """Values as packs: ``(JSON array, count)`` of up to ``limit`` values and, unless one
     value alone is larger, ``MAX_PACK_BYTES``. One ``json.dumps`` per pack in the usual case
