@@ -126,9 +126,12 @@ class Topology:
         return len(self.subs.get(topic, ()))
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs about five times as much, and a lease makes
+# one Message per item. Treat it as read-only all the same.
+@dataclass(slots=True)
 class Message:
-    """A leased item of one subscription (``id`` is ``PACK:INDEX``, ``pack`` its pack)."""
+    """A leased item of one subscription (``id`` is ``PACK:INDEX``, ``pack`` its pack);
+    read-only."""
 
     sub: str
     id: str
