@@ -287,3 +287,16 @@ def test_packs_hold_every_value_once_in_order_within_their_limits(
         assert 1 <= n <= limit
         assert len(json.loads(body)) == n
         assert n == 1 or len(body) <= MAX_PACK_BYTES
+
+
+def test_pending_and_leased_count_items_not_packs(store: PipelineStore) -> None:
+    feed(store)
+    subs = {"double": [IN]}
+    counts = {c.stage: c for c in store.counts(["double"], subs)}
+    assert (counts["double"].pending, counts["double"].leased) == (3, 0)
+    batch = store.lease([IN], 10, now=100.0, visibility=30, token="a")
+    counts = {c.stage: c for c in store.counts(["double"], subs)}
+    assert (counts["double"].pending, counts["double"].leased) == (0, 3)
+    assert store.commit("double", Step(done=[(m, []) for m in batch]), now=100.0)
+    counts = {c.stage: c for c in store.counts(["double"], subs)}
+    assert (counts["double"].pending, counts["double"].leased) == (0, 0)
