@@ -74,3 +74,14 @@ def flaky_split(value: int) -> Iterator[Any]:
     if value == 3:
         raise ValueError("three")
     yield Emit("big", value * 10)
+
+
+_seen_once: set[Any] = set()
+
+
+def fail_first_time(value: int) -> int:
+    """A map that fails the first time it sees a value (in this process), then doubles it."""
+    if value not in _seen_once:
+        _seen_once.add(value)
+        raise RuntimeError(f"first try {value}")
+    return value * 2

@@ -176,3 +176,30 @@ def test_a_reduce_worker_folds_a_failed_item_again_after_the_backoff(tmp_path: P
         assert store.outputs("t") == [{"group": "g", "value": 3}]
     finally:
         store.close()
+
+
+def test_items_that_succeed_on_a_retry_go_on_with_their_batch(tmp_path: Path) -> None:
+    items = [101, 102, 103]
+    spec = parse_pipeline(
+        {
+            "inputs": {"nums": {"items": items, "group": "g"}},
+            "stages": {
+                "m": {
+                    "from": "nums",
+                    "map": {"handler": f"{H}:fail_first_time"},
+                    "to": "o",
+                    "retries": 1,
+                    "backoff": "1s",
+                },
+                "s": {"from": "o", "reduce": {"handler": f"{H}:add", "initial": 0}, "to": "t"},
+            },
+            "outputs": {"t": {"file": str(tmp_path / "t.txt")}},
+        },
+        base_dir=str(ROOT),
+    )
+    waits: list[float] = []
+    result = LocalRunner(spec, sleep=waits.append, random=lambda: 0.5).run()
+    assert waits == [0.75]
+    assert result.dead == []
+    assert result.stages["m"].retries == 3
+    assert result.outputs["t"] == [{"group": "g", "value": 2 * sum(items)}]
