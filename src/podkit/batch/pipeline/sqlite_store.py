@@ -208,35 +208,47 @@ class SqlitePipelineStore(PipelineStore):
                 "AND token IS NOT NULL AND deadline < ?",
                 (self.name, *subs, now),
             )
-            rows = db.execute(
-                f"SELECT seq, sub, grp, body, delivery, n FROM packs WHERE p = ? "
-                f"AND sub IN ({marks}) AND token IS NULL ORDER BY seq",
-                (self.name, *subs),
-            )
-            messages: list[Message] = []
-            leased: list[int] = []
-            buried: list[tuple[int, str, str, str, int]] = []
+            # The heads first, without bodies (sorting several subscriptions' packs by seq
+            # must not read every body), at most n of them: a pack holds one item or more.
+            heads = db.execute(
+                f"SELECT seq, sub, grp, delivery, n FROM packs WHERE p = ? "
+                f"AND sub IN ({marks}) AND token IS NULL ORDER BY seq LIMIT ?",
+                (self.name, *subs, n),
+            ).fetchall()
+            chosen: list[tuple[int, str, str, int]] = []
+            buried: list[tuple[int, str, str, int]] = []
             taken = 0
             # Whole packs in order, as many as fit in n (at least one).
-            for seq, sub, grp, body, delivery, count in rows:
+            for seq, sub, grp, delivery, count in heads:
                 if delivery >= max_deliveries:
-                    buried.append((seq, sub, grp, body, delivery))
+                    buried.append((seq, sub, grp, delivery))
                     continue
                 if taken and taken + count > n:
                     break
-                leased.append(seq)
+                chosen.append((seq, sub, grp, delivery))
                 taken += count
+                if taken >= n:
+                    break
+            wanted = [seq for seq, *_ in chosen] + [seq for seq, *_ in buried]
+            bodies: dict[int, str] = {}
+            if wanted:
+                bodies = dict(
+                    db.execute(
+                        f"SELECT seq, body FROM packs WHERE seq IN ({','.join('?' * len(wanted))})",
+                        wanted,
+                    ).fetchall()
+                )
+            messages: list[Message] = []
+            for seq, sub, grp, delivery in chosen:
                 row = str(seq)
                 messages.extend(
                     Message(sub, f"{row}:{i}", grp, v, delivery + 1, token, row)
-                    for i, v in enumerate(json.loads(body))
+                    for i, v in enumerate(json.loads(bodies[seq]))
                 )
-                if taken >= n:
-                    break
-            rows.close()
-            for seq, sub, grp, body, delivery in buried:
+            for seq, sub, grp, delivery in buried:
                 error = f"leased {delivery} times without a commit (its workers died)"
-                self._bury_pack(db, seq, sub, grp, body, error, now)
+                self._bury_pack(db, seq, sub, grp, bodies[seq], error, now)
+            leased = [seq for seq, *_ in chosen]
             if leased:
                 db.execute(
                     "UPDATE packs SET token = ?, deadline = ?, delivery = delivery + 1 "
