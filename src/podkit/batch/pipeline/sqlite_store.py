@@ -6,6 +6,8 @@ counts and a barrier's accumulators are read and written by one process at a tim
 process killed in the middle leaves the file as it was before the transaction (WAL mode).
 A row of ``packs`` is one pack of items (a JSON array of ``n`` values, see
 :mod:`~podkit.batch.pipeline.store`): one insert, one lease update and one delete per pack.
+The body is the row's last column, so reading the other columns never walks its overflow
+pages, and the index holds ``n``, so counting a backlog reads the index alone.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ BUSY_TIMEOUT = 30.0  # seconds a transaction waits for another process's write l
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs (p TEXT, sub TEXT, seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  grp TEXT, body TEXT, n INTEGER, delivery INTEGER DEFAULT 0, token TEXT, deadline REAL);
-CREATE INDEX IF NOT EXISTS packs_ready ON packs (p, sub, token, seq);
+  grp TEXT, n INTEGER, delivery INTEGER DEFAULT 0, token TEXT, deadline REAL, body TEXT);
+CREATE INDEX IF NOT EXISTS packs_ready ON packs (p, sub, token, seq, n);
 CREATE TABLE IF NOT EXISTS dead (p TEXT, stage TEXT, sub TEXT, id TEXT, grp TEXT, body TEXT,
   error TEXT, died_at REAL, PRIMARY KEY (p, sub, id));
 CREATE TABLE IF NOT EXISTS groups (p TEXT, name TEXT, created INTEGER, done INTEGER,
