@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from podkit.pods.supervisor import read_state
+from podkit.serving.search import shard_of
 from podkit.testing.net import wait_for
 from tests.pods.test_supervisor import alive, group_members
 
@@ -26,8 +27,10 @@ EXAMPLE = ROOT / "examples" / "search"
 SUBNET = "127.60.0.0/16"  # its own block: a flagship run by hand on 127.0.x.x is left alone
 FRONT = ("127.60.1.1", 8443)  # pod 1 of the file: front (tls)
 SPLIT_ADMIN = ("127.60.5.1", 9000)  # pod 5: shadow (split)
+LEAFNEXT = "127.60.10.1"  # pod 10: leafnext, the next build of shard 0
 OPS = "127.60.12.1"  # pod 12: ops (adapt metrics on 9121, adapt health on 8086)
-START_TIMEOUT = "90s"  # up -d returns once all 17 replicas are ready, or fails after this
+PIPELINE = "127.60.16.1"  # pod 16: pipeline (the stages' admin endpoints on 9100-9102)
+START_TIMEOUT = "90s"  # up -d returns once all 18 replicas are ready, or fails after this
 RUN_TIMEOUT = 150.0  # the whole `podkit up -d` call, a little more than START_TIMEOUT
 
 
@@ -101,12 +104,13 @@ def http_get(host: str, port: int, path: str) -> tuple[int, str]:
         conn.close()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_the_flagship_answers_searches_through_tls_and_every_pattern_reports(
     tmp_path: Path,
 ) -> None:
     """Search hits come back over HTTPS from all three shards; the split mirrors shard 0 to the
-    next build, the adapters report, and one re-indexer leads."""
+    next build, the adapters report, the queue feeds the indexing pipeline, one re-indexer
+    leads, and the next build's leaf serves its rebuild with the new documents."""
     with flagship(tmp_path) as cwd:
         status, headers, body = https_get("/search?q=leader+lease&k=3")
         assert status == 200, body
@@ -134,14 +138,33 @@ def test_the_flagship_answers_searches_through_tls_and_every_pattern_reports(
         assert code == 200, checks
         assert "[+]root ok" in checks
 
-        # The work queue: the source's new documents are staged for the next build.
-        incoming = cwd / ".podkit" / "search" / "incoming"
-        new = sorted(p.name for p in (EXAMPLE / "new").glob("*.md"))
+        # The work queue feeds the indexing pipeline, whose last stage writes each new document
+        # beside the shard that will serve it.
+        staged = cwd / ".podkit" / "search" / "staged"
+        new = sorted(f"examples/search/new/{p.name}" for p in (EXAMPLE / "new").glob("*.md"))
+
+        def staged_ids() -> dict[str, str]:
+            return {json.loads(p.read_text())["id"]: p.parent.name for p in staged.rglob("*.jsonl")}
+
         wait_for(
-            lambda: sorted(p.name for p in incoming.glob("*.md")) == new,
-            timeout=20,
-            what="the ingest workers to stage every new document",
+            lambda: sorted(staged_ids()) == new,
+            timeout=30,
+            what="the pipeline to stage every new document",
         )
+        assert staged_ids() == {doc: f"shard-{shard_of(doc, 3)}" for doc in new}
+        code, text = http_get(PIPELINE, 9102, "/metrics")
+        assert code == 200
+        assert 'podkit_pipeline_items_in_total{stage="stage"} 3.0' in text
+
+        # The leader rebuilds the next index with them; leafnext serves it without a restart.
+        in_shard_0 = [doc for doc in new if shard_of(doc, 3) == 0]
+        assert in_shard_0  # shadow-traffic.md: the example relies on it
+
+        def next_build_finds_it() -> bool:
+            code, text = http_get(LEAFNEXT, 8091, "/search?q=shadow+traffic+candidate&k=3")
+            return code == 200 and in_shard_0[0] in [h["id"] for h in json.loads(text)["hits"]]
+
+        wait_for(next_build_finds_it, timeout=40, what="leafnext to serve the rebuilt index")
 
         result = podkit(cwd, "status")
         assert result.returncode == 0, result.stderr
@@ -169,4 +192,4 @@ def test_the_flagship_passes_up_check() -> None:
     """Every component's flags in examples/search/pods.yaml are ones podkit has."""
     result = podkit(ROOT, "up", "--check", "examples/search/pods.yaml")
     assert result.returncode == 0, result.stderr
-    assert "ok (15 pods" in result.stdout
+    assert "ok (16 pods" in result.stdout

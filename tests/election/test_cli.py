@@ -48,10 +48,13 @@ def podkit(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# The run's file is written beside and renamed into place, so a test that sees it sees it whole.
 ONCE_JOB = (
     "import os, pathlib, sys; "
-    "pathlib.Path(sys.argv[1], os.environ['PODKIT_FENCING_TOKEN']).write_text("
-    "os.environ['PODKIT_LEADER_ID'] + ' ' + os.environ['PODKIT_ELECTION']); sys.exit(3)"
+    "d = pathlib.Path(sys.argv[1]); t = os.environ['PODKIT_FENCING_TOKEN']; "
+    "(d / ('.' + t)).write_text("
+    "os.environ['PODKIT_LEADER_ID'] + ' ' + os.environ['PODKIT_ELECTION']); "
+    "(d / ('.' + t)).rename(d / t); sys.exit(3)"
 )
 
 
@@ -89,7 +92,7 @@ def test_once_runs_the_command_once_per_term_and_keeps_leading_without_it(
             timeout=30,
             what="six more renewals",
         )
-        assert sorted(p.name for p in runs.iterdir()) == ["1"]
+        assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) == ["1"]
         assert admin_json(admin, "/election")["role"] == "leader"
         assert '"status":3' in a.output().replace(" ", "")
         with once("node-b") as b:

@@ -113,3 +113,37 @@ def test_state_commands_refuse_an_in_process_pipeline() -> None:
     result = podkit("pipeline", "status", str(WORDCOUNT), "--set", "input=x", "--set", "output=y")
     assert result.returncode == 2
     assert "memory://" in result.stderr
+
+
+def test_put_adds_to_a_stream_input_whose_group_stays_open(tmp_path: Path) -> None:
+    """`pipeline put` queues JSON values (or paths with --path) on a stream input and leaves
+    its group unsealed; a run, a non-stream input and an unknown one are refused."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "topics: {backend: 'sqlite:///p.db'}\n"
+        "inputs: {docs: {stream: true, group: incoming}, fixed: {items: [1]}}\n"
+        "stages: {m: {from: [docs, fixed], copier: {}, to: o}}\n"
+    )
+    put = podkit("pipeline", "put", str(path), "--input", "docs", '{"a": 1}', "b", cwd=tmp_path)
+    assert put.returncode == 0, put.stderr
+    assert put.stdout == "put 2\n"
+    put = podkit("pipeline", "put", str(path), "--input", "docs", "--path", "x.md", cwd=tmp_path)
+    assert put.stdout == "put 1\n"
+    data = json.loads(podkit("pipeline", "status", str(path), "--json", cwd=tmp_path).stdout)
+    assert data["stages"][0]["pending"] == 3
+    assert data["groups"]["incoming"] == {
+        "created": 3,
+        "done": 0,
+        "failed": 0,
+        "sealed": False,
+        "outstanding": 3,
+    }
+    refused = podkit("pipeline", "put", str(path), "--input", "fixed", "1", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "not a stream input" in refused.stderr
+    refused = podkit("pipeline", "put", str(path), "--input", "nope", "1", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "'nope' is not an input" in refused.stderr
+    run = podkit("pipeline", "run", str(path), cwd=tmp_path)
+    assert run.returncode == 2
+    assert "inputs.docs is a stream" in run.stderr

@@ -337,3 +337,13 @@ def test_a_batch_larger_than_a_chunk_is_cut_and_every_item_is_counted() -> None:
     assert result.outputs["t"] == [{"group": "g", "value": 4200}]
     assert result.stages["r"].items_in == 4200
     assert result.groups["g"].done == 4202
+
+
+def test_a_stage_without_outputs_runs_its_handler_for_each_item() -> None:
+    result = run(
+        {"m": {"from": "nums", "map": {"handler": f"{H}:fail_on_odd"}, "max_attempts": 1}},
+        [1, 2, 4],
+    )
+    assert result.stages["m"].items_in == 3
+    assert result.stages["m"].items_out == 0
+    assert [d.value for d in result.dead] == [1]

@@ -300,3 +300,13 @@ def test_pending_and_leased_count_items_not_packs(store: PipelineStore) -> None:
     assert store.commit("double", Step(done=[(m, []) for m in batch]), now=100.0)
     counts = {c.stage: c for c in store.counts(["double"], subs)}
     assert (counts["double"].pending, counts["double"].leased) == (0, 0)
+
+
+def test_put_adds_children_to_an_open_group(store: PipelineStore, other: PipelineStore) -> None:
+    """Items put while the pipeline runs are leased like fed ones; their group stays open."""
+    assert store.put([("nums", "s", 5), ("nums", "s", 6)]) == 2
+    got = other.lease([IN], 10, now=time.time(), visibility=30.0, token="w")
+    assert sorted(m.value for m in got) == [5, 6]
+    state = store.groups()["s"]
+    assert state.created == 2
+    assert not state.sealed

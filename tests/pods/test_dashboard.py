@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
+from podkit.batch.pipeline.worker import StageMetrics
+from podkit.engines.tcp import TCPStatistics, tcp_metrics
 from podkit.pods.dashboard import DashboardCore, figures, histogram_quantile, parse_metrics
 from podkit.pods.dashboard.core import pods_graph
 from podkit.pods.model import parse_podfile
@@ -143,3 +146,92 @@ def test_a_shard_router_gives_its_shards_shares_rate_and_errors() -> None:
     assert found["errors"] == pytest.approx(0.05)
     assert found["backends_of"] == "shard"
     assert [b["share"] for b in found["backends"]] == [0.75, 0.25]
+
+
+def _exposition(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
+
+
+def test_a_pipeline_stage_gives_items_in_and_out_per_second_pending_and_errors() -> None:
+    """The figures of a stage worker's own metrics (podkit_pipeline_*, labelled by stage)."""
+    registry = CollectorRegistry()
+    metrics = StageMetrics(registry, "normalise")
+    before = parse_metrics(_exposition(registry))
+    metrics.items_in.inc(40)
+    metrics.items_out.inc(120)
+    metrics.retries.inc(3)
+    metrics.dead.inc(1)
+    metrics.pending.set(7)
+    found = figures(before, parse_metrics(_exposition(registry)), 2.0)
+    assert found["stage"] == "normalise"
+    assert found["items_in"] == 20.0
+    assert found["items_out"] == 60.0
+    assert found["pending"] == 7.0
+    assert found["stage_errors"] == 2.0  # (3 retries + 1 dead letter) in 2 s
+    assert found["dead"] == 1.0
+    assert "rps" not in found
+
+
+SPLIT_PAGE = """# TYPE podkit_split_requests_total counter
+podkit_split_requests_total{{arm="primary",code="2xx"}} {p2}
+podkit_split_requests_total{{arm="primary",code="5xx"}} {p5}
+podkit_split_requests_total{{arm="candidate",code="2xx"}} {c2}
+podkit_split_requests_total{{arm="candidate",code="error"}} {ce}
+podkit_split_weight{{arm="primary"}} 0.9
+podkit_split_weight{{arm="candidate"}} 0.1
+podkit_split_diff_compared_total{{route="GET /search"}} {compared}
+podkit_split_diff_regressions_total{{route="GET /search"}} {regressions}
+"""
+
+
+def test_a_split_gives_each_arms_rate_errors_weight_and_the_diff_mismatch_rate() -> None:
+    """Per-arm requests/s and error share (5xx and no answer), the candidate's weight, and the
+    noise-corrected mismatch rate of the answers compared in the interval."""
+    first = SPLIT_PAGE.format(p2=0, p5=0, c2=0, ce=0, compared=10, regressions=10)
+    second = SPLIT_PAGE.format(p2=171, p5=9, c2=18, ce=2, compared=110, regressions=15)
+    found = figures(parse_metrics(first), parse_metrics(second), 2.0)
+    assert found["candidate_weight"] == pytest.approx(0.1)
+    assert found["arms"] == [
+        {"arm": "primary", "weight": 0.9, "rps": 90.0, "errors": 0.05},
+        {"arm": "candidate", "weight": 0.1, "rps": 10.0, "errors": 0.1},
+    ]
+    assert found["diff_mismatch"] == pytest.approx(0.05)  # 5 of the 100 compared meanwhile
+    quiet = figures(parse_metrics(second), parse_metrics(second), 2.0)
+    assert quiet["diff_mismatch"] == pytest.approx(15 / 110)  # none compared: since start
+    assert quiet["arms"][0]["rps"] == 0.0
+
+
+def test_a_broker_gives_its_environment_connections_and_bytes_per_second() -> None:
+    """The TCP broker's current environment, open connections and bytes both ways."""
+
+    def broker_page(open_: int, bytes_in: int, bytes_out: int) -> str:
+        stats = TCPStatistics(open_, 5, bytes_in, bytes_out, 0, 0, 0)
+        metrics = "".join(
+            f"{sample.name} {sample.value}\n"
+            for family in tcp_metrics([stats], prefix="podkit_broker_tcp")
+            for sample in family.samples
+        )
+        return (
+            metrics
+            + 'podkit_broker_environment{environment="staging"} 1.0\n'
+            + "podkit_broker_epoch 2.0\n"
+        )
+
+    found = figures(
+        parse_metrics(broker_page(1, 100, 1000)), parse_metrics(broker_page(3, 4100, 9000)), 4.0
+    )
+    assert found["environment"] == "staging"
+    assert found["connections"] == 3.0
+    assert found["bytes_rate"] == 3000.0  # (4000 + 8000) bytes in 4 s
+
+
+def test_the_new_figures_are_charted() -> None:
+    """Stage, split and broker figures get a time series like the others."""
+    core = DashboardCore(parse_podfile(load_yaml(QUICKSTART), source=str(QUICKSTART)))
+    first = SPLIT_PAGE.format(p2=0, p5=0, c2=0, ce=0, compared=0, regressions=0)
+    second = SPLIT_PAGE.format(p2=10, p5=0, c2=1, ce=0, compared=4, regressions=1)
+    core.observe("shadow-1/split", first, 100.0)
+    core.observe("shadow-1/split", second, 102.0)
+    series = core.snapshot({})["figures"]["shadow-1/split"]["series"]
+    assert series["candidate_weight"][-1] == (102.0, pytest.approx(0.1))
+    assert series["diff_mismatch"][-1] == (102.0, 0.25)

@@ -10,6 +10,8 @@ import random
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -129,6 +131,96 @@ def test_the_dashboard_shows_the_quick_start_and_a_killed_replica_turns_red_then
                 shot = tmp_path / "dashboard.png"
                 page.screenshot(path=str(shot), full_page=True)
                 assert shot.stat().st_size > 10_000
+                print(f"dashboard screenshot: {shot}")
+            finally:
+                browser.close()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+AMBASSADORS = QUICKSTART.parent / "ambassadors.yaml"
+
+
+def test_the_dashboard_shows_pipeline_stage_split_and_broker_figures(tmp_path: Path) -> None:
+    """examples/ambassadors.yaml (its broker given an admin endpoint) and one pipeline stage
+    worker: the page shows the split's candidate weight, arms and diff mismatch rate, the
+    broker's environment and connections, and the stage's items in and out per second."""
+    pipeline = tmp_path / "pipe.yaml"
+    pipeline.write_text(
+        "topics: {backend: 'sqlite:///pipe.db'}\n"
+        "inputs: {docs: {stream: true}}\n"
+        "stages: {copy: {from: docs, copier: {}, to: copied}}\n"
+    )
+    spec = yaml.safe_load(AMBASSADORS.read_text())
+    spec["pods"]["env"]["containers"]["broker"]["options"]["admin"] = "{pod.ip}:9090"
+    spec["pods"]["stage"] = {
+        "containers": {
+            "worker": {
+                "component": "pipeline work",
+                "args": [str(pipeline)],
+                "options": {"stage": "copy", "admin": "{pod.ip}:9100"},
+            }
+        }
+    }
+    podfile = tmp_path / "pods.yaml"
+    podfile.write_text(yaml.safe_dump(spec, sort_keys=False))  # addresses follow the order
+    block = random.randint(100, 250)
+    host = f"127.{block}.0.1"
+    port = free_port(host)
+    url = f"http://{host}:{port}/"
+    with PodkitProcess(
+        "up", str(podfile), "--subnet", f"127.{block}.0.0/16", "--dashboard", f"{host}:{port}",
+        cwd=tmp_path,
+    ) as proc:  # fmt: skip
+        wait_for(
+            lambda: f"dashboard at {url}" in proc.output(), timeout=START_TIMEOUT, what="the page"
+        )
+        wait_for(
+            lambda: set(get_json(url + "api/state")["ready_pods"]) == set(spec["pods"]),
+            timeout=START_TIMEOUT,
+            what="every pod to be ready",
+        )
+        for i in range(60):  # pods in file order: v1, v2, edge (split), env (broker), stage
+            request = urllib.request.Request(
+                f"http://127.{block}.3.1:8080/", headers={"Cookie": f"user=u{i}"}
+            )
+            with urllib.request.urlopen(request, timeout=5):
+                pass
+            with urllib.request.urlopen(f"http://127.{block}.4.1:8090/", timeout=5):
+                pass
+        put = subprocess.run(
+            [sys.executable, "-m", "podkit", "pipeline", "put", str(pipeline), "--input", "docs",
+             *[str(n) for n in range(200)]],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert put.returncode == 0, put.stderr
+
+        def stage_moved() -> bool:
+            figures = get_json(url + "api/state")["figures"].get("stage-1/worker", {})
+            return any(v > 0 for _t, v in figures.get("series", {}).get("items_in", []))
+
+        wait_for(stage_moved, timeout=20, what="the stage's items in/s")
+        expect = playwright_api.expect
+        with playwright_api.sync_playwright() as driver:
+            browser = driver.chromium.launch(
+                executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                page.goto(url)
+                expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+                weight = page.locator('[data-figure="edge-1/split:candidate_weight"] .value')
+                expect(weight).to_have_text("10.0 %", timeout=10_000)
+                expect(page.locator('[data-figure="edge-1/split:diff_mismatch"]')).to_be_visible()
+                expect(page.locator('table.arms tr[data-arm="candidate"]')).to_be_visible()
+                expect(page.locator('[data-environment="dev"]')).to_be_visible()
+                expect(page.locator('[data-figure="env-1/broker:connections"]')).to_be_visible()
+                expect(page.locator('[data-stage="copy"]')).to_be_visible()
+                for key in ("items_in", "items_out", "pending", "stage_errors"):
+                    box = page.locator(f'[data-figure="stage-1/worker:{key}"]')
+                    expect(box).to_be_visible()
+                shot = tmp_path / "dashboard-ambassadors.png"
+                page.screenshot(path=str(shot), full_page=True)
                 print(f"dashboard screenshot: {shot}")
             finally:
                 browser.close()

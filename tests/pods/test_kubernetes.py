@@ -53,10 +53,15 @@ SETS: dict[str, list[str]] = {
         ),
         f"pods.index.containers.build.options.out={SEARCH_DATA}/index",
         f"pods.index.containers.build-next.options.out={SEARCH_DATA}/next",
-        f"pods.ingest.env.SEARCH_DATA={SEARCH_DATA}",
         f"pods.reindex.env.SEARCH_DATA={SEARCH_DATA}",
+        f"pods.pipeline.env.SEARCH_DATA={SEARCH_DATA}",
         f"pods.feed.containers.lister.args[0]={REDIS}",
         f"pods.ingest.containers.work.args[0]={REDIS}",
+        f"pods.ingest.env.SEARCH_STORE={REDIS}",
+        *(
+            f"pods.pipeline.containers.{stage}.options.set[0]=store={REDIS}"
+            for stage in ("normalise", "shard", "stage")
+        ),
         f"pods.reindex.containers.job.options.backend={REDIS}",
     ],
 }

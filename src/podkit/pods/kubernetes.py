@@ -234,6 +234,8 @@ def _shared_state(text: str) -> str | None:
         return None
     if value.startswith("sqlite:"):
         return value
+    if "=sqlite:" in value:  # KEY=sqlite:///... (a pipeline file's --set store=...)
+        return value[value.index("=sqlite:") + 1 :]
     for prefix in STATE_DIR_PREFIXES:
         if value.startswith(prefix) or f" {prefix}" in value or f"={prefix}" in value:
             return value

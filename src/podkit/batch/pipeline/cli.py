@@ -72,6 +72,13 @@ def run(file: str, sets: tuple[str, ...], progress: str, interval: float, resume
     dead-lettered. Prints one summary line: items per stage, dead letters and seconds.
     """
     spec = _load(file, sets)
+    streams = [name for name, i in spec.inputs.items() if i.stream]
+    if streams:
+        raise click.UsageError(
+            f"{file}: inputs.{streams[0]} is a stream (stream: true), which a run would never "
+            "see the end of: run the stages with `podkit pipeline work` and add items with "
+            "`podkit pipeline put`"
+        )
     if interval <= 0:
         raise click.BadParameter("must be positive", param_hint="'--interval'")
     mode = progress
@@ -175,6 +182,61 @@ def feed(file: str, sets: tuple[str, ...]) -> None:
     finally:
         store.close()
     click.echo("fed" if fed else "fed already")
+
+
+@group.command()
+@_file
+@_set
+@click.option("--input", "input_name", required=True, help="The stream input to add to.")
+@click.option(
+    "--path",
+    "as_path",
+    is_flag=True,
+    help="Each VALUE is a file's path, put as {\"path\": VALUE} like a dir input's items.",
+)
+@click.argument("values", nargs=-1, required=True)
+def put(
+    file: str, sets: tuple[str, ...], input_name: str, as_path: bool, values: tuple[str, ...]
+) -> None:
+    """Add VALUES to a stream input (`stream: true`) while the stage workers run.
+
+    Each VALUE is JSON when it parses, else text. The items join the input's group, which
+    stays open. All are put in one step; run it again after a failure (stages are at least
+    once). A feeder for stage workers run as pod-file components, such as a work queue's
+    workers. Prints `put N`.
+    """
+    from podkit.batch.pipeline.processes import store_for
+
+    spec = _store_spec(file, sets)
+    input_spec = spec.inputs.get(input_name)
+    if input_spec is None:
+        raise click.BadParameter(
+            f"{input_name!r} is not an input of {file} ({', '.join(spec.inputs) or 'none'})",
+            param_hint="'--input'",
+        )
+    if not input_spec.stream:
+        raise click.BadParameter(
+            f"inputs.{input_name} of {file} is not a stream input (stream: true): its items "
+            "come from the file and `podkit pipeline feed`",
+            param_hint="'--input'",
+        )
+    items: list[tuple[str, str, Any]] = []
+    for value in values:
+        item: Any
+        if as_path:
+            item = {"path": value}
+        else:
+            try:
+                item = json.loads(value)
+            except ValueError:
+                item = value
+        items.append((input_name, input_spec.group, item))
+    store = store_for(spec)
+    try:
+        store.put(items)
+    finally:
+        store.close()
+    click.echo(f"put {len(items)}")
 
 
 def _store_spec(file: str, sets: tuple[str, ...]) -> PipelineSpec:

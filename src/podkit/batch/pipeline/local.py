@@ -88,11 +88,14 @@ class RunResult:
 
 
 def list_input(name: str, spec: InputSpec, *, source: str) -> Iterator[Any]:
-    """The items of an input: its literal values, or ``{"path": ...}`` per file of ``dir``.
+    """The items of an input: its literal values, or ``{"path": ...}`` per file of ``dir``
+    (a stream input has none: ``podkit pipeline put`` adds them).
 
     Raises:
         ConfigError: the directory does not exist or holds too many files.
     """
+    if spec.stream:
+        return
     if spec.items is not None:
         yield from spec.items
         return

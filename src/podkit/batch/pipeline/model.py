@@ -135,17 +135,23 @@ class TopicsSpec(_Model):
 
 
 class InputSpec(_Model):
-    """Items that enter the pipeline: the files of a directory, or literal values."""
+    """Items that enter the pipeline: the files of a directory, literal values, or a stream.
+
+    A ``stream: true`` input has no items of its own: ``podkit pipeline put`` adds them while
+    the stage workers run, and its group stays open (it is never sealed, so a barrier over it
+    never fires).
+    """
 
     dir: str | None = None
     glob: str = "**/*"
     items: list[Any] | None = None
+    stream: bool = False
     group: str = DEFAULT_GROUP
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:
-        if (self.dir is None) == (self.items is None):
-            raise ValueError("give exactly one of dir or items")
+        if sum((self.dir is not None, self.items is not None, self.stream)) != 1:
+            raise ValueError("give exactly one of dir, items or stream: true")
         return self
 
 

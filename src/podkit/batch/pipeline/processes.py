@@ -79,6 +79,8 @@ def feed_inputs(spec: PipelineSpec, store: PipelineStore) -> bool:
     items: list[tuple[str, str, Any]] = []
     groups: list[str] = []
     for name, input_spec in spec.inputs.items():
+        if input_spec.stream:  # its group stays open: `podkit pipeline put` adds to it
+            continue
         groups.append(input_spec.group)
         items.extend(
             (name, input_spec.group, value)

@@ -290,6 +290,26 @@ class RedisPipelineStore(PipelineStore):
         )
         return result
 
+    def put(self, items: Sequence[tuple[str, str, Any]]) -> int:
+        self._ensure_groups(self._all_subs())
+        created: dict[str, int] = {}
+
+        by_target: dict[tuple[str, str], list[Any]] = {}
+        for topic, group, value in items:
+            by_target.setdefault((topic, group), []).append(value)
+
+        def apply(pipe: Any) -> None:
+            created.clear()
+            pipe.multi()
+            for (topic, group), values in by_target.items():
+                created[group] = created.get(group, 0) + self._put(pipe, topic, group, values)
+            for group, n in created.items():
+                pipe.sadd(self.prefix + "groups", group)
+                pipe.hincrby(f"{self.prefix}g:{group}", "created", n)
+
+        self._call(self.client.transaction, apply)
+        return sum(created.values())
+
     def lease(
         self,
         subs: Sequence[str],

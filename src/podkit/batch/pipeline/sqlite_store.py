@@ -191,6 +191,18 @@ class SqlitePipelineStore(PipelineStore):
             db.execute("INSERT INTO meta (p, key, value) VALUES (?, 'fed', '1')", (self.name,))
         return True
 
+    def put(self, items: Sequence[tuple[str, str, Any]]) -> int:
+        created: dict[str, int] = {}
+        by_target: dict[tuple[str, str], list[Any]] = {}
+        for topic, group, value in items:
+            by_target.setdefault((topic, group), []).append(value)
+        with self._tx() as db:
+            for (topic, group), values in by_target.items():
+                created[group] = created.get(group, 0) + self._put(db, topic, group, values)
+            for group, n in created.items():
+                self._group_delta(db, group, created=n)
+        return sum(created.values())
+
     def lease(
         self,
         subs: Sequence[str],

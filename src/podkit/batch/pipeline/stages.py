@@ -295,7 +295,7 @@ class StageLogic:
         out: list[Any] = []
         failed = 0
         handler = self._handler
-        first = self.outputs[0]
+        first = self.outputs[0] if self.outputs else None  # None: a stage that only acts
         if handler is None:  # a command per item
             for value in values:
                 try:
@@ -340,8 +340,9 @@ class StageLogic:
         """Add a retried item's outputs (for the first topic: each goes to all); 1 if dead."""
         if produced is None:
             return 1
-        first = self.outputs[0]
-        out.extend(v for t, v in produced if t == first)
+        if self.outputs:
+            first = self.outputs[0]
+            out.extend(v for t, v in produced if t == first)
         return 0
 
     def _split_batch(self, values: list[Any], recover: Recover) -> tuple[list[list[Any]], int]:

@@ -211,6 +211,15 @@ class PipelineStore(abc.ABC):
         False (and nothing done) when the pipeline was fed already."""
 
     @abc.abstractmethod
+    def put(self, items: Sequence[tuple[str, str, Any]]) -> int:
+        """Put items ``(topic, group, value)`` on input topics while the pipeline runs, at
+        once; their groups count them as children and stay open (a stream input).
+
+        Returns:
+            The children created (one per stage that reads each item's topic).
+        """
+
+    @abc.abstractmethod
     def lease(
         self,
         subs: Sequence[str],

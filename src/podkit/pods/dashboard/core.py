@@ -21,7 +21,20 @@ Figures, from the metric names the components expose:
   ``podkit_shard_state`` and ``podkit_shard_requests_total`` (its requests/s and errors from
   those and ``podkit_shard_errors_total``);
 * ``leader`` and ``token``: ``elect_is_leader``, ``elect_fencing_token``;
-* ``depth`` and ``workers``: ``podkit_queue_backlog``, ``podkit_queue_workers``.
+* ``depth`` and ``workers``: ``podkit_queue_backlog``, ``podkit_queue_workers``;
+* a pipeline stage's worker: ``stage``, ``items_in`` and ``items_out`` (per second),
+  ``pending``, ``stage_errors`` (failed attempts per second: retries and dead letters) and
+  ``dead`` (dead letters so far), from ``podkit_pipeline_items_in_total``,
+  ``podkit_pipeline_items_out_total``, ``podkit_pipeline_pending``,
+  ``podkit_pipeline_retries_total`` and ``podkit_pipeline_dead_total``;
+* a traffic split: ``arms`` (each arm's requests/s, share of 5xx and no answer, weight),
+  ``candidate_weight`` (the share not sent to the primary) and ``diff_mismatch`` (compared
+  answers with a difference that is not noise, over the interval; since start while the
+  interval compared none), from ``podkit_split_requests_total``, ``podkit_split_weight``,
+  ``podkit_split_diff_compared_total`` and ``podkit_split_diff_regressions_total``;
+* an environment broker: ``environment``, ``connections`` and ``bytes_rate`` (bytes/s both
+  ways, TCP mode), from ``podkit_broker_environment``, ``podkit_broker_{tcp,http}_connections``
+  and ``podkit_broker_tcp_{received,sent}_bytes_total``.
 """
 
 from __future__ import annotations
@@ -40,7 +53,25 @@ HISTORY_SECONDS = 300.0  # the charts show the last five minutes
 HISTORY_POINTS = int(HISTORY_SECONDS / SCRAPE_INTERVAL)
 MAX_METRICS_BYTES = 4 << 20  # a /metrics page larger than this is not read
 QUANTILE = 0.99
-CHARTED = ("rps", "errors", "p99", "hit_ratio", "backends_ready", "depth", "workers", "token")
+CHARTED = (
+    "rps",
+    "errors",
+    "p99",
+    "hit_ratio",
+    "backends_ready",
+    "depth",
+    "workers",
+    "token",
+    "items_in",
+    "items_out",
+    "pending",
+    "stage_errors",
+    "candidate_weight",
+    "diff_mismatch",
+    "connections",
+    "bytes_rate",
+)
+PRIMARY_ARM = "primary"  # the split's primary arm, when its metrics name one so
 
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
@@ -219,6 +250,129 @@ def figures(previous: Samples | None, current: Samples, seconds: float) -> dict[
                 for url, state in sorted(states)
             ]
             break
+    out.update(_pipeline_figures(previous, current, seconds))
+    out.update(_split_figures(previous, current, seconds))
+    out.update(_broker_figures(previous, current, seconds))
+    return out
+
+
+def _delta(previous: Samples | None, current: Samples, name: str) -> float | None:
+    """How much the counter ``name`` (all its series) grew since ``previous`` (after a reset,
+    from zero), or None without a previous page or the counter."""
+    now = _gauge(current, name)
+    if previous is None or now is None:
+        return None
+    before = _gauge(previous, name) or 0.0
+    return now - before if now >= before else now
+
+
+def _pipeline_figures(previous: Samples | None, current: Samples, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    stages = sorted(
+        {
+            labels["stage"]
+            for _n, labels, _v in _select(current, lambda n: n.startswith("podkit_pipeline_"))
+            if "stage" in labels
+        }
+    )
+    if not stages:
+        return out
+    out["stage"] = ", ".join(stages)
+    pending = _gauge(current, "podkit_pipeline_pending")
+    if pending is not None:
+        out["pending"] = pending
+    dead = _gauge(current, "podkit_pipeline_dead_total")
+    if dead is not None:
+        out["dead"] = dead
+    if seconds > 0:
+        for key, name in (
+            ("items_in", "podkit_pipeline_items_in_total"),
+            ("items_out", "podkit_pipeline_items_out_total"),
+        ):
+            grew = _delta(previous, current, name)
+            if grew is not None:
+                out[key] = grew / seconds
+        retries = _delta(previous, current, "podkit_pipeline_retries_total")
+        died = _delta(previous, current, "podkit_pipeline_dead_total")
+        if retries is not None or died is not None:
+            out["stage_errors"] = ((retries or 0.0) + (died or 0.0)) / seconds
+    return out
+
+
+_Rows = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def _per_label(samples: Samples | None, name: str, label: str) -> _Rows:
+    """The series of ``name`` grouped by the value of ``label``, in page order."""
+    found: _Rows = {}
+    for _n, labels, v in _select(samples or {}, lambda n: n == name):
+        if label in labels:
+            found.setdefault(labels[label], []).append((labels, v))
+    return found
+
+
+def _arm_totals(rows: list[tuple[dict[str, str], float]]) -> tuple[float, float]:
+    return sum(v for _l, v in rows), sum(v for labels, v in rows if _is_error(labels))
+
+
+def _split_figures(previous: Samples | None, current: Samples, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    weights = {
+        arm: rows[0][1] for arm, rows in _per_label(current, "podkit_split_weight", "arm").items()
+    }
+    now = _per_label(current, "podkit_split_requests_total", "arm")
+    if not weights and not now:
+        return out
+    if weights:
+        primary = PRIMARY_ARM if PRIMARY_ARM in weights else next(iter(weights))
+        out["candidate_weight"] = max(0.0, 1.0 - weights[primary])
+    before = _per_label(previous, "podkit_split_requests_total", "arm")
+    arms: list[dict[str, Any]] = []
+    for arm in dict.fromkeys([*weights, *now]):
+        row: dict[str, Any] = {"arm": arm, "weight": weights.get(arm)}
+        if previous is not None and seconds > 0 and arm in now:
+            all_now, errors_now = _arm_totals(now[arm])
+            all_before, errors_before = _arm_totals(before.get(arm, []))
+            total = all_now - all_before if all_now >= all_before else all_now
+            errors = errors_now - errors_before if errors_now >= errors_before else errors_now
+            row["rps"] = total / seconds
+            row["errors"] = errors / total if total > 0 else 0.0
+        arms.append(row)
+    out["arms"] = arms
+    compared = _gauge(current, "podkit_split_diff_compared_total")
+    if compared is not None:
+        regressions = _gauge(current, "podkit_split_diff_regressions_total") or 0.0
+        new_compared = _delta(previous, current, "podkit_split_diff_compared_total")
+        new_regressions = _delta(previous, current, "podkit_split_diff_regressions_total")
+        if new_compared and new_regressions is not None:
+            out["diff_mismatch"] = new_regressions / new_compared
+        elif compared > 0:
+            out["diff_mismatch"] = regressions / compared
+    return out
+
+
+def _broker_figures(previous: Samples | None, current: Samples, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    envs = [
+        labels["environment"]
+        for _n, labels, v in _select(current, lambda n: n == "podkit_broker_environment")
+        if v >= 1 and "environment" in labels
+    ]
+    connections = _gauge(current, "podkit_broker_tcp_connections")
+    if connections is None:
+        connections = _gauge(current, "podkit_broker_http_connections")
+    if not envs and _gauge(current, "podkit_broker_epoch") is None:
+        return out
+    out["environment"] = envs[0] if envs else None
+    if connections is not None:
+        out["connections"] = connections
+    if seconds > 0:
+        moved = [
+            _delta(previous, current, f"podkit_broker_tcp_{way}_bytes_total")
+            for way in ("received", "sent")
+        ]
+        if any(m is not None for m in moved):
+            out["bytes_rate"] = sum(m or 0.0 for m in moved) / seconds
     return out
 
 

@@ -6,8 +6,15 @@ corpus (see ``docs/search.md``). Deadlines, coverage, hedged requests to replica
 """
 
 from podkit.serving.search._bm25 import CorpusStats, Hit, ShardAnswer, combine, merge
-from podkit.serving.search._index import Document, ShardIndex, build_index, read_documents
+from podkit.serving.search._index import (
+    Document,
+    ShardIndex,
+    build_index,
+    read_documents,
+    shard_of,
+)
 from podkit.serving.search._inject import InjectDelay
+from podkit.serving.search._text import tokenize
 from podkit.serving.search.leaf import LeafApp, LeafOptions, serve_leaf
 from podkit.serving.search.root import (
     Coverage,
@@ -38,4 +45,6 @@ __all__ = [
     "read_documents",
     "serve_leaf",
     "serve_root",
+    "shard_of",
+    "tokenize",
 ]

@@ -20,12 +20,14 @@ whenever the content does; the root keys its cache of corpus statistics on it.
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import heapq
 import json
 import os
 import shutil
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +195,25 @@ class _ShardWriter:
         return meta
 
 
+@functools.lru_cache(maxsize=16)
+def _sharding(shards: int) -> JumpHash:
+    return JumpHash([f"shard-{k}" for k in range(shards)])
+
+
+def shard_of(doc_id: str, shards: int) -> int:
+    """The shard that :func:`build_index` puts the document ``doc_id`` in, of ``shards``.
+
+    Jump consistent hash of the id's XXH3-64, the same number a pipeline's sharder with
+    ``key: "$.id"`` computes, so a stage upstream of the build knows each document's leaf.
+
+    Raises:
+        ConfigError: ``shards`` is out of range.
+    """
+    if not 1 <= shards <= MAX_SHARDS:
+        raise ConfigError(f"must be 1-{MAX_SHARDS}", path="shards")
+    return _sharding(shards).pick_shard(doc_id)
+
+
 def build_index(
     documents: Iterable[Document],
     out: Path,
@@ -214,7 +235,7 @@ def build_index(
     if not 1 <= shards <= MAX_SHARDS:
         raise ConfigError(f"must be 1-{MAX_SHARDS}", path="--shards")
     out.mkdir(parents=True, exist_ok=True)
-    sharding = JumpHash([f"shard-{k}" for k in range(shards)])
+    sharding = _sharding(shards)
     writers = []
     for k in range(shards):
         tmp = out / f"shard-{k}.tmp"
@@ -238,9 +259,14 @@ def build_index(
     for k, writer in enumerate(writers):
         metas.append(writer.finish())
         final = out / f"shard-{k}"
+        # Two renames, so a leaf watching the shard finds it missing for a moment at most and
+        # never half-written; the old files go only once the new ones are in place.
+        old = out / f"shard-{k}.old"
+        shutil.rmtree(old, ignore_errors=True)
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         os.replace(writer.directory, final)
+        shutil.rmtree(old, ignore_errors=True)
     return metas
 
 
@@ -277,12 +303,17 @@ class ShardIndex:
                 self.lengths.byteswap()
             self._offsets: list[int] = []
             self.ids: list[str] = []
-            with (directory / "docs.jsonl").open("rb") as handle:
+            # Stored documents are read later through this descriptor, not the path: a rebuild
+            # renames new files into place while this index may still answer a search.
+            self._docs_fd = os.open(directory / "docs.jsonl", os.O_RDONLY)
+            weakref.finalize(self, os.close, self._docs_fd)
+            with os.fdopen(os.dup(self._docs_fd), "rb") as handle:
                 offset = 0
                 for line in handle:
                     self._offsets.append(offset)
                     offset += len(line)
                     self.ids.append(json.loads(line)["id"])
+            self._offsets.append(offset)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexError_(f"{directory}: not a readable shard index ({exc})") from None
         if len(self.ids) != len(self.lengths) or len(self.ids) != int(meta["docs"]):
@@ -303,9 +334,8 @@ class ShardIndex:
 
     def document(self, number: int) -> dict[str, str]:
         """The stored ``{"id", "title", "body"}`` of a document number."""
-        with (self.directory / "docs.jsonl").open("rb") as handle:
-            handle.seek(self._offsets[number])
-            record: dict[str, str] = json.loads(handle.readline())
+        start, end = self._offsets[number], self._offsets[number + 1]
+        record: dict[str, str] = json.loads(os.pread(self._docs_fd, end - start, start))
         return record
 
     def _norms(self, avgdl: float, k1: float, b: float) -> list[float]:

@@ -26,7 +26,7 @@ from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
 from podkit.serving.search._hedge import DEFAULT_HEDGE_RATIO
 from podkit.serving.search._index import MAX_SHARDS, build_index, read_documents
 from podkit.serving.search._inject import InjectDelay
-from podkit.serving.search.leaf import LeafOptions, serve_leaf
+from podkit.serving.search.leaf import DEFAULT_RELOAD_CHECK, LeafOptions, serve_leaf
 from podkit.serving.search.root import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEADLINE,
@@ -117,6 +117,14 @@ def index(shards: int, out: Path, inputs: tuple[Path, ...]) -> None:
     default=None,
     help="Seed of --inject-delay's draws (repeatable runs).",
 )
+@click.option(
+    "--reload-check",
+    type=DURATION,
+    default=format_duration(DEFAULT_RELOAD_CHECK),
+    show_default=True,
+    help="How often the index's meta.json is checked for a rebuild, which is then served "
+    "without a restart (searches in flight finish on the old one); 0s never checks.",
+)
 @access_log_options
 @server_limit_options
 @runtime_options
@@ -125,6 +133,7 @@ def leaf(
     index_dir: Path,
     inject_delay: str | None,
     inject_seed: int | None,
+    reload_check: float,
     limits: ServerLimits,
     access_log: AccessLogSettings,
     runtime: RuntimeOptions,
@@ -133,8 +142,11 @@ def leaf(
 
     Routes: POST /search (from the root, with corpus-wide statistics), GET /search?q=...&k=10
     (this shard's own statistics), GET /df?t=TERM, GET /stats. The index is read from disk at
-    start, so a restarted leaf serves the same documents.
+    start, so a restarted leaf serves the same documents, and read again when a rebuild
+    replaces it (see --reload-check).
     """
+    if reload_check < 0:
+        raise ConfigError("must be 0s or more", path="--reload-check")
     inject = InjectDelay.parse(inject_delay) if inject_delay else None
     if not (index_dir / "meta.json").is_file():
         raise ConfigError(f"{index_dir}: not a shard index (no meta.json)", path="--index")
@@ -146,6 +158,7 @@ def leaf(
         seed=inject_seed,
         limits=limits,
         access_log=access_log,
+        reload_check=reload_check,
     )
 
     async def main(rt: Runtime) -> None:
