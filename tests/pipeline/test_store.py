@@ -13,9 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from podkit.batch.pipeline.barrier import BarrierPolicy, Outcome, decide
-from podkit.batch.pipeline.model import parse_pipeline
+from podkit.batch.pipeline.model import DEFAULT_PACK_BYTES, parse_pipeline
 from podkit.batch.pipeline.store import (
-    MAX_PACK_BYTES,
     Conflict,
     Message,
     PipelineStore,
@@ -277,16 +276,20 @@ def test_an_accumulator_reads_back_as_it_was_written(value: Any) -> None:
     assert type(decode_acc(encode_acc(value))) is type(value)
 
 
-@given(st.lists(st.text(max_size=300_000 // 50), max_size=60), st.integers(1, 20))
+@given(
+    st.lists(st.text(max_size=300_000 // 50), max_size=60),
+    st.integers(1, 20),
+    st.sampled_from([1024, 10_000, DEFAULT_PACK_BYTES]),
+)
 def test_packs_hold_every_value_once_in_order_within_their_limits(
-    values: list[str], limit: int
+    values: list[str], limit: int, max_bytes: int
 ) -> None:
-    packs = pack(values, limit)
+    packs = pack(values, limit, max_bytes)
     assert [v for body, _ in packs for v in json.loads(body)] == values
     for body, n in packs:
         assert 1 <= n <= limit
         assert len(json.loads(body)) == n
-        assert n == 1 or len(body) <= MAX_PACK_BYTES
+        assert n == 1 or len(body) <= max_bytes
 
 
 def test_pending_and_leased_count_items_not_packs(store: PipelineStore) -> None:

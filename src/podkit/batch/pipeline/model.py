@@ -45,7 +45,12 @@ from podkit.batch.pipeline.retry import (
     RetryPolicy,
 )
 from podkit.errors import ConfigError
-from podkit.runtime.config import load_yaml, parse_duration, validation_error_to_config_error
+from podkit.runtime.config import (
+    load_yaml,
+    parse_duration,
+    parse_size,
+    validation_error_to_config_error,
+)
 
 STAGE_KINDS = ("copier", "filter", "splitter", "sharder", "merger", "map", "join", "reduce")
 BARRIER_KINDS = ("join", "reduce")
@@ -61,6 +66,9 @@ MAX_BACKOFF_MULTIPLIER = 10.0  # growth of the wait per retry
 DEFAULT_MAX_PENDING = 10_000  # items waiting in one topic before producers wait (back-pressure)
 DEFAULT_VISIBILITY = 30.0  # seconds a worker holds an item before another may take it
 DEFAULT_BATCH = 100  # items a worker takes from a topic per call
+DEFAULT_PACK_BYTES = 256 * 1024  # JSON of one pack of items between stages (store.py)
+MIN_PACK_BYTES = 1024  # smaller packs are one item each anyway
+MAX_PACK_BYTES = 64 * 1024 * 1024  # one pack is held in memory whole, twice while encoded
 DEFAULT_GROUP = "default"  # the group of input items when the input names none
 
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -115,6 +123,15 @@ class TopicsSpec(_Model):
     max_pending: int = Field(DEFAULT_MAX_PENDING, ge=1, le=100_000_000)
     visibility: float = DEFAULT_VISIBILITY
     batch: int = Field(DEFAULT_BATCH, ge=1, le=1000)
+    pack_bytes: int = Field(DEFAULT_PACK_BYTES, ge=MIN_PACK_BYTES, le=MAX_PACK_BYTES)
+
+    @field_validator("pack_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        try:
+            return parse_size(value)
+        except ConfigError as exc:  # pydantic names the field and the file
+            raise ValueError(exc.reason) from None
 
     @field_validator("visibility", mode="before")
     @classmethod

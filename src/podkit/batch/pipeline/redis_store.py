@@ -254,7 +254,7 @@ class RedisPipelineStore(PipelineStore):
     def _put(self, pipe: Any, topic: str, group: str, values: Sequence[Any]) -> int:
         """Queue on ``pipe`` the packs of values of one group for a topic; the children."""
         subs = self.topology.subs.get(topic, ())
-        for body, n in pack(values, self.topology.pack):
+        for body, n in pack(values, self.topology.pack, self.topology.pack_bytes):
             for sub in subs:
                 pipe.xadd(self._skey(sub), {"g": group, "n": n, "b": body})
                 pipe.hincrby(self.prefix + "n", sub, n)
@@ -354,7 +354,7 @@ class RedisPipelineStore(PipelineStore):
         limit = self.topology.pack
         for (topic, group), values in step_outputs(step).items():
             subs = self.topology.subs.get(topic, ())
-            for body, n in pack(values, limit):
+            for body, n in pack(values, limit, self.topology.pack_bytes):
                 adds.extend([sub, group, body, n] for sub in subs)
                 if topic in self.topology.outputs:
                     outs.append([topic, body])

@@ -132,7 +132,7 @@ class SqlitePipelineStore(PipelineStore):
     def _put(self, db: sqlite3.Connection, topic: str, group: str, values: Sequence[Any]) -> int:
         """Append values of one group to a topic (as packs); the children they add."""
         subs = self.topology.subs.get(topic, ())
-        packs = pack(values, self.topology.pack) if values else []
+        packs = pack(values, self.topology.pack, self.topology.pack_bytes) if values else []
         if subs:
             db.executemany(
                 "INSERT INTO packs (p, sub, grp, body, n) VALUES (?, ?, ?, ?, ?)",

@@ -13,7 +13,7 @@ consumer group of a Redis stream has its own position, so two stages reading one
 see every item.
 
 Items travel in *packs*: a commit writes the outputs of one group for one subscription as
-rows of up to ``pack`` items (``topics.batch``) and ``MAX_PACK_BYTES``, each one JSON array,
+rows of up to ``pack`` items (``topics.batch``) and ``topics.pack_bytes``, each a JSON array,
 so a row, its lease, its acknowledgement and its JSON cost once per pack, not once per item.
 A lease takes whole packs (a pack is one unit of delivery: its items are delivered, retried
 and dead-lettered after ``max_deliveries`` together); a worker that leased more items than
@@ -33,13 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podkit.batch.pipeline.barrier import GroupState, Outcome
-from podkit.batch.pipeline.model import PipelineSpec
+from podkit.batch.pipeline.model import DEFAULT_PACK_BYTES, PipelineSpec
 from podkit.errors import ConfigError
 
 DEFAULT_MAX_DELIVERIES = 10  # leases of one message without a commit (its workers died) before
 # it is dead-lettered: a message that kills its worker must not kill every worker after it
 MAX_ERROR_CHARS = 2000  # a dead letter's reason is cut to this
-MAX_PACK_BYTES = 256 * 1024  # JSON of one pack: a lease of small packs stays small in memory
 
 
 def sub_name(topic: str, stage: str) -> str:
@@ -65,22 +64,24 @@ def decode_acc(text: str) -> Any:
     return json.loads(text)
 
 
-def pack(values: Sequence[Any], limit: int) -> list[tuple[str, int]]:
+def pack(
+    values: Sequence[Any], limit: int, max_bytes: int = DEFAULT_PACK_BYTES
+) -> list[tuple[str, int]]:
     """Values as packs: ``(JSON array, count)`` of up to ``limit`` values and, unless one
-    value alone is larger, ``MAX_PACK_BYTES``. One ``json.dumps`` per pack in the usual case
+    value alone is larger, ``max_bytes``. One ``json.dumps`` per pack in the usual case
     (small values); large ones are encoded one by one to be cut by size."""
     packs: list[tuple[str, int]] = []
     for start in range(0, len(values), limit):
         chunk = values[start : start + limit]
         body = encode(chunk)
-        if len(body) <= MAX_PACK_BYTES or len(chunk) == 1:
+        if len(body) <= max_bytes or len(chunk) == 1:
             packs.append((body, len(chunk)))
             continue
         parts: list[str] = []
         size = 0
         for value in chunk:
             text = encode(value)
-            if parts and size + len(text) > MAX_PACK_BYTES:
+            if parts and size + len(text) > max_bytes:
                 packs.append((f"[{','.join(parts)}]", len(parts)))
                 parts, size = [], 0
             parts.append(text)
@@ -109,11 +110,13 @@ class Topology:
     subs: dict[str, list[str]]
     outputs: frozenset[str]
     pack: int = 100  # items of one pack (the pipeline's ``topics.batch``)
+    pack_bytes: int = DEFAULT_PACK_BYTES  # JSON of one pack (``topics.pack_bytes``)
 
     @classmethod
     def of(cls, spec: PipelineSpec) -> Topology:
         return cls(
             pack=spec.topics.batch,
+            pack_bytes=spec.topics.pack_bytes,
             subs={
                 topic: [sub_name(topic, stage) for stage in spec.consumers(topic)]
                 for topic in spec.produced_topics()
