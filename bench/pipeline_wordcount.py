@@ -16,9 +16,13 @@ against ``collections.Counter``.
 
 The corpus is generated once (Zipf-distributed words over a 50,000-word vocabulary, 9 words a
 line, fixed seed). Wall time is what a user waits; CPU is the seconds every process of the
-system spent (this one and its children), which a busy machine disturbs much less.
+system spent (this one and its children, and for Redis the redis-server's own, read from
+/proc), which a busy machine disturbs much less. Every system runs ``--rounds`` times,
+interleaved (round 1 of each, then round 2 of each...), and the tables give medians; the
+load average is printed before and after, since the machine may be shared.
 
-Run from the repository root:  .venv/bin/python bench/pipeline_wordcount.py [--lines N]
+Run from the repository root:
+    .venv/bin/python bench/pipeline_wordcount.py [--lines N] [--rounds R] [--skip SYSTEM]
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import argparse
 import collections
 import importlib.util
 import itertools
+import os
 import random
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,10 +72,26 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def measure(run: Callable[[], dict[str, int]]) -> tuple[dict[str, int], float, float]:
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a running process that is not ours to wait for (redis-server)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    run: Callable[[], dict[str, int]], server_pid: int | None = None
+) -> tuple[dict[str, int], float, float]:
+    server = process_cpu(server_pid) if server_pid else 0.0
     wall, cpu = time.perf_counter(), cpu_seconds()
     counts = run()
-    return counts, time.perf_counter() - wall, cpu_seconds() - cpu
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    if server_pid:
+        cpu += process_cpu(server_pid) - server
+    return counts, wall, cpu
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def plain_loop(corpus: Path) -> dict[str, int]:
@@ -172,23 +194,27 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each system (median)")
     parser.add_argument("--skip", action="append", default=[], help="system to leave out")
     args = parser.parse_args()
 
     from podkit.testing import RedisServer
 
-    rows: list[tuple[str, float, float]] = []
+    print(f"load average before: {load()}", flush=True)
+    walls: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="podkit-wc-") as tmp:
         corpus = Path(tmp) / "corpus"
         corpus.mkdir()
         make_corpus(corpus, args.lines, args.files, args.seed)
-        expected, wall, cpu = measure(lambda: plain_loop(corpus))
-        rows.append(("plain loop", wall, cpu))
+        expected = plain_loop(corpus)
         print(f"{args.lines} lines, {sum(expected.values())} words, {len(expected)} distinct")
         systems: list[tuple[str, Callable[[Path], dict[str, int]]]] = [
+            ("plain loop", lambda w: plain_loop(corpus)),
             ("podkit in-process", lambda w: podkit(corpus, w, "memory://")),
-            ("podkit sqlite", lambda w: podkit(corpus, w, f"sqlite:///{w}/wc.db")),
         ]
+        if "sqlite" not in args.skip:
+            systems.append(("podkit sqlite", lambda w: podkit(corpus, w, f"sqlite:///{w}/wc.db")))
         redis_server: Any = None
         if "redis" not in args.skip:
             redis_server = RedisServer().__enter__()
@@ -198,28 +224,42 @@ def main() -> None:
             ensure_beam()
             systems.append(("beam DirectRunner", lambda w: beam(corpus, w)))
         try:
-            for name, run in systems:
-                if name.split()[-1] in args.skip:
-                    continue
-                work = Path(tmp) / name.replace(" ", "-")
-                work.mkdir()
-                got, wall, cpu = measure(lambda run=run, work=work: run(work))  # type: ignore[misc]
-                assert got == expected, f"{name}: counts differ from Counter's"
-                rows.append((name, wall, cpu))
-                print(f"  {name}: {wall:.2f} s", flush=True)
+            for r in range(args.rounds):
+                for name, run in systems:
+                    work = Path(tmp) / f"{name.replace(' ', '-')}-{r}"
+                    work.mkdir()
+                    pid = redis_server.process.pid if name == "podkit redis" else None
+                    got, wall, cpu = measure(lambda run=run, work=work: run(work), pid)  # type: ignore[misc]
+                    assert got == expected, f"{name}: counts differ from Counter's"
+                    walls.setdefault(name, []).append(wall)
+                    cpus.setdefault(name, []).append(cpu)
+                    print(
+                        f"  round {r + 1}: {name}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True
+                    )
         finally:
             if redis_server is not None:
                 redis_server.__exit__(None, None, None)
-    plain = rows[0]
-    beam_row = next((r for r in rows if r[0].startswith("beam")), None)
+    print(f"load average after: {load()}")
+    wall = {name: statistics.median(v) for name, v in walls.items()}
+    cpu = {name: statistics.median(v) for name, v in cpus.items()}
+    beam_name = "beam DirectRunner" if "beam DirectRunner" in wall else None
     print()
-    print("| system | wall s | CPU s | lines/s (wall) | vs plain loop (wall) | vs Beam (wall) |")
-    print("|---|---|---|---|---|---|")
-    for name, wall, cpu in rows:
-        vs_beam = f"{beam_row[1] / wall:.1f}x" if beam_row else "-"
+    print(f"medians of {args.rounds} interleaved rounds")
+    print(
+        "| system | wall s | CPU s | lines/s (wall) | vs plain loop (wall) | vs plain loop (CPU) "
+        "| vs Beam (wall) | vs Beam (CPU) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name in wall:
+        vs_beam = (
+            f"{wall[beam_name] / wall[name]:.2f}x | {cpu[beam_name] / cpu[name]:.2f}x"
+            if beam_name
+            else "- | -"
+        )
         print(
-            f"| {name} | {wall:.2f} | {cpu:.2f} | {args.lines / wall:,.0f} | "
-            f"{plain[1] / wall:.2f}x | {vs_beam} |"
+            f"| {name} | {wall[name]:.2f} | {cpu[name]:.2f} | {args.lines / wall[name]:,.0f} | "
+            f"{wall['plain loop'] / wall[name]:.2f}x | {cpu['plain loop'] / cpu[name]:.2f}x | "
+            f"{vs_beam} |"
         )
 
 

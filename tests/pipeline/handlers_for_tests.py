@@ -58,3 +58,30 @@ def wrong_topic(value: int) -> Iterator[Any]:
 def add_n(total: int, value: dict[str, int]) -> int:
     """A reduce over ``{"n": ...}`` items: the sum of their ``n``."""
     return total + value["n"]
+
+
+def explode_or_fail(value: int) -> Iterator[int]:
+    """A generator map that yields, then fails, for 3: its partial outputs must be dropped."""
+    yield value
+    if value == 3:
+        raise ValueError("three")
+    yield value * 10
+
+
+def flaky_split(value: int) -> Iterator[Any]:
+    """A splitter that routes, then fails, for 3."""
+    yield Emit("small", value)
+    if value == 3:
+        raise ValueError("three")
+    yield Emit("big", value * 10)
+
+
+_seen_once: set[Any] = set()
+
+
+def fail_first_time(value: int) -> int:
+    """A map that fails the first time it sees a value (in this process), then doubles it."""
+    if value not in _seen_once:
+        _seen_once.add(value)
+        raise RuntimeError(f"first try {value}")
+    return value * 2

@@ -268,3 +268,82 @@ def test_progress_is_a_table_on_a_terminal_and_json_lines_otherwise() -> None:
         "stage": "words", "kind": "map", "in": 50, "out": 200, "pending": 50, "retries": 0,
         "dead": 0, "fired": 0, "rate": 100.0,
     }  # fmt: skip
+
+
+def test_an_item_that_fails_after_yielding_leaves_no_output_and_the_rest_keep_their_order() -> None:
+    result = run(
+        {
+            "m": {"from": "nums", "map": {"handler": f"{H}:explode_or_fail"}, "to": "o"},
+            "s": {
+                "from": "nums",
+                "splitter": {"handler": f"{H}:flaky_split"},
+                "to": ["small", "big"],
+            },
+        },
+        [1, 2, 3, 4],
+        outputs={
+            "o": {"file": "/dev/null"},
+            "small": {"file": "/dev/null"},
+            "big": {"file": "/dev/null"},
+        },
+    )
+    assert result.outputs["o"] == [1, 10, 2, 20, 4, 40]
+    assert result.outputs["small"] == [1, 2, 4]
+    assert result.outputs["big"] == [10, 20, 40]
+    assert sorted((d.stage, d.value) for d in result.dead) == [("m", 3), ("s", 3)]
+    assert result.stages["m"].items_out == 6
+    assert result.groups["g"].failed == 2
+
+
+def test_items_without_the_key_fail_in_a_sharder_and_a_keyed_reduce_with_the_field_named() -> None:
+    items = [{"w": "a", "n": 1}, {"n": 2}, {"w": "a", "n": 3}, [4], {"w": 5, "n": 5}]
+    result = run(
+        {
+            "sh": {"from": "nums", "sharder": {"key": "$.w", "shards": 2}, "to": "s.{shard}"},
+            "r": {
+                "from": "nums",
+                "reduce": {
+                    "handler": f"{H}:add_n",
+                    "key": "$.w",
+                    "initial": 0,
+                    "allow_failures": 4,
+                },
+                "to": "t",
+            },
+        },
+        items,
+        outputs={"t": {"file": "/dev/null"}},
+        topics={"backend": "memory://"},
+    )
+    errors = sorted((d.stage, d.error) for d in result.dead)
+    assert errors == [
+        ("r", "ItemError: item has no field $.w"),
+        ("r", "ItemError: item has no field $.w"),
+        ("sh", "ItemError: item has no field $.w"),
+        ("sh", "ItemError: item has no field $.w"),
+    ]
+    assert sorted((v["key"], v["value"]) for v in result.outputs["t"]) == [("5", 5), ("a", 4)]
+
+
+def test_a_batch_larger_than_a_chunk_is_cut_and_every_item_is_counted() -> None:
+    result = run(
+        {
+            "m": {"from": "nums", "map": {"handler": f"{H}:explode"}, "to": "o"},
+            "r": {"from": "o", "reduce": {"handler": f"{H}:count_one", "initial": 0}, "to": "t"},
+        },
+        [2500, 1700],
+        outputs={"t": {"file": "/dev/null"}},
+    )
+    assert result.outputs["t"] == [{"group": "g", "value": 4200}]
+    assert result.stages["r"].items_in == 4200
+    assert result.groups["g"].done == 4202
+
+
+def test_a_stage_without_outputs_runs_its_handler_for_each_item() -> None:
+    result = run(
+        {"m": {"from": "nums", "map": {"handler": f"{H}:fail_on_odd"}, "max_attempts": 1}},
+        [1, 2, 4],
+    )
+    assert result.stages["m"].items_in == 3
+    assert result.stages["m"].items_out == 0
+    assert [d.value for d in result.dead] == [1]

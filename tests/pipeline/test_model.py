@@ -136,3 +136,18 @@ def test_the_wordcount_example_is_valid() -> None:
     root = Path(__file__).parents[2] / "examples" / "wordcount" / "pipeline.yaml"
     spec = load_pipeline(root, {"input": "in", "output": "out"})
     assert [s.kind for s in spec.stages.values()] == ["splitter", "map", "sharder", "reduce"]
+
+
+def test_pack_bytes_is_a_size_within_its_bounds() -> None:
+    spec = parse_pipeline({**BASE, "topics": {"pack_bytes": "64KiB"}})
+    assert spec.topics.pack_bytes == 64 * 1024
+    for value, words in (("lots", "64KiB"), ("100", "1024"), ("1GiB", "67108864")):
+        error = error_of({**BASE, "topics": {"pack_bytes": value}})
+        assert error.path == "topics.pack_bytes", error
+        assert words in error.reason, error
+
+
+def test_a_bad_visibility_names_the_file_and_the_field() -> None:
+    error = error_of({**BASE, "topics": {"visibility": "soon"}})
+    assert (error.source, error.path) == ("p.yaml", "topics.visibility")
+    assert "500ms" in error.reason

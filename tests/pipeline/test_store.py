@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from podkit.batch.pipeline.barrier import BarrierPolicy, Outcome, decide
-from podkit.batch.pipeline.model import parse_pipeline
+from podkit.batch.pipeline.model import DEFAULT_PACK_BYTES, parse_pipeline
 from podkit.batch.pipeline.store import (
     Conflict,
     Message,
     PipelineStore,
     Step,
     Topology,
+    decode_acc,
+    encode_acc,
     open_store,
+    pack,
 )
 from podkit.testing import RedisServer
 
@@ -193,6 +199,110 @@ def test_reset_forgets_the_pipeline(store: PipelineStore) -> None:
     assert store.backlog([IN]) == 0
     assert store.groups() == {}
     feed(store)
+
+
+def test_items_handed_back_in_a_commit_are_leased_again_and_count_once(
+    store: PipelineStore,
+) -> None:
+    feed(store)
+    first = store.lease([IN], 1, now=100.0, visibility=30, token="a")
+    assert first
+    taken, rest = first[:1], first[1:]
+    step = Step(done=[(m, [("doubled", m.value * 2)]) for m in taken], requeue=rest)
+    assert store.commit("double", step, now=100.0)
+    seen = [m.value for m in taken]
+    while batch := store.lease([IN], 1, now=101.0, visibility=30, token="b"):
+        seen.extend(m.value for m in batch)
+        assert store.commit("double", Step(done=[(m, []) for m in batch]), now=101.0)
+    assert sorted(seen) == [1, 2, 3]
+    state = store.group("g")
+    assert state is not None
+    assert (state.created, state.done) == (4, 3)
+    counts = {c.stage: c for c in store.counts(["double"], {"double": [IN]})}
+    assert counts["double"].items_in == 3
+
+
+def test_many_outputs_are_leased_in_batches_of_at_most_n_and_each_once(
+    store: PipelineStore,
+) -> None:
+    feed(store)
+    batch = store.lease([IN], 10, now=100.0, visibility=30, token="a")
+    outputs = [(m, [("doubled", m.value * 1000 + i) for i in range(850)]) for m in batch]
+    assert store.commit("double", Step(done=outputs), now=100.0)
+    assert store.backlog([MID]) == 3 * 850
+    seen: list[int] = []
+    while mids := store.lease([MID], 250, now=101.0, visibility=30, token="b"):
+        assert 1 <= len(mids) <= 250
+        assert len({m.id for m in mids}) == len(mids)
+        seen.extend(m.value for m in mids)
+        step = Step(done=[(m, []) for m in mids], absorbed={"g": len(mids)})
+        assert store.commit("sum", step, now=101.0)
+    assert sorted(seen) == sorted(v * 1000 + i for v in (1, 2, 3) for i in range(850))
+    assert store.backlog([MID]) == 0
+
+
+def test_dead_letters_of_one_pack_are_redriven_one_by_one(store: PipelineStore) -> None:
+    feed(store)
+    batch = store.lease([IN], 10, now=100.0, visibility=30, token="a")
+    step = Step(dead=[(m, f"bad {m.value}") for m in batch])
+    assert store.commit("double", step, now=100.0)
+    dead = store.dead()
+    assert sorted(d.value for d in dead) == [1, 2, 3]
+    assert len({d.id for d in dead}) == 3
+    two = next(d for d in dead if d.value == 2)
+    assert two.error == "bad 2"
+    assert store.redrive(ids=[two.id]) == 1
+    assert sorted(d.value for d in store.dead()) == [1, 3]
+    assert [m.value for m in store.lease([IN], 10, now=101.0, visibility=30, token="b")] == [2]
+    state = store.group("g")
+    assert state is not None
+    assert state.failed == 2
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(json_values)
+def test_an_accumulator_reads_back_as_it_was_written(value: Any) -> None:
+    assert decode_acc(encode_acc(value)) == value
+    assert type(decode_acc(encode_acc(value))) is type(value)
+
+
+@given(
+    st.lists(st.text(max_size=300_000 // 50), max_size=60),
+    st.integers(1, 20),
+    st.sampled_from([1024, 10_000, DEFAULT_PACK_BYTES]),
+)
+def test_packs_hold_every_value_once_in_order_within_their_limits(
+    values: list[str], limit: int, max_bytes: int
+) -> None:
+    packs = pack(values, limit, max_bytes)
+    assert [v for body, _ in packs for v in json.loads(body)] == values
+    for body, n in packs:
+        assert 1 <= n <= limit
+        assert len(json.loads(body)) == n
+        assert n == 1 or len(body) <= max_bytes
+
+
+def test_pending_and_leased_count_items_not_packs(store: PipelineStore) -> None:
+    feed(store)
+    subs = {"double": [IN]}
+    counts = {c.stage: c for c in store.counts(["double"], subs)}
+    assert (counts["double"].pending, counts["double"].leased) == (3, 0)
+    batch = store.lease([IN], 10, now=100.0, visibility=30, token="a")
+    counts = {c.stage: c for c in store.counts(["double"], subs)}
+    assert (counts["double"].pending, counts["double"].leased) == (0, 3)
+    assert store.commit("double", Step(done=[(m, []) for m in batch]), now=100.0)
+    counts = {c.stage: c for c in store.counts(["double"], subs)}
+    assert (counts["double"].pending, counts["double"].leased) == (0, 0)
 
 
 def test_put_adds_children_to_an_open_group(store: PipelineStore, other: PipelineStore) -> None:

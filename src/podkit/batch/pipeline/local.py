@@ -4,9 +4,9 @@ For tests and jobs that fit one process. It is the same pipeline as the worker r
 same stage logic, the same barrier), without a store: each stage that reads a topic has its
 own queue of it (as a consumer group has its own position in a stream), the runner always
 works on the stage furthest downstream that has items (so at most one chunk's fan-out waits
-in memory), an item that raises is retried at once up to the stage's ``max_attempts`` and
-then dead-lettered, and a group's barrier fires when :func:`~podkit.batch.pipeline.barrier.
-decide` says so, once per barrier stage.
+in memory), the items of a batch that raise are retried together, after the stage's
+backoff, up to its attempts and then dead-lettered, and a group's barrier fires when
+:func:`~podkit.batch.pipeline.barrier.decide` says so, once per barrier stage.
 
 Outputs of a fired barrier form a new group, ``GROUP/STAGE``, sealed at once, so a barrier
 further down waits for them.
@@ -15,6 +15,7 @@ further down waits for them.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -24,7 +25,13 @@ from typing import Any
 
 from podkit.batch.pipeline.barrier import GroupState, Outcome, decide
 from podkit.batch.pipeline.model import MAX_INPUT_FILES, InputSpec, PipelineSpec
-from podkit.batch.pipeline.stages import StageLogic, build_stages, item_path, key_text
+from podkit.batch.pipeline.stages import (
+    StageLogic,
+    build_stages,
+    item_path,
+    key_text,
+    path_getter,
+)
 from podkit.errors import ConfigError
 
 LOCAL_CHUNK = 1000  # items one stage takes at a time; bounds what waits downstream
@@ -116,7 +123,23 @@ def format_output(value: Any, fields: list[str] | None) -> str:
     return _text(value)
 
 
+def _line_formatter(fields: list[str] | None) -> Callable[[Any], str]:
+    """:func:`format_output` for one output's fields, its paths looked up once."""
+    if not fields:
+        return _text
+    getters = [path_getter(f) for f in fields]
+    if len(getters) == 2:
+        first, second = getters
+        return lambda value: f"{_text(first(value))} {_text(second(value))}"
+    return lambda value: " ".join(_text(get(value)) for get in getters)
+
+
 def _text(value: Any) -> str:
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return str(value)  # JSON's form of an int (a bool is not an int here)
     if isinstance(value, str):
         return value
     if isinstance(value, bytes):
@@ -137,10 +160,9 @@ def write_outputs(spec: PipelineSpec, outputs: dict[str, list[Any]]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         special = path.exists() and not path.is_file()
         target = path if special else path.with_name(f".{path.name}.tmp")
+        line = _line_formatter(output.fields)
         with target.open("w", encoding="utf-8") as fh:
-            for value in outputs.get(topic, []):
-                fh.write(format_output(value, output.fields))
-                fh.write("\n")
+            fh.writelines(f"{line(value)}\n" for value in outputs.get(topic, []))
         if not special:
             target.replace(path)
 
@@ -168,15 +190,6 @@ def stage_order(spec: PipelineSpec) -> list[str]:
     return order
 
 
-def _value_appender(target: list[Any]) -> Callable[[Any], None]:
-    """An append for queue entries ``(group, value)`` that keeps only the value."""
-
-    def append(item: tuple[str, Any]) -> None:
-        target.append(item[1])
-
-    return append
-
-
 class LocalRunner:
     """Run a pipeline in this process.
 
@@ -185,6 +198,8 @@ class LocalRunner:
         on_progress: called with the per-stage counts every ``interval`` seconds and at the end.
         interval: seconds between progress calls.
         clock: a monotonic clock for the progress interval.
+        sleep: how to wait between attempts at a failed item (tests pass a fake).
+        random: uniform numbers in ``[0, 1)`` for the backoff's jitter.
     """
 
     def __init__(
@@ -194,14 +209,21 @@ class LocalRunner:
         on_progress: Callable[[list[StageStats]], None] | None = None,
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        random: Callable[[], float] = random.random,
     ) -> None:
         self.spec = spec
+        self.sleep = sleep
+        self.random = random
         self.logic = build_stages(spec)
         self.order = stage_order(spec)
         self.on_progress = on_progress
         self.interval = interval
         self.clock = clock
-        self.inbox: dict[str, deque[tuple[str, Any]]] = {name: deque() for name in spec.stages}
+        # Each queue holds batches of one group: (group, values), never mutated once queued.
+        self.inbox: dict[str, deque[tuple[str, list[Any]]]] = {
+            name: deque() for name in spec.stages
+        }
         self.consumers: dict[str, list[str]] = {
             topic: spec.consumers(topic) for topic in spec.produced_topics()
         }
@@ -212,24 +234,27 @@ class LocalRunner:
         self.accumulators: dict[tuple[str, str], dict[str, Any]] = {}
         self.barrier_counts: dict[tuple[str, str], dict[str, int]] = {}
         self.outcomes: dict[tuple[str, str], Outcome] = {}
-        self._route_cache: dict[str, dict[str, tuple[list[Callable[[Any], None]], int]]] = {}
 
-    def _emit(self, topic: str, group: str, value: Any) -> int:
+    def _emit(self, topic: str, group: str, values: list[Any]) -> int:
+        """Queue a batch of one group on a topic; the children it adds to the group."""
+        if not values:
+            return 0
         children = 0
         for name in self.consumers.get(topic, ()):
-            self.inbox[name].append((group, value))
-            children += 1
+            self.inbox[name].append((group, values))
+            children += len(values)
         collected = self.collected.get(topic)
         if collected is not None:
-            collected.append(value)
+            collected.extend(values)
         return children
 
     def _feed_inputs(self) -> None:
         for name, input_spec in self.spec.inputs.items():
             group = input_spec.group
+            values = list(list_input(name, input_spec, source=self.spec.source))
             children = 0
-            for value in list_input(name, input_spec, source=self.spec.source):
-                children += self._emit(name, group, value)
+            for start in range(0, len(values), LOCAL_CHUNK):
+                children += self._emit(name, group, values[start : start + LOCAL_CHUNK])
             state = self.groups.get(group, GroupState())
             self.groups[group] = state.add(children)
         for input_spec in self.spec.inputs.values():
@@ -273,83 +298,104 @@ class LocalRunner:
     def snapshot(self) -> list[StageStats]:
         """Per-stage counts now, in stage order."""
         for name, stats in self.stats.items():
-            stats.pending = len(self.inbox[name])
+            stats.pending = sum(len(values) for _, values in self.inbox[name])
         return [self.stats[name] for name in self.order]
 
-    def _routes(self, logic: StageLogic) -> dict[str, tuple[list[Callable[[Any], None]], int]]:
-        """For each output topic: the append functions of its queues and how many children
-        one item on it adds to its group."""
-        routes: dict[str, tuple[list[Callable[[Any], None]], int]] = {}
-        for topic in logic.outputs:
-            appends: list[Callable[[Any], None]] = [
-                self.inbox[c].append for c in self.consumers.get(topic, ())
-            ]
-            children = len(appends)
-            collected = self.collected.get(topic)
-            if collected is not None:
-                appends.append(_value_appender(collected))
-            routes[topic] = (appends, children)
-        return routes
+    def _take(self, name: str) -> list[tuple[str, list[Any]]]:
+        """Batches of the stage's queue, LOCAL_CHUNK items or a little more; a batch larger
+        than that is cut and its rest stays first in the queue."""
+        inbox = self.inbox[name]
+        taken: list[tuple[str, list[Any]]] = []
+        count = 0
+        while inbox and count < LOCAL_CHUNK:
+            group, values = inbox.popleft()
+            if len(values) > LOCAL_CHUNK:
+                # Cut once into chunks (cutting the rest again each time is quadratic).
+                cuts = range(LOCAL_CHUNK, len(values), LOCAL_CHUNK)
+                inbox.extendleft((group, values[i : i + LOCAL_CHUNK]) for i in reversed(cuts))
+                values = values[:LOCAL_CHUNK]
+            taken.append((group, values))
+            count += len(values)
+        return taken
 
     def _process(self, name: str) -> set[str]:
         logic = self.logic[name]
-        inbox = self.inbox[name]
         stats = self.stats[name]
-        chunk = [inbox.popleft() for _ in range(min(LOCAL_CHUNK, len(inbox)))]
-        stats.items_in += len(chunk)
+        batches = self._take(name)
         if logic.barrier:
-            return self._absorb_chunk(logic, chunk)
-        routes = self._route_cache.get(name)
-        if routes is None:
-            routes = self._route_cache[name] = self._routes(logic)
-        apply = logic.apply
-        deltas: dict[str, list[int]] = {}
-        out = 0
-        current_group: str | None = None
-        delta = [0, 0, 0]
-        for group, value in chunk:
-            if group != current_group:
-                delta = deltas.setdefault(group, [0, 0, 0])
-                current_group = group
-            try:
-                outputs = apply(value)
-            except Exception as exc:  # a handler's failure is the item's, never the runner's
-                retried = self._retry(logic, stats, group, value, exc)
-                if retried is None:
-                    delta[1] += 1
-                    continue
-                outputs = retried
-            children = 0
-            for topic, produced in outputs:
-                appends, n = routes[topic]
-                item = (group, produced)
-                for append in appends:
-                    append(item)
-                children += n
-            out += len(outputs)
-            delta[0] += 1
-            delta[2] += children
-        stats.items_out += out
-        for group, (done, failed, children) in deltas.items():
-            self.groups[group] = self.groups[group].finish_many(
-                done=done, failed=failed, children=children
-            )
-        return set(deltas)
+            return self._absorb_batches(logic, batches)
+        consumers = [
+            ([self.inbox[c] for c in self.consumers.get(topic, ())], self.collected.get(topic))
+            for topic in logic.outputs
+        ]
+        index = {topic: i for i, topic in enumerate(logic.outputs)}
+        touched: set[str] = set()
+        for group, values in batches:
+            stats.items_in += len(values)
+            failing: list[tuple[Any, Exception]] = []
 
-    def _retry(
-        self, logic: StageLogic, stats: StageStats, group: str, value: Any, exc: Exception
-    ) -> list[tuple[str, Any]] | None:
-        """Run a failed item again up to the stage's attempts; None when it is dead."""
-        attempt = 1
-        while attempt < logic.max_attempts:
-            attempt += 1
-            stats.retries += 1
-            try:
-                return logic.apply(value)
-            except Exception as again:  # the item's failure, as above
-                exc = again
-        self._bury(logic.name, stats, group, value, exc, attempt)
-        return None
+            def defer(
+                value: Any, exc: Exception, failing: list[tuple[Any, Exception]] = failing
+            ) -> list[tuple[str, Any]]:
+                failing.append((value, exc))
+                return []  # retried after the batch, in rounds
+
+            outs, failed = logic.run_batch(values, defer)
+            if failing:
+                extra, dead = self._retry_rounds(logic, stats, group, failing)
+                failed += dead
+                outs = [list(out) for out in outs]
+                for topic, value in extra:
+                    outs[index[topic]].append(value)
+            children = produced = 0
+            # Topics may share one list (each item to all of them): queued lists are never
+            # mutated, a cut makes new ones.
+            for out, (queues, collected) in zip(outs, consumers, strict=True):
+                if not out:
+                    continue
+                produced += len(out)
+                for queue in queues:
+                    queue.append((group, out))
+                    children += len(out)
+                if collected is not None:
+                    collected.extend(out)
+            stats.items_out += produced
+            self.groups[group] = self.groups[group].finish_many(
+                done=len(values) - failed, failed=failed, children=children
+            )
+            touched.add(group)
+        return touched
+
+    def _wait(self, logic: StageLogic, retry: int) -> None:
+        delay = logic.retry.delay(retry, self.random())
+        if delay > 0:
+            self.sleep(delay)
+
+    def _retry_rounds(
+        self,
+        logic: StageLogic,
+        stats: StageStats,
+        group: str,
+        failing: list[tuple[Any, Exception]],
+    ) -> tuple[list[tuple[str, Any]], int]:
+        """Try the failed items of a batch again together, waiting the stage's backoff
+        before each round: their outputs, and how many were dead-lettered."""
+        outputs: list[tuple[str, Any]] = []
+        for retry in range(1, logic.max_attempts):
+            if not failing:
+                break
+            self._wait(logic, retry)
+            stats.retries += len(failing)
+            still: list[tuple[Any, Exception]] = []
+            for value, _ in failing:
+                try:
+                    outputs.extend(logic.apply(value))
+                except Exception as exc:  # the item's failure, never the runner's
+                    still.append((value, exc))
+            failing = still
+        for value, error in failing:
+            self._bury(logic.name, stats, group, value, error, logic.max_attempts)
+        return outputs, len(failing)
 
     def _bury(
         self, name: str, stats: StageStats, group: str, value: Any, exc: Exception, attempts: int
@@ -358,72 +404,78 @@ class LocalRunner:
         self.dead.append(DeadLetter(name, group, value, error, attempts))
         stats.dead += 1
 
-    def _absorb_chunk(self, logic: StageLogic, chunk: list[tuple[str, Any]]) -> set[str]:
+    def _absorb_batches(self, logic: StageLogic, batches: list[tuple[str, list[Any]]]) -> set[str]:
         name = logic.name
         stats = self.stats[name]
         get_key, handler = logic.fast_fold()
         initial = logic.initial
-        deltas: dict[str, list[int]] = {}
-        current_group: str | None = None
-        delta = [0, 0, 0]
-        accs: dict[str, Any] = {}
-        counts: dict[str, int] = {}
-        late = False
-        for group, value in chunk:
-            if group != current_group:
-                current_group = group
-                delta = deltas.setdefault(group, [0, 0, 0])
+        touched: set[str] = set()
+        for group, values in batches:
+            stats.items_in += len(values)
+            touched.add(group)
+            if (name, group) in self.outcomes:
                 # A straggler after the barrier fired (quorum) is counted, not folded.
-                late = (name, group) in self.outcomes
-                if not late:
-                    accs = self.accumulators.setdefault((name, group), {})
-                    counts = self.barrier_counts.setdefault((name, group), {"items": 0})
-            if late:
-                delta[0] += 1
+                self.groups[group] = self.groups[group].finish_many(
+                    done=len(values), failed=0, children=0
+                )
                 continue
-            try:
-                if get_key is None:
-                    key = ""
-                else:
-                    key = get_key(value)
-                    if type(key) is not str:
-                        key = key_text(key)
-                accs[key] = handler(accs.get(key, initial), value) if handler else None
-            except Exception as exc:  # the item's failure, as in _process
-                if not self._absorb_again(logic, stats, group, value, accs, exc):
-                    delta[1] += 1
-                    continue
-            counts["items"] += 1
-            delta[0] += 1
-        for group, (done, failed, children) in deltas.items():
+            accs = self.accumulators.setdefault((name, group), {})
+            counts = self.barrier_counts.setdefault((name, group), {"items": 0})
+            failing: list[tuple[Any, Exception]] = []
+            if get_key is None and handler is None:
+                accs[""] = None
+            elif get_key is None:
+                assert handler is not None
+                acc = accs.get("", initial)
+                for value in values:
+                    try:
+                        acc = handler(acc, value)
+                    except Exception as exc:  # the item's failure, as in _process
+                        failing.append((value, exc))
+                accs[""] = acc
+            else:
+                lookup = accs.get
+                for value in values:
+                    try:
+                        key = get_key(value)
+                        if type(key) is not str:
+                            key = key_text(key)
+                        accs[key] = handler(lookup(key, initial), value) if handler else None
+                    except Exception as exc:  # the item's failure, as in _process
+                        failing.append((value, exc))
+            failed = self._fold_rounds(logic, stats, group, accs, failing) if failing else 0
+            counts["items"] += len(values) - failed
             self.groups[group] = self.groups[group].finish_many(
-                done=done, failed=failed, children=children
+                done=len(values) - failed, failed=failed, children=0
             )
-        return set(deltas)
+        return touched
 
-    def _absorb_again(
+    def _fold_rounds(
         self,
         logic: StageLogic,
         stats: StageStats,
         group: str,
-        value: Any,
         accs: dict[str, Any],
-        exc: Exception,
-    ) -> bool:
-        """Fold a failed item again up to the stage's attempts; False when it is dead."""
-        attempt = 1
-        while attempt < logic.max_attempts:
-            attempt += 1
-            stats.retries += 1
-            try:
-                key = logic.accumulator_key(value)
-                accs[key] = logic.combine(accs.get(key, logic.initial), value)
-            except Exception as again:  # the item's failure
-                exc = again
-            else:
-                return True
-        self._bury(logic.name, stats, group, value, exc, attempt)
-        return False
+        failing: list[tuple[Any, Exception]],
+    ) -> int:
+        """Fold the failed items of a batch again in rounds, as :meth:`_retry_rounds`; how
+        many were dead-lettered."""
+        for retry in range(1, logic.max_attempts):
+            if not failing:
+                break
+            self._wait(logic, retry)
+            stats.retries += len(failing)
+            still: list[tuple[Any, Exception]] = []
+            for value, _ in failing:
+                try:
+                    key = logic.accumulator_key(value)
+                    accs[key] = logic.combine(accs.get(key, logic.initial), value)
+                except Exception as exc:  # the item's failure
+                    still.append((value, exc))
+            failing = still
+        for value, error in failing:
+            self._bury(logic.name, stats, group, value, error, logic.max_attempts)
+        return len(failing)
 
     def _fire_ready(self, groups: set[str]) -> None:
         pending = set(groups)
@@ -451,10 +503,11 @@ class LocalRunner:
                 accs = self.accumulators.pop((name, group), {})
                 derived = f"{group}/{name}"
                 children = emitted = 0
-                for value in logic.results(group, outcome.value, accs.items(), counts):
-                    for topic in logic.outputs:
-                        children += self._emit(topic, derived, value)
-                        emitted += 1
+                values = logic.results(group, outcome.value, accs.items(), counts)
+                for topic in logic.outputs:
+                    for start in range(0, len(values), LOCAL_CHUNK):
+                        children += self._emit(topic, derived, values[start : start + LOCAL_CHUNK])
+                    emitted += len(values)
                 self.stats[name].items_out += emitted
                 self.groups[derived] = GroupState(created=children, sealed=True)
                 pending.add(derived)

@@ -39,8 +39,18 @@ from pydantic import (
     model_validator,
 )
 
+from podkit.batch.pipeline.retry import (
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_BACKOFF_MULTIPLIER,
+    RetryPolicy,
+)
 from podkit.errors import ConfigError
-from podkit.runtime.config import load_yaml, parse_duration, validation_error_to_config_error
+from podkit.runtime.config import (
+    load_yaml,
+    parse_duration,
+    parse_size,
+    validation_error_to_config_error,
+)
 
 STAGE_KINDS = ("copier", "filter", "splitter", "sharder", "merger", "map", "join", "reduce")
 BARRIER_KINDS = ("join", "reduce")
@@ -51,9 +61,14 @@ MAX_CONCURRENCY = 1000  # items one map stage runs at once in one process
 MAX_STAGES = 256  # stages in one file
 MAX_INPUT_FILES = 1_000_000  # files one directory input lists; bounds the listing in memory
 DEFAULT_MAX_ATTEMPTS = 3  # deliveries of one item to a stage before it is dead-lettered
+MAX_RETRIES = 99  # retries of one item in one stage: more hides a bug behind a long wait
+MAX_BACKOFF_MULTIPLIER = 10.0  # growth of the wait per retry
 DEFAULT_MAX_PENDING = 10_000  # items waiting in one topic before producers wait (back-pressure)
 DEFAULT_VISIBILITY = 30.0  # seconds a worker holds an item before another may take it
 DEFAULT_BATCH = 100  # items a worker takes from a topic per call
+DEFAULT_PACK_BYTES = 256 * 1024  # JSON of one pack of items between stages (store.py)
+MIN_PACK_BYTES = 1024  # smaller packs are one item each anyway
+MAX_PACK_BYTES = 64 * 1024 * 1024  # one pack is held in memory whole, twice while encoded
 DEFAULT_GROUP = "default"  # the group of input items when the input names none
 
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -79,6 +94,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _duration(value: Any) -> float:
+    """A duration field (``500ms``, ``2s``, ``1m``); a ValueError names what was expected."""
+    try:
+        return parse_duration(value)
+    except ConfigError as exc:  # pydantic names the field and the file
+        raise ValueError(exc.reason) from None
+
+
 def _check_path(value: str | None) -> str | None:
     if value is not None and not _PATH_RE.match(value):
         raise ValueError(f"expected a path into the item such as $.word, got {value!r}")
@@ -100,11 +123,20 @@ class TopicsSpec(_Model):
     max_pending: int = Field(DEFAULT_MAX_PENDING, ge=1, le=100_000_000)
     visibility: float = DEFAULT_VISIBILITY
     batch: int = Field(DEFAULT_BATCH, ge=1, le=1000)
+    pack_bytes: int = Field(DEFAULT_PACK_BYTES, ge=MIN_PACK_BYTES, le=MAX_PACK_BYTES)
+
+    @field_validator("pack_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        try:
+            return parse_size(value)
+        except ConfigError as exc:  # pydantic names the field and the file
+            raise ValueError(exc.reason) from None
 
     @field_validator("visibility", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
-        seconds = parse_duration(value, field="visibility")
+        seconds = _duration(value)
         if seconds <= 0:
             raise ValueError("expected a positive duration")
         return seconds
@@ -236,6 +268,28 @@ StageOptions = (
 )
 
 
+class BackoffSpec(_Model):
+    """The waits between a stage's attempts at one item: ``backoff: 500ms`` or a mapping."""
+
+    initial: float
+    max: float = DEFAULT_BACKOFF_MAX
+    multiplier: float = Field(DEFAULT_BACKOFF_MULTIPLIER, ge=1.0, le=MAX_BACKOFF_MULTIPLIER)
+
+    @field_validator("initial", "max", mode="before")
+    @classmethod
+    def _positive(cls, value: Any) -> float:
+        seconds = _duration(value)
+        if seconds <= 0:
+            raise ValueError(f"expected a positive duration such as 500ms, got {value!r}")
+        return seconds
+
+    @model_validator(mode="after")
+    def _order(self) -> BackoffSpec:
+        if self.max < self.initial:
+            raise ValueError("max must be at least initial")
+        return self
+
+
 class StageSpec(_Model):
     """One stage: the topics it reads, what it does, the topics it writes."""
 
@@ -249,8 +303,18 @@ class StageSpec(_Model):
     map: MapSpec | None = None
     join: JoinSpec | None = None
     reduce: ReduceSpec | None = None
-    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=MAX_RETRIES + 1)
+    retries: int | None = Field(None, ge=0, le=MAX_RETRIES)
+    backoff: BackoffSpec | None = None
     workers: int = Field(1, ge=1, le=64)
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _backoff_shorthand(cls, value: Any) -> Any:
+        # `backoff: 500ms` is the first wait, with the default growth and cap.
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return {"initial": value}
+        return value
 
     @field_validator("from_", "to", mode="before")
     @classmethod
@@ -278,7 +342,28 @@ class StageSpec(_Model):
             )
         if not self.from_:
             raise ValueError("from: name at least one topic")
+        if self.retries is not None and "max_attempts" in self.model_fields_set:
+            raise ValueError(
+                "give retries or max_attempts, not both (retries: N is N + 1 attempts)"
+            )
         return self
+
+    @property
+    def attempts(self) -> int:
+        """Tries of one item in all: ``retries + 1``, else ``max_attempts``."""
+        return self.retries + 1 if self.retries is not None else self.max_attempts
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The stage's attempts and the waits between them (none without ``backoff``)."""
+        if self.backoff is None:
+            return RetryPolicy(attempts=self.attempts)
+        return RetryPolicy(
+            attempts=self.attempts,
+            initial=self.backoff.initial,
+            multiplier=self.backoff.multiplier,
+            cap=self.backoff.max,
+        )
 
     @property
     def kind(self) -> str:
@@ -390,6 +475,16 @@ def _check_topics(spec: PipelineSpec, source: str) -> None:
     produced = set(spec.produced_topics())
     for name, stage in spec.stages.items():
         where = f"stages.{name}"
+        worst = stage.retry_policy.worst_case()
+        if worst > spec.topics.visibility / 2:
+            # A worker holds its batch's lease while it waits: the waits must fit in it.
+            raise ConfigError(
+                f"the waits between attempts add up to {worst:g}s, more than half of "
+                f"topics.visibility ({spec.topics.visibility:g}s): lower the backoff or the "
+                "retries, or raise topics.visibility",
+                source=source,
+                path=f"{where}.backoff",
+            )
         for pattern in stage.from_:
             if pattern.endswith("*"):
                 if not any(t.startswith(pattern[:-1]) for t in produced):

@@ -9,6 +9,11 @@ the outputs to every subscription of their topics, moves the group counts and wr
 barrier's accumulators. Firing a barrier reads the group and its accumulators under
 ``WATCH`` and writes the result, the new group and the fired mark in one ``MULTI``.
 
+An entry is one pack of items (fields ``g`` group, ``n`` count, ``b`` JSON array; see
+:mod:`~podkit.batch.pipeline.store`); the hashes ``n`` and ``l`` count the items of each
+subscription and those leased, since a stream's length counts packs. A lease takes whole
+packs while they fit in the items asked for (peeking at the next new entry with ``XRANGE``).
+
 Every key of a pipeline shares the hash tag ``{NAME}``: ``pk:{NAME}:...``.
 """
 
@@ -31,7 +36,11 @@ from podkit.batch.pipeline.store import (
     StageCounts,
     Step,
     Topology,
+    decode_acc,
     encode,
+    encode_acc,
+    pack,
+    step_outputs,
 )
 from podkit.errors import BackendError, BackendUnavailable, UsageError
 
@@ -42,46 +51,70 @@ _LEASE = """
 local prefix, consumer = ARGV[1], ARGV[2]
 local n, idle, maxd, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local out = {}
+local taken = 0
 local function field(entry, name)
   for i = 1, #entry, 2 do if entry[i] == name then return entry[i + 1] end end
   return nil
 end
+local function last_delivered(key)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == 'w' then return info['last-delivered-id'] end
+  end
+  return '0-0'
+end
 for i, key in ipairs(KEYS) do
   local sub = ARGV[6 + i]
   local stage = string.match(sub, ">([^>]*)$")
-  if #out < n then
-    local pending = redis.call('XPENDING', key, 'w', 'IDLE', idle, '-', '+', n - #out)
+  if taken < n then
+    local pending = redis.call('XPENDING', key, 'w', 'IDLE', idle, '-', '+', n - taken)
     for _, p in ipairs(pending) do
       local id, deliveries = p[1], tonumber(p[4])
       local entry = redis.call('XRANGE', key, id, id)
       if #entry == 0 then
         redis.call('XACK', key, 'w', id)
-      elseif deliveries >= maxd then
-        local grp, body = field(entry[1][2], 'g'), field(entry[1][2], 'b')
-        redis.call('XACK', key, 'w', id)
-        redis.call('XDEL', key, id)
-        local record = cjson.encode({stage = stage, sub = sub, id = id, group = grp, body = body,
-          error = 'leased ' .. deliveries .. ' times without a commit (its workers died)',
-          died_at = tonumber(now)})
-        redis.call('HSET', prefix .. 'dead', sub .. '|' .. id, record)
-        redis.call('ZADD', prefix .. 'deadz', now, sub .. '|' .. id)
-        redis.call('HINCRBY', prefix .. 'g:' .. grp, 'failed', 1)
-        redis.call('HINCRBY', prefix .. 'st:' .. stage, 'dead', 1)
       else
-        redis.call('XCLAIM', key, 'w', consumer, 0, id)
         local fields = entry[1][2]
-        table.insert(out, {sub, id, field(fields, 'g'), field(fields, 'b'), deliveries + 1})
+        local count = tonumber(field(fields, 'n'))
+        if deliveries >= maxd then
+          local grp, body = field(fields, 'g'), field(fields, 'b')
+          redis.call('XACK', key, 'w', id)
+          redis.call('XDEL', key, id)
+          redis.call('HINCRBY', prefix .. 'n', sub, -count)
+          redis.call('HINCRBY', prefix .. 'l', sub, -count)
+          local record = cjson.encode({stage = stage, sub = sub, id = id, group = grp,
+            body = body, error = 'leased ' .. deliveries ..
+            ' times without a commit (its workers died)', died_at = tonumber(now)})
+          redis.call('HSET', prefix .. 'dead', sub .. '|' .. id, record)
+          redis.call('ZADD', prefix .. 'deadz', now, sub .. '|' .. id)
+          redis.call('HINCRBY', prefix .. 'g:' .. grp, 'failed', count)
+          redis.call('HINCRBY', prefix .. 'st:' .. stage, 'dead', count)
+        elseif taken == 0 or taken + count <= n then
+          redis.call('XCLAIM', key, 'w', consumer, 0, id)
+          table.insert(out, {sub, id, field(fields, 'g'), field(fields, 'b'), deliveries + 1})
+          taken = taken + count
+        end
       end
     end
   end
-  if #out < n then
-    local r = redis.call('XREADGROUP', 'GROUP', 'w', consumer, 'COUNT', n - #out,
-      'STREAMS', key, '>')
-    if r then
-      for _, e in ipairs(r[1][2]) do
-        table.insert(out, {sub, e[1], field(e[2], 'g'), field(e[2], 'b'), 1})
-      end
+  local last = nil
+  while taken < n do
+    if taken > 0 then
+      -- Peek at the next new pack: take it only if it fits.
+      if last == nil then last = last_delivered(key) end
+      local nxt = redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', 1)
+      if #nxt == 0 then break end
+      if taken + tonumber(field(nxt[1][2], 'n')) > n then break end
     end
+    local r = redis.call('XREADGROUP', 'GROUP', 'w', consumer, 'COUNT', 1, 'STREAMS', key, '>')
+    if not r then break end
+    local e = r[1][2][1]
+    local count = tonumber(field(e[2], 'n'))
+    redis.call('HINCRBY', prefix .. 'l', sub, count)
+    table.insert(out, {sub, e[1], field(e[2], 'g'), field(e[2], 'b'), 1})
+    taken = taken + count
+    last = e[1]
   end
 end
 return out
@@ -94,16 +127,34 @@ local function skey(sub) return prefix .. 's:' .. sub end
 for _, a in ipairs(c.acks) do
   local p = redis.call('XPENDING', skey(a[1]), 'w', a[2], a[2], 1)
   if #p == 0 or p[1][2] ~= c.consumer then return 0 end
+  local entry = redis.call('XRANGE', skey(a[1]), a[2], a[2])
+  if #entry == 0 then return 0 end
+  local fields = entry[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'n' and tonumber(fields[i + 1]) ~= a[3] then return -2 end
+  end
 end
 if c.version ~= cjson.null then
   local v = tonumber(redis.call('GET', prefix .. 'v:' .. c.stage) or '0')
-  if v ~= c.version then return -1 end
+  if c.version > v then return -1 end
+  if v ~= c.version then
+    -- Only accumulators written after the worker read them conflict.
+    for _, a in ipairs(c.accs) do
+      local w = redis.call('HGET', prefix .. 'av:' .. c.stage .. ':' .. a[1], a[2])
+      if w and tonumber(w) > c.version then return -1 end
+    end
+  end
 end
 for _, a in ipairs(c.acks) do
   redis.call('XACK', skey(a[1]), 'w', a[2])
   redis.call('XDEL', skey(a[1]), a[2])
+  redis.call('HINCRBY', prefix .. 'n', a[1], -a[3])
+  redis.call('HINCRBY', prefix .. 'l', a[1], -a[3])
 end
-for _, x in ipairs(c.adds) do redis.call('XADD', skey(x[1]), '*', 'g', x[2], 'b', x[3]) end
+for _, x in ipairs(c.adds) do
+  redis.call('XADD', skey(x[1]), '*', 'g', x[2], 'n', x[4], 'b', x[3])
+  redis.call('HINCRBY', prefix .. 'n', x[1], x[4])
+end
 for _, o in ipairs(c.outs) do redis.call('RPUSH', prefix .. 'o:' .. o[1], o[2]) end
 for _, g in ipairs(c.groups) do
   local key = prefix .. 'g:' .. g[1]
@@ -114,14 +165,16 @@ for _, g in ipairs(c.groups) do
 end
 for _, d in ipairs(c.dead) do
   local record = cjson.encode({stage = c.stage, sub = d[1], id = d[2], group = d[3], body = d[4],
-    error = d[5], died_at = c.now})
+    ids = {d[2]}, error = d[5], died_at = c.now})
   redis.call('HSET', prefix .. 'dead', d[1] .. '|' .. d[2], record)
   redis.call('ZADD', prefix .. 'deadz', c.now, d[1] .. '|' .. d[2])
 end
 local touched = false
+local written = tonumber(redis.call('GET', prefix .. 'v:' .. c.stage) or '0') + 1
 for _, a in ipairs(c.accs) do
   if redis.call('SISMEMBER', prefix .. 'fired', c.stage .. '|' .. a[1]) == 0 then
     redis.call('HSET', prefix .. 'a:' .. c.stage .. ':' .. a[1], a[2], a[3])
+    redis.call('HSET', prefix .. 'av:' .. c.stage .. ':' .. a[1], a[2], written)
   end
   touched = true
 end
@@ -139,6 +192,14 @@ redis.call('HINCRBY', st, 'retries', c.stats[3])
 redis.call('HINCRBY', st, 'dead', c.stats[4])
 return 1
 """
+
+
+def _dead_items(record: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The items of a dead record with their ids: one item of a failed commit, or every
+    item of a pack leased too often (``PACK:INDEX``)."""
+    values = json.loads(record["body"])
+    ids = record.get("ids") or [f"{record['id']}:{i}" for i in range(len(values))]
+    return list(zip(ids, values, strict=True))
 
 
 class RedisPipelineStore(PipelineStore):
@@ -190,6 +251,17 @@ class RedisPipelineStore(PipelineStore):
                 raise BackendUnavailable(f"redis at {self.url}: {exc}") from exc
             self._groups_ready.add(sub)
 
+    def _put(self, pipe: Any, topic: str, group: str, values: Sequence[Any]) -> int:
+        """Queue on ``pipe`` the packs of values of one group for a topic; the children."""
+        subs = self.topology.subs.get(topic, ())
+        for body, n in pack(values, self.topology.pack, self.topology.pack_bytes):
+            for sub in subs:
+                pipe.xadd(self._skey(sub), {"g": group, "n": n, "b": body})
+                pipe.hincrby(self.prefix + "n", sub, n)
+            if topic in self.topology.outputs:
+                pipe.rpush(f"{self.prefix}o:{topic}", body)
+        return len(subs) * len(values)
+
     def _all_subs(self) -> list[str]:
         return [s for subs in self.topology.subs.values() for s in subs]
 
@@ -200,14 +272,12 @@ class RedisPipelineStore(PipelineStore):
             if pipe.hget(self.prefix + "meta", "fed"):
                 return False
             created: dict[str, int] = dict.fromkeys(groups, 0)
-            pipe.multi()
+            by_target: dict[tuple[str, str], list[Any]] = {}
             for topic, group, value in items:
-                body = encode(value)
-                for sub in self.topology.subs.get(topic, ()):
-                    pipe.xadd(self._skey(sub), {"g": group, "b": body})
-                if topic in self.topology.outputs:
-                    pipe.rpush(f"{self.prefix}o:{topic}", body)
-                created[group] = created.get(group, 0) + self.topology.children(topic)
+                by_target.setdefault((topic, group), []).append(value)
+            pipe.multi()
+            for (topic, group), values in by_target.items():
+                created[group] = created.get(group, 0) + self._put(pipe, topic, group, values)
             for group, n in created.items():
                 pipe.sadd(self.prefix + "groups", group)
                 pipe.hincrby(f"{self.prefix}g:{group}", "created", n)
@@ -224,16 +294,15 @@ class RedisPipelineStore(PipelineStore):
         self._ensure_groups(self._all_subs())
         created: dict[str, int] = {}
 
+        by_target: dict[tuple[str, str], list[Any]] = {}
+        for topic, group, value in items:
+            by_target.setdefault((topic, group), []).append(value)
+
         def apply(pipe: Any) -> None:
             created.clear()
             pipe.multi()
-            for topic, group, value in items:
-                body = encode(value)
-                for sub in self.topology.subs.get(topic, ()):
-                    pipe.xadd(self._skey(sub), {"g": group, "b": body})
-                if topic in self.topology.outputs:
-                    pipe.rpush(f"{self.prefix}o:{topic}", body)
-                created[group] = created.get(group, 0) + self.topology.children(topic)
+            for (topic, group), values in by_target.items():
+                created[group] = created.get(group, 0) + self._put(pipe, topic, group, values)
             for group, n in created.items():
                 pipe.sadd(self.prefix + "groups", group)
                 pipe.hincrby(f"{self.prefix}g:{group}", "created", n)
@@ -267,66 +336,87 @@ class RedisPipelineStore(PipelineStore):
                 *subs,
             ],
         )
-        return [
-            Message(sub, id_, grp, json.loads(body), int(delivery), self.consumer)
-            for sub, id_, grp, body, delivery in rows
-        ]
+        messages: list[Message] = []
+        consumer = self.consumer
+        for sub, id_, grp, body, delivery in rows:
+            d = int(delivery)
+            messages.extend(
+                Message(sub, f"{id_}:{i}", grp, v, d, consumer, id_)
+                for i, v in enumerate(json.loads(body))
+            )
+        return messages
 
     def commit(self, stage: str, step: Step, *, now: float, version: int | None = None) -> bool:
         groups: dict[str, list[int]] = {}
-        adds: list[list[str]] = []
+        adds: list[list[Any]] = []
         outs: list[list[str]] = []
         out = 0
-        for m, outputs in step.done:
-            children = 0
-            for topic, value in outputs:
-                body = encode(value)
-                for sub in self.topology.subs.get(topic, ()):
-                    adds.append([sub, m.group, body])
-                    children += 1
+        limit = self.topology.pack
+        for (topic, group), values in step_outputs(step).items():
+            subs = self.topology.subs.get(topic, ())
+            for body, n in pack(values, limit, self.topology.pack_bytes):
+                adds.extend([sub, group, body, n] for sub in subs)
                 if topic in self.topology.outputs:
                     outs.append([topic, body])
-            out += len(outputs)
-            g = groups.setdefault(m.group, [0, 0, 0])
-            g[0] += children
+            out += len(values)
+            groups.setdefault(group, [0, 0, 0])[0] += len(subs) * len(values)
+        for m, _ in step.done:
+            g = groups.get(m.group)
+            if g is None:
+                g = groups[m.group] = [0, 0, 0]
             g[1] += 1
         for m, _ in step.dead:
             groups.setdefault(m.group, [0, 0, 0])[2] += 1
+        # Handed back unprocessed: a new pack, the same children of their group.
+        requeued: dict[tuple[str, str], list[Any]] = {}
+        for m in step.requeue:
+            requeued.setdefault((m.sub, m.group), []).append(m.value)
+        for (sub, group), values in requeued.items():
+            adds.extend([sub, group, body, n] for body, n in pack(values, len(values)))
+        covered: dict[tuple[str, str], int] = {}
+        for m in step.messages():
+            key = (m.sub, m.pack)
+            covered[key] = covered.get(key, 0) + 1
         payload = {
             "consumer": self.consumer,
             "stage": stage,
             "version": version,
             "now": now,
-            "acks": [[m.sub, m.id] for m, _ in step.done] + [[m.sub, m.id] for m, _ in step.dead],
+            "acks": [[sub, pack_id, n] for (sub, pack_id), n in covered.items()],
             "adds": adds,
             "outs": outs,
             "groups": [[g, *counts] for g, counts in groups.items()],
             "dead": [
-                [m.sub, m.id, m.group, encode(m.value), error[:MAX_ERROR_CHARS]]
+                [m.sub, m.id, m.group, f"[{encode(m.value)}]", error[:MAX_ERROR_CHARS]]
                 for m, error in step.dead
             ],
-            "accs": [[g, k, encode(v)] for (g, k), v in step.accumulators.items()],
+            "accs": [[g, k, encode_acc(v)] for (g, k), v in step.accumulators.items()],
             "absorbed": [[g, n] for g, n in step.absorbed.items()],
             "stats": [len(step.done) + len(step.dead), out, step.retries, len(step.dead)],
         }
         result = int(self._call(self._commit, keys=[], args=[self.prefix, encode(payload)]))
         if result == -1:
             raise Conflict(stage)
+        if result == -2:
+            raise ValueError("a step must cover every item of the packs it leased")
         return result == 1
 
     def accumulators(
         self, stage: str, pairs: Sequence[tuple[str, str]]
     ) -> tuple[dict[tuple[str, str], Any], int]:
+        by_group: dict[str, list[str]] = {}
+        for group, key in pairs:
+            by_group.setdefault(group, []).append(key)
         pipe = self.client.pipeline(transaction=True)
         pipe.get(f"{self.prefix}v:{stage}")
-        for group, key in pairs:
-            pipe.hget(f"{self.prefix}a:{stage}:{group}", key)
-        version, *values = self._call(pipe.execute)
-        found = {
-            pair: json.loads(value)
-            for pair, value in zip(pairs, values, strict=True)
-            if value is not None
-        }
+        for group, keys in by_group.items():
+            pipe.hmget(f"{self.prefix}a:{stage}:{group}", keys)
+        version, *replies = self._call(pipe.execute)
+        found: dict[tuple[str, str], Any] = {}
+        for (group, keys), values in zip(by_group.items(), replies, strict=True):
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:
+                    found[(group, key)] = decode_acc(value)
         return found, int(version or 0)
 
     def open_barriers(self, stage: str) -> list[str]:
@@ -380,25 +470,20 @@ class RedisPipelineStore(PipelineStore):
                     return None
                 items = int(pipe.hget(bkey, group) or 0)
                 stored: dict[str, str] = pipe.hgetall(akey)  # type: ignore[assignment]
-                accs = sorted((k, json.loads(v)) for k, v in stored.items())
+                accs = sorted((k, decode_acc(v)) for k, v in stored.items())
                 counts = {"items": items, "done": state.done, "failed": state.failed}
                 values = results(group, outcome, accs, counts)
                 pipe.multi()
                 children = emitted = 0
-                for value in values:
-                    body = encode(value)
-                    for topic in outputs:
-                        emitted += 1
-                        for sub in self.topology.subs.get(topic, ()):
-                            pipe.xadd(self._skey(sub), {"g": derived, "b": body})
-                            children += 1
-                        if topic in self.topology.outputs:
-                            pipe.rpush(f"{self.prefix}o:{topic}", body)
+                for topic in outputs:
+                    if values:
+                        children += self._put(pipe, topic, derived, values)
+                    emitted += len(values)
                 pipe.sadd(self.prefix + "groups", derived)
                 pipe.hset(f"{self.prefix}g:{derived}", mapping={"created": children, "sealed": 1})
                 pipe.sadd(self.prefix + "fired", fired)
                 pipe.hset(self.prefix + "outcomes", fired, outcome.value)
-                pipe.delete(akey)
+                pipe.delete(akey, f"{self.prefix}av:{stage}:{group}")
                 pipe.hdel(bkey, group)
                 pipe.hincrby(f"{self.prefix}st:{stage}", "fired", 1)
                 pipe.hincrby(f"{self.prefix}st:{stage}", "items_out", emitted)
@@ -417,23 +502,19 @@ class RedisPipelineStore(PipelineStore):
     def backlog(self, subs: Sequence[str]) -> int:
         if not subs:
             return 0
-        pipe = self.client.pipeline(transaction=False)
-        for sub in subs:
-            pipe.xlen(self._skey(sub))
-        return sum(int(n) for n in self._call(pipe.execute))
+        counts = self._call(self.client.hmget, self.prefix + "n", list(subs))
+        return sum(int(n or 0) for n in counts)
 
     def counts(self, stages: Sequence[str], subs: Mapping[str, Sequence[str]]) -> list[StageCounts]:
         result = []
         for stage in stages:
             raw = self._call(self.client.hgetall, f"{self.prefix}st:{stage}")
-            total = self.backlog(subs.get(stage, ()))
+            mine = list(subs.get(stage, ()))
+            total = self.backlog(mine)
             leased = 0
-            for sub in subs.get(stage, ()):
-                try:
-                    info = self.client.xpending(self._skey(sub), CONSUMER_GROUP)
-                except self._redis_module.ResponseError:
-                    continue  # no group yet: nothing leased
-                leased += int(info["pending"])
+            if mine:
+                held = self._call(self.client.hmget, self.prefix + "l", mine)
+                leased = sum(int(n or 0) for n in held)
             result.append(
                 StageCounts(
                     stage,
@@ -469,41 +550,58 @@ class RedisPipelineStore(PipelineStore):
             r = json.loads(raw)
             if stage is not None and r["stage"] != stage:
                 continue
-            records.append(
-                DeadRecord(
-                    r["stage"],
-                    r["sub"],
-                    r["id"],
-                    r["group"],
-                    json.loads(r["body"]),
-                    r["error"],
-                    float(r["died_at"]),
+            for item_id, value in _dead_items(r):
+                records.append(
+                    DeadRecord(
+                        r["stage"],
+                        r["sub"],
+                        item_id,
+                        r["group"],
+                        value,
+                        r["error"],
+                        float(r["died_at"]),
+                    )
                 )
-            )
             if len(records) >= limit:
                 break
-        return records
+        return records[:limit]
 
     def redrive(self, stage: str | None = None, ids: Sequence[str] | None = None) -> int:
-        records = self.dead(stage, limit=10**9)
+        keys = self._call(self.client.zrange, self.prefix + "deadz", 0, -1)
         wanted = set(ids) if ids is not None else None
         moved = 0
-        for r in records:
-            if wanted is not None and r.id not in wanted:
+        raws = self._call(self.client.hmget, self.prefix + "dead", keys) if keys else []
+        for member, raw in zip(keys, raws, strict=True):
+            if raw is None:
                 continue
-            member = f"{r.sub}|{r.id}"
+            r = json.loads(raw)
+            if stage is not None and r["stage"] != stage:
+                continue
+            items = _dead_items(r)
+            back = [(i, v) for i, v in items if wanted is None or i in wanted]
+            if not back:
+                continue
+            kept = [(i, v) for i, v in items if wanted is not None and i not in wanted]
             pipe = self.client.pipeline(transaction=True)
-            pipe.hdel(self.prefix + "dead", member)
-            pipe.zrem(self.prefix + "deadz", member)
-            pipe.xadd(self._skey(r.sub), {"g": r.group, "b": encode(r.value)})
-            pipe.hincrby(f"{self.prefix}g:{r.group}", "failed", -1)
-            removed, *_ = self._call(pipe.execute)
-            moved += int(removed)
+            if kept:  # the rest of a pack's dead letters stay
+                rest = {**r, "ids": [i for i, _ in kept], "body": encode([v for _, v in kept])}
+                pipe.hset(self.prefix + "dead", member, encode(rest))
+            else:
+                pipe.hdel(self.prefix + "dead", member)
+                pipe.zrem(self.prefix + "deadz", member)
+            body = encode([v for _, v in back])
+            pipe.xadd(self._skey(r["sub"]), {"g": r["group"], "n": len(back), "b": body})
+            pipe.hincrby(self.prefix + "n", r["sub"], len(back))
+            pipe.hincrby(f"{self.prefix}g:{r['group']}", "failed", -len(back))
+            self._call(pipe.execute)
+            moved += len(back)
         return moved
 
     def outputs(self, topic: str) -> list[Any]:
         return [
-            json.loads(v) for v in self._call(self.client.lrange, f"{self.prefix}o:{topic}", 0, -1)
+            value
+            for body in self._call(self.client.lrange, f"{self.prefix}o:{topic}", 0, -1)
+            for value in json.loads(body)
         ]
 
     def heartbeat(self, worker: str, pid: int, *, now: float) -> None:

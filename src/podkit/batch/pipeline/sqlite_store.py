@@ -4,6 +4,10 @@ Every operation that changes state is one ``BEGIN IMMEDIATE`` transaction (SQLit
 lock, taken before anything is read), so a commit's lease check, its outputs, the group
 counts and a barrier's accumulators are read and written by one process at a time, and a
 process killed in the middle leaves the file as it was before the transaction (WAL mode).
+A row of ``packs`` is one pack of items (a JSON array of ``n`` values, see
+:mod:`~podkit.batch.pipeline.store`): one insert, one lease update and one delete per pack.
+The body is the row's last column, so reading the other columns never walks its overflow
+pages, and the index holds ``n``, so counting a backlog reads the index alone.
 """
 
 from __future__ import annotations
@@ -27,24 +31,28 @@ from podkit.batch.pipeline.store import (
     StageCounts,
     Step,
     Topology,
+    decode_acc,
     encode,
+    encode_acc,
+    pack,
+    step_outputs,
 )
 from podkit.errors import BackendError
 
 BUSY_TIMEOUT = 30.0  # seconds a transaction waits for another process's write lock
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS msgs (p TEXT, sub TEXT, seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  grp TEXT, body TEXT, delivery INTEGER DEFAULT 0, token TEXT, deadline REAL);
-CREATE INDEX IF NOT EXISTS msgs_ready ON msgs (p, sub, token, seq);
+CREATE TABLE IF NOT EXISTS packs (p TEXT, sub TEXT, seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  grp TEXT, n INTEGER, delivery INTEGER DEFAULT 0, token TEXT, deadline REAL, body TEXT);
+CREATE INDEX IF NOT EXISTS packs_ready ON packs (p, sub, token, seq, n);
 CREATE TABLE IF NOT EXISTS dead (p TEXT, stage TEXT, sub TEXT, id TEXT, grp TEXT, body TEXT,
   error TEXT, died_at REAL, PRIMARY KEY (p, sub, id));
 CREATE TABLE IF NOT EXISTS groups (p TEXT, name TEXT, created INTEGER, done INTEGER,
   failed INTEGER, sealed INTEGER, PRIMARY KEY (p, name));
 CREATE TABLE IF NOT EXISTS fired (p TEXT, stage TEXT, grp TEXT, outcome TEXT,
   PRIMARY KEY (p, stage, grp));
-CREATE TABLE IF NOT EXISTS accs (p TEXT, stage TEXT, grp TEXT, key TEXT, value TEXT,
-  PRIMARY KEY (p, stage, grp, key));
+CREATE TABLE IF NOT EXISTS acc_values (p TEXT, stage TEXT, grp TEXT, key TEXT, value TEXT,
+  ver INTEGER, PRIMARY KEY (p, stage, grp, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS barrier (p TEXT, stage TEXT, grp TEXT, items INTEGER,
   PRIMARY KEY (p, stage, grp));
 CREATE TABLE IF NOT EXISTS versions (p TEXT, stage TEXT, version INTEGER,
@@ -52,7 +60,7 @@ CREATE TABLE IF NOT EXISTS versions (p TEXT, stage TEXT, version INTEGER,
 CREATE TABLE IF NOT EXISTS stats (p TEXT, stage TEXT, items_in INTEGER DEFAULT 0,
   items_out INTEGER DEFAULT 0, retries INTEGER DEFAULT 0, dead INTEGER DEFAULT 0,
   fired INTEGER DEFAULT 0, PRIMARY KEY (p, stage));
-CREATE TABLE IF NOT EXISTS outs (p TEXT, topic TEXT, seq INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE IF NOT EXISTS out_packs (p TEXT, topic TEXT, seq INTEGER PRIMARY KEY AUTOINCREMENT,
   body TEXT);
 CREATE TABLE IF NOT EXISTS meta (p TEXT, key TEXT, value TEXT, PRIMARY KEY (p, key));
 CREATE TABLE IF NOT EXISTS workers (p TEXT, name TEXT, pid INTEGER, beat REAL,
@@ -121,18 +129,21 @@ class SqlitePipelineStore(PipelineStore):
 
     # -- writing ------------------------------------------------------------------------------
 
-    def _put(self, db: sqlite3.Connection, topic: str, group: str, body: str) -> int:
+    def _put(self, db: sqlite3.Connection, topic: str, group: str, values: Sequence[Any]) -> int:
+        """Append values of one group to a topic (as packs); the children they add."""
         subs = self.topology.subs.get(topic, ())
+        packs = pack(values, self.topology.pack, self.topology.pack_bytes) if values else []
         if subs:
             db.executemany(
-                "INSERT INTO msgs (p, sub, grp, body) VALUES (?, ?, ?, ?)",
-                [(self.name, sub, group, body) for sub in subs],
+                "INSERT INTO packs (p, sub, grp, body, n) VALUES (?, ?, ?, ?, ?)",
+                [(self.name, sub, group, body, n) for sub in subs for body, n in packs],
             )
         if topic in self.topology.outputs:
-            db.execute(
-                "INSERT INTO outs (p, topic, body) VALUES (?, ?, ?)", (self.name, topic, body)
+            db.executemany(
+                "INSERT INTO out_packs (p, topic, body) VALUES (?, ?, ?)",
+                [(self.name, topic, body) for body, _ in packs],
             )
-        return len(subs)
+        return len(subs) * len(values)
 
     def _group_delta(
         self,
@@ -167,8 +178,11 @@ class SqlitePipelineStore(PipelineStore):
             ).fetchone():
                 return False
             created: dict[str, int] = dict.fromkeys(groups, 0)
+            by_target: dict[tuple[str, str], list[Any]] = {}
             for topic, group, value in items:
-                created[group] = created.get(group, 0) + self._put(db, topic, group, encode(value))
+                by_target.setdefault((topic, group), []).append(value)
+            for (topic, group), values in by_target.items():
+                created[group] = created.get(group, 0) + self._put(db, topic, group, values)
             for group, n in created.items():
                 self._group_delta(db, group, created=n)
                 db.execute(
@@ -179,9 +193,12 @@ class SqlitePipelineStore(PipelineStore):
 
     def put(self, items: Sequence[tuple[str, str, Any]]) -> int:
         created: dict[str, int] = {}
+        by_target: dict[tuple[str, str], list[Any]] = {}
+        for topic, group, value in items:
+            by_target.setdefault((topic, group), []).append(value)
         with self._tx() as db:
-            for topic, group, value in items:
-                created[group] = created.get(group, 0) + self._put(db, topic, group, encode(value))
+            for (topic, group), values in by_target.items():
+                created[group] = created.get(group, 0) + self._put(db, topic, group, values)
             for group, n in created.items():
                 self._group_delta(db, group, created=n)
         return sum(created.values())
@@ -201,33 +218,60 @@ class SqlitePipelineStore(PipelineStore):
         marks = ",".join("?" for _ in subs)
         with self._tx() as db:
             db.execute(
-                f"UPDATE msgs SET token = NULL WHERE p = ? AND sub IN ({marks}) "
+                f"UPDATE packs SET token = NULL WHERE p = ? AND sub IN ({marks}) "
                 "AND token IS NOT NULL AND deadline < ?",
                 (self.name, *subs, now),
             )
-            rows = db.execute(
-                f"SELECT seq, sub, grp, body, delivery FROM msgs WHERE p = ? AND sub IN ({marks}) "
-                "AND token IS NULL ORDER BY seq LIMIT ?",
+            # The heads first, without bodies (sorting several subscriptions' packs by seq
+            # must not read every body), at most n of them: a pack holds one item or more.
+            heads = db.execute(
+                f"SELECT seq, sub, grp, delivery, n FROM packs WHERE p = ? "
+                f"AND sub IN ({marks}) AND token IS NULL ORDER BY seq LIMIT ?",
                 (self.name, *subs, n),
             ).fetchall()
-            messages: list[Message] = []
-            leased: list[int] = []
-            for seq, sub, grp, body, delivery in rows:
+            chosen: list[tuple[int, str, str, int]] = []
+            buried: list[tuple[int, str, str, int]] = []
+            taken = 0
+            # Whole packs in order, as many as fit in n (at least one).
+            for seq, sub, grp, delivery, count in heads:
                 if delivery >= max_deliveries:
-                    error = f"leased {delivery} times without a commit (its workers died)"
-                    self._bury(db, seq, sub, grp, body, error, now)
+                    buried.append((seq, sub, grp, delivery))
                     continue
-                leased.append(seq)
-                messages.append(Message(sub, str(seq), grp, json.loads(body), delivery + 1, token))
+                if taken and taken + count > n:
+                    break
+                chosen.append((seq, sub, grp, delivery))
+                taken += count
+                if taken >= n:
+                    break
+            wanted = [seq for seq, *_ in chosen] + [seq for seq, *_ in buried]
+            bodies: dict[int, str] = {}
+            if wanted:
+                bodies = dict(
+                    db.execute(
+                        f"SELECT seq, body FROM packs WHERE seq IN ({','.join('?' * len(wanted))})",
+                        wanted,
+                    ).fetchall()
+                )
+            messages: list[Message] = []
+            for seq, sub, grp, delivery in chosen:
+                row = str(seq)
+                messages.extend(
+                    Message(sub, f"{row}:{i}", grp, v, delivery + 1, token, row)
+                    for i, v in enumerate(json.loads(bodies[seq]))
+                )
+            for seq, sub, grp, delivery in buried:
+                error = f"leased {delivery} times without a commit (its workers died)"
+                self._bury_pack(db, seq, sub, grp, bodies[seq], error, now)
+            leased = [seq for seq, *_ in chosen]
             if leased:
                 db.execute(
-                    "UPDATE msgs SET token = ?, deadline = ?, delivery = delivery + 1 "
+                    "UPDATE packs SET token = ?, deadline = ?, delivery = delivery + 1 "
                     f"WHERE seq IN ({','.join('?' * len(leased))})",
                     (token, now + visibility, *leased),
                 )
         return messages
 
-    def _bury(
+    def _bury_pack(
         self,
         db: sqlite3.Connection,
         seq: int,
@@ -237,15 +281,20 @@ class SqlitePipelineStore(PipelineStore):
         error: str,
         now: float,
     ) -> None:
+        """Dead-letter every item of a pack (one dead letter per item, ``PACK:INDEX``)."""
         stage = _stage_of(sub)
-        db.execute("DELETE FROM msgs WHERE seq = ?", (seq,))
-        db.execute(
+        values = json.loads(body)
+        db.execute("DELETE FROM packs WHERE seq = ?", (seq,))
+        db.executemany(
             "INSERT OR REPLACE INTO dead (p, stage, sub, id, grp, body, error, died_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.name, stage, sub, str(seq), grp, body, error[:MAX_ERROR_CHARS], now),
+            [
+                (self.name, stage, sub, f"{seq}:{i}", grp, encode(v), error[:MAX_ERROR_CHARS], now)
+                for i, v in enumerate(values)
+            ],
         )
-        self._group_delta(db, grp, failed=1)
-        self._stat(db, stage, dead=1)
+        self._group_delta(db, grp, failed=len(values))
+        self._stat(db, stage, dead=len(values))
 
     def commit(self, stage: str, step: Step, *, now: float, version: int | None = None) -> bool:
         try:
@@ -255,48 +304,54 @@ class SqlitePipelineStore(PipelineStore):
         return True
 
     def _commit(self, stage: str, step: Step, *, now: float, version: int | None) -> None:
-        messages = [m for m, _ in step.done] + [m for m, _ in step.dead]
-        by_token: dict[str, list[int]] = {}
+        messages = step.messages()
+        by_token: dict[str, dict[int, int]] = {}
         for m in messages:
-            by_token.setdefault(m.token, []).append(int(m.id))
+            covered = by_token.setdefault(m.token, {})
+            seq = int(m.pack)
+            covered[seq] = covered.get(seq, 0) + 1
         with self._tx() as db:
-            for token, seqs in by_token.items():
-                (held,) = db.execute(
-                    f"SELECT COUNT(*) FROM msgs WHERE seq IN ({','.join('?' * len(seqs))}) "
+            for token, covered in by_token.items():
+                seqs = list(covered)
+                held = db.execute(
+                    f"SELECT seq, n FROM packs WHERE seq IN ({','.join('?' * len(seqs))}) "
                     "AND token = ?",
                     (*seqs, token),
-                ).fetchone()
-                if held != len(seqs):
+                ).fetchall()
+                if len(held) != len(seqs):
                     raise _Lost
-            if version is not None and self._version(db, stage) != version:
-                raise Conflict(stage)
-            all_seqs = [seq for seqs in by_token.values() for seq in seqs]
+                for seq, count in held:
+                    if covered[seq] != count:
+                        raise ValueError(
+                            f"a step covers {covered[seq]} of the {count} items of pack {seq}"
+                        )
+            current = self._version(db, stage)
+            if version is not None and version != current:
+                self._check_unchanged(db, stage, step, version, current)
+            all_seqs = [seq for covered in by_token.values() for seq in covered]
             if all_seqs:
                 db.execute(
-                    f"DELETE FROM msgs WHERE seq IN ({','.join('?' * len(all_seqs))})", all_seqs
+                    f"DELETE FROM packs WHERE seq IN ({','.join('?' * len(all_seqs))})", all_seqs
                 )
-            subs = self.topology.subs
-            rows: list[tuple[str, str, str, str]] = []
-            outs: list[tuple[str, str, str]] = []
-            out = 0
             deltas: dict[str, list[int]] = {}
-            for m, outputs in step.done:
-                children = 0
-                for topic, value in outputs:
-                    body = encode(value)
-                    targets = subs.get(topic, ())
-                    rows.extend((self.name, sub, m.group, body) for sub in targets)
-                    children += len(targets)
-                    if topic in self.topology.outputs:
-                        outs.append((self.name, topic, body))
-                out += len(outputs)
-                d = deltas.setdefault(m.group, [0, 0, 0])
+            out = 0
+            for (topic, group), values in step_outputs(step).items():
+                children = self._put(db, topic, group, values)
+                deltas.setdefault(group, [0, 0, 0])[2] += children
+                out += len(values)
+            for m, _ in step.done:
+                d = deltas.get(m.group)
+                if d is None:
+                    d = deltas[m.group] = [0, 0, 0]
                 d[0] += 1
-                d[2] += children
-            if rows:
-                db.executemany("INSERT INTO msgs (p, sub, grp, body) VALUES (?, ?, ?, ?)", rows)
-            if outs:
-                db.executemany("INSERT INTO outs (p, topic, body) VALUES (?, ?, ?)", outs)
+            requeued: dict[tuple[str, str], list[Any]] = {}
+            for m in step.requeue:
+                requeued.setdefault((m.sub, m.group), []).append(m.value)
+            for (sub, group), values in requeued.items():
+                db.executemany(
+                    "INSERT INTO packs (p, sub, grp, body, n) VALUES (?, ?, ?, ?, ?)",
+                    [(self.name, sub, group, body, n) for body, n in pack(values, len(values))],
+                )
             for m, error in step.dead:
                 db.execute(
                     "INSERT OR REPLACE INTO dead (p, stage, sub, id, grp, body, error, died_at) "
@@ -313,9 +368,10 @@ class SqlitePipelineStore(PipelineStore):
                 db, stage, {g for g, _ in step.accumulators} | set(step.absorbed)
             )
             db.executemany(
-                "INSERT OR REPLACE INTO accs (p, stage, grp, key, value) VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO acc_values (p, stage, grp, key, value, ver) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (self.name, stage, group, key, encode(value))
+                    (self.name, stage, group, key, encode_acc(value), current + 1)
                     for (group, key), value in step.accumulators.items()
                     if group not in fired
                 ],
@@ -336,11 +392,31 @@ class SqlitePipelineStore(PipelineStore):
             self._stat(
                 db,
                 stage,
-                items_in=len(messages),
+                items_in=len(messages) - len(step.requeue),
                 items_out=out,
                 retries=step.retries,
                 dead=len(step.dead),
             )
+
+    def _check_unchanged(
+        self, db: sqlite3.Connection, stage: str, step: Step, version: int, current: int
+    ) -> None:
+        """Raise Conflict when an accumulator of the step was written after ``version`` (the
+        stage's version when the worker read them): commits of other keys do not conflict."""
+        if version > current:
+            raise Conflict(stage)
+        by_group: dict[str, list[str]] = {}
+        for group, key in step.accumulators:
+            by_group.setdefault(group, []).append(key)
+        for group, keys in by_group.items():
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                if db.execute(
+                    "SELECT 1 FROM acc_values WHERE p = ? AND stage = ? AND grp = ? AND ver > ? "
+                    f"AND key IN ({','.join('?' * len(part))}) LIMIT 1",
+                    (self.name, stage, group, version, *part),
+                ).fetchone():
+                    raise Conflict(stage)
 
     def _fired_groups(self, db: sqlite3.Connection, stage: str, groups: set[str]) -> set[str]:
         return {
@@ -370,11 +446,11 @@ class SqlitePipelineStore(PipelineStore):
         version = self._version(db, stage)
         for group, keys in by_group.items():
             for key, value in db.execute(
-                "SELECT key, value FROM accs WHERE p = ? AND stage = ? AND grp = ? "
+                "SELECT key, value FROM acc_values WHERE p = ? AND stage = ? AND grp = ? "
                 f"AND key IN ({','.join('?' * len(keys))})",
                 (self.name, stage, group, *keys),
             ):
-                found[(group, key)] = json.loads(value)
+                found[(group, key)] = decode_acc(value)
         return found, version
 
     def open_barriers(self, stage: str) -> list[str]:
@@ -427,20 +503,19 @@ class SqlitePipelineStore(PipelineStore):
                 "failed": state.failed,
             }
             accs = [
-                (k, json.loads(v))
+                (k, decode_acc(v))
                 for k, v in db.execute(
-                    "SELECT key, value FROM accs WHERE p = ? AND stage = ? AND grp = ? "
+                    "SELECT key, value FROM acc_values WHERE p = ? AND stage = ? AND grp = ? "
                     "ORDER BY key",
                     (self.name, stage, group),
                 )
             ]
             derived = f"{group}/{stage}"
             children = emitted = 0
-            for value in results(group, outcome, accs, counts):
-                body = encode(value)
-                for topic in outputs:
-                    children += self._put(db, topic, derived, body)
-                    emitted += 1
+            values = results(group, outcome, accs, counts)
+            for topic in outputs:
+                children += self._put(db, topic, derived, values)
+                emitted += len(values)
             self._group_delta(db, derived, created=children)
             db.execute(
                 "UPDATE groups SET sealed = 1 WHERE p = ? AND name = ?", (self.name, derived)
@@ -450,7 +525,8 @@ class SqlitePipelineStore(PipelineStore):
                 (self.name, stage, group, outcome.value),
             )
             db.execute(
-                "DELETE FROM accs WHERE p = ? AND stage = ? AND grp = ?", (self.name, stage, group)
+                "DELETE FROM acc_values WHERE p = ? AND stage = ? AND grp = ?",
+                (self.name, stage, group),
             )
             db.execute(
                 "DELETE FROM barrier WHERE p = ? AND stage = ? AND grp = ?",
@@ -466,7 +542,7 @@ class SqlitePipelineStore(PipelineStore):
             return 0
         marks = ",".join("?" for _ in subs)
         row = self.db.execute(
-            f"SELECT COUNT(*) FROM msgs WHERE p = ? AND sub IN ({marks})",
+            f"SELECT COALESCE(SUM(n), 0) FROM packs WHERE p = ? AND sub IN ({marks})",
             (self.name, *subs),
         ).fetchone()
         return int(row[0])
@@ -481,7 +557,9 @@ class SqlitePipelineStore(PipelineStore):
         }
         pending: dict[str, tuple[int, int]] = {}
         for sub, total, leased in self.db.execute(
-            "SELECT sub, COUNT(*), COUNT(token) FROM msgs WHERE p = ? GROUP BY sub", (self.name,)
+            "SELECT sub, SUM(n), SUM(CASE WHEN token IS NULL THEN 0 ELSE n END) FROM packs "
+            "WHERE p = ? GROUP BY sub",
+            (self.name,),
         ):
             stage = _stage_of(sub)
             p, le = pending.get(stage, (0, 0))
@@ -534,8 +612,8 @@ class SqlitePipelineStore(PipelineStore):
                     "DELETE FROM dead WHERE p = ? AND sub = ? AND id = ?", (self.name, sub, id_)
                 )
                 db.execute(
-                    "INSERT INTO msgs (p, sub, grp, body) VALUES (?, ?, ?, ?)",
-                    (self.name, sub, grp, body),
+                    "INSERT INTO packs (p, sub, grp, body, n) VALUES (?, ?, ?, ?, 1)",
+                    (self.name, sub, grp, f"[{body}]"),
                 )
                 self._group_delta(db, grp, failed=-1)
                 moved += 1
@@ -543,10 +621,12 @@ class SqlitePipelineStore(PipelineStore):
 
     def outputs(self, topic: str) -> list[Any]:
         return [
-            json.loads(body)
+            value
             for (body,) in self.db.execute(
-                "SELECT body FROM outs WHERE p = ? AND topic = ? ORDER BY seq", (self.name, topic)
+                "SELECT body FROM out_packs WHERE p = ? AND topic = ? ORDER BY seq",
+                (self.name, topic),
             )
+            for value in json.loads(body)
         ]
 
     def heartbeat(self, worker: str, pid: int, *, now: float) -> None:
@@ -567,8 +647,8 @@ class SqlitePipelineStore(PipelineStore):
     def reset(self) -> None:
         with self._tx() as db:
             for table in (
-                "msgs", "dead", "groups", "fired", "accs", "barrier", "versions", "stats", "outs",
-                "meta", "workers",
+                "packs", "dead", "groups", "fired", "acc_values", "barrier", "versions", "stats",
+                "out_packs", "meta", "workers",
             ):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE p = ?", (self.name,))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import operator
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -91,6 +92,16 @@ def path_getter(path: str) -> Callable[[Any], Any]:
     return get
 
 
+def raw_getter(path: str) -> Callable[[Any], Any]:
+    """The fastest getter of ``$.field`` (``operator.itemgetter``), for hot loops that hand a
+    failing item to :func:`path_getter`'s form for its error: a missing field raises
+    ``KeyError`` or ``TypeError`` here, not :class:`ItemError`."""
+    parts = path[2:].split(".")
+    if len(parts) > 1:
+        return path_getter(path)
+    return operator.itemgetter(parts[0])
+
+
 def key_text(key: Any) -> str:
     """A key as text: strings as they are, anything else as compact JSON."""
     if isinstance(key, str):
@@ -99,6 +110,8 @@ def key_text(key: Any) -> str:
 
 
 Outputs = list[tuple[str, Any]]
+Recover = Callable[[Any, Exception], Outputs | None]
+"""Called with an item that raised: its outputs after retries, or None when it is dead."""
 
 
 class StageLogic:
@@ -118,7 +131,8 @@ class StageLogic:
         self.kind = self.stage.kind
         self.inputs = spec.stage_inputs(name)
         self.outputs = spec.stage_outputs(name)
-        self.max_attempts = self.stage.max_attempts
+        self.max_attempts = self.stage.attempts
+        self.retry = self.stage.retry_policy
         self.barrier = self.kind in ("join", "reduce")
         self.policy = BarrierPolicy()
         self.concurrency = 1
@@ -141,6 +155,7 @@ class StageLogic:
             )
         self._shards = options.shards if isinstance(options, SharderSpec) else 0
         self._shard_key = path_getter(options.key if isinstance(options, SharderSpec) else "$.")
+        self._shard_key_raw = raw_getter(options.key if isinstance(options, SharderSpec) else "$.")
         self._shard_cache: dict[str, int] = {}
         self.reduce_key = options.key if isinstance(options, ReduceSpec) else None
         self._reduce_key = path_getter(self.reduce_key or "$.")
@@ -250,6 +265,145 @@ class StageLogic:
             out.extend((topic, produced) for topic in self.outputs)
         return out
 
+    # -- batches ----------------------------------------------------------------------------
+
+    def run_batch(self, values: list[Any], recover: Recover) -> tuple[list[list[Any]], int]:
+        """Run the stage over a batch of items, the hot path of a runner.
+
+        Handlers run in one tight loop per batch, and each output topic gets one list: no
+        ``(topic, value)`` pair per item. Outputs keep the order of their inputs.
+
+        Args:
+            values: the items (of one group).
+            recover: called with an item that raised and its exception; returns the item's
+                outputs after its retries, or None when it is given up on.
+
+        Returns:
+            The outputs per topic of :attr:`outputs` (the same list for every topic when
+            each item goes to all of them: never mutate one) and how many items were given
+            up on.
+        """
+        kind = self.kind
+        if kind == "sharder":
+            return self._shard_batch(values, recover)
+        if kind == "splitter":
+            return self._split_batch(values, recover)
+        if kind in ("copier", "merger"):
+            return [values] * len(self.outputs), 0
+        if kind not in ("filter", "map"):
+            raise TypeError(f"stage {self.name} is a {self.kind}: it folds items into groups")
+        out: list[Any] = []
+        failed = 0
+        handler = self._handler
+        first = self.outputs[0] if self.outputs else None  # None: a stage that only acts
+        if handler is None:  # a command per item
+            for value in values:
+                try:
+                    produced: Outputs | None = self._run_command(value)
+                except Exception as exc:  # the item's failure, never the runner's
+                    produced = recover(value, exc)
+                if produced is None:
+                    failed += 1
+                else:
+                    out.extend(v for t, v in produced if t == first)
+            return [out] * len(self.outputs), failed
+        if kind == "filter":
+            append = out.append
+            for value in values:
+                try:
+                    if handler(value):
+                        append(value)
+                except Exception as exc:  # the item's failure
+                    failed += self._recovered(out, recover(value, exc))
+        elif self._generator:
+            extend = out.extend
+            for value in values:
+                mark = len(out)
+                try:
+                    extend(handler(value))
+                except Exception as exc:  # the item's failure: drop what it yielded
+                    del out[mark:]
+                    failed += self._recovered(out, recover(value, exc))
+        else:
+            append = out.append
+            for value in values:
+                try:
+                    result = handler(value)
+                except Exception as exc:  # the item's failure
+                    failed += self._recovered(out, recover(value, exc))
+                    continue
+                if result is not None:
+                    append(result)
+        return [out] * len(self.outputs), failed
+
+    def _recovered(self, out: list[Any], produced: Outputs | None) -> int:
+        """Add a retried item's outputs (for the first topic: each goes to all); 1 if dead."""
+        if produced is None:
+            return 1
+        if self.outputs:
+            first = self.outputs[0]
+            out.extend(v for t, v in produced if t == first)
+        return 0
+
+    def _split_batch(self, values: list[Any], recover: Recover) -> tuple[list[list[Any]], int]:
+        assert self._handler is not None
+        handler = self._handler
+        outputs = self.outputs
+        index = {topic: i for i, topic in enumerate(outputs)}
+        lists: list[list[Any]] = [[] for _ in outputs]
+        failed = 0
+        for value in values:
+            marks = [len(out) for out in lists]
+            try:
+                for produced in handler(value) or ():
+                    if isinstance(produced, Emit):
+                        i = index.get(produced.topic)
+                        if i is None:
+                            raise ItemError(
+                                f"splitter {self.name} emitted to topic {produced.topic!r}, "
+                                f"not one of its topics {outputs}"
+                            )
+                        lists[i].append(produced.value)
+                    else:
+                        for out in lists:
+                            out.append(produced)
+            except Exception as exc:  # the item's failure: drop what it yielded
+                for out, mark in zip(lists, marks, strict=True):
+                    del out[mark:]
+                retried = recover(value, exc)
+                if retried is None:
+                    failed += 1
+                else:
+                    for topic, v in retried:
+                        lists[index[topic]].append(v)
+        return lists, failed
+
+    def _shard_batch(self, values: list[Any], recover: Recover) -> tuple[list[list[Any]], int]:
+        lists: list[list[Any]] = [[] for _ in self.outputs]
+        appends = [out.append for out in lists]
+        get_key = self._shard_key_raw
+        cached = self._shard_cache.get
+        failed = 0
+        for value in values:
+            try:
+                key = get_key(value)
+            except Exception:  # no key field: the item's failure, with its ItemError
+                try:
+                    key = self._shard_key(value)
+                except Exception as exc:  # the item's failure, never the runner's
+                    retried = recover(value, exc)
+                    if retried is None:
+                        failed += 1
+                    else:
+                        for topic, v in retried:
+                            lists[self.outputs.index(topic)].append(v)
+                    continue
+            shard = cached(key) if type(key) is str else None
+            if shard is None:
+                shard = self.shard_of(value)
+            appends[shard](value)
+        return lists, failed
+
     def _not_direct(self, value: Any) -> Outputs:
         raise TypeError(f"stage {self.name} is a {self.kind}: it folds items into groups")
 
@@ -276,10 +430,11 @@ class StageLogic:
     def fast_fold(self) -> tuple[Callable[[Any], Any] | None, Callable[[Any, Any], Any] | None]:
         """The raw key getter (None without ``key`` or ``group``) and handler (None for a
         join), for a runner's hot loop: keys that are not strings still go through
-        :func:`key_text`."""
+        :func:`key_text`, and an item whose getter raises goes through
+        :meth:`accumulator_key` for its error."""
         if self.reduce_group is not None:
             return self.accumulator_key, self._handler
-        getter = self._reduce_key if self.reduce_key is not None else None
+        getter = raw_getter(self.reduce_key) if self.reduce_key is not None else None
         return getter, self._handler
 
     def combine(self, accumulator: Any, value: Any) -> Any:

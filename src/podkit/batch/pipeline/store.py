@@ -12,6 +12,14 @@ Each stage that reads a topic has its own *subscription* of it (``TOPIC>STAGE``)
 consumer group of a Redis stream has its own position, so two stages reading one topic both
 see every item.
 
+Items travel in *packs*: a commit writes the outputs of one group for one subscription as
+rows of up to ``pack`` items (``topics.batch``) and ``topics.pack_bytes``, each a JSON array,
+so a row, its lease, its acknowledgement and its JSON cost once per pack, not once per item.
+A lease takes whole packs (a pack is one unit of delivery: its items are delivered, retried
+and dead-lettered after ``max_deliveries`` together); a worker that leased more items than
+it wants hands the rest back in its commit (:attr:`Step.requeue`), which writes them as a new
+pack. Items keep their own identity (``PACK:INDEX``) for dead letters and redrive.
+
 Two stores pass one contract (``tests/pipeline/test_store.py``): SQLite (one machine, no
 server) and Redis (streams with consumer groups, for many machines).
 """
@@ -25,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podkit.batch.pipeline.barrier import GroupState, Outcome
-from podkit.batch.pipeline.model import PipelineSpec
+from podkit.batch.pipeline.model import DEFAULT_PACK_BYTES, PipelineSpec
 from podkit.errors import ConfigError
 
 DEFAULT_MAX_DELIVERIES = 10  # leases of one message without a commit (its workers died) before
@@ -43,16 +51,72 @@ def encode(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
+def encode_acc(value: Any) -> str:
+    """An accumulator as stored: :func:`encode`, with integers (a count, a sum) written
+    directly, since a reduce writes one per key of every batch."""
+    return str(value) if type(value) is int else encode(value)
+
+
+def decode_acc(text: str) -> Any:
+    """An accumulator written by :func:`encode_acc`."""
+    if text.isascii() and (text.isdigit() or (text[:1] == "-" and text[1:].isdigit())):
+        return int(text)
+    return json.loads(text)
+
+
+def pack(
+    values: Sequence[Any], limit: int, max_bytes: int = DEFAULT_PACK_BYTES
+) -> list[tuple[str, int]]:
+    """Values as packs: ``(JSON array, count)`` of up to ``limit`` values and, unless one
+    value alone is larger, ``max_bytes``. One ``json.dumps`` per pack in the usual case
+    (small values); large ones are encoded one by one to be cut by size."""
+    packs: list[tuple[str, int]] = []
+    for start in range(0, len(values), limit):
+        chunk = values[start : start + limit]
+        body = encode(chunk)
+        if len(body) <= max_bytes or len(chunk) == 1:
+            packs.append((body, len(chunk)))
+            continue
+        parts: list[str] = []
+        size = 0
+        for value in chunk:
+            text = encode(value)
+            if parts and size + len(text) > max_bytes:
+                packs.append((f"[{','.join(parts)}]", len(parts)))
+                parts, size = [], 0
+            parts.append(text)
+            size += len(text) + 1
+        packs.append((f"[{','.join(parts)}]", len(parts)))
+    return packs
+
+
+def step_outputs(step: Step) -> dict[tuple[str, str], list[Any]]:
+    """The outputs of a step's finished messages by ``(topic, group)``, in order."""
+    by_target: dict[tuple[str, str], list[Any]] = {}
+    for m, outputs in step.done:
+        group = m.group
+        for topic, value in outputs:
+            target = by_target.get((topic, group))
+            if target is None:
+                target = by_target[(topic, group)] = []
+            target.append(value)
+    return by_target
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     """Which subscriptions each topic feeds and which topics are the pipeline's outputs."""
 
     subs: dict[str, list[str]]
     outputs: frozenset[str]
+    pack: int = 100  # items of one pack (the pipeline's ``topics.batch``)
+    pack_bytes: int = DEFAULT_PACK_BYTES  # JSON of one pack (``topics.pack_bytes``)
 
     @classmethod
     def of(cls, spec: PipelineSpec) -> Topology:
         return cls(
+            pack=spec.topics.batch,
+            pack_bytes=spec.topics.pack_bytes,
             subs={
                 topic: [sub_name(topic, stage) for stage in spec.consumers(topic)]
                 for topic in spec.produced_topics()
@@ -65,9 +129,12 @@ class Topology:
         return len(self.subs.get(topic, ()))
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs about five times as much, and a lease makes
+# one Message per item. Treat it as read-only all the same.
+@dataclass(slots=True)
 class Message:
-    """A leased item of one subscription."""
+    """A leased item of one subscription (``id`` is ``PACK:INDEX``, ``pack`` its pack);
+    read-only."""
 
     sub: str
     id: str
@@ -75,6 +142,7 @@ class Message:
     value: Any
     delivery: int
     token: str
+    pack: str = ""
 
 
 @dataclass(slots=True)
@@ -87,6 +155,8 @@ class Step:
         retries: failed attempts that were retried in the worker.
         accumulators: a barrier stage's new accumulators by ``(group, key)``.
         absorbed: a barrier stage's new item counts by group.
+        requeue: leased messages the worker did not take on (a pack larger than it wanted):
+            the commit puts them back as a new pack.
     """
 
     done: list[tuple[Message, list[tuple[str, Any]]]] = field(default_factory=list)
@@ -94,6 +164,11 @@ class Step:
     retries: int = 0
     accumulators: dict[tuple[str, str], Any] = field(default_factory=dict)
     absorbed: dict[str, int] = field(default_factory=dict)
+    requeue: list[Message] = field(default_factory=list)
+
+    def messages(self) -> list[Message]:
+        """Every message the step covers (done, dead, handed back)."""
+        return [m for m, _ in self.done] + [m for m, _ in self.dead] + self.requeue
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,10 @@
 
 Decide, then act: the worker runs the stage's logic on a leased batch and builds a
 :class:`~podkit.batch.pipeline.store.Step` (outputs, dead letters, accumulators); the store
-applies it in one transaction that first checks the worker still holds every message. A
-handler that raises is retried at once up to the stage's ``max_attempts``, then its item is
-a dead letter. A worker killed at any point loses nothing: its batch is leased again when
+applies it in one transaction that first checks the worker still holds every message. The
+items of a batch whose handler raises are retried together, round by round after the
+stage's backoff (:mod:`~podkit.batch.pipeline.retry`), up to its attempts; then each is a
+dead letter. A worker killed at any point loses nothing: its batch is leased again when
 the visibility timeout passes (and after ``max_deliveries`` such leases it is dead-lettered).
 
 Barrier stages (join, reduce) read the accumulators of the batch's keys, combine, and
@@ -22,19 +23,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from podkit.batch.pipeline.barrier import Outcome, decide
 from podkit.batch.pipeline.model import PipelineSpec
-from podkit.batch.pipeline.stages import StageLogic
+from podkit.batch.pipeline.stages import Outputs, StageLogic
 from podkit.batch.pipeline.store import (
     DEFAULT_MAX_DELIVERIES,
     Conflict,
@@ -118,6 +119,7 @@ class StageWorker:
         options: batch, visibility, partition.
         clock: wall clock (leases are compared across processes).
         sleep: how to wait (tests pass a fake).
+        random: uniform numbers in ``[0, 1)`` for the backoff's jitter.
     """
 
     def __init__(
@@ -129,8 +131,10 @@ class StageWorker:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        random: Callable[[], float] = random.random,
         metrics: StageMetrics | None = None,
     ) -> None:
+        self.random = random
         self.spec = spec
         self.metrics = metrics
         self.logic = logic
@@ -177,9 +181,10 @@ class StageWorker:
 
     def run_once(self) -> bool:
         """Lease one batch, process and commit it; False when there was nothing to lease."""
+        wanted = self._batch_size()
         messages = self.store.lease(
             self.subs,
-            self._batch_size(),
+            wanted,
             now=self.clock(),
             visibility=self.options.visibility,
             token=uuid.uuid4().hex,
@@ -187,11 +192,14 @@ class StageWorker:
         )
         if not messages:
             return False
+        # A pack larger than wanted: the rest goes back in the commit.
+        messages, extra = messages[:wanted], messages[wanted:]
         step: Step | None
         if self.logic.barrier:
-            step = self._absorb(messages)
+            step = self._absorb(messages, extra)
         else:
             applied = self._apply(messages)
+            applied.requeue = extra
             committed = self.store.commit(self.logic.name, applied, now=self.clock())
             step = applied if committed else None
         if step is None:
@@ -225,62 +233,98 @@ class StageWorker:
             return 1
         return max(1, min(self.options.batch, int(MAX_COMMIT_OUTPUTS / max(self._fanout, 1.0))))
 
-    def _attempt(self, fn: Callable[[Any], Any], value: Any) -> tuple[Any, str | None, int]:
-        """Run ``fn(value)`` up to max_attempts times: (result, error or None, retries)."""
-        retries = 0
-        while True:
+    def _wait(self, retry: int) -> None:
+        delay = self.logic.retry.delay(retry, self.random())
+        if delay > 0:
+            self.sleep(delay)
+
+    def _run(self, values: list[Any]) -> list[Outputs | Exception]:
+        """The stage on each value: its outputs, or the exception it raised."""
+        apply = self.logic.apply
+
+        def one(value: Any) -> Outputs | Exception:
             try:
-                return fn(value), None, retries
+                return apply(value)
             except Exception as exc:  # a handler's failure is the item's, never the worker's
-                if retries + 1 >= self.logic.max_attempts:
-                    return None, f"{type(exc).__name__}: {exc}", retries
-                retries += 1
+                return exc
+
+        if self._pool is not None:
+            return list(self._pool.map(one, values))
+        return [one(v) for v in values]
 
     def _apply(self, messages: list[Message]) -> Step:
+        """Run a batch; items that raise are tried again together, round by round after the
+        stage's backoff, until they succeed or run out of attempts."""
         step = Step()
-        if self._pool is not None:
-            results = list(
-                self._pool.map(lambda m: self._attempt(self.logic.apply, m.value), messages)
-            )
-        else:
-            results = [self._attempt(self.logic.apply, m.value) for m in messages]
-        for message, (outputs, error, retries) in zip(messages, results, strict=True):
-            step.retries += retries
-            if error is not None:
-                step.dead.append((message, error))
+        results = self._run([m.value for m in messages])
+        failing = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+        for retry in range(1, self.logic.max_attempts):
+            if not failing:
+                break
+            self._wait(retry)
+            step.retries += len(failing)
+            again = self._run([messages[i].value for i in failing])
+            for i, result in zip(failing, again, strict=True):
+                results[i] = result
+            failing = [i for i in failing if isinstance(results[i], Exception)]
+        for message, result in zip(messages, results, strict=True):
+            if isinstance(result, Exception):
+                step.dead.append((message, f"{type(result).__name__}: {result}"))
             else:
-                step.done.append((message, outputs))
+                step.done.append((message, result))
         return step
 
-    def _absorb(self, messages: list[Message]) -> Step | None:
+    def _absorb(self, messages: list[Message], extra: list[Message]) -> Step | None:
         logic = self.logic
-        keys: dict[int, str | None] = {}
+        keys: list[str | None] = []
         missing: dict[int, str] = {}
         for i, m in enumerate(messages):
             try:
-                keys[i] = logic.accumulator_key(m.value)
+                keys.append(logic.accumulator_key(m.value))
             except Exception as exc:  # no key or group field: the item fails below
-                keys[i] = None
+                keys.append(None)
                 missing[i] = f"{type(exc).__name__}: {exc}"
-        pairs = sorted({(m.group, k) for i, m in enumerate(messages) if (k := keys[i]) is not None})
-        for _ in range(MAX_CONFLICT_RETRIES):
+        pairs = sorted({(m.group, k) for m, k in zip(messages, keys, strict=True) if k is not None})
+        combine = logic.combine
+        initial = logic.initial
+        for conflicts in range(MAX_CONFLICT_RETRIES):
             stored, version = self.store.accumulators(logic.name, pairs)
-            step = Step()
+            step = Step(requeue=extra)
             accs = dict(stored)
+            errors: dict[int, Exception] = {}
             for i, m in enumerate(messages):
                 key = keys[i]
                 if key is None:
+                    continue
+                pair = (m.group, key)
+                try:
+                    accs[pair] = combine(accs.get(pair, initial), m.value)
+                except Exception as exc:  # the item's failure: tried again below
+                    errors[i] = exc
+            for retry in range(1, logic.max_attempts):
+                if not errors:
+                    break
+                if conflicts == 0:  # waited once; after a conflict only combine again
+                    self._wait(retry)
+                step.retries += len(errors)
+                for i in list(errors):
+                    m = messages[i]
+                    pair = (m.group, keys[i] or "")
+                    try:
+                        accs[pair] = combine(accs.get(pair, initial), m.value)
+                    except Exception as exc:  # the item's failure
+                        errors[i] = exc
+                    else:
+                        del errors[i]
+            for i, m in enumerate(messages):
+                if i in missing:
                     step.dead.append((m, missing[i]))
-                    continue
-                current = accs.get((m.group, key), logic.initial)
-                combined, error, retries = self._attempt(partial(logic.combine, current), m.value)
-                step.retries += retries
-                if error is not None:
-                    step.dead.append((m, error))
-                    continue
-                accs[(m.group, key)] = combined
-                step.done.append((m, []))
-                step.absorbed[m.group] = step.absorbed.get(m.group, 0) + 1
+                elif i in errors:
+                    error = errors[i]
+                    step.dead.append((m, f"{type(error).__name__}: {error}"))
+                else:
+                    step.done.append((m, []))
+                    step.absorbed[m.group] = step.absorbed.get(m.group, 0) + 1
             step.accumulators = {p: accs[p] for p in pairs if p in accs}
             try:
                 committed = self.store.commit(logic.name, step, now=self.clock(), version=version)
