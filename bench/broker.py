@@ -5,6 +5,7 @@ Run from the repository root (installs haproxy and redis-tools when missing):
     bench/broker.sh                       # 5 rounds, 1,000,000 requests per throughput test
     bench/broker.sh --quick               # 3 rounds, 500,000 requests, 2,000 paced GETs
     bench/broker.sh --rounds 7 --requests 2000000 --paced 10000
+    bench/broker.sh --quick --splice-only # also the broker splicing from the first byte
 
 redis-server and redis-benchmark share core 1; the forwarder under test gets core 0 (HAProxy
 ``nbthread 1``; the broker, one process). The three targets (redis direct, HAProxy, the
@@ -53,6 +54,7 @@ from serving_harness import (
 
 PACKAGES = {"haproxy": "haproxy", "redis-benchmark": "redis-tools", "redis-server": "redis-server"}
 DIRECT, HAPROXY, BROKER = "direct", "HAProxy mode tcp (nbthread 1)", "podkit broker --mode tcp"
+SPLICE_ONLY = "podkit broker --splice-above 0"
 PACED_RATE = 1000  # GETs per second on one connection
 
 
@@ -76,6 +78,14 @@ def haproxy_conf(tmp: Path, port: int, upstream: int) -> Path:
         """)
     )
     return conf
+
+
+def broker_argv(port: int, env: Path, redis_port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "podkit", "broker", "--listen", f"127.0.0.1:{port}",
+        "--env-from", f"file:{env}", "--map", f"bench=127.0.0.1:{redis_port}",
+        "--log-level", "warning", *extra,
+    ]  # fmt: skip
 
 
 def bench(port: int, *args: str) -> dict[str, dict[str, float]]:
@@ -159,6 +169,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 3)")
     parser.add_argument("--requests", type=int, help="per throughput test (default 1,000,000)")
     parser.add_argument("--paced", type=int, help="paced GETs per round (default 5,000)")
+    parser.add_argument(
+        "--splice-only",
+        action="store_true",
+        help="also measure the broker splicing from the first byte (--splice-above 0)",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     n = args.requests or (500_000 if args.quick else 1_000_000)
@@ -179,18 +194,19 @@ def main() -> None:
             HAPROXY: (
                 [find("haproxy") or "haproxy", "-db", "-f",
                  str(haproxy_conf(tmp, ha_port, redis_port))], ha_port),
-            BROKER: (
-                [sys.executable, "-m", "podkit", "broker", "--listen", f"127.0.0.1:{broker_port}",
-                 "--env-from", f"file:{tmp / 'env'}", "--map", f"bench=127.0.0.1:{redis_port}",
-                 "--log-level", "warning"], broker_port),
+            BROKER: (broker_argv(broker_port, tmp / "env", redis_port), broker_port),
         }  # fmt: skip
+        if args.splice_only:
+            port = free_port()
+            argv = broker_argv(port, tmp / "env", redis_port, "--splice-above", "0")
+            forwarders[SPLICE_ONLY] = (argv, port)
         redis_argv = [
             find("redis-server") or "redis-server", "--port", str(redis_port),
             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
         ]  # fmt: skip
         ports: dict[str, int] = {DIRECT: redis_port}
         pids: dict[str, int | None] = {DIRECT: None}
-        figures = {name: Figures() for name in (DIRECT, HAPROXY, BROKER)}
+        figures = {name: Figures() for name in (DIRECT, *forwarders)}
         with contextlib.ExitStack() as stack:
             stack.enter_context(
                 process(pinned(CORE_LOAD, redis_argv), redis_port, tmp / "redis.log")
