@@ -254,7 +254,9 @@ class _Direction:
     """
 
     __slots__ = (
+        "blocked",
         "bulk",
+        "capacity",
         "copy_bytes",
         "count",
         "counter",
@@ -289,6 +291,8 @@ class _Direction:
         self.bulk = False  # the last read filled copy_bytes
         self.pipe_r = self.pipe_w = -1
         self.queued = 0  # splice mode: bytes in the pipe
+        self.capacity = 0  # splice mode: the pipe's size
+        self.blocked = False  # splice mode: the pipe cannot drain until dst is writable
         self.eof = False
         self.shut = False
         self.reading = False
@@ -301,6 +305,9 @@ class _Direction:
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         with contextlib.suppress(OSError):
             fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        # The size the kernel granted: past a user's pipe-user-pages-soft it keeps pipes
+        # small, and a pipe believed larger than it is would be read into while full.
+        self.capacity = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
 
     def start(self) -> None:
         self.want_read(True)
@@ -334,13 +341,13 @@ class _Direction:
         else:
             self._splice()
             pending = self.queued
-            room = pending < PIPE_BYTES
+            room = pending < self.capacity and not (pending and self.blocked)
         if self.eof and not pending and not self.shut:
             self.shut = True
             with contextlib.suppress(OSError):
                 self.dst.shutdown(socket.SHUT_WR)
-        # Read while there is room (held bytes or a full pipe are the back-pressure), write
-        # while bytes wait.
+        # Read while there is room (held bytes, a full pipe or one that cannot drain are the
+        # back-pressure), write while bytes wait.
         self.want_read(room and not self.eof)
         self.want_write(pending > 0)
 
@@ -384,22 +391,29 @@ class _Direction:
             try:
                 self.queued -= os.splice(self.pipe_r, dst_fd, self.queued, flags=_SPLICE_FLAGS)
             except BlockingIOError:
-                return  # the destination is full: its writability wakes us
-        if self.eof or self.queued >= PIPE_BYTES:
+                self.blocked = True  # the destination is full: its writability wakes us
+                return
+            self.blocked = False
+        if self.eof or self.queued >= self.capacity:
             return
         try:
             got = os.splice(
-                self.src.fileno(), self.pipe_w, PIPE_BYTES - self.queued, flags=_SPLICE_FLAGS
+                self.src.fileno(), self.pipe_w, self.capacity - self.queued, flags=_SPLICE_FLAGS
             )
         except BlockingIOError:
-            return  # nothing to read now
+            # Nothing to read, or a pipe whose slots are full of small pieces before its
+            # bytes reach the capacity: with bytes queued, wait for them to drain first.
+            self.blocked = self.queued > 0
+            return
         if got == 0:
             self.eof = True
             return
         self.queued += got
         self.count += got
-        with contextlib.suppress(BlockingIOError):
+        try:
             self.queued -= os.splice(self.pipe_r, dst_fd, self.queued, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            self.blocked = True
 
     def close(self) -> None:
         self.want_read(False)
