@@ -235,6 +235,37 @@ async def test_the_broker_authenticates_to_redis_for_the_app(
         assert broker.counts["auth_failures"] >= 1  # the client library retries
 
 
+@pytest.mark.parametrize("splice_above", [0, 64 * 1024])
+async def test_small_commands_and_bulk_values_cross_on_either_data_path(
+    two_redis: tuple[RedisServer, RedisServer], env_file: Path, splice_above: int
+) -> None:
+    """Pipelined small commands and a 1 MiB value arrive intact whether the broker splices
+    from the first byte or copies small reads and splices bulk ones."""
+    dev, prod = two_redis
+    options = BrokerOptions(
+        source=EnvSource("file", str(env_file)),
+        envs=redis_map(dev, prod),
+        splice_above=splice_above,
+    )
+    async with open_broker(options) as (broker, port):
+        await wait_until(lambda: broker.table.environment == "dev", what="dev")
+        client = aioredis.Redis(host="127.0.0.1", port=port, single_connection_client=True)
+        try:
+            value = bytes(range(256)) * 4096
+            async with client.pipeline(transaction=False) as pipe:
+                for index in range(100):
+                    pipe.set(f"k{index}", index)
+                pipe.set("bulk", value)
+                pipe.get("bulk")
+                for index in range(100):
+                    pipe.get(f"k{index}")
+                answers = await pipe.execute()
+            assert answers[101] == value
+            assert answers[102:] == [str(index).encode() for index in range(100)]
+        finally:
+            await client.aclose()
+
+
 async def test_health_checks_steer_connections_away_from_a_dead_upstream(
     two_redis: tuple[RedisServer, RedisServer], env_file: Path
 ) -> None:
@@ -309,6 +340,8 @@ async def test_postgres_clients_reach_the_current_environment(
           "prod=env:PODKIT_TEST_UNSET_VARIABLE"), "variable PODKIT_TEST_UNSET_VARIABLE is not set"),
         (("--env-from", "env:X", "--map", "dev=127.0.0.1:1", "--rewrite-host"),
          "--rewrite-host applies to --mode http"),
+        (("--env-from", "env:X", "--map", "dev=127.0.0.1:1", "--splice-above", "lots"),
+         "--splice-above': expected a size"),
     ],
 )  # fmt: skip
 def test_bad_flags_are_one_line_errors(args: tuple[str, ...], message: str) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from podkit.ambassador.split import Captured, DiffBoard, compare
-from podkit.ambassador.split._diff import MAX_EXAMPLES, MAX_ROUTES, OTHER_ROUTE
+from podkit.ambassador.split import Captured, DiffBoard, DiffLimits, compare
+from podkit.ambassador.split._diff import MAX_EXAMPLES, MAX_ROUTES, OTHER_PATH, OTHER_ROUTE
 
 
 def answer(doc: object, status: int = 200, **headers: str) -> Captured:
@@ -68,3 +68,43 @@ def test_memory_stays_bounded() -> None:
     assert len(board.routes) == MAX_ROUTES
     assert OTHER_ROUTE in board.routes
     assert all(len(r.examples) <= MAX_EXAMPLES for r in board.routes.values())
+
+
+def test_each_limit_bounds_what_the_board_keeps() -> None:
+    limits = DiffLimits(max_routes=3, max_paths=2, examples=1, example_body=4)
+    board = DiffBoard(limits=limits)
+    for i in range(5):
+        for _ in range(3):
+            board.record(f"GET /u/{i}", answer({"a": 1, "b": 1}), answer({"a": 2, "b": 2}))
+    assert set(board.routes) == {"GET /u/0", "GET /u/1", OTHER_ROUTE}
+    route = board.statistics()["routes"]["GET /u/0"]
+    assert set(route["paths"]) == {"$.a", OTHER_PATH}
+    assert len(route["examples"]) == 1
+    assert route["examples"][0]["primary"]["body"] == '{"a"...'
+    assert board.statistics()["limits"]["max_routes"] == 3
+
+
+def test_the_walk_stops_at_its_depth_and_difference_limits() -> None:
+    deep = {"x": {"y": {"z": 1}}}
+    other = {"x": {"y": {"z": 2}}}
+    shallow = DiffLimits(max_depth=1)
+    assert [d.path for d in compare(answer(deep), answer(other), limits=shallow)] == ["$.x"]
+    assert [d.path for d in compare(answer(deep), answer(other))] == ["$.x.y.z"]
+    many = DiffLimits(max_differences=3)
+    a, b = answer({str(i): i for i in range(5)}), answer({str(i): -i - 1 for i in range(5)})
+    assert [d.path for d in compare(a, b, limits=many)] == ["body"]
+
+
+def test_a_board_can_keep_no_examples() -> None:
+    board = DiffBoard(limits=DiffLimits(examples=0))
+    board.record("GET /", answer({"v": 1}), answer({"v": 2}))
+    assert board.statistics()["routes"]["GET /"]["examples"] == []
+    assert board.regressions == 1
+
+
+def test_limits_out_of_range_are_named() -> None:
+    assert DiffLimits().problems() == []
+    assert DiffLimits(max_routes=1, max_body=0).problems() == [
+        ("max_routes", "expected 2-100000, got 1"),
+        ("max_body", "expected 1-1073741824, got 0"),
+    ]

@@ -196,8 +196,19 @@ def test_help_lists_the_contract_flags() -> None:
             "add --diff",
         ),
         (("--primary", "http://a:1", "--every", "1m"), "apply to --ramp"),
+        (("--primary", "http://a:1", "--diff-examples", "2"), "--diff-examples: these bound"),
+        (
+            ("--primary", "http://a:1", "--candidate", "http://b:1", "--diff",
+             "--diff-max-routes", "1"),
+            "--diff-max-routes: expected 2-100000, got 1",
+        ),
+        (
+            ("--primary", "http://a:1", "--candidate", "http://b:1", "--diff",
+             "--diff-max-body", "lots"),
+            "'--diff-max-body': expected a size",
+        ),
     ],
-)
+)  # fmt: skip
 def test_bad_flags_are_one_line_errors(args: tuple[str, ...], message: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "podkit", "split", *args],
@@ -225,6 +236,47 @@ def test_a_bad_config_file_names_the_file_and_field(tmp_path: Path) -> None:
     assert done.stderr.strip() == (
         f"podkit split: error: {config}: weights.candidate: must be between 0% and 100%, got '150%'"
     )
+
+
+def test_a_bad_diff_limit_in_the_config_file_names_the_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "split.yaml"
+    config.write_text("primary: http://127.0.0.1:1\ndiff: {max_depth: 0}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "podkit", "split", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"podkit split: error: {config}: diff.max_depth: expected 1-1000, got 0"
+    )
+
+
+def test_diff_limits_from_the_config_file_and_flags_take_effect(
+    two_backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """The file keeps no examples and tracks 5 routes; --diff-max-routes 2 wins over it."""
+    primary, candidate = two_backends
+    config = tmp_path / "split.yaml"
+    config.write_text(
+        f"primary: {primary.url}\ncandidates: {{candidate: {candidate.url}}}\n"
+        "weights: {candidate: 0%}\ndiff: {examples: 0, max_routes: 5, example_body: 1KiB}\n"
+    )
+    with Split("--config", str(config), "--diff", "--diff-max-routes", "2") as split:
+        for path in ("/a", "/b", "/c"):
+            assert request(split.port, path).status == 200
+        wait_for(
+            lambda: json.loads(request(split.admin, "/diff").body)["compared"] == 3,
+            what="three comparisons",
+        )
+        view = json.loads(request(split.admin, "/diff").body)
+        assert view["limits"]["max_routes"] == 2
+        assert view["limits"]["examples"] == 0
+        assert view["limits"]["example_body"] == 1024
+        assert set(view["routes"]) == {"GET /a", "other"}
+        assert view["routes"]["other"]["compared"] == 2
+        assert all(route["examples"] == [] for route in view["routes"].values())
 
 
 def test_the_admin_endpoint_serves_split_and_diff(two_backends: tuple[Backend, Backend]) -> None:

@@ -41,7 +41,7 @@ from podkit.engines.http import (
     upstream_request_headers,
 )
 from podkit.engines.http.access_log import AccessLogSettings
-from podkit.engines.tcp import TCPProxy
+from podkit.engines.tcp import DEFAULT_COPY_BYTES, TCPProxy
 from podkit.errors import ConfigError, PodkitError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
@@ -75,6 +75,7 @@ class BrokerOptions:
     check_timeout: float = DEFAULT_CHECK_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    splice_above: int = DEFAULT_COPY_BYTES
     timeout: float = DEFAULT_TIMEOUT
     source_interval: float = DEFAULT_SOURCE_INTERVAL
     drain_timeout: float = 10.0
@@ -315,6 +316,7 @@ async def open_broker(
                     port=options.port,
                     connect_timeout=options.connect_timeout,
                     idle_timeout=options.idle_timeout,
+                    copy_bytes=options.splice_above,
                     max_connections=options.limits.max_connections,
                     registry=registry,
                     metrics_prefix="podkit_broker_tcp",

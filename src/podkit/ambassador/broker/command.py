@@ -30,15 +30,17 @@ from podkit.engines.http.cli_options import (
     upstream_timeout_options,
 )
 from podkit.engines.http.rules import ServerLimits
+from podkit.engines.tcp import DEFAULT_COPY_BYTES
 from podkit.errors import ConfigError
 from podkit.runtime import (
     HostPort,
     Runtime,
     RuntimeOptions,
     format_duration,
+    format_size,
     run_component,
 )
-from podkit.runtime.cli_options import DURATION, HOSTPORT, runtime_options
+from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
 from podkit.serving.balance._affinity import parse_networks
 
 
@@ -121,6 +123,14 @@ from podkit.serving.balance._affinity import parse_networks
     help="tcp mode: close a connection with no byte either way for this long.",
 )
 @click.option(
+    "--splice-above",
+    type=SIZE,
+    default=format_size(DEFAULT_COPY_BYTES),
+    show_default=True,
+    help="tcp mode: a read that fills this many bytes is a bulk transfer, moved with splice(2) "
+    "from then on (smaller messages are copied); 0 splices from the first byte.",
+)
+@click.option(
     "--source-interval",
     type=DURATION,
     default=format_duration(DEFAULT_SOURCE_INTERVAL),
@@ -150,6 +160,7 @@ def command(
     interval: float,
     check_timeout: float,
     idle_timeout: float,
+    splice_above: int,
     source_interval: float,
     trusted: tuple[str, ...],
     connect_timeout: float,
@@ -213,6 +224,7 @@ def command(
         check_timeout=check_timeout,
         connect_timeout=connect_timeout,
         idle_timeout=idle_timeout,
+        splice_above=splice_above,
         timeout=response_timeout,
         source_interval=source_interval,
         drain_timeout=runtime.drain_timeout,

@@ -22,6 +22,7 @@ from podkit.ambassador.split._diff import (
     Captured,
     DiffBoard,
     Difference,
+    DiffLimits,
     DiffResult,
     compare,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Assignment",
     "Captured",
     "DiffBoard",
+    "DiffLimits",
     "DiffResult",
     "Difference",
     "IllegalRampTransition",

@@ -12,9 +12,14 @@ rules::
     routes:
       - header:X-Canary=1 -> candidate
       - path:/beta -> green
+    diff:                       # the bounds of --diff (DiffLimits); flags win over these
+      max_routes: 64
+      examples: 5
+      max_body: 1MiB
 
 SIGHUP and a change of the file re-read it; a file with an error is refused whole (the
-previous table stays) and the error names the file and the field.
+previous table stays) and the error names the file and the field. The ``diff`` bounds are
+read at start (they size what the diffs keep), not on a reload.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from podkit.ambassador.split._assign import PRIMARY, RouteRule, SplitTable, StickyKey, parse_percent
+from podkit.ambassador.split._diff import DiffLimits
 from podkit.engines.http import Upstream
 from podkit.errors import ConfigError
-from podkit.runtime import load_model
+from podkit.runtime import load_model, parse_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,7 @@ class TableSpec:
     weights: Mapping[str, float] = field(default_factory=dict)
     routes: tuple[RouteRule, ...] = ()
     sticky: StickyKey | None = None
+    diff_limits: Mapping[str, int] = field(default_factory=dict)  # the file's diff: section
 
     def validate(self, *, source: str | None = None) -> TableSpec:
         """Check the table builds (arm names, weights, routes); returns itself.
@@ -64,6 +71,23 @@ class TableSpec:
         return self
 
 
+class DiffSection(BaseModel):
+    """The ``diff:`` section: :class:`DiffLimits` by field name (sizes as ``2KiB`` or bytes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_routes: int | None = None
+    max_paths: int | None = None
+    examples: int | None = None
+    example_body: str | int | None = None
+    max_differences: int | None = None
+    max_depth: int | None = None
+    max_body: str | int | None = None
+
+
+SIZE_LIMITS = frozenset({"example_body", "max_body"})
+
+
 class SplitFile(BaseModel):
     """The YAML file of ``podkit split --config``."""
 
@@ -74,6 +98,41 @@ class SplitFile(BaseModel):
     weights: dict[str, str | float] = Field(default_factory=dict)
     sticky: str | None = None
     routes: list[str] = Field(default_factory=list)
+    diff: DiffSection | None = None
+
+
+def diff_limits(
+    values: Mapping[str, int], *, fields: Mapping[str, str], source: str | None = None
+) -> DiffLimits:
+    """:class:`DiffLimits` with ``values`` over the defaults, each checked against its range.
+
+    Args:
+        values: limits by field name.
+        fields: how to name each field in an error (``--diff-max-routes``, ``diff.max_routes``).
+        source: the file they came from, if any.
+
+    Raises:
+        ConfigError: a value out of range, naming the flag or the file and key.
+    """
+    limits = DiffLimits(**values)
+    for name, reason in limits.problems():
+        raise ConfigError(reason, source=source, path=fields.get(name, name))
+    return limits
+
+
+def _diff_section(section: DiffSection, *, source: str) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for name, value in section.model_dump(exclude_none=True).items():
+        key = f"diff.{name}"
+        if name in SIZE_LIMITS:
+            try:
+                values[name] = parse_size(value, field=key)
+            except ConfigError as exc:
+                raise ConfigError(exc.reason, source=source, path=key) from exc
+        else:
+            values[name] = int(value)
+    diff_limits(values, fields={n: f"diff.{n}" for n in values}, source=source)
+    return values
 
 
 def check_url(url: str, *, field: str, source: str | None = None) -> str:
@@ -119,7 +178,8 @@ def table_from_file(data: SplitFile, *, source: str) -> TableSpec:
         sticky = StickyKey.parse(data.sticky, field="sticky") if data.sticky else None
     except ConfigError as exc:
         raise ConfigError(exc.reason, source=source, path=exc.path) from exc
-    return TableSpec(tuple(arms), weights, routes, sticky).validate(source=source)
+    limits = _diff_section(data.diff, source=source) if data.diff is not None else {}
+    return TableSpec(tuple(arms), weights, routes, sticky, limits).validate(source=source)
 
 
 def read_split_config(path: Path) -> TableSpec:

@@ -39,14 +39,59 @@ DEFAULT_IGNORED_HEADERS = frozenset(
         "keep-alive",
     }
 )
+# The bounds of a DiffBoard's memory and work (each has a flag and a config key, DiffLimits).
 MAX_ROUTES = 64  # distinct routes tracked; later ones are counted under "other"
 MAX_PATHS_PER_ROUTE = 256  # distinct JSON paths tracked per route; later ones under "$.other"
 MAX_EXAMPLES = 5  # example pairs kept per route (the latest)
 MAX_EXAMPLE_BODY = 2048  # bytes of each body kept in an example
 MAX_DIFFERENCES = 1000  # differences collected per pair; a body this different is one "body"
 MAX_DEPTH = 64  # JSON nesting followed; deeper values are compared whole
+MAX_DIFF_BODY = 1024 * 1024  # answers larger than this (either side) are not compared
 OTHER_ROUTE = "other"
 OTHER_PATH = "$.other"
+
+
+@dataclass(frozen=True, slots=True)
+class DiffLimits:
+    """The bounds of response diffs: memory kept and work done per compared pair.
+
+    Attributes:
+        max_routes: distinct routes tracked (``other`` counts the rest; at least 2).
+        max_paths: distinct paths tracked per route (``$.other`` counts the rest; at least 2).
+        examples: example pairs kept per route (0 keeps none).
+        example_body: bytes of each body kept in an example.
+        max_differences: differences collected per pair; more is reported as one ``body``.
+        max_depth: JSON nesting followed; deeper values are compared whole.
+        max_body: answers larger than this are not compared (read up to it).
+    """
+
+    max_routes: int = MAX_ROUTES
+    max_paths: int = MAX_PATHS_PER_ROUTE
+    examples: int = MAX_EXAMPLES
+    example_body: int = MAX_EXAMPLE_BODY
+    max_differences: int = MAX_DIFFERENCES
+    max_depth: int = MAX_DEPTH
+    max_body: int = MAX_DIFF_BODY
+
+    # field -> (lowest, highest): a bound of memory or work that is still a bound
+    RANGES = {  # noqa: RUF012 - a class constant of a slotted dataclass, never mutated
+        "max_routes": (2, 100_000),
+        "max_paths": (2, 100_000),
+        "examples": (0, 1000),
+        "example_body": (0, 1024 * 1024),
+        "max_differences": (1, 1_000_000),
+        "max_depth": (1, 1000),
+        "max_body": (1, 1024 * 1024 * 1024),
+    }
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(field, reason)`` for each value out of its range (empty when all are valid)."""
+        found = []
+        for name, (low, high) in self.RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                found.append((name, f"expected {low}-{high}, got {value}"))
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +129,10 @@ def _json(body: bytes) -> tuple[bool, Any]:
         return False, None
 
 
-def _walk(a: Any, b: Any, path: str, out: list[Difference], depth: int) -> None:
-    if len(out) >= MAX_DIFFERENCES:
+def _walk(a: Any, b: Any, path: str, out: list[Difference], depth: int, limits: DiffLimits) -> None:
+    if len(out) >= limits.max_differences:
         return
-    if isinstance(a, dict) and isinstance(b, dict) and depth < MAX_DEPTH:
+    if isinstance(a, dict) and isinstance(b, dict) and depth < limits.max_depth:
         for key in sorted(set(a) | set(b), key=str):
             sub = f"{path}.{key}" if _plain(key) else f"{path}[{json.dumps(key)}]"
             if key not in a:
@@ -95,13 +140,13 @@ def _walk(a: Any, b: Any, path: str, out: list[Difference], depth: int) -> None:
             elif key not in b:
                 out.append(Difference(sub, _short(a[key]), "(absent)"))
             else:
-                _walk(a[key], b[key], sub, out, depth + 1)
+                _walk(a[key], b[key], sub, out, depth + 1, limits)
         return
-    if isinstance(a, list) and isinstance(b, list) and depth < MAX_DEPTH:
+    if isinstance(a, list) and isinstance(b, list) and depth < limits.max_depth:
         if len(a) != len(b):
             out.append(Difference(f"{path}.length", str(len(a)), str(len(b))))
         for index, (x, y) in enumerate(zip(a, b, strict=False)):
-            _walk(x, y, f"{path}[{index}]", out, depth + 1)
+            _walk(x, y, f"{path}[{index}]", out, depth + 1, limits)
         return
     if a != b or type(a) is not type(b):
         out.append(Difference(path, _short(a), _short(b)))
@@ -112,12 +157,16 @@ def _plain(key: str) -> bool:
 
 
 def compare(
-    primary: Captured, candidate: Captured, *, ignored_headers: Iterable[str] = ()
+    primary: Captured,
+    candidate: Captured,
+    *,
+    ignored_headers: Iterable[str] = (),
+    limits: DiffLimits = DiffLimits(),
 ) -> list[Difference]:
     """The differences between two answers (empty when they agree).
 
-    Paths: ``status``, ``header:NAME``, ``body`` (a non-JSON body, or one side not JSON) and
-    ``$...`` for JSON members.
+    Paths: ``status``, ``header:NAME``, ``body`` (a non-JSON body, one side not JSON, or more
+    than ``limits.max_differences`` differences) and ``$...`` for JSON members.
     """
     out: list[Difference] = []
     if primary.status != candidate.status:
@@ -136,8 +185,8 @@ def compare(
     c_ok, c_doc = _json(candidate.body)
     if p_ok and c_ok:
         found: list[Difference] = []
-        _walk(p_doc, c_doc, "$", found, 0)
-        if len(found) >= MAX_DIFFERENCES:
+        _walk(p_doc, c_doc, "$", found, 0, limits)
+        if len(found) >= limits.max_differences:
             out.append(Difference("body", f"{len(primary.body)} bytes", f"{len(candidate.body)}"))
         else:
             out.extend(found)
@@ -176,6 +225,10 @@ class RouteCounts:
     paths: dict[str, PathCounts] = field(default_factory=dict)
     examples: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_EXAMPLES))
 
+    @classmethod
+    def keeping(cls, examples: int) -> RouteCounts:
+        return cls(examples=deque(maxlen=examples))
+
 
 @dataclass(frozen=True, slots=True)
 class DiffResult:
@@ -195,9 +248,9 @@ class DiffResult:
         return bool(self.regression_paths)
 
 
-def _example_body(body: bytes) -> str:
-    text = body[:MAX_EXAMPLE_BODY].decode("utf-8", "replace")
-    return text + ("..." if len(body) > MAX_EXAMPLE_BODY else "")
+def _example_body(body: bytes, limit: int) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return text + ("..." if len(body) > limit else "")
 
 
 class DiffBoard:
@@ -205,10 +258,17 @@ class DiffBoard:
 
     Args:
         ignored_headers: header names (any case) left out of comparisons.
+        limits: the bounds of memory and work.
     """
 
-    def __init__(self, ignored_headers: Iterable[str] = DEFAULT_IGNORED_HEADERS) -> None:
+    def __init__(
+        self,
+        ignored_headers: Iterable[str] = DEFAULT_IGNORED_HEADERS,
+        *,
+        limits: DiffLimits = DiffLimits(),
+    ) -> None:
         self.ignored_headers = frozenset(h.lower() for h in ignored_headers)
+        self.limits = limits
         self.routes: dict[str, RouteCounts] = {}
         self.compared = 0
         self.regressions = 0
@@ -217,12 +277,12 @@ class DiffBoard:
         found = self.routes.get(route)
         if found is not None:
             return route, found
-        if len(self.routes) >= MAX_ROUTES - 1:  # "other" is one of them
+        if len(self.routes) >= self.limits.max_routes - 1:  # "other" is one of them
             route = OTHER_ROUTE
             found = self.routes.get(route)
             if found is not None:
                 return route, found
-        found = self.routes[route] = RouteCounts()
+        found = self.routes[route] = RouteCounts.keeping(self.limits.examples)
         return route, found
 
     def record(
@@ -242,11 +302,12 @@ class DiffBoard:
             primary_b: the second primary's answer, for noise, or None.
             request: the request line, kept with an example.
         """
-        differences = compare(primary, candidate, ignored_headers=self.ignored_headers)
+        ignored, limits = self.ignored_headers, self.limits
+        differences = compare(primary, candidate, ignored_headers=ignored, limits=limits)
         noise: frozenset[str] = frozenset()
         if primary_b is not None:
             noise = frozenset(
-                d.path for d in compare(primary, primary_b, ignored_headers=self.ignored_headers)
+                d.path for d in compare(primary, primary_b, ignored_headers=ignored, limits=limits)
             )
         route, counts = self._route(route)
         result = DiffResult(route, tuple(differences), noise)
@@ -258,7 +319,7 @@ class DiffBoard:
             counts.noisy += 1
         for d in differences:
             path = d.path
-            if path not in counts.paths and len(counts.paths) >= MAX_PATHS_PER_ROUTE - 1:
+            if path not in counts.paths and len(counts.paths) >= limits.max_paths - 1:
                 path = OTHER_PATH
             entry = counts.paths.setdefault(path, PathCounts())
             entry.mismatches += 1
@@ -269,6 +330,7 @@ class DiffBoard:
         if result.regression:
             counts.regressions += 1
             self.regressions += 1
+        if result.regression and limits.examples:
             counts.examples.append(
                 {
                     "request": request,
@@ -277,10 +339,13 @@ class DiffBoard:
                         {"path": d.path, "primary": d.primary, "candidate": d.candidate}
                         for d in differences[:20]
                     ],
-                    "primary": {"status": primary.status, "body": _example_body(primary.body)},
+                    "primary": {
+                        "status": primary.status,
+                        "body": _example_body(primary.body, limits.example_body),
+                    },
                     "candidate": {
                         "status": candidate.status,
-                        "body": _example_body(candidate.body),
+                        "body": _example_body(candidate.body, limits.example_body),
                     },
                 }
             )
@@ -319,5 +384,6 @@ class DiffBoard:
             "regressions": self.regressions,
             "regression_rate": rate(self.regressions, self.compared),
             "ignored_headers": sorted(self.ignored_headers),
+            "limits": {name: getattr(self.limits, name) for name in DiffLimits.RANGES},
             "routes": routes,
         }

@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from podkit.ambassador.split._diff import Captured
+from podkit.ambassador.split._diff import MAX_DIFF_BODY, Captured
 from podkit.engines.errors import UpstreamError
 from podkit.engines.http import Request, Upstream, UpstreamPool
 from podkit.engines.http.rules import Headers
@@ -29,7 +29,7 @@ DEFAULT_SHADOW_QUEUE = 1000  # jobs waiting for a worker; more are dropped (coun
 DEFAULT_SHADOW_CONCURRENCY = 32  # shadow requests in flight at once
 DEFAULT_SHADOW_MAX_BODY = 1024 * 1024  # request bodies above this are not mirrored
 DEFAULT_SHADOW_TIMEOUT = 5.0  # a shadow slower than this is abandoned (never seen by clients)
-MAX_SHADOW_RESPONSE = 1024 * 1024  # a shadow answer is read (for diffs) up to this size
+MAX_SHADOW_RESPONSE = MAX_DIFF_BODY  # a shadow answer is read (for diffs) up to this size
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
 
 SKIP_REASONS = ("unsafe", "body", "sampled-out")
@@ -87,8 +87,10 @@ class ShadowMirror:
         timeout: float = DEFAULT_SHADOW_TIMEOUT,
         primary_b: Upstream | None = None,
         on_diff: DiffSink | None = None,
+        response_limit: int = MAX_SHADOW_RESPONSE,
     ) -> None:
         self.upstream = upstream
+        self.response_limit = response_limit
         self.pool = pool
         self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=queue_size)
         self.concurrency = concurrency
@@ -133,7 +135,7 @@ class ShadowMirror:
         try:
             response = await self.pool.send(upstream, job.request(), timeout=self.timeout)
             try:
-                body = await response.read(MAX_SHADOW_RESPONSE)
+                body = await response.read(self.response_limit)
             except PodkitError:
                 await response.aclose()
                 body = b""

@@ -46,7 +46,12 @@ from podkit.ambassador.split._assign import (
     parse_percent,
 )
 from podkit.ambassador.split._config import ArmSpec, TableSpec, read_split_config
-from podkit.ambassador.split._diff import DEFAULT_IGNORED_HEADERS, Captured, DiffBoard
+from podkit.ambassador.split._diff import (
+    DEFAULT_IGNORED_HEADERS,
+    Captured,
+    DiffBoard,
+    DiffLimits,
+)
 from podkit.ambassador.split._ramp import (
     DEFAULT_MIN_REQUESTS,
     DEFAULT_P99_FLOOR,
@@ -60,7 +65,6 @@ from podkit.ambassador.split._shadow import (
     DEFAULT_SHADOW_MAX_BODY,
     DEFAULT_SHADOW_QUEUE,
     DEFAULT_SHADOW_TIMEOUT,
-    MAX_SHADOW_RESPONSE,
     SAFE_METHODS,
     ShadowJob,
     ShadowMirror,
@@ -94,7 +98,6 @@ DEFAULT_CONNECT_TIMEOUT = 2.0  # an upstream on a LAN connects in well under a m
 DEFAULT_TIMEOUT = 60.0  # silence allowed from an arm while it answers (nginx 60 s)
 DEFAULT_WATCH_INTERVAL = 0.5  # how often the config file is checked for a change
 DEFAULT_RAMP_TICK = 0.25  # how often the ramp's rules are checked (breaches act at once)
-MAX_DIFF_BODY = MAX_SHADOW_RESPONSE  # a primary answer larger than this is not compared
 MAX_ADMIN_BODY = 64 * 1024  # a POST /split/weights body above this is refused
 CODE_LABELS = ("", "1xx", "2xx", "3xx", "4xx", "5xx", "error")
 
@@ -136,6 +139,7 @@ class SplitOptions:
         diff: compare the shadow's answers with the primary's.
         primary_b: a second primary instance for noise, or None.
         diff_ignore_headers: header fields left out of comparisons.
+        diff_limits: the bounds of the diffs' memory and work.
         ramp: progressive delivery, or None.
         trusted_proxies: peers whose ``X-Forwarded-*`` is kept and extended.
         timeout, connect_timeout: the arms' timeouts.
@@ -152,6 +156,7 @@ class SplitOptions:
     diff: bool = False
     primary_b: str | None = None
     diff_ignore_headers: frozenset[str] = DEFAULT_IGNORED_HEADERS
+    diff_limits: DiffLimits = field(default_factory=DiffLimits)
     ramp: RampOptions | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
@@ -322,7 +327,9 @@ class Splitter:
         self.reload_errors = 0
         self.rollbacks: dict[str, int] = {}
         self.board: DiffBoard | None = (
-            DiffBoard(options.diff_ignore_headers) if options.diff else None
+            DiffBoard(options.diff_ignore_headers, limits=options.diff_limits)
+            if options.diff
+            else None
         )
         self.shadow: ShadowMirror | None = None
         if options.shadow is not None:
@@ -335,6 +342,7 @@ class Splitter:
                 timeout=options.shadow.timeout,
                 primary_b=Upstream.parse(options.primary_b) if options.primary_b else None,
                 on_diff=self._diffed if options.diff else None,
+                response_limit=options.diff_limits.max_body,
             )
         self.ramp: Ramp | None = None
         if options.ramp is not None:
@@ -531,17 +539,18 @@ class Splitter:
 
     async def _capture(self, response: Response, into: asyncio.Future[Captured | None]) -> Response:
         """Hand the primary's answer to a diff: whole when it is at hand or small and sized;
-        teed as it streams to the client otherwise (never larger than :data:`MAX_DIFF_BODY`)."""
+        teed as it streams to the client otherwise (never larger than ``diff_limits.max_body``)."""
+        limit = self.options.diff_limits.max_body
         body = response.body
         if isinstance(body, bytes):
             into.set_result(_captured(response.status, response.headers, body))
             return response
         length = response.header("content-length")
         if length is not None and length.isdigit():
-            if int(length) > MAX_DIFF_BODY:
+            if int(length) > limit:
                 into.set_result(None)
                 return response
-            data = await response.read(MAX_DIFF_BODY)
+            data = await response.read(limit)
             into.set_result(_captured(response.status, response.headers, data))
             response.body = data
             return response
@@ -556,14 +565,14 @@ class Splitter:
             complete = False
             try:
                 async for chunk in body:
-                    if size <= MAX_DIFF_BODY:
+                    if size <= limit:
                         kept.append(chunk)
                         size += len(chunk)
                     yield chunk
                 complete = True
             finally:
                 if not into.done():
-                    ok = complete and size <= MAX_DIFF_BODY
+                    ok = complete and size <= limit
                     into.set_result(_captured(status, fields, b"".join(kept)) if ok else None)
 
         response.body = tee()

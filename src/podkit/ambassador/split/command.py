@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import click
 
 from podkit.ambassador.split._assign import parse_percent
-from podkit.ambassador.split._config import check_url, read_split_config, table_from_flags
-from podkit.ambassador.split._diff import DEFAULT_IGNORED_HEADERS
+from podkit.ambassador.split._config import (
+    check_url,
+    diff_limits,
+    read_split_config,
+    table_from_flags,
+)
+from podkit.ambassador.split._diff import DEFAULT_IGNORED_HEADERS, DiffLimits
 from podkit.ambassador.split._ramp import (
     DEFAULT_MIN_REQUESTS,
     parse_rollback_rules,
@@ -47,7 +53,7 @@ from podkit.runtime import (
     format_size,
     run_component,
 )
-from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, runtime_options
+from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, F, runtime_options
 from podkit.serving.balance._affinity import parse_networks
 
 DEFAULT_EVERY = 300.0  # a ramp step every 5 minutes, Flagger's usual analysis interval
@@ -58,6 +64,39 @@ MAX_SHADOW_CONCURRENCY = 1024  # shadow connections at once
 
 def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+
+
+_LIMITS = DiffLimits()
+# DiffLimits field -> (flag, type, help); each is also a key of the config file's diff: section
+DIFF_LIMIT_FLAGS: dict[str, tuple[str, click.ParamType[Any], str]] = {
+    "max_routes": ("--diff-max-routes", click.INT,
+                   "Routes tracked in diffs; the rest count under 'other'."),
+    "max_paths": ("--diff-max-paths", click.INT,
+                  "Paths tracked per route; the rest count under '$.other'."),
+    "examples": ("--diff-examples", click.INT,
+                 "Example pairs kept per route (the latest; 0 keeps none)."),
+    "example_body": ("--diff-example-body", SIZE, "Bytes of each body kept in an example."),
+    "max_differences": ("--diff-max-differences", click.INT,
+                        "Differences collected per pair; more are reported as one 'body'."),
+    "max_depth": ("--diff-max-depth", click.INT,
+                  "JSON nesting followed; deeper values are compared whole."),
+    "max_body": ("--diff-max-body", SIZE, "Answers larger than this are not compared."),
+}  # fmt: skip
+
+
+def diff_limit_options(func: F) -> F:
+    """The ``--diff-*`` limit flags, one per :class:`DiffLimits` field."""
+    for name, (flag, kind, text) in reversed(DIFF_LIMIT_FLAGS.items()):
+        default = getattr(_LIMITS, name)
+        func = click.option(
+            flag,
+            f"diff_{name}",
+            type=kind,
+            default=format_size(default) if kind is SIZE else default,
+            show_default=True,
+            help=text,
+        )(func)
+    return func
 
 
 @click.command(cls=PodkitCommand)
@@ -162,6 +201,7 @@ def _given(ctx: click.Context, name: str) -> bool:
     + ", ".join(sorted(h.title() for h in DEFAULT_IGNORED_HEADERS))
     + "; repeatable.",
 )
+@diff_limit_options
 @click.option(
     "--ramp",
     default=None,
@@ -223,6 +263,13 @@ def command(
     diff: bool,
     primary_b: str | None,
     diff_ignore: tuple[str, ...],
+    diff_max_routes: int,
+    diff_max_paths: int,
+    diff_examples: int,
+    diff_example_body: int,
+    diff_max_differences: int,
+    diff_max_depth: int,
+    diff_max_body: int,
     ramp: str | None,
     every: float,
     rollback_on: str | None,
@@ -292,6 +339,24 @@ def command(
         raise click.UsageError("--primary-b tells noise in diffs: add --diff")
     if diff_ignore and not diff:
         raise click.UsageError("--diff-ignore-header applies to diffs: add --diff")
+    flag_values = {
+        "max_routes": diff_max_routes,
+        "max_paths": diff_max_paths,
+        "examples": diff_examples,
+        "example_body": diff_example_body,
+        "max_differences": diff_max_differences,
+        "max_depth": diff_max_depth,
+        "max_body": diff_max_body,
+    }
+    given = {name: v for name, v in flag_values.items() if _given(ctx, f"diff_{name}")}
+    if given and not diff:
+        flags = ", ".join(DIFF_LIMIT_FLAGS[name][0] for name in given)
+        raise click.UsageError(f"{flags}: these bound diffs: add --diff")
+    # The config file's diff: section (checked when it was read), then the flags over it.
+    bounds = diff_limits(
+        {**table.diff_limits, **given},
+        fields={name: flag for name, (flag, _, _) in DIFF_LIMIT_FLAGS.items()},
+    )
     shadow_options = None
     if shadow is not None:
         rate = parse_percent(shadow_rate, field="--shadow-rate")
@@ -338,6 +403,7 @@ def command(
         diff=diff,
         primary_b=check_url(primary_b, field="--primary-b") if primary_b else None,
         diff_ignore_headers=DEFAULT_IGNORED_HEADERS | {h.strip().lower() for h in diff_ignore},
+        diff_limits=bounds,
         ramp=ramp_options,
         trusted_proxies=parse_networks(trusted),
         timeout=response_timeout,
