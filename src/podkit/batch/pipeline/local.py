@@ -342,8 +342,14 @@ class LocalRunner:
 
             outs, failed = logic.run_batch(values, defer)
             if failing:
-                extra, dead = self._retry_rounds(logic, stats, group, failing)
-                failed += dead
+                extra: list[tuple[str, Any]] = []
+
+                def attempt(
+                    value: Any, logic: StageLogic = logic, sink: list[tuple[str, Any]] = extra
+                ) -> None:
+                    sink.extend(logic.apply(value))
+
+                failed += self._retry_rounds(logic, stats, group, failing, attempt)
                 outs = [list(out) for out in outs]
                 for topic, value in extra:
                     outs[index[topic]].append(value)
@@ -377,10 +383,10 @@ class LocalRunner:
         stats: StageStats,
         group: str,
         failing: list[tuple[Any, Exception]],
-    ) -> tuple[list[tuple[str, Any]], int]:
-        """Try the failed items of a batch again together, waiting the stage's backoff
-        before each round: their outputs, and how many were dead-lettered."""
-        outputs: list[tuple[str, Any]] = []
+        attempt: Callable[[Any], None],
+    ) -> int:
+        """Try the failed items of a batch again together with ``attempt``, waiting the
+        stage's backoff before each round; dead-letter what still fails and return how many."""
         for retry in range(1, logic.max_attempts):
             if not failing:
                 break
@@ -389,13 +395,13 @@ class LocalRunner:
             still: list[tuple[Any, Exception]] = []
             for value, _ in failing:
                 try:
-                    outputs.extend(logic.apply(value))
+                    attempt(value)
                 except Exception as exc:  # the item's failure, never the runner's
                     still.append((value, exc))
             failing = still
         for value, error in failing:
             self._bury(logic.name, stats, group, value, error, logic.max_attempts)
-        return outputs, len(failing)
+        return len(failing)
 
     def _bury(
         self, name: str, stats: StageStats, group: str, value: Any, exc: Exception, attempts: int
@@ -443,39 +449,21 @@ class LocalRunner:
                         accs[key] = handler(lookup(key, initial), value) if handler else None
                     except Exception as exc:  # the item's failure, as in _process
                         failing.append((value, exc))
-            failed = self._fold_rounds(logic, stats, group, accs, failing) if failing else 0
+            failed = 0
+            if failing:
+
+                def fold(
+                    value: Any, logic: StageLogic = logic, accs: dict[str, Any] = accs
+                ) -> None:
+                    key = logic.accumulator_key(value)
+                    accs[key] = logic.combine(accs.get(key, logic.initial), value)
+
+                failed = self._retry_rounds(logic, stats, group, failing, fold)
             counts["items"] += len(values) - failed
             self.groups[group] = self.groups[group].finish_many(
                 done=len(values) - failed, failed=failed, children=0
             )
         return touched
-
-    def _fold_rounds(
-        self,
-        logic: StageLogic,
-        stats: StageStats,
-        group: str,
-        accs: dict[str, Any],
-        failing: list[tuple[Any, Exception]],
-    ) -> int:
-        """Fold the failed items of a batch again in rounds, as :meth:`_retry_rounds`; how
-        many were dead-lettered."""
-        for retry in range(1, logic.max_attempts):
-            if not failing:
-                break
-            self._wait(logic, retry)
-            stats.retries += len(failing)
-            still: list[tuple[Any, Exception]] = []
-            for value, _ in failing:
-                try:
-                    key = logic.accumulator_key(value)
-                    accs[key] = logic.combine(accs.get(key, logic.initial), value)
-                except Exception as exc:  # the item's failure
-                    still.append((value, exc))
-            failing = still
-        for value, error in failing:
-            self._bury(logic.name, stats, group, value, error, logic.max_attempts)
-        return len(failing)
 
     def _fire_ready(self, groups: set[str]) -> None:
         pending = set(groups)
