@@ -4,6 +4,7 @@ load, and the actions work. A screenshot is kept under the test's temporary dire
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,22 @@ def post(url: str, body: dict[str, Any], *, header: bool = True) -> int:
         return exc.code
 
 
+@contextlib.contextmanager
+def dashboard_page(url: str) -> Iterator[Any]:
+    """The dashboard at ``url`` open in chromium, once its event stream is live."""
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url)
+            playwright_api.expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def test_the_dashboard_shows_the_quick_start_and_a_killed_replica_turns_red_then_green(
     tmp_path: Path,
 ) -> None:
@@ -82,58 +100,49 @@ def test_the_dashboard_shows_the_quick_start_and_a_killed_replica_turns_red_then
         assert post(url + "api/scale", {"pod": "web", "replicas": 4}, header=False) == 403
         assert post(url + "api/scale", {"pod": "web"}) == 400
         expect = playwright_api.expect
-        with playwright_api.sync_playwright() as driver:
-            browser = driver.chromium.launch(
-                executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"]
+        with dashboard_page(url) as page:
+            for pod in pods:
+                expect(page.locator(f"#pod-{pod}")).to_be_visible()
+                expect(page.locator(f"#node-{pod}")).to_be_visible()
+            row = page.locator('tr[data-container="web-2/app"]')
+            expect(row).to_have_class(re.compile(r"\bok\b"), timeout=10_000)
+            pid = next(
+                c["pid"]
+                for c in get_json(url + "api/state")["containers"]
+                if (c["pod"], c["replica"], c["container"]) == ("web", 2, "app")
             )
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1100})
-                page.goto(url)
-                expect(page.locator("#live")).to_have_text("live", timeout=10_000)
-                for pod in pods:
-                    expect(page.locator(f"#pod-{pod}")).to_be_visible()
-                    expect(page.locator(f"#node-{pod}")).to_be_visible()
-                row = page.locator('tr[data-container="web-2/app"]')
-                expect(row).to_have_class(re.compile(r"\bok\b"), timeout=10_000)
-                pid = next(
-                    c["pid"]
-                    for c in get_json(url + "api/state")["containers"]
-                    if (c["pod"], c["replica"], c["container"]) == ("web", 2, "app")
-                )
-                os.kill(pid, signal.SIGKILL)
-                expect(row).to_have_class(re.compile(r"\bdown\b"), timeout=10_000)
-                expect(row).to_have_class(re.compile(r"\bok\b"), timeout=START_TIMEOUT * 1000)
-                expect(row.locator("td").nth(2)).to_have_text("1")  # restarts
+            os.kill(pid, signal.SIGKILL)
+            expect(row).to_have_class(re.compile(r"\bdown\b"), timeout=10_000)
+            expect(row).to_have_class(re.compile(r"\bok\b"), timeout=START_TIMEOUT * 1000)
+            expect(row.locator("td").nth(2)).to_have_text("1")  # restarts
 
-                # Figures move under load: requests through the cache show a rate.
-                cache = f"http://127.{block}.3.1:8080/"
-                for i in range(40):
-                    with urllib.request.urlopen(cache + ("cache/30" if i % 2 else ""), timeout=5):
-                        pass
-                rps = page.locator('[data-figure="cache-1/proxy:rps"] .value')
-                expect(rps).not_to_have_text(re.compile(r"^0\.0$"), timeout=15_000)
-                expect(page.locator('[data-figure="lb-1/balance:backends_ready"]')).to_be_visible()
+            # Figures move under load: requests through the cache show a rate.
+            cache = f"http://127.{block}.3.1:8080/"
+            for i in range(40):
+                with urllib.request.urlopen(cache + ("cache/30" if i % 2 else ""), timeout=5):
+                    pass
+            rps = page.locator('[data-figure="cache-1/proxy:rps"] .value')
+            expect(rps).not_to_have_text(re.compile(r"^0\.0$"), timeout=15_000)
+            expect(page.locator('[data-figure="lb-1/balance:backends_ready"]')).to_be_visible()
 
-                # Scale from the page: a fourth replica appears and becomes ready.
-                page.fill('#pod-web input[type="number"]', "4")
-                page.click("#pod-web button.scale")
-                new_row = page.locator('tr[data-container="web-4/app"]')
-                expect(new_row).to_have_class(re.compile(r"\bok\b"), timeout=START_TIMEOUT * 1000)
+            # Scale from the page: a fourth replica appears and becomes ready.
+            page.fill('#pod-web input[type="number"]', "4")
+            page.click("#pod-web button.scale")
+            new_row = page.locator('tr[data-container="web-4/app"]')
+            expect(new_row).to_have_class(re.compile(r"\bok\b"), timeout=START_TIMEOUT * 1000)
 
-                # Drain a backend of the balancer, then purge a URL from the cache.
-                backend = page.locator("table.backends tr[data-backend]").first
-                backend.locator("button.drain").click()
-                expect(page.locator("#message")).to_contain_text("done", timeout=10_000)
-                page.fill("#purge-target", "/cache/30")
-                page.click("#purge")
-                expect(page.locator("#message")).to_contain_text('"purged"', timeout=10_000)
+            # Drain a backend of the balancer, then purge a URL from the cache.
+            backend = page.locator("table.backends tr[data-backend]").first
+            backend.locator("button.drain").click()
+            expect(page.locator("#message")).to_contain_text("done", timeout=10_000)
+            page.fill("#purge-target", "/cache/30")
+            page.click("#purge")
+            expect(page.locator("#message")).to_contain_text('"purged"', timeout=10_000)
 
-                shot = tmp_path / "dashboard.png"
-                page.screenshot(path=str(shot), full_page=True)
-                assert shot.stat().st_size > 10_000
-                print(f"dashboard screenshot: {shot}")
-            finally:
-                browser.close()
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            print(f"dashboard screenshot: {shot}")
         proc.signal(signal.SIGTERM)
         assert proc.wait(60) == 0
 
@@ -201,28 +210,19 @@ def test_the_dashboard_shows_pipeline_stage_split_and_broker_figures(tmp_path: P
 
         wait_for(stage_moved, timeout=20, what="the stage's items in/s")
         expect = playwright_api.expect
-        with playwright_api.sync_playwright() as driver:
-            browser = driver.chromium.launch(
-                executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"]
-            )
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1100})
-                page.goto(url)
-                expect(page.locator("#live")).to_have_text("live", timeout=10_000)
-                weight = page.locator('[data-figure="edge-1/split:candidate_weight"] .value')
-                expect(weight).to_have_text("10.0 %", timeout=10_000)
-                expect(page.locator('[data-figure="edge-1/split:diff_mismatch"]')).to_be_visible()
-                expect(page.locator('table.arms tr[data-arm="candidate"]')).to_be_visible()
-                expect(page.locator('[data-environment="dev"]')).to_be_visible()
-                expect(page.locator('[data-figure="env-1/broker:connections"]')).to_be_visible()
-                expect(page.locator('[data-stage="copy"]')).to_be_visible()
-                for key in ("items_in", "items_out", "pending", "stage_errors"):
-                    box = page.locator(f'[data-figure="stage-1/worker:{key}"]')
-                    expect(box).to_be_visible()
-                shot = tmp_path / "dashboard-ambassadors.png"
-                page.screenshot(path=str(shot), full_page=True)
-                print(f"dashboard screenshot: {shot}")
-            finally:
-                browser.close()
+        with dashboard_page(url) as page:
+            weight = page.locator('[data-figure="edge-1/split:candidate_weight"] .value')
+            expect(weight).to_have_text("10.0 %", timeout=10_000)
+            expect(page.locator('[data-figure="edge-1/split:diff_mismatch"]')).to_be_visible()
+            expect(page.locator('table.arms tr[data-arm="candidate"]')).to_be_visible()
+            expect(page.locator('[data-environment="dev"]')).to_be_visible()
+            expect(page.locator('[data-figure="env-1/broker:connections"]')).to_be_visible()
+            expect(page.locator('[data-stage="copy"]')).to_be_visible()
+            for key in ("items_in", "items_out", "pending", "stage_errors"):
+                box = page.locator(f'[data-figure="stage-1/worker:{key}"]')
+                expect(box).to_be_visible()
+            shot = tmp_path / "dashboard-ambassadors.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"dashboard screenshot: {shot}")
         proc.signal(signal.SIGTERM)
         assert proc.wait(60) == 0
