@@ -20,21 +20,35 @@ among 10,000). Each front end gets core 0 and one process: ``podkit split`` 50/5
 ``header:X-User``, ``podkit balance`` round-robin over the same two backends, and nginx
 (1 worker) with ``split_clients "$http_x_user"`` choosing between two upstreams.
 
-Shadow: the primary is the same nginx backend; the shadow is a ``podkit whoami`` answering
-``/delay/200`` after 200 ms. The primary's latency through ``podkit split`` with the shadow
-off and on (100 %), and through nginx with and without ``mirror``, at a fixed request rate
-(wrk2 is not assumed: wrk with 4 connections, each waiting for its answer).
+Shadow: the primary is the same nginx backend; the shadow answers after 200 ms: by default an
+nginx that gives up on a socket that is never read after 200 ms and answers 200 (it costs
+almost no CPU, so the load core's work is the same with the shadow on and off; only two cores
+here), or with ``--shadow-server whoami`` a ``podkit whoami`` answering ``/delay/200``. The
+primary's latency through ``podkit split`` with the shadow off and on (100 %), and through
+nginx with and without ``mirror``, measured two ways:
+
+- paced (the target's measure): ``--paced-rate`` requests per second (2,000) spread evenly
+  over 16 keep-alive connections, so the front end is mostly idle and what the shadow adds
+  to each answer shows; a connection that nginx holds shows in the latency of its next
+  request (wrk2 is not assumed: a small uvloop client pinned to the load core; wrk's Lua
+  ``delay`` fires its connections' timers together, in bursts);
+- saturated: wrk with 4 connections, each waiting for its answer (the front end's core busy
+  all the time, so any work the shadow adds shows in both throughput and latency).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +67,7 @@ from serving_harness import (
 )
 
 PACKAGES = {"nginx": "nginx-light", "wrk": "wrk"}
+PACED_CONNECTIONS = 16
 USERS_LUA = """
 math.randomseed(7)
 request = function()
@@ -153,15 +168,15 @@ Target = tuple[str, list[str], int]  # name, argv, port
 
 
 def in_rounds(
-    tmp: Path, targets: list[Target], rounds: int, measure: Callable[[str, int], Result]
+    tmp: Path, targets: list[Target], rounds: int, measure: Callable[[str, int, int], Result]
 ) -> dict[str, list[Result]]:
     """Run each target once per round, in an order rotated every round."""
     results: dict[str, list[Result]] = {name: [] for name, _, _ in targets}
     for index in range(rounds):
         shift = index % len(targets)
         for name, argv, port in targets[shift:] + targets[:shift]:
-            with process(pinned(CORE_UNDER_TEST, argv), port, tmp / f"{port}.log"):
-                results[name].append(measure(name, port))
+            with process(pinned(CORE_UNDER_TEST, argv), port, tmp / f"{port}.log") as proc:
+                results[name].append(measure(name, port, proc.pid))
         print(
             f"round {index + 1}/{rounds} (load average {os.getloadavg()[0]:.2f}): "
             + ", ".join(f"{name} {runs[-1].rps:,.0f} req/s" for name, runs in results.items()),
@@ -209,6 +224,74 @@ def print_rounds(
         print(line)
 
 
+def paced_client(port: int, path: str, rate: float, seconds: float) -> None:
+    """Send ``rate`` GETs per second for ``seconds`` over :data:`PACED_CONNECTIONS` keep-alive
+    connections, each on its schedule (requests spread evenly, not in bursts); print the
+    count, rate, p50 and p99 (ms) as JSON.
+
+    A latency runs from the moment the request was written (a client waking late from its
+    timer would otherwise be counted as the server's time); a connection whose previous
+    answer was late sends late; a server that holds a connection (nginx's mirror) answers its
+    next request late, and that wait is in the answer's latency. Requests still unsent 5 s
+    after the end count as late as they are then."""
+    connections = PACED_CONNECTIONS
+
+    async def one(index: int, start: float, latencies: list[float], statuses: list[int]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        gap = connections / rate
+        total = int(seconds * rate / connections)
+        give_up = start + seconds + 5.0
+        for n in range(total):
+            due = start + index / rate + n * gap
+            now = time.perf_counter()
+            if now > give_up:
+                latencies.extend(now - (start + index / rate + m * gap) for m in range(n, total))
+                break
+            if due > now:
+                await asyncio.sleep(due - now)
+            writer.write(request)
+            sent = time.perf_counter()
+            head = await reader.readuntil(b"\r\n\r\n")
+            statuses.append(int(head[9:12]))
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - sent)
+        writer.close()
+
+    async def run() -> None:
+        latencies: list[float] = []
+        statuses: list[int] = []
+        start = time.perf_counter() + 0.05
+        await asyncio.gather(*(one(i, start, latencies, statuses) for i in range(connections)))
+        ordered = sorted(latencies)
+        figures = {
+            "rps": len(ordered) / (time.perf_counter() - start),
+            "p50_ms": ordered[len(ordered) // 2] * 1000,
+            "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1000,
+            "non_2xx": sum(1 for s in statuses if not 200 <= s < 400),
+        }
+        print(json.dumps(figures))
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
+
+
+def run_paced(name: str, port: int, path: str, rate: float, seconds: float) -> Result:
+    """:func:`paced_client` in its own process on the load core."""
+    argv = [sys.executable, __file__, "--paced-client", str(port), path, str(rate), str(seconds)]
+    out = subprocess.run(pinned(CORE_LOAD, argv), capture_output=True, text=True, check=True)
+    figures = json.loads(out.stdout)
+    return Result(name, figures["rps"], figures["p50_ms"], figures["p99_ms"], figures["non_2xx"])
+
+
 def split_run(tmp: Path, seconds: int, connections: int, rounds: int) -> dict[str, list[Result]]:
     a, b = free_port(), free_port()
     nginx = find("nginx") or "nginx"
@@ -231,25 +314,69 @@ def split_run(tmp: Path, seconds: int, connections: int, rounds: int) -> dict[st
                 "--sticky", "header:X-User"), p3),
         ]  # fmt: skip
 
-        def measure(name: str, port: int) -> Result:
+        def measure(name: str, port: int, pid: int) -> Result:
             run_wrk("warm-up", port, 1, connections, "-s", str(lua))
             return run_wrk(name, port, seconds, connections, "-s", str(lua))
 
         return in_rounds(tmp, targets, rounds, measure)
 
 
-def shadow_run(tmp: Path, seconds: int, rounds: int) -> dict[str, list[Result]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def slow_nginx(tmp: Path, port: int, silent: int) -> Path:
+    """An nginx that answers every request 200 after 200 ms, for almost no CPU: it passes
+    the request to ``silent`` (a socket that is never read), gives up after 200 ms and
+    answers from ``error_page``."""
+    return nginx_conf(
+        tmp,
+        "slow",
+        f"""
+        server {{
+            listen 127.0.0.1:{port} backlog=4096;
+            error_log /dev/null crit;
+            location / {{
+                proxy_pass http://127.0.0.1:{silent};
+                proxy_connect_timeout 200ms;
+                proxy_read_timeout 200ms;
+                error_page 502 504 =200 @late;
+            }}
+            location @late {{ return 200 "late\n"; }}
+        }}
+        """,
+    )
+
+
+def shadow_run(
+    tmp: Path,
+    seconds: int,
+    rounds: int,
+    paced_rate: float,
+    cpu_us: dict[str, list[float]],
+    shadow_server: str,
+) -> tuple[dict[str, list[Result]], dict[str, list[Result]]]:
     primary, shadow = free_port(), free_port()
     nginx = find("nginx") or "nginx"
-    path = "/delay/200"  # the nginx primary answers any path at once; whoami waits 200 ms
+    path = "/delay/200"  # the nginx primary answers any path at once; the shadow waits 200 ms
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4096)  # never accepted: connections wait in its backlog, then are refused
+    if shadow_server == "nginx":
+        shadow_argv = [nginx, "-c", str(slow_nginx(tmp, shadow, silent.getsockname()[1]))]
+    else:
+        shadow_argv = [sys.executable, "-m", "podkit", "whoami", "--listen",
+                       f"127.0.0.1:{shadow}", "--log-level", "warning"]  # fmt: skip
     with (
+        silent,
         process(pinned(CORE_LOAD, [nginx, "-c", str(nginx_backends_conf(tmp, [primary]))]),
                 primary, tmp / "primary.log"),
-        process(pinned(CORE_LOAD, [sys.executable, "-m", "podkit", "whoami", "--listen",
-                                   f"127.0.0.1:{shadow}", "--log-level", "warning"]),
-                shadow, tmp / "shadow.log"),
+        process(pinned(CORE_LOAD, shadow_argv), shadow, tmp / "shadow.log"),
     ):  # fmt: skip
         p1, p2, p3, p4 = free_port(), free_port(), free_port(), free_port()
+        cpu_us.clear()
         targets: list[Target] = [
             ("nginx, no mirror", [nginx, "-c", str(nginx_mirror(tmp, p1, primary, None))], p1),
             ("nginx mirror (200 ms shadow)",
@@ -263,11 +390,19 @@ def shadow_run(tmp: Path, seconds: int, rounds: int) -> dict[str, list[Result]]:
                 "--shadow", f"http://127.0.0.1:{shadow}"), p4),
         ]  # fmt: skip
 
-        def measure(name: str, port: int) -> Result:
-            run_wrk("warm-up", port, 1, 4, path=path)
+        paced: dict[str, list[Result]] = {name: [] for name, _, _ in targets}
+        cpu_us.update({name: [] for name, _, _ in targets})
+
+        def measure(name: str, port: int, pid: int) -> Result:
+            run_paced("warm-up", port, path, paced_rate, 1)
+            before = cpu_seconds(pid)
+            result = run_paced(name, port, path, paced_rate, seconds)
+            used = cpu_seconds(pid) - before
+            paced[name].append(result)
+            cpu_us[name].append(used / max(1.0, result.rps * seconds) * 1e6)
             return run_wrk(name, port, seconds, 4, path=path)
 
-        return in_rounds(tmp, targets, rounds, measure)
+        return paced, in_rounds(tmp, targets, rounds, measure)
 
 
 def main() -> None:
@@ -277,7 +412,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=None, help="wrk duration per target")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (split)")
     parser.add_argument("--only", choices=["split", "shadow"], default=None)
+    parser.add_argument(
+        "--paced-rate", type=float, default=2000, help="paced requests/s (shadow; 2,000)"
+    )
+    parser.add_argument(
+        "--shadow-server",
+        choices=["nginx", "whoami"],
+        default="nginx",
+        help="the 200 ms shadow: nginx timing out on a silent socket (almost no CPU on the "
+        "load core) or podkit whoami's /delay/200 (a Python server, whose work competes with "
+        "the load generator)",
+    )
+    parser.add_argument("--paced-client", nargs=4, metavar=("PORT", "PATH", "RATE", "SECONDS"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
+    if args.paced_client:
+        port, path, rate, secs = args.paced_client
+        paced_client(int(port), path, float(rate), float(secs))
+        return
     seconds = args.seconds or (3 if args.quick else 10)
     if args.rounds < 1 or seconds < 1:
         parser.error("--rounds and --seconds take a positive number")
@@ -300,7 +452,20 @@ def main() -> None:
                 ],
             )
         if args.only in (None, "shadow"):
-            results = shadow_run(tmp, seconds, args.rounds)
+            cpu_us: dict[str, list[float]] = {}
+            paced, results = shadow_run(
+                tmp, seconds, args.rounds, args.paced_rate, cpu_us, args.shadow_server
+            )
+            print_rounds(
+                f"primary latency with a 200 ms shadow; {args.paced_rate:,.0f} paced requests/s "
+                f"on {PACED_CONNECTIONS} connections for {seconds}s",
+                paced,
+                [],
+                p99_peer=("p99 / split off", "podkit split, shadow off"),
+            )
+            print("front end's CPU per paced request, µs: median (lowest-highest)")
+            for name, values in cpu_us.items():
+                print(f"  {name:34} {spread(values, '.1f')}")
             print_rounds(
                 f"primary latency with a 200 ms shadow; wrk -t1 -c4 -d{seconds}s /delay/200",
                 results,

@@ -30,6 +30,7 @@ MODULES=(
     podkit/ambassador/shard/_router.py
     podkit/ambassador/shard/_hotkeys.py
     podkit/ambassador/shard/_connections.py
+    podkit/ambassador/split/_direct.py
 )
 
 clean() {

@@ -14,10 +14,12 @@ from podkit.runtime import RuntimeOptions
 from podkit.runtime.config import (
     HostPort,
     format_duration,
+    format_rate,
     load_model,
     load_yaml,
     parse_duration,
     parse_hostport,
+    parse_rate,
     parse_size,
 )
 
@@ -187,3 +189,22 @@ def test_model_errors_are_in_our_words_not_the_validation_librarys(
     assert message in str(info.value)
     for foreign in ("Input should be", "Value error", "instance of", "Field required"):
         assert foreign not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [("10/s", 10.0), ("100/m", 100 / 60), ("5/10s", 0.5), ("1/500ms", 2.0), (" 2.5 / s ", 2.5)],
+)
+def test_rates_are_events_per_second(text: str, per_second: float) -> None:
+    assert parse_rate(text) == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize("text", ["10", "0/s", "10/0s", "ten/s", "10/d", "-1/s"])
+def test_bad_rates_name_their_field(text: str) -> None:
+    with pytest.raises(ConfigError, match="--shadow-max-rate"):
+        parse_rate(text, field="--shadow-max-rate")
+
+
+@pytest.mark.parametrize("per_second", [1000.0, 2.5, 0.5, 1 / 60])
+def test_a_formatted_rate_reads_back(per_second: float) -> None:
+    assert parse_rate(format_rate(per_second)) == pytest.approx(per_second)

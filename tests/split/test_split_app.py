@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from podkit.ambassador.split.app import (
     SplitOptions,
     open_splitter,
 )
-from podkit.engines.http import HTTPServer
+from podkit.engines.http import HTTPServer, Request, Response
 from podkit.runtime import Request as AdminRequest
 from tests.split.conftest import JSONApp, client, serve_app, serve_splitter, wait_until
 
@@ -182,6 +183,77 @@ async def test_a_slow_shadow_never_holds_the_client_and_loses_nothing() -> None:
             await wait_until(lambda: shadow_app.hits >= 8, what="shadow copies arrive")
 
 
+class Recorder:
+    """An upstream that answers 200 at once and keeps what it was sent, and when."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, str, str, dict[str, str]]] = []
+
+    async def __call__(self, request: Request) -> Response:
+        await request.read()
+        fields = {n.decode().lower(): v.decode() for n, v in request.headers}
+        self.seen.append((time.monotonic(), request.method, request.target, fields))
+        return Response(200, [(b"Content-Type", b"text/plain")], b"ok\n")
+
+
+async def test_copies_of_answered_requests_go_out_at_once_as_the_primary_got_them() -> None:
+    prim, shadow_app = Recorder(), Recorder()
+    async with serve_app(prim) as pu, serve_app(shadow_app) as su:
+        options = SplitOptions(
+            table=TableSpec((ArmSpec("primary", pu),)), shadow=ShadowOptions(url=su)
+        )
+        async with serve_splitter(options) as (splitter, port), client(port) as c:
+            for n in range(20):
+                await c.get(f"/item?n={n}", headers={"X-Trace": f"t{n}"})
+                await wait_until(lambda n=n: len(shadow_app.seen) > n, what=f"copy {n}")  # type: ignore[misc]
+            shadow = splitter.shadow
+            assert shadow is not None
+            # The first copy opens the shadow's connection (through the workers); the rest
+            # are written on it from the primary's answer, without a task or the queue.
+            assert shadow.sent_direct >= 18
+            await wait_until(lambda: shadow.counts["answered"] == 20, what="copies answered")
+            assert shadow.counts["sent"] == 20
+            assert shadow.in_flight == 0
+        for (_, pm, pt, pf), (_, sm, st, sf) in zip(prim.seen, shadow_app.seen, strict=True):
+            assert (sm, st) == (pm, pt)
+            assert sf["x-trace"] == pf["x-trace"]
+            assert sf.get("x-forwarded-for") == pf.get("x-forwarded-for") == "127.0.0.1"
+
+
+async def test_the_workers_space_their_sends_by_the_maximum_rate() -> None:
+    prim, shadow_app = Recorder(), Recorder()
+    async with serve_app(prim) as pu, serve_app(shadow_app) as su:
+        options = SplitOptions(
+            table=TableSpec((ArmSpec("primary", pu),)),
+            # Bodies go through the queue and the workers; 20/s: one send every 50 ms.
+            shadow=ShadowOptions(url=su, unsafe=True, concurrency=8, max_rate=20.0),
+        )
+        async with serve_splitter(options) as (_, port), client(port) as c:
+            await asyncio.gather(*(c.get("/w", method="POST", body=b"x") for _ in range(6)))
+            await wait_until(lambda: len(shadow_app.seen) == 6, what="six copies")
+        times = [t for t, *_ in shadow_app.seen]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= 0.045, gaps  # eight free workers, yet one send per 50 ms
+
+
+async def test_copies_beyond_the_maximum_rate_are_dropped_not_queued() -> None:
+    prim, shadow_app = Recorder(), Recorder()
+    async with serve_app(prim) as pu, serve_app(shadow_app) as su:
+        options = SplitOptions(
+            table=TableSpec((ArmSpec("primary", pu),)),
+            shadow=ShadowOptions(url=su, concurrency=1, max_rate=1.0),
+        )
+        async with serve_splitter(options) as (splitter, port), client(port) as c:
+            for _ in range(10):
+                assert (await c.get("/r"))[0] == 200
+            shadow = splitter.shadow
+            assert shadow is not None
+            await wait_until(lambda: shadow.in_flight == 0 and shadow.queue.empty())
+            assert shadow.counts["sent"] <= 2
+            assert shadow.counts["sent"] + shadow.counts["dropped"] == 10
+            assert len(prim.seen) == 10
+
+
 async def test_a_shadow_that_is_down_changes_nothing_for_clients() -> None:
     prim = JSONApp("p")
     async with serve_app(prim) as pu:
@@ -194,7 +266,13 @@ async def test_a_shadow_that_is_down_changes_nothing_for_clients() -> None:
             assert statuses == [200] * 200
             shadow = splitter.shadow
             assert shadow is not None
-            await wait_until(lambda: shadow.counts["failed"] == 200, what="copies failed")
+            # Each copy fails, or is dropped when the burst outran the shadow's bound or rate.
+            await wait_until(
+                lambda: shadow.counts["failed"] + shadow.counts["dropped"] == 200,
+                what="copies failed or dropped",
+            )
+            assert shadow.counts["failed"] > 0
+            assert shadow.counts["answered"] == 0
 
 
 async def test_unsafe_methods_large_bodies_and_sampling_are_skipped_and_counted() -> None:

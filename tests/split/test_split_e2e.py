@@ -137,6 +137,7 @@ def test_help_lists_the_contract_flags() -> None:
         "--shadow-rate",
         "--shadow-max-body",
         "--shadow-unsafe",
+        "--shadow-max-rate",
         "--diff",
         "--primary-b",
         "--ramp",
@@ -165,6 +166,11 @@ def test_help_lists_the_contract_flags() -> None:
         (("--primary", "http://a:1", "--route", "header:X -> blue"), "names arm 'blue'"),
         (("--primary", "http://a:1", "--shadow-rate", "5%"), "give --shadow URL"),
         (("--primary", "http://a:1", "--diff"), "give --shadow URL"),
+        (("--primary", "http://a:1", "--shadow-max-rate", "5/s"), "give --shadow URL"),
+        (
+            ("--primary", "http://a:1", "--shadow", "http://b:1", "--shadow-max-rate", "fast"),
+            "--shadow-max-rate: expected a rate",
+        ),
         (
             ("--primary", "http://a:1", "--candidate", "http://b:1", "--ramp", "50%,10%"),
             "--ramp: steps must increase",

@@ -21,6 +21,8 @@ from podkit.errors import ConfigError
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB|K|M|G)?\s*$")
 _SIZE_UNITS = {
     None: 1,
@@ -56,6 +58,32 @@ def parse_duration(text: str | float, *, field: str = "duration") -> float:
     if match is None:
         raise ConfigError(f"expected a duration such as 500ms, 2s or 1m, got {text!r}", path=field)
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_rate(text: str, *, field: str = "rate") -> float:
+    """Parse ``10/s``, ``100/m`` or ``5/10s`` (events per period).
+
+    Returns:
+        Events per second (more than 0).
+
+    Raises:
+        ConfigError: the text is not a positive rate.
+    """
+    match = _RATE_RE.match(text)
+    if match is None:
+        raise ConfigError(f"expected a rate such as 10/s, 100/m or 5/10s, got {text!r}", path=field)
+    count = float(match.group(1))
+    per = float(match.group(2) or 1) * _DURATION_UNITS[match.group(3)]
+    if count <= 0 or per <= 0:
+        raise ConfigError(f"expected a positive rate, got {text!r}", path=field)
+    return count / per
+
+
+def format_rate(per_second: float) -> str:
+    """``per_second`` in the rate syntax (``500/s``; ``30/m`` below one per second)."""
+    if per_second >= 1 or per_second <= 0:
+        return f"{per_second:g}/s"
+    return f"{per_second * 60:g}/m"
 
 
 def parse_size(text: str | int, *, field: str = "size") -> int:

@@ -7,8 +7,12 @@ sampled fraction, and its body is small enough to keep whole. It then *offers* a
 bounded queue without waiting: when the queue is full the job is dropped and counted. A fixed
 number of worker tasks (the concurrency bound), owned by :meth:`ShadowMirror.serve`'s task
 group, take jobs and send them on a separate connection pool, each within the shadow's
-timeout. Nothing the shadow does (slowness, errors, timeouts) reaches the client: its answer
-is read up to the size limit, compared with the primary's when diffs are on, and dropped.
+timeout. Sends are spaced at least ``1 / max_rate`` apart: without that, workers that were
+all free at once (at start, or after a stall of the shadow) send together, their answers come
+back together from a shadow of steady latency, and each such burst of work holds up the
+primary's requests that arrive during it — a stall that shows in the primary's p99. Nothing
+the shadow does (slowness, errors, timeouts) reaches the client: its answer is read up to the
+size limit, compared with the primary's when diffs are on, and dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 
 from podkit.ambassador.split._diff import MAX_DIFF_BODY, Captured
 from podkit.engines.errors import UpstreamError
-from podkit.engines.http import Request, Upstream, UpstreamPool
+from podkit.engines.http import Body, Request, Upstream, UpstreamPool
 from podkit.engines.http.rules import Headers
 from podkit.errors import PodkitError
 from podkit.runtime.logging import get_logger
@@ -29,6 +33,7 @@ DEFAULT_SHADOW_QUEUE = 1000  # jobs waiting for a worker; more are dropped (coun
 DEFAULT_SHADOW_CONCURRENCY = 32  # shadow requests in flight at once
 DEFAULT_SHADOW_MAX_BODY = 1024 * 1024  # request bodies above this are not mirrored
 DEFAULT_SHADOW_TIMEOUT = 5.0  # a shadow slower than this is abandoned (never seen by clients)
+DEFAULT_SHADOW_MAX_RATE = 1000.0  # copies sent per second at most, evenly spaced (0: no cap)
 MAX_SHADOW_RESPONSE = MAX_DIFF_BODY  # a shadow answer is read (for diffs) up to this size
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
 
@@ -72,6 +77,7 @@ class ShadowMirror:
         queue_size: jobs that may wait; more are dropped.
         concurrency: workers, hence shadow requests in flight.
         timeout: seconds one shadow exchange (and the wait for the primary's answer) may take.
+        max_rate: copies sent per second at most, evenly spaced (0: no cap).
         primary_b: a second primary instance whose answer tells noise from regressions.
         on_diff: called with the job and the primary's, the shadow's and the second
             primary's answers, when the primary's answer was captured.
@@ -88,6 +94,7 @@ class ShadowMirror:
         primary_b: Upstream | None = None,
         on_diff: DiffSink | None = None,
         response_limit: int = MAX_SHADOW_RESPONSE,
+        max_rate: float = DEFAULT_SHADOW_MAX_RATE,
     ) -> None:
         self.upstream = upstream
         self.response_limit = response_limit
@@ -99,6 +106,14 @@ class ShadowMirror:
         self.on_diff = on_diff
         self.counts: dict[str, int] = dict.fromkeys(RESULTS, 0)
         self.in_flight = 0
+        self.gap = 1.0 / max_rate if max_rate > 0 else 0.0
+        # Sends sent at once by the direct path may run this far ahead of the even spacing
+        # (the primary's own arrivals spread them; the workers are held to the spacing).
+        self.tolerance = self.gap * (concurrency - 1)
+        self._next_send = 0.0  # loop time of the next free send slot
+        self._freed = asyncio.Event()  # set when a send ends (workers wait for room)
+        self.sent_direct = 0
+        self._draining: set[asyncio.Task[None]] = set()
         self.log = get_logger("split")
 
     def count(self, result: str) -> None:
@@ -121,15 +136,56 @@ class ShadowMirror:
             for _ in range(self.concurrency):
                 group.create_task(self._work())
 
+    def ended(self) -> None:
+        """One send (a worker's or the direct path's) has ended."""
+        self.in_flight -= 1
+        self._freed.set()
+
     async def _work(self) -> None:
         while True:
             job = await self.queue.get()
+            if self.gap:
+                await self._pace()
+            while self.in_flight >= self.concurrency:
+                # The direct path's sends count against the same bound.
+                self._freed.clear()
+                await self._freed.wait()
             self.in_flight += 1
             try:
                 await self.run(job)
             finally:
-                self.in_flight -= 1
+                self.ended()
                 self.queue.task_done()
+
+    def drain(self, body: Body) -> None:
+        """Read (and drop) the streaming answer to a directly sent copy, in a task."""
+        task = asyncio.get_running_loop().create_task(self._drain(body))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drain(self, body: Body) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                size = 0
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > self.response_limit:
+                        break
+        except (TimeoutError, UpstreamError, PodkitError, OSError):
+            self.count("failed")
+        else:
+            self.count("answered")
+        finally:
+            await body.aclose()
+            self.ended()
+
+    async def _pace(self) -> None:
+        """Wait for the next send slot (slots are ``gap`` apart, taken in turn)."""
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next_send)
+        self._next_send = slot + self.gap
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
     async def _fetch(self, upstream: Upstream, job: ShadowJob) -> Captured | None:
         try:

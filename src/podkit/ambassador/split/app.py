@@ -22,8 +22,7 @@ import contextlib
 import json
 import random
 import time
-from bisect import bisect_left
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,8 @@ from podkit.ambassador.split._diff import (
     DiffBoard,
     DiffLimits,
 )
+from podkit.ambassador.split._direct import CODE_LABELS, ArmTraffic, DirectSplit
+from podkit.ambassador.split._direct import record as _record
 from podkit.ambassador.split._ramp import (
     DEFAULT_MIN_REQUESTS,
     DEFAULT_P99_FLOOR,
@@ -63,6 +64,7 @@ from podkit.ambassador.split._ramp import (
 from podkit.ambassador.split._shadow import (
     DEFAULT_SHADOW_CONCURRENCY,
     DEFAULT_SHADOW_MAX_BODY,
+    DEFAULT_SHADOW_MAX_RATE,
     DEFAULT_SHADOW_QUEUE,
     DEFAULT_SHADOW_TIMEOUT,
     SAFE_METHODS,
@@ -83,8 +85,6 @@ from podkit.engines.http import (
     upstream_request_headers,
 )
 from podkit.engines.http.access_log import AccessLogSettings
-from podkit.engines.http.client import ResponseSink, StaleConnection, forwarded_head
-from podkit.engines.http.proxy import ProxyHandler
 from podkit.errors import ConfigError
 from podkit.runtime import Request as AdminRequest
 from podkit.runtime import Response as AdminResponse
@@ -99,7 +99,6 @@ DEFAULT_TIMEOUT = 60.0  # silence allowed from an arm while it answers (nginx 60
 DEFAULT_WATCH_INTERVAL = 0.5  # how often the config file is checked for a change
 DEFAULT_RAMP_TICK = 0.25  # how often the ramp's rules are checked (breaches act at once)
 MAX_ADMIN_BODY = 64 * 1024  # a POST /split/weights body above this is refused
-CODE_LABELS = ("", "1xx", "2xx", "3xx", "4xx", "5xx", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +112,7 @@ class ShadowOptions:
     queue: int = DEFAULT_SHADOW_QUEUE
     concurrency: int = DEFAULT_SHADOW_CONCURRENCY
     timeout: float = DEFAULT_SHADOW_TIMEOUT
+    max_rate: float = DEFAULT_SHADOW_MAX_RATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,37 +164,6 @@ class SplitOptions:
     source_address: str | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
     access_log: AccessLogSettings = field(default_factory=AccessLogSettings)
-
-
-class ArmTraffic:
-    """One arm's request counters and latency histogram, as plain numbers (the collector
-    turns them into metric families at scrape time)."""
-
-    def __init__(self) -> None:
-        self.by_class = [0] * 7  # index 1..5: status class; 6: no response ("error")
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-
-    def answered(self, status: int, seconds: float) -> None:
-        self.by_class[min(max(status // 100, 1), 5)] += 1
-        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
-
-    def failed(self, seconds: float) -> None:
-        self.by_class[6] += 1
-        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
-
-    @property
-    def requests(self) -> int:
-        return sum(self.by_class)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "status": {CODE_LABELS[i]: self.by_class[i] for i in range(1, 7)},
-            "latency_sum": round(self.latency_sum, 6),
-        }
 
 
 class _SplitCollector(Collector):
@@ -322,6 +291,7 @@ class Splitter:
         self.spec = options.table
         self.table = self._build(options.table)
         self.arm_urls: dict[str, Upstream] = {a.name: Upstream.parse(a.url) for a in self.spec.arms}
+        self._targets: dict[str, tuple[Upstream, bytes]] = {}
         self.traffic: dict[str, ArmTraffic] = {a.name: ArmTraffic() for a in self.spec.arms}
         self.reloads = 0
         self.reload_errors = 0
@@ -343,6 +313,7 @@ class Splitter:
                 primary_b=Upstream.parse(options.primary_b) if options.primary_b else None,
                 on_diff=self._diffed if options.diff else None,
                 response_limit=options.diff_limits.max_body,
+                max_rate=options.shadow.max_rate,
             )
         self.ramp: Ramp | None = None
         if options.ramp is not None:
@@ -389,6 +360,7 @@ class Splitter:
             if arm in table.weights:
                 table.set_weights({arm: self.table.weights.get(arm, self.ramp.weight)})
         self.spec, self.table, self.arm_urls = spec, table, urls
+        self._targets = {}
         for name in urls:
             self.traffic.setdefault(name, ArmTraffic())
         self._needs_text = bool(table.routes) or (
@@ -450,20 +422,15 @@ class Splitter:
 
     def record(self, arm: str, status: int | None, seconds: float) -> None:
         """Count one attempt (``status`` None: no answer) and feed the ramp."""
-        traffic = self.traffic.get(arm)
-        if traffic is None:
-            traffic = self.traffic[arm] = ArmTraffic()
-        if status is None:
-            traffic.failed(seconds)
-        else:
-            traffic.answered(status, seconds)
-        ramp = self.ramp
-        if ramp is not None and ramp.state is RampState.RAMPING and self.options.ramp:
-            code = 502 if status is None else status
-            if arm == self.table.primary:
-                ramp.observe("primary", code, seconds)
-            elif arm == self.options.ramp.arm:
-                ramp.observe("candidate", code, seconds)
+        _record(self, arm, status, seconds)
+
+    def arm_target(self, arm: str) -> tuple[Upstream, bytes]:
+        """``arm``'s upstream and the Host value sent to it (kept until a reload)."""
+        target = self._targets.get(arm)
+        if target is None:
+            upstream = self.arm_urls[arm]
+            target = self._targets[arm] = (upstream, upstream.authority.encode("idna"))
+        return target
 
     async def _shadow_job(self, request: Request) -> ShadowJob | None:
         """The shadow copy of ``request``, or None when it is not mirrored (counted)."""
@@ -476,6 +443,11 @@ class Splitter:
             return None
         if settings.rate < 1.0 and self.rng.random() >= settings.rate:
             shadow.count("skipped-sampled-out")
+            return None
+        if shadow.queue.full():
+            # Seen before the copy is made (and its body read): a copy that would be
+            # dropped costs the primary path one check.
+            shadow.count("dropped")
             return None
         body = b""
         if request.body is not EMPTY_BODY:
@@ -511,11 +483,18 @@ class Splitter:
         """:meth:`handle` as the server's direct path drives it (see :class:`DirectSplit`)."""
         return DirectSplit(self)
 
-    async def forward(self, request: Request, arm: str) -> Response:
+    async def forward(
+        self,
+        request: Request,
+        arm: str,
+        *,
+        job: ShadowJob | None = None,
+        shadow_decided: bool = False,
+    ) -> Response:
         """Forward ``request`` to ``arm`` (chosen already), mirroring it when it is the
-        primary's and a shadow is set."""
-        job: ShadowJob | None = None
-        if self.shadow is not None and arm == self.table.primary:
+        primary's and a shadow is set (``shadow_decided``: as ``job`` says, decided by the
+        direct path)."""
+        if not shadow_decided and self.shadow is not None and arm == self.table.primary:
             job = await self._shadow_job(request)
         headers = upstream_request_headers(request, self.forwarding)
         started = self.clock()
@@ -658,6 +637,7 @@ class Splitter:
                 "rate": format_percent(self.options.shadow.rate),
                 "queued": self.shadow.queue.qsize(),
                 "in_flight": self.shadow.in_flight,
+                "sent_direct": self.shadow.sent_direct,
                 **self.shadow.counts,
             }
         else:
@@ -700,100 +680,6 @@ class Splitter:
         if self.board is None:
             return AdminResponse.text(404, "diffs are off: start with --diff\n")
         return AdminResponse.json(200, json.dumps(self.board.statistics(), indent=2) + "\n")
-
-
-class DirectSplit(ProxyHandler):
-    """:meth:`Splitter.handle` with the engine's direct path for the common case.
-
-    The server calls :meth:`start` from its protocol callbacks for a body-less request. When
-    no shadow is set, the arm is chosen and, if the pool has an idle kept-alive connection to
-    it, the request is written at once and the outcome comes back through a
-    :class:`_DirectAttempt` (no task per request). Anything else goes down the ordinary path,
-    with the arm already chosen.
-    """
-
-    def __init__(self, splitter: Splitter) -> None:
-        # Not ProxyHandler.__init__: there is no one fixed upstream; only what the server's
-        # direct path reads (start, via) and the ordinary call are provided.
-        self._handle = splitter.handle
-        self.splitter = splitter
-        self.pool = splitter.upstreams
-        self.forwarding = splitter.forwarding
-        self.timeout = splitter.options.timeout
-        via = splitter.forwarding.via
-        self.via = splitter.forwarding.via_hop("1.1") if via else None
-        self.sent = 0  # requests written on an idle connection from the server's callbacks
-
-    def start(self, request: Request, sink: ResponseSink) -> Callable[[], None] | None:
-        """Choose the arm and send ``request`` on an idle connection when one is ready;
-        otherwise hand it to the ordinary path (see :meth:`ProxyHandler.start`)."""
-        s = self.splitter
-        if s.shadow is not None:
-            return None  # the ordinary path mirrors
-        arm = s.arm_for(request)
-        upstream = s.arm_urls[arm]
-        head = forwarded_head(request, self.forwarding, upstream, upstream.authority.encode("idna"))
-        attempt = _DirectAttempt(s, arm, sink, s.clock())
-        abort = self.pool.send_to(upstream, request, head, self.timeout, attempt)
-        if abort is None:
-            sink.set_exception(StaleConnection(resume=_resume(s, arm)))
-            return _nothing
-        self.sent += 1
-        attempt.abort = abort
-        return attempt.abandon
-
-
-def _nothing() -> None:
-    """Abandoning an exchange already handed to the ordinary path: nothing to do."""
-
-
-def _resume(splitter: Splitter, arm: str) -> Callable[[Request], Awaitable[Response]]:
-    def resume(request: Request) -> Awaitable[Response]:
-        return splitter.forward(request, arm)
-
-    return resume
-
-
-class _DirectAttempt:
-    """The sink of one directly sent request: counts its outcome, then passes it on."""
-
-    def __init__(self, splitter: Splitter, arm: str, sink: ResponseSink, started: float) -> None:
-        self.splitter = splitter
-        self.arm = arm
-        self.sink = sink
-        self.started = started
-        self.ended = False
-        self.abort: Callable[[], None] | None = None
-
-    def done(self) -> bool:
-        return self.ended
-
-    def set_result(self, response: Response, /) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        s = self.splitter
-        s.record(self.arm, response.status, s.clock() - self.started)
-        self.sink.set_result(response)
-
-    def set_exception(self, exc: BaseException, /) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        s = self.splitter
-        if isinstance(exc, StaleConnection):
-            # The kept-alive connection had closed: the ordinary path sends it again.
-            self.sink.set_exception(StaleConnection(resume=_resume(s, self.arm)))
-            return
-        if isinstance(exc, UpstreamError):
-            s.record(self.arm, None, s.clock() - self.started)
-        self.sink.set_exception(exc)
-
-    def abandon(self) -> None:
-        """The client went away: its upstream connection is closed."""
-        self.ended = True
-        if self.abort is not None:
-            self.abort()
 
 
 @contextlib.asynccontextmanager

@@ -25,6 +25,7 @@ from podkit.ambassador.split._ramp import (
 from podkit.ambassador.split._shadow import (
     DEFAULT_SHADOW_CONCURRENCY,
     DEFAULT_SHADOW_MAX_BODY,
+    DEFAULT_SHADOW_MAX_RATE,
     DEFAULT_SHADOW_QUEUE,
     DEFAULT_SHADOW_TIMEOUT,
 )
@@ -54,6 +55,7 @@ from podkit.runtime import (
     run_component,
 )
 from podkit.runtime.cli_options import DURATION, HOSTPORT, SIZE, F, runtime_options
+from podkit.runtime.config import format_rate, parse_rate
 from podkit.serving.balance._affinity import parse_networks
 
 DEFAULT_EVERY = 300.0  # a ramp step every 5 minutes, Flagger's usual analysis interval
@@ -181,6 +183,14 @@ def diff_limit_options(func: F) -> F:
     help="Time one copy may take; the client never waits for it.",
 )
 @click.option(
+    "--shadow-max-rate",
+    default=format_rate(DEFAULT_SHADOW_MAX_RATE),
+    metavar="RATE",
+    show_default=True,
+    help="Copies sent per second at most, evenly spaced (500/s, 30/m; 0: no cap). Spacing "
+    "keeps the answers of a slow shadow from arriving in bursts that stall the primary.",
+)
+@click.option(
     "--diff",
     is_flag=True,
     help="Compare the shadow's answers with the primary's (status, headers, JSON field by "
@@ -260,6 +270,7 @@ def command(
     shadow_queue: int,
     shadow_concurrency: int,
     shadow_timeout: float,
+    shadow_max_rate: str,
     diff: bool,
     primary_b: str | None,
     diff_ignore: tuple[str, ...],
@@ -326,6 +337,7 @@ def command(
             ("shadow_queue", "--shadow-queue"),
             ("shadow_concurrency", "--shadow-concurrency"),
             ("shadow_timeout", "--shadow-timeout"),
+            ("shadow_max_rate", "--shadow-max-rate"),
         )
         if _given(ctx, name)
     ]
@@ -370,6 +382,11 @@ def command(
             queue=shadow_queue,
             concurrency=shadow_concurrency,
             timeout=shadow_timeout,
+            max_rate=(
+                0.0
+                if shadow_max_rate.strip() in ("0", "off")
+                else parse_rate(shadow_max_rate, field="--shadow-max-rate")
+            ),
         )
     ramp_options = None
     if ramp is not None:
