@@ -34,12 +34,18 @@ nginx with and without ``mirror``, measured two ways:
   ``delay`` fires its connections' timers together, in bursts);
 - saturated: wrk with 4 connections, each waiting for its answer (the front end's core busy
   all the time, so any work the shadow adds shows in both throughput and latency).
+
+Beside shadow off, a control: split not mirroring while wrk sends the shadow as much traffic
+as split's copies (32 in flight). The shadow shares the load core with the client and the
+primary, so its own work shows in the primary's latency whoever sends it; the ratio of the
+shadow-on p99 to the control's is what split's mirroring adds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -49,7 +55,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from serving_harness import (
@@ -203,14 +209,14 @@ def print_rounds(
     """Median req/s, p50 and p99 with their spread, and the median of per-round ratios of
     req/s to each peer (and of p99 to ``p99_peer``)."""
     print(f"\n{title}: median (lowest-highest) of {len(next(iter(results.values())))} rounds")
-    header = f"{'target':34} {'req/s':>24} {'p50 ms':>20} {'p99 ms':>22}"
+    header = f"{'target':42} {'req/s':>24} {'p50 ms':>20} {'p99 ms':>22}"
     header += "".join(f" {label:>20}" for label, _ in peers)
     if p99_peer is not None:
         header += f" {p99_peer[0]:>20}"
     print(header)
     for name, runs in results.items():
         line = (
-            f"{name:34} {spread([r.rps for r in runs], ',.0f'):>24} "
+            f"{name:42} {spread([r.rps for r in runs], ',.0f'):>24} "
             f"{spread([r.p50_ms for r in runs], '.2f'):>20} "
             f"{spread([r.p99_ms for r in runs], '.2f'):>22}"
         )
@@ -292,6 +298,12 @@ def run_paced(name: str, port: int, path: str, rate: float, seconds: float) -> R
     return Result(name, figures["rps"], figures["p50_ms"], figures["p99_ms"], figures["non_2xx"])
 
 
+def print_p99_ratio(results: dict[str, list[Result]], base: str, name: str) -> None:
+    """The median of per-round p99 ratios of ``name`` to ``base``."""
+    ratios = [r.p99_ms / q.p99_ms for r, q in zip(results[name], results[base], strict=True)]
+    print(f"p99 of {name!r} / p99 of {base!r}: {spread(ratios, '.2f')}")
+
+
 def split_run(tmp: Path, seconds: int, connections: int, rounds: int) -> dict[str, list[Result]]:
     a, b = free_port(), free_port()
     nginx = find("nginx") or "nginx"
@@ -319,6 +331,28 @@ def split_run(tmp: Path, seconds: int, connections: int, rounds: int) -> dict[st
             return run_wrk(name, port, seconds, connections, "-s", str(lua))
 
         return in_rounds(tmp, targets, rounds, measure)
+
+
+# The control: the shadow's own traffic (as many requests as podkit split mirrors to it: 32
+# in flight, each 200 ms) sent by wrk, with podkit split not mirroring. The shadow shares the
+# load core with the client and the primary (two cores here), so its work shows in the
+# primary's latency whoever sends it: this target tells that from what split itself adds.
+CONTROL = "podkit split, shadow off, its load by wrk"
+
+
+@contextlib.contextmanager
+def shadow_load(port: int, path: str, seconds: int, on: bool) -> Iterator[None]:
+    """While the block runs (when ``on``): 32 connections to the shadow, one request each
+    in flight."""
+    if not on:
+        yield
+        return
+    argv = wrk_argv(port, seconds, 32, path)
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL) as load:
+        try:
+            yield
+        finally:
+            load.wait(seconds + 10)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -375,7 +409,7 @@ def shadow_run(
                 primary, tmp / "primary.log"),
         process(pinned(CORE_LOAD, shadow_argv), shadow, tmp / "shadow.log"),
     ):  # fmt: skip
-        p1, p2, p3, p4 = free_port(), free_port(), free_port(), free_port()
+        p1, p2, p3, p4, p5 = (free_port() for _ in range(5))
         cpu_us.clear()
         targets: list[Target] = [
             ("nginx, no mirror", [nginx, "-c", str(nginx_mirror(tmp, p1, primary, None))], p1),
@@ -384,6 +418,9 @@ def shadow_run(
             ("podkit split, shadow off", podkit(
                 "split", "--listen", f"127.0.0.1:{p3}",
                 "--primary", f"http://127.0.0.1:{primary}"), p3),
+            (CONTROL, podkit(
+                "split", "--listen", f"127.0.0.1:{p5}",
+                "--primary", f"http://127.0.0.1:{primary}"), p5),
             ("podkit split, shadow 100% (200 ms)", podkit(
                 "split", "--listen", f"127.0.0.1:{p4}",
                 "--primary", f"http://127.0.0.1:{primary}",
@@ -395,12 +432,14 @@ def shadow_run(
 
         def measure(name: str, port: int, pid: int) -> Result:
             run_paced("warm-up", port, path, paced_rate, 1)
-            before = cpu_seconds(pid)
-            result = run_paced(name, port, path, paced_rate, seconds)
-            used = cpu_seconds(pid) - before
+            with shadow_load(shadow, path, seconds + 1, name == CONTROL):
+                before = cpu_seconds(pid)
+                result = run_paced(name, port, path, paced_rate, seconds)
+                used = cpu_seconds(pid) - before
             paced[name].append(result)
             cpu_us[name].append(used / max(1.0, result.rps * seconds) * 1e6)
-            return run_wrk(name, port, seconds, 4, path=path)
+            with shadow_load(shadow, path, seconds + 1, name == CONTROL):
+                return run_wrk(name, port, seconds, 4, path=path)
 
         return paced, in_rounds(tmp, targets, rounds, measure)
 
@@ -463,15 +502,17 @@ def main() -> None:
                 [],
                 p99_peer=("p99 / split off", "podkit split, shadow off"),
             )
+            print_p99_ratio(paced, CONTROL, "podkit split, shadow 100% (200 ms)")
             print("front end's CPU per paced request, µs: median (lowest-highest)")
             for name, values in cpu_us.items():
-                print(f"  {name:34} {spread(values, '.1f')}")
+                print(f"  {name:42} {spread(values, '.1f')}")
             print_rounds(
                 f"primary latency with a 200 ms shadow; wrk -t1 -c4 -d{seconds}s /delay/200",
                 results,
                 [("/ split off", "podkit split, shadow off"), ("/ nginx", "nginx, no mirror")],
                 p99_peer=("p99 / split off", "podkit split, shadow off"),
             )
+            print_p99_ratio(results, CONTROL, "podkit split, shadow 100% (200 ms)")
     load = os.getloadavg()
     print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end")
 
