@@ -51,7 +51,7 @@ from podkit.ambassador.split._diff import (
     DiffBoard,
     DiffLimits,
 )
-from podkit.ambassador.split._direct import CODE_LABELS, ArmTraffic, DirectSplit
+from podkit.ambassador.split._direct import CODE_LABELS, ArmTraffic, DirectSplit, mirrored
 from podkit.ambassador.split._direct import record as _record
 from podkit.ambassador.split._ramp import (
     DEFAULT_MIN_REQUESTS,
@@ -67,7 +67,6 @@ from podkit.ambassador.split._shadow import (
     DEFAULT_SHADOW_MAX_RATE,
     DEFAULT_SHADOW_QUEUE,
     DEFAULT_SHADOW_TIMEOUT,
-    SAFE_METHODS,
     ShadowJob,
     ShadowMirror,
     _captured,
@@ -435,14 +434,10 @@ class Splitter:
     async def _shadow_job(self, request: Request) -> ShadowJob | None:
         """The shadow copy of ``request``, or None when it is not mirrored (counted)."""
         shadow = self.shadow
-        assert shadow is not None
-        assert self.options.shadow is not None
         settings = self.options.shadow
-        if request.method not in SAFE_METHODS and not settings.unsafe:
-            shadow.count("skipped-unsafe")
-            return None
-        if settings.rate < 1.0 and self.rng.random() >= settings.rate:
-            shadow.count("skipped-sampled-out")
+        assert shadow is not None
+        assert settings is not None
+        if not mirrored(self, request):
             return None
         if shadow.queue.full():
             # Seen before the copy is made (and its body read): a copy that would be
