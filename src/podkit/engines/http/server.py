@@ -79,9 +79,10 @@ _METHODS: dict[bytes, str] = {}
 _IDLE, _HEAD, _BODY, _LINGER = 1, 2, 3, 4  # what a connection's deadline is for
 # After a refusal the client may still be sending; closing at once would make the kernel
 # answer with a reset that can destroy the error response in flight, so the rest is read and
-# dropped for a moment (nginx's lingering close).
+# dropped for a moment (nginx's lingering close, bounded by time as nginx's lingering_time
+# is; the byte bound is well above a refused upload's usual size).
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 1024 * 1024
+LINGER_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
