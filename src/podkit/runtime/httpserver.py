@@ -25,6 +25,11 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # whoami echoes bodies; admin takes t
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # nginx 8-32 KiB, HAProxy 16 KiB
 DEFAULT_KEEPALIVE_TIMEOUT = 75.0  # nginx's keepalive_timeout default
 _READ_CHUNK = 64 * 1024
+# After a refusal the client may still be sending: closing at once would make the kernel
+# answer with a reset that can destroy the error response before the client reads it, so
+# the rest is read and dropped for a moment (nginx's lingering close; the engine does it too).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 256 * 1024 * 1024
 
 log = get_logger("podkit.runtime.http")
 
@@ -291,6 +296,7 @@ class SimpleHTTPServer:
                     parser.feed(data)
                 except _BadRequest as exc:
                     await self._send_error(writer, exc)
+                    await _linger(reader, writer)
                     return
                 continue
             method, target, headers, body, version, keep_alive = parser.done.pop(0)
@@ -371,3 +377,19 @@ class SimpleHTTPServer:
         if chunked:
             writer.write(b"0\r\n\r\n")
         await writer.drain()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Send FIN, then read and drop what the client still sends, up to ``LINGER_SECONDS``
+    and ``LINGER_BYTES`` (the caller closes the connection after)."""
+    if not writer.can_write_eof():
+        return
+    writer.write_eof()
+    left = LINGER_BYTES
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            while left > 0:
+                data = await reader.read(_READ_CHUNK)
+                if not data:
+                    return
+                left -= len(data)
