@@ -84,15 +84,11 @@ def quick_arm(splitter: Splitter, request: Request) -> str | None:
         return None
     sticky = table.sticky
     if sticky is None:
-        return table.arm_at(splitter.rng.random())
+        return table.arm_for_key(None)
     if sticky.source != "header":
         return None
     value = request.header(sticky.name)
-    if value is not None:
-        value = value.strip()
-    if not value:
-        return table.arm_at(splitter.rng.random())
-    return table.arm_at(table.point(value))
+    return table.arm_for_key(value.strip() or None if value is not None else None)
 
 
 def mirrored(splitter: Splitter, request: Request) -> bool:

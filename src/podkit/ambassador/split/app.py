@@ -51,7 +51,13 @@ from podkit.ambassador.split._diff import (
     DiffBoard,
     DiffLimits,
 )
-from podkit.ambassador.split._direct import CODE_LABELS, ArmTraffic, DirectSplit, mirrored
+from podkit.ambassador.split._direct import (
+    CODE_LABELS,
+    ArmTraffic,
+    DirectSplit,
+    mirrored,
+    quick_arm,
+)
 from podkit.ambassador.split._direct import record as _record
 from podkit.ambassador.split._ramp import (
     DEFAULT_MIN_REQUESTS,
@@ -397,15 +403,12 @@ class Splitter:
 
     def arm_for(self, request: Request) -> str:
         """The arm that answers ``request``."""
+        arm = quick_arm(self, request)  # the common cases, without decoding every field
+        if arm is not None:
+            return arm
         table = self.table
         sticky = table.sticky
         trusted = self.options.trusted_proxies
-        if not table.routes and (sticky is None or sticky.source == "header"):
-            # The common cases, without decoding every header field.
-            if sticky is None:
-                return table.arm_for_key(None)
-            value = request.header(sticky.name)
-            return table.arm_for_key(value.strip() or None if value is not None else None)
         headers = _text(request.headers) if self._needs_text or trusted else []
         client = request.client[0]
         if trusted and sticky is not None:
